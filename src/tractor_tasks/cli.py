@@ -1,0 +1,55 @@
+"""`tractor-tasks init [PATH]`: put the noxfile.py and tasks.py shims into a checkout."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+SHIMS = {
+    "noxfile.py": '''"""nox sessions for this checkout's test matrix, from tractor-tasks (see `nox --list`)."""
+from tractor_tasks.nox_sessions import register
+
+register(__file__)
+''',
+    "tasks.py": '''"""invoke tasks for this checkout's tests, from tractor-tasks (see `invoke --list`)."""
+from tractor_tasks.invoke_tasks import collection
+
+ns = collection(__file__)
+''',
+}
+
+
+def init(path: Path, force: bool = False) -> int:
+    if not path.is_dir():
+        print(f"error: {path} is not a directory; give the checkout to set up", file=sys.stderr)
+        return 2
+    existing = [name for name in SHIMS if (path / name).exists()]
+    if existing and not force:
+        print(f"error: {', '.join(existing)} already exist in {path}; nothing written "
+              "(use --force to overwrite)", file=sys.stderr)
+        return 2
+    for name, text in SHIMS.items():
+        (path / name).write_text(text)
+        print(f"wrote {path / name}")
+    if not (path / "pyproject.toml").exists():
+        print(f"note: {path} has no pyproject.toml; the defaults (tractor's) apply")
+    print("next: `invoke doctor`, `invoke test`, `nox --list` (the shims are yours to commit "
+          "or to keep untracked; tractor-tasks never runs git)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tractor-tasks",
+                                     description="test tasks for tractor-style checkouts")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_init = sub.add_parser("init", help="write noxfile.py and tasks.py shims into a checkout")
+    p_init.add_argument("path", nargs="?", default=".", help="the checkout (default: .)")
+    p_init.add_argument("--force", action="store_true", help="overwrite existing shims")
+    args = parser.parse_args(argv)
+    if args.command == "init":
+        return init(Path(args.path).resolve(), args.force)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

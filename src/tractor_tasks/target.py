@@ -1,0 +1,297 @@
+"""Where the target checkout is, and its `[tool.tractor-tasks]` configuration.
+
+The *target* is the checkout whose tests run. It is found, in order, from
+`--root PATH`, the env var TRACTOR_TASKS_ROOT, `root = "..."` under
+`[tool.tractor-tasks]` in the pyproject.toml next to the shims
+(noxfile.py / tasks.py), else the shims' directory itself.
+
+The target's own pyproject.toml may carry `[tool.tractor-tasks]`; every key
+has a built-in default matching tractor exactly, so a tractor checkout needs
+no configuration at all.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import usage
+
+ENV_ROOT = "TRACTOR_TASKS_ROOT"
+ENV_REGISTRY_PORT = "TRACTOR_TASKS_REGISTRY_PORT"
+
+KNOWN_TRANSPORTS = ("tcp", "uds")
+# tractor's `SpawnMethodKey` plus the in-development keys its marks may name.
+KNOWN_BACKENDS = (
+    "trio", "mp_spawn", "mp_forkserver",
+    "subint", "subint_forkserver", "main_thread_forkserver",
+)
+# Minors a requires-python range is expanded over when `pythons` is not set.
+KNOWN_MINORS = tuple(f"3.{m}" for m in range(8, 16))
+
+
+@dataclass(frozen=True)
+class FlakyRule:
+    """A known-flaky failure: test id glob (relative to the tests dir) + error regex."""
+    test: str
+    error: str
+    note: str = ""
+
+
+# spec section 8
+TRACTOR_FLAKY = (
+    FlakyRule("devx/test_debugger.py::test_multi_nested_subactors_error_through_nurseries*",
+              r"pexpect.*TIMEOUT|TIMEOUT", "debugger pexpect timing"),
+    FlakyRule("test_cancellation.py::test_cancel_via_SIGINT_other_task*",
+              r"TooSlowError", "signal handling race"),
+    FlakyRule("test_inter_peer_cancellation.py::test_peer_spawns_and_cancels_service_subactor*",
+              r"TooSlowError", "async timing (both param variants)"),
+    FlakyRule("test_docs_examples.py::test_example[we_are_processes.py]",
+              r"assert None == 0", "__main__ missing __file__ in subproc"),
+)
+
+# spec section 6: globs relative to the package dir -> test paths (tests dir words)
+TRACTOR_AFFECTED = {
+    "runtime/_runtime.py": ("test_local.py", "test_rpc.py", "test_spawning.py", "test_root_runtime.py"),
+    "runtime/_state.py": ("test_local.py", "test_rpc.py", "test_spawning.py", "test_root_runtime.py"),
+    "discovery/": ("discovery/", "test_multi_program.py", "test_local.py"),
+    "_context.py": ("test_context_stream_semantics.py", "test_advanced_streaming.py"),
+    "_streaming.py": ("test_context_stream_semantics.py", "test_advanced_streaming.py"),
+    "ipc/": ("ipc/", "test_2way.py"),
+    "runtime/_portal.py": ("test_rpc.py", "test_cancellation.py"),
+    "runtime/_rpc.py": ("test_rpc.py", "test_cancellation.py"),
+    "spawn/": ("test_spawning.py", "test_multi_program.py"),
+    "devx/debug/": ("devx/test_debugger.py",),
+    "to_asyncio.py": ("test_infected_asyncio.py", "test_root_infect_asyncio.py"),
+    "msg/": ("msg/",),
+    "_exceptions.py": ("test_remote_exc_relay.py", "test_inter_peer_cancellation.py"),
+    "runtime/_supervise.py": ("test_cancellation.py", "test_spawning.py"),
+}
+
+# key -> (default, checker, description of the allowed values)
+_STR = (lambda v: isinstance(v, str) and v != "", "a non-empty string")
+_STRS = (lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v),
+         "a list of non-empty strings")
+_PORT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536,
+         "an integer from 1 to 65535")
+_SECONDS = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+            "a positive number of seconds")
+
+
+@dataclass(frozen=True)
+class Target:
+    root: Path
+    package: str = "tractor"
+    tests_dir: str = "tests"
+    registry_port: int = 1616
+    transports: tuple[str, ...] = KNOWN_TRANSPORTS
+    spawn_backends: tuple[str, ...] = ("trio", "mp_spawn", "mp_forkserver")
+    default_spawn_backend: str = "trio"
+    pythons: tuple[str, ...] = ()
+    bindspace: str = "tractor"
+    process_markers: tuple[str, ...] = ("_subactor[", "tractor._child", "subint-forkserv")
+    capsys_backends: tuple[str, ...] = ("main_thread_forkserver",)
+    smoke: tuple[str, ...] = ("test_local.py", "test_rpc.py", "test_spawning.py",
+                              "discovery/test_registrar.py")
+    affected: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(TRACTOR_AFFECTED))
+    affected_fallback: tuple[str, ...] | None = None  # None: the smoke subset
+    flaky: tuple[FlakyRule, ...] = TRACTOR_FLAKY
+    timeout_full: float = 600.0
+    timeout_file: float = 120.0
+    config_file: Path | None = None
+
+    @property
+    def tests_path(self) -> Path:
+        return self.root / self.tests_dir
+
+    @property
+    def state_dir(self) -> Path:
+        """Where runs keep their JUnit files and per-cell caches (self-gitignored)."""
+        return self.root / ".tractor-tasks"
+
+    def venv_dir(self, minor: str) -> Path:
+        return self.root / ("py" + minor.replace(".", ""))
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _read_pyproject(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as err:
+        raise usage(f"error: {path} is not valid TOML ({err}); fix the file and retry")
+
+
+def _tool_table(data: dict, path: Path) -> dict:
+    table = data.get("tool", {}).get("tractor-tasks", {})
+    if not isinstance(table, dict):
+        raise usage(f"error: [tool.tractor-tasks] in {path} must be a table")
+    return table
+
+
+def find_root(shim_dir: Path, root: str | os.PathLike | None = None,
+              env: dict | None = None) -> Path:
+    """The target directory, by the documented resolution order."""
+    env = os.environ if env is None else env
+    shim_dir = Path(shim_dir).resolve()
+    if root:
+        chosen, source = Path.cwd() / Path(root).expanduser(), "--root"
+    elif env.get(ENV_ROOT):
+        chosen, source = Path.cwd() / Path(env[ENV_ROOT]).expanduser(), ENV_ROOT
+    else:
+        pyproject = shim_dir / "pyproject.toml"
+        cfg_root = _tool_table(_read_pyproject(pyproject), pyproject).get("root")
+        if cfg_root is None:
+            return shim_dir
+        if not isinstance(cfg_root, str) or not cfg_root:
+            raise usage(f"error: [tool.tractor-tasks] root in {pyproject} must be a path string")
+        chosen, source = shim_dir / Path(cfg_root).expanduser(), f"root in {pyproject}"
+    if not chosen.is_dir():
+        raise usage(f"error: target {chosen} (from {source}) is not a directory; "
+                    f"point {source} at a checkout")
+    return chosen.resolve()
+
+
+def minors_from_requires(spec: str | None) -> tuple[str, ...]:
+    """Python minors a requires-python range admits, e.g. '>=3.13,<3.15' -> 3.13, 3.14."""
+    if not spec:
+        return (f"{sys.version_info[0]}.{sys.version_info[1]}",)
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    try:
+        spec_set = SpecifierSet(spec)
+    except InvalidSpecifier:
+        raise usage(f"error: requires-python {spec!r} is not a valid specifier; "
+                    "set [tool.tractor-tasks] pythons = [\"3.13\"] instead")
+    return tuple(m for m in KNOWN_MINORS
+                 if spec_set.contains(f"{m}.0", prereleases=True)
+                 or spec_set.contains(f"{m}.99", prereleases=True))
+
+
+def _check(table: dict, key: str, checker, where: str):
+    ok, allowed = checker
+    value = table[key]
+    if not ok(value):
+        raise usage(f"error: [tool.tractor-tasks] {key} in {where} must be {allowed}, "
+                    f"got {value!r}")
+    return value
+
+
+def _check_names(values: list[str], key: str, known: tuple[str, ...], where: str):
+    for v in values:
+        if v not in known:
+            raise usage(f"error: [tool.tractor-tasks] {key} in {where} has unknown name {v!r}"
+                        f"{_suggest(v, known)}; allowed: {', '.join(known)}")
+
+
+def _parse_flaky(raw, where: str) -> tuple[FlakyRule, ...]:
+    if not isinstance(raw, list):
+        raise usage(f"error: [tool.tractor-tasks] flaky in {where} must be an array of tables "
+                    "([[tool.tractor-tasks.flaky]] with test, error, note)")
+    rules = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise usage(f"error: [tool.tractor-tasks] flaky[{i}] in {where} must be a table")
+        extra = set(item) - {"test", "error", "note"}
+        if extra:
+            bad = sorted(extra)[0]
+            raise usage(f"error: unknown key {bad!r} in [tool.tractor-tasks] flaky[{i}] of {where}"
+                        f"{_suggest(bad, ('test', 'error', 'note'))}; allowed: test, error, note")
+        for k in ("test", "error"):
+            if not isinstance(item.get(k), str) or not item[k]:
+                raise usage(f"error: [tool.tractor-tasks] flaky[{i}].{k} in {where} must be "
+                            "a non-empty string")
+        try:
+            re.compile(item["error"])
+        except re.error as err:
+            raise usage(f"error: [tool.tractor-tasks] flaky[{i}].error in {where} is not a "
+                        f"valid regex ({err})")
+        rules.append(FlakyRule(item["test"], item["error"], str(item.get("note", ""))))
+    return tuple(rules)
+
+
+def _parse_affected(raw, where: str) -> dict[str, tuple[str, ...]]:
+    if not isinstance(raw, dict):
+        raise usage(f"error: [tool.tractor-tasks] affected in {where} must be a table of "
+                    "glob = [test paths]")
+    out = {}
+    for glob, tests in raw.items():
+        if not (isinstance(tests, list) and all(isinstance(t, str) and t for t in tests)):
+            raise usage(f"error: [tool.tractor-tasks] affected.{glob!r} in {where} must be "
+                        "a list of test paths")
+        out[glob] = tuple(tests)
+    return out
+
+
+_SIMPLE_KEYS = {
+    "root": _STR, "package": _STR, "tests_dir": _STR, "registry_port": _PORT,
+    "transports": _STRS, "spawn_backends": _STRS, "default_spawn_backend": _STR,
+    "pythons": _STRS, "bindspace": _STR, "process_markers": _STRS,
+    "capsys_backends": _STRS, "smoke": _STRS, "affected_fallback": _STRS,
+    "timeout_full": _SECONDS, "timeout_file": _SECONDS,
+}
+ALLOWED_KEYS = tuple(sorted((*_SIMPLE_KEYS, "affected", "flaky")))
+
+
+def load_target(root: Path, env: dict | None = None) -> Target:
+    """Read and validate the target's `[tool.tractor-tasks]`; defaults are tractor's."""
+    env = os.environ if env is None else env
+    root = Path(root).resolve()
+    pyproject = root / "pyproject.toml"
+    data = _read_pyproject(pyproject)
+    table = _tool_table(data, pyproject)
+    where = str(pyproject)
+
+    for key in table:
+        if key not in ALLOWED_KEYS:
+            raise usage(f"error: unknown key {key!r} in [tool.tractor-tasks] of {where}"
+                        f"{_suggest(key, ALLOWED_KEYS)}; allowed keys: {', '.join(ALLOWED_KEYS)}")
+    kw: dict[str, Any] = {}
+    for key, checker in _SIMPLE_KEYS.items():
+        if key in table and key != "root":
+            value = _check(table, key, checker, where)
+            kw[key] = tuple(value) if isinstance(value, list) else value
+
+    if "transports" in kw:
+        _check_names(kw["transports"], "transports", KNOWN_TRANSPORTS, where)
+    if "spawn_backends" in kw:
+        _check_names(kw["spawn_backends"], "spawn_backends", KNOWN_BACKENDS, where)
+    if "capsys_backends" in kw:
+        _check_names(kw["capsys_backends"], "capsys_backends", KNOWN_BACKENDS, where)
+    backends = kw.get("spawn_backends", Target.spawn_backends)
+    default_backend = kw.get("default_spawn_backend", Target.default_spawn_backend)
+    if default_backend not in backends:
+        raise usage(f"error: [tool.tractor-tasks] default_spawn_backend in {where} is "
+                    f"{default_backend!r}, not one of spawn_backends: {', '.join(backends)}")
+    if "pythons" in kw:
+        for m in kw["pythons"]:
+            if not re.fullmatch(r"3\.\d{1,2}", m):
+                raise usage(f"error: [tool.tractor-tasks] pythons in {where} has {m!r}; "
+                            "write minors like \"3.13\"")
+    else:
+        kw["pythons"] = minors_from_requires(data.get("project", {}).get("requires-python"))
+    if "affected" in table:
+        kw["affected"] = _parse_affected(table["affected"], where)
+    if "flaky" in table:
+        kw["flaky"] = _parse_flaky(table["flaky"], where)
+
+    port_env = env.get(ENV_REGISTRY_PORT)
+    if port_env:
+        if not (port_env.isdigit() and 0 < int(port_env) < 65536):
+            raise usage(f"error: {ENV_REGISTRY_PORT}={port_env!r} must be a port number 1-65535")
+        kw["registry_port"] = int(port_env)
+
+    return Target(root=root, config_file=pyproject if pyproject.exists() else None, **kw)
+
+
+def resolve(shim_dir: Path, root: str | None = None, env: dict | None = None) -> Target:
+    return load_target(find_root(shim_dir, root, env), env)
