@@ -1,0 +1,145 @@
+"""`invoke doctor`: every preflight check of spec sections 3 and 4, as one table.
+
+The slow checks (import, collection) start first as subprocesses and run while
+the fast ones (interpreter, venv, registry, sockets, processes) are done, so
+the doctor takes about as long as the collection alone.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .interpreters import find_python
+from .runner import check_scope
+from .target import Target
+from .venv import (active_venv_check, is_fresh, shell_command, venv_python,
+                   worktree_check)
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+class _Probe:
+    """A slow check running in the background."""
+
+    def __init__(self, argv: list[str], cwd: Path):
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+
+    def result(self, timeout: float = 120) -> tuple[int, str, float]:
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+            return -1, f"timed out after {timeout:g}s\n{out}", time.monotonic() - self.t0
+        return self.proc.returncode, out, time.monotonic() - self.t0
+
+
+def _tail(text: str, n: int) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])
+
+
+def run_checks(target: Target, minor: str, *, collect: bool = True) -> list[Check]:
+    checks: list[Check] = []
+    python = venv_python(target, minor)
+    have_venv = python.exists()
+    imp = col = None
+    if have_venv:  # start the slow ones first
+        imp = _Probe([str(python), "-c",
+                      f"import {target.package} as m; print(m.__file__)"], target.root)
+        if collect:
+            col = _Probe([str(python), "-m", "pytest", target.tests_dir, "-q", "--co",
+                          "-p", "no:cacheprovider"], target.root)
+
+    interp = find_python(minor)
+    checks.append(Check("python", OK if interp else FAIL,
+                        f"{minor}: {interp}" if interp else f"no Python {minor} on this machine",
+                        "" if interp else f"uv python install {minor}"))
+    fix_venv = f"invoke venv --python {minor}  (= {shell_command(target, minor)})"
+    if not have_venv:
+        checks.append(Check("venv", FAIL, f"{target.venv_dir(minor)} does not exist", fix_venv))
+    elif interp and not is_fresh(target, interp):
+        checks.append(Check("venv", WARN, f"{target.venv_dir(minor).name}/ exists but was not "
+                            "synced by tractor-tasks from the current pyproject/uv.lock", fix_venv))
+    else:
+        checks.append(Check("venv", OK, f"{target.venv_dir(minor).name}/ up to date"))
+    act = active_venv_check(target, minor)
+    checks.append(Check(f"active venv ({act.case})", act.status if act.status != "fail" else FAIL,
+                        act.detail, act.fix))
+
+    pre = check_scope(target)
+    holders = pre.foreign_holders + pre.live_holders
+    if not holders and not pre.leaked_holders:
+        checks.append(Check("registry", OK, f"tcp :{target.registry_port} free, no live "
+                            f"registry@{target.registry_port}.sock"))
+    for lst in holders:
+        fix = (f"stop the session, or `invoke clean --parent {lst.pid}`" if lst in pre.live_holders
+               else f"outside this checkout: stop pid {lst.pid} yourself if it is yours")
+        checks.append(Check("registry", FAIL, lst.describe(), fix))
+    for lst in pre.leaked_holders:
+        checks.append(Check("registry", FAIL, f"{lst.describe()} (leaked)", "invoke clean"))
+    stale = pre.stale_sockets
+    checks.append(Check("sockets", FAIL if stale else OK,
+                        ", ".join(str(s.path) for s in stale) if stale else "no stale socket files",
+                        "invoke clean" if stale else ""))
+    checks.append(Check("processes", FAIL if pre.leaks else OK,
+                        "; ".join(f"{p.describe()}: {p.why}" for p in pre.leaks)
+                        if pre.leaks else "no leaked actor processes of this checkout",
+                        "invoke clean" if pre.leaks else ""))
+
+    import_path = None
+    if imp is None:
+        checks.append(Check("import", SKIP, "no venv yet", fix_venv))
+    else:
+        rc, out, secs = imp.result()
+        if rc == 0:
+            import_path = out.strip().splitlines()[-1]
+            checks.append(Check("import", OK, f"{target.package} from {import_path} ({secs:.1f}s)"))
+        else:
+            checks.append(Check("import", FAIL, f"import {target.package}: {_tail(out, 1)}",
+                                "fix the import error before running tests"))
+    wt = worktree_check(target, minor, import_path)
+    if wt:
+        checks.append(Check("worktree (C)", wt.status if wt.status != "fail" else FAIL,
+                            wt.detail, wt.fix))
+    if col is not None:
+        rc, out, secs = col.result()
+        checks.append(Check("collection", OK if rc == 0 else FAIL,
+                            f"{_tail(out, 1)} ({secs:.1f}s)" if rc == 0 else _tail(out, 5),
+                            "" if rc == 0 else "fix the collection errors above"))
+    elif collect:
+        checks.append(Check("collection", SKIP, "no venv yet", fix_venv))
+    return checks
+
+
+def healthy(checks: list[Check]) -> bool:
+    return all(c.status != FAIL for c in checks)
+
+
+def table(checks: list[Check]) -> str:
+    w_name = max(len(c.name) for c in checks)
+    w_status = 6
+    lines = [f"{'check':{w_name}}  {'status':{w_status}}  detail"]
+    for c in checks:
+        lines.append(f"{c.name:{w_name}}  {c.status:{w_status}}  {c.detail}")
+        if c.fix and c.status in (FAIL, WARN, SKIP):
+            lines.append(f"{'':{w_name}}  {'':{w_status}}  -> fix: {c.fix}")
+    return "\n".join(lines)
+
+
+def as_json(target: Target, minor: str, checks: list[Check]) -> str:
+    return json.dumps({"target": str(target.root), "python": minor, "ok": healthy(checks),
+                       "checks": [asdict(c) for c in checks]}, indent=2)

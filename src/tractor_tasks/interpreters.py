@@ -1,0 +1,127 @@
+"""Find a Python interpreter for a minor (e.g. "3.13") that really runs.
+
+Looked for, in order: the running interpreter, `python3.X` on PATH (a pyenv
+shim that exits 127 is not an interpreter), `~/.pyenv/versions/3.X.*`, and
+uv's own discovery (`uv python find`, with pyenv shims hidden from it since
+they trip it up).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import TaskError, usage
+
+_MINOR_RE = re.compile(r"3\.\d{1,2}")
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    minor: str
+    path: Path
+    source: str  # how it was found: running, PATH, pyenv, uv
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.source})"
+
+
+def check_minor(minor: str) -> str:
+    minor = str(minor).strip()
+    if minor.startswith("py") and minor[2:].isdigit():  # accept py313
+        minor = f"{minor[2]}.{minor[3:]}"
+    if not _MINOR_RE.fullmatch(minor):
+        raise usage(f"error: {minor!r} is not a Python minor; write it like 3.13")
+    return minor
+
+
+def _reports_minor(path: str | Path, minor: str) -> bool:
+    """Run it: shims that exit 127, broken symlinks and wrong versions all say no."""
+    try:
+        out = subprocess.run(
+            [str(path), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and out.stdout.strip() == minor
+
+
+def _pyenv_root() -> Path:
+    return Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+
+
+def _version_key(p: Path):
+    return tuple(int(x) if x.isdigit() else -1 for x in re.split(r"[.\-]", p.name))
+
+
+def _path_without_shims() -> str:
+    shims = str(_pyenv_root() / "shims")
+    return os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d and os.path.realpath(d) != os.path.realpath(shims))
+
+
+def _candidates(minor: str):
+    if "%d.%d" % sys.version_info[:2] == minor:
+        base = getattr(sys, "_base_executable", None) or sys.executable
+        yield Path(base), "running"
+    exe = shutil.which(f"python{minor}")
+    if exe:
+        yield Path(exe), "PATH"
+    versions = _pyenv_root() / "versions"
+    if versions.is_dir():
+        for d in sorted(versions.glob(f"{minor}.*"), key=_version_key, reverse=True):
+            if re.fullmatch(re.escape(minor) + r"\.\d+", d.name):
+                yield d / "bin" / f"python{minor}", "pyenv"
+    uv = _uv_binary()
+    if uv:
+        try:
+            out = subprocess.run([uv, "python", "find", minor], capture_output=True, text=True,
+                                 timeout=20, env={**os.environ, "PATH": _path_without_shims()})
+            if out.returncode == 0 and out.stdout.strip():
+                yield Path(out.stdout.strip()), "uv"
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+
+@lru_cache(maxsize=None)
+def find_python(minor: str) -> Interpreter | None:
+    minor = check_minor(minor)
+    for path, source in _candidates(minor):
+        if path.exists() and _reports_minor(path, minor):
+            return Interpreter(minor, path, source)
+    return None
+
+
+def require_python(minor: str) -> Interpreter:
+    found = find_python(check_minor(minor))
+    if found is None:
+        raise TaskError(
+            f"error: no Python {minor} interpreter on this machine (looked at PATH, "
+            f"{_pyenv_root()}/versions and uv); get one with `uv python install {minor}` "
+            f"or `pyenv install {minor}`")
+    return found
+
+
+def _uv_binary() -> str | None:
+    """uv from PATH, else the binary the `uv` wheel installs beside this interpreter."""
+    exe = shutil.which("uv")
+    if exe:
+        return exe
+    try:
+        from uv import find_uv_bin
+        return find_uv_bin()
+    except Exception:
+        return None
+
+
+def uv_binary() -> str:
+    exe = _uv_binary()
+    if not exe:
+        raise TaskError("error: uv is not installed; run `python -m pip install uv`")
+    return exe

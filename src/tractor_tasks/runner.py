@@ -1,0 +1,260 @@
+"""One run of the target's tests, start to finish; both front ends call this.
+
+request -> selection -> preflight (venv, sweep) -> pytest argv -> supervised
+run -> sweep -> results (JUnit, flaky classification) -> exit code.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import errors
+from .command import Request, pytest_args, run_env, show
+from .errors import TaskError, usage
+from .interpreters import check_minor, find_python
+from .results import Summary, read_junit, render
+from .scope import ENV_RUN, ScopeView, registry_listeners, run_marker, socket_files
+from .selection import is_single_file
+from .supervise import Outcome, supervise
+from .sweep import SweepReport, sweep
+from .target import Target
+from .venv import VenvResult, ensure_venv, venv_python
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def ensure_state_dir(target: Target) -> Path:
+    """<target>/.tractor-tasks, ignoring itself in git like .pytest_cache does."""
+    d = target.state_dir
+    d.mkdir(exist_ok=True)
+    ignore = d / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# created by tractor-tasks: run artifacts, never committed\n*\n")
+    return d
+
+
+def fresh_dir(path: Path) -> Path:
+    """An empty artifact dir of ours (under the state dir), made anew."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def pick_minor(target: Target, requested: str | None = None, env: dict | None = None) -> str:
+    """--python, else the active py<MINOR> venv's, else this interpreter's, else the first
+    configured minor with an interpreter on this machine."""
+    env = os.environ if env is None else env
+    if requested:
+        minor = check_minor(requested)
+        if minor not in target.pythons:
+            raise usage(f"error: Python {minor} is not one of the target's minors "
+                        f"({', '.join(target.pythons)}); pick one of those or set "
+                        "[tool.tractor-tasks] pythons")
+        return minor
+    active = Path(env.get("VIRTUAL_ENV") or "/").name
+    if active.startswith("py3") and active[2:].isdigit():
+        minor = f"3.{active[3:]}"
+        if minor in target.pythons:
+            return minor
+    here = "%d.%d" % sys.version_info[:2]
+    if here in target.pythons:
+        return here
+    for minor in target.pythons:
+        if find_python(minor):
+            return minor
+    raise TaskError(f"error: none of the target's Python minors ({', '.join(target.pythons)}) "
+                    f"is installed here; get one with `uv python install {target.pythons[-1]}`")
+
+
+@contextmanager
+def venv_lock(target: Target, minor: str):
+    """Cells of one minor share one venv: sync it one at a time."""
+    lock = ensure_state_dir(target) / f"venv-{minor}.lock"
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def prepare_venv(target: Target, minor: str, out=say) -> VenvResult:
+    with venv_lock(target, minor):
+        result = ensure_venv(target, minor)
+    if result.action != "up to date":
+        out(result.line())
+    return result
+
+
+# -- preflight --------------------------------------------------------------
+
+@dataclass
+class Preflight:
+    leaks: list = field(default_factory=list)
+    stale_sockets: list = field(default_factory=list)
+    foreign_holders: list = field(default_factory=list)  # registry held outside scope
+    live_holders: list = field(default_factory=list)     # held by a live session of ours
+    leaked_holders: list = field(default_factory=list)   # held by one of the leaks
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.leaks or self.stale_sockets)
+
+
+def check_scope(target: Target, runtime_dir: Path | None = None) -> Preflight:
+    """The fast part of the doctor: leftovers in scope, and who holds the registry."""
+    view = ScopeView(target)
+    pre = Preflight(leaks=view.leaks())
+    pre.stale_sockets = [s for s in socket_files(target, runtime_dir) if s.stale]
+    for lst in registry_listeners(target, view, runtime_dir):
+        if lst.leaked:
+            pre.leaked_holders.append(lst)
+            continue
+        (pre.live_holders if lst.in_scope else pre.foreign_holders).append(lst)
+    return pre
+
+
+def preflight(target: Target, *, allow_sweep: bool = True, runtime_dir: Path | None = None,
+              grace: float = 0.3, out=say) -> None:
+    pre = check_scope(target, runtime_dir)
+    for lst in pre.foreign_holders:
+        out(f"preflight: warning: registry {lst.describe()}, outside this checkout; tests that "
+            "bind the default registry may fail (not touched)")
+    for lst in pre.live_holders:
+        out(f"preflight: warning: registry {lst.describe()}, a live test session of this "
+            "checkout; stop it or run `invoke clean --parent <its pytest pid>`")
+    if not pre.dirty:
+        return
+    for p in pre.leaks:
+        out(f"preflight: leftover {p.describe()}: {p.why}")
+    for s in pre.stale_sockets:
+        out(f"preflight: stale socket {s.path}")
+    if not allow_sweep:
+        raise TaskError("error: leftovers from an earlier run are in scope (listed above); "
+                        "run `invoke clean`, or drop --no-sweep to sweep them first")
+    report = sweep(target, grace=grace, runtime_dir=runtime_dir)
+    for line in report.lines():
+        out(f"preflight: {line}")
+
+
+# -- the run ----------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    code: int
+    outcome: Outcome | None = None
+    summary: Summary | None = None
+    retry: Summary | None = None
+    swept: SweepReport | None = None
+
+
+def default_timeout(target: Target, paths: list[str]) -> float:
+    return target.timeout_file if is_single_file(paths) else target.timeout_full
+
+
+def exit_code(outcome: Outcome, summary: Summary, exitfirst: bool) -> int:
+    if outcome.status == "interrupted":
+        return errors.INTERRUPTED
+    if outcome.status == "timeout":
+        return errors.TIMEOUT
+    if summary.new_failures:
+        return errors.PROBLEM
+    if summary.known_flaky:
+        return errors.PROBLEM if exitfirst else 0
+    rc = outcome.returncode or 0
+    if rc == 4:
+        return errors.USAGE  # pytest rejected the command line
+    if rc == 1 and not summary.found:
+        return errors.PROBLEM
+    return 0 if rc == 1 else rc
+
+
+def execute(target: Target, req: Request, *, minor: str, run_dir: Path,
+            cache_dir: Path | None = None, timeout: float | None = None,
+            env_extra: dict | None = None, wrapper: list[str] | None = None,
+            runtime_dir: Path | None = None, dry_run: bool = False, allow_sweep: bool = True,
+            retry_flaky: bool = False, grace: float = 3.0, out=say) -> RunResult:
+    """Run the request once (plus a flaky retry if asked); print and return the result."""
+    req.check(target)
+    timeout = timeout or default_timeout(target, req.paths)
+    python = venv_python(target, minor)
+    junit = run_dir / "junit.xml"
+    argv = [*(wrapper or []), str(python), "-m", "pytest",
+            *pytest_args(target, req, junit=junit, cache_dir=cache_dir)]
+    env = run_env(target, target.venv_dir(minor), run_dir, extra=env_extra)
+    if dry_run:
+        env.pop(ENV_RUN)
+        out(f"cd {target.root}")
+        out(show(argv, env))
+        out(f"(timeout {timeout:g}s; the run also carries {ENV_RUN} to mark its processes)")
+        return RunResult(0)
+
+    prepare_venv(target, minor, out=out)
+    preflight(target, allow_sweep=allow_sweep, runtime_dir=runtime_dir, out=out)
+    fresh_dir(run_dir)
+    (run_dir / "command.txt").write_text(show(argv, env) + "\n")
+    out(f"$ {show(argv, {})}")
+
+    def on_timeout(hung):
+        out(f"TIMEOUT after {timeout:g}s" + (f" in {hung}" if hung else "")
+            + ": dumping stacks, tearing the run down")
+
+    outcome = supervise(argv, cwd=target.root, env=env, timeout=timeout, probe_dir=run_dir,
+                        grace=grace, on_timeout=on_timeout)
+    swept = sweep(target, run=run_marker(env), runtime_dir=runtime_dir,
+                  grace=0.3)
+    summary = read_junit(target, junit)
+    result = RunResult(0, outcome, summary, swept=swept)
+
+    for note in outcome.teardown:
+        out(f"teardown: {note}")
+    if swept.processes or swept.removed_sockets:
+        for line in swept.lines():
+            out(f"sweep: {line}")
+    if outcome.status == "timeout":
+        out(f"TIMEOUT: {outcome.hung_test or 'no test was running (session setup/teardown)'}"
+            f"; stacks in {outcome.stacks}")
+    elif outcome.status == "interrupted":
+        out("INTERRUPTED" + (f" during {outcome.hung_test}" if outcome.hung_test else ""))
+
+    for line in render(summary):
+        out(line)
+    if retry_flaky and summary.known_flaky and outcome.status == "finished":
+        result.retry = _retry(target, req, summary, minor=minor, run_dir=run_dir,
+                              cache_dir=cache_dir, timeout=timeout, env_extra=env_extra,
+                              wrapper=wrapper, runtime_dir=runtime_dir, out=out)
+    result.code = exit_code(outcome, summary, req.exitfirst)
+    if result.code == 1 and not summary.new_failures and summary.known_flaky:
+        out("only known-flaky failures, but -x stopped the run there: the rest did not run "
+            "(use --no-x to run past them)")
+    return result
+
+
+def _retry(target, req, summary, *, minor, run_dir, cache_dir, timeout, env_extra, wrapper,
+           runtime_dir, out) -> Summary:
+    ids = [f.nodeid for f in summary.known_flaky]
+    out(f"retrying {len(ids)} known-flaky failure(s) once:")
+    retry_req = Request(paths=ids, tpt=req.tpt, spawn=req.spawn, loglevel=req.loglevel,
+                        exitfirst=False, extra=[a for a in req.extra if a not in ("--lf",)])
+    retry_dir = fresh_dir(run_dir / "retry")
+    junit = retry_dir / "junit.xml"
+    argv = [*(wrapper or []), str(venv_python(target, minor)), "-m", "pytest",
+            *pytest_args(target, retry_req, junit=junit, cache_dir=cache_dir)]
+    env = run_env(target, target.venv_dir(minor), retry_dir, extra=env_extra)
+    outcome = supervise(argv, cwd=target.root, env=env, timeout=timeout, probe_dir=retry_dir)
+    sweep(target, run=run_marker(env), runtime_dir=runtime_dir)
+    again = read_junit(target, junit)
+    failed_again = {f.nodeid for f in again.failures}
+    for nodeid in ids:
+        verdict = "failed again" if nodeid in failed_again else (
+            "passed on retry" if outcome.status == "finished" else outcome.status)
+        out(f"  retry: {nodeid}: {verdict}")
+    return again

@@ -1,0 +1,170 @@
+"""Words and git changes -> test paths (spec sections 1, 2 and 6).
+
+A word is resolved, in order, as: a node id (`file::test`, its file part
+resolved like a file), the whole tests dir (`tests`, `all`), a path relative
+to the target root, a path relative to the tests dir (`test_local.py`,
+`ipc/`), a bare file name found anywhere under the tests dir, and last a
+pattern globbed as `tests/**/test_*<word>*.py`. Anything that resolves to
+nothing, or to a place outside the tests dir, is a usage error.
+"""
+from __future__ import annotations
+
+import fnmatch
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import TaskError, usage
+from .target import Target
+
+WHOLE_SUITE = ("all", ".")
+
+
+def _rel(target: Target, path: Path) -> str:
+    rel = path.relative_to(target.root).as_posix()
+    return rel + "/" if path.is_dir() else rel
+
+
+def _inside_tests(target: Target, path: Path) -> bool:
+    try:
+        path.resolve().relative_to(target.tests_path.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def resolve_word(target: Target, word: str) -> list[str]:
+    """One word of intent -> test paths relative to the target root."""
+    tests = target.tests_path
+    if not tests.is_dir():
+        raise usage(f"error: tests dir {tests} does not exist; set tests_dir in "
+                    "[tool.tractor-tasks]")
+    if "::" in word:
+        file_part, rest = word.split("::", 1)
+        files = resolve_word(target, file_part)
+        if len(files) != 1 or files[0].endswith("/"):
+            raise usage(f"error: {file_part!r} in node id {word!r} must name one test file")
+        return [f"{files[0]}::{rest}"]
+    if word in WHOLE_SUITE or word.rstrip("/") == target.tests_dir:
+        return [_rel(target, tests)]
+    for base in (target.root, tests):
+        path = base / word
+        if path.exists():
+            if not _inside_tests(target, path):
+                raise usage(f"error: {word!r} is outside the tests dir {target.tests_dir}/; "
+                            f"name a test file or a dir under it")
+            return [_rel(target, path.resolve())]
+    if Path(word).is_absolute() or word.startswith(".."):
+        raise usage(f"error: {word!r} is outside the tests dir {target.tests_dir}/ or does not "
+                    "exist; name a test file or a dir under it")
+    if word.endswith(".py"):
+        found = sorted(tests.rglob(Path(word).name))
+        found = [p for p in found if p.is_file() and "/." not in p.as_posix()]
+        if found:
+            return [_rel(target, p) for p in found]
+    pattern = word.rstrip("/").removesuffix(".py").removeprefix("test_")
+    found = sorted(p for p in tests.rglob(f"test_*{pattern}*.py") if p.is_file())
+    if found:
+        return [_rel(target, p) for p in found]
+    raise usage(f"error: no tests match {word!r} under {target.tests_dir}/; give a file "
+                "(test_local.py), a dir (ipc/), a node id (file::test) or a pattern")
+
+
+def resolve_words(target: Target, words) -> list[str]:
+    """All words -> de-duplicated paths, in the order given; no words = the whole suite."""
+    out: list[str] = []
+    for word in words or ():
+        for path in resolve_word(target, word):
+            if path not in out:
+                out.append(path)
+    return out or [_rel(target, target.tests_path)]
+
+
+def is_single_file(paths: list[str]) -> bool:
+    return len(paths) == 1 and not paths[0].endswith("/") and ".py" in paths[0]
+
+
+# -- affected: git changes -> tests -------------------------------------------
+
+def _git(root: Path, *args: str) -> list[str]:
+    """Read-only git queries only (diff, ls-files, rev-parse)."""
+    out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    if out.returncode != 0:
+        msg = (out.stderr.strip().splitlines() or ["git failed"])[-1]
+        raise TaskError(f"error: git {' '.join(args)} failed in {root}: {msg}")
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+def changed_files(root: Path, base: str | None = None) -> list[str]:
+    """Files changed under `root`: committed since `base`, staged, unstaged, untracked."""
+    _git(root, "rev-parse", "--git-dir")
+    files: list[str] = []
+    if base:
+        try:
+            _git(root, "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}")
+        except TaskError:
+            raise usage(f"error: --base {base!r} is not a commit in {root}; give a branch, tag "
+                        "or sha (e.g. origin/main)")
+        files += _git(root, "diff", "--name-only", "--relative", f"{base}...HEAD")
+    files += _git(root, "diff", "--name-only", "--relative", "--cached")
+    files += _git(root, "diff", "--name-only", "--relative")
+    files += _git(root, "ls-files", "--others", "--exclude-standard")
+    seen: dict[str, None] = {}
+    for f in files:
+        seen.setdefault(f, None)
+    return list(seen)
+
+
+def _glob_match(rel: str, glob: str) -> bool:
+    if glob.endswith("/"):
+        return rel.startswith(glob)
+    return fnmatch.fnmatchcase(rel, glob)
+
+
+@dataclass
+class Affected:
+    tests: list[str] = field(default_factory=list)       # words for resolve_words
+    mapped: dict[str, list[str]] = field(default_factory=dict)
+    fell_back: list[str] = field(default_factory=list)   # files the map does not cover
+    fallback: tuple[str, ...] = ()
+
+
+def map_changes(target: Target, files: list[str]) -> Affected:
+    """Changed files -> test words via the change-to-tests map; the rest -> the fallback."""
+    result = Affected(fallback=target.affected_fallback or target.smoke)
+    pkg = target.package.replace(".", "/") + "/"
+    tests_prefix = target.tests_dir.rstrip("/") + "/"
+    for f in files:
+        words: list[str] = []
+        if f.startswith(tests_prefix):
+            name = Path(f).name
+            if name.startswith("test_") and name.endswith(".py"):
+                words = [f[len(tests_prefix):]]
+            elif name == "conftest.py":
+                words = [str(Path(f[len(tests_prefix):]).parent) + "/"]
+                words = ["all"] if words == ["./"] else words
+        elif f.startswith(pkg):
+            rel = f[len(pkg):]
+            for glob, tests in target.affected.items():
+                if _glob_match(rel, glob):
+                    words += [t for t in tests if t not in words]
+        if words:
+            result.mapped[f] = words
+            result.tests += [w for w in words if w not in result.tests]
+        else:
+            result.fell_back.append(f)
+    if result.fell_back:
+        result.tests += [w for w in result.fallback if w not in result.tests]
+    return result
+
+
+def existing_words(target: Target, words: list[str]) -> tuple[list[str], list[str]]:
+    """Split mapped words into those that resolve here and those that do not (stale map)."""
+    ok, missing = [], []
+    for w in words:
+        try:
+            resolve_word(target, w)
+            ok.append(w)
+        except TaskError:
+            missing.append(w)
+    return ok, missing
