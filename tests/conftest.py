@@ -1,0 +1,78 @@
+"""Every test runs in private dirs on a random registry port: nothing here touches the
+machine's real :1616, its real runtime dir or anyone else's processes."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from helpers import SAMPLE, Procs, copy_sample, free_port
+
+_PRIVATE = Path(tempfile.mkdtemp(prefix="ttt-"))  # short: UDS paths are length-capped
+for sub in ("run", "tmp"):
+    (_PRIVATE / sub).mkdir(mode=0o700)
+os.environ["XDG_RUNTIME_DIR"] = str(_PRIVATE / "run")
+os.environ["TMPDIR"] = str(_PRIVATE / "tmp")
+tempfile.tempdir = None  # forget a cached /tmp
+PORT = free_port()
+os.environ["SAMPLE_ACTORS_REGISTRY_PORT"] = str(PORT)
+os.environ["TRACTOR_TASKS_REGISTRY_PORT"] = str(PORT)
+for var in ("TRACTOR_TASKS_ROOT", "CI", "VIRTUAL_ENV", "SAMPLE_ACTORS_CHAOS",
+            "GITHUB_STEP_SUMMARY", "TRACTOR_TASKS_NOX_INVOCATION", "TRACTOR_TASKS_RUN"):
+    os.environ.pop(var, None)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_PRIVATE, ignore_errors=True)
+
+
+@pytest.fixture
+def registry_port() -> int:
+    return PORT
+
+
+@pytest.fixture
+def procs(tmp_path):
+    p = Procs(tmp_path)
+    yield p
+    p.cleanup()
+
+
+@pytest.fixture(scope="session")
+def sample_repo(tmp_path_factory):
+    """A git copy of the bundled sample with its py311 venv: the target most tests run."""
+    from tractor_tasks.runner import prepare_venv
+    from tractor_tasks.target import load_target
+    root = copy_sample(tmp_path_factory.mktemp("repo") / "sample-actors", git=True)
+    prepare_venv(load_target(root), "3.11", out=lambda line: None)
+    return root
+
+
+@pytest.fixture
+def target(sample_repo):
+    from tractor_tasks.target import load_target
+    return load_target(sample_repo)
+
+
+@pytest.fixture
+def chaos_dir(tmp_path, monkeypatch):
+    d = tmp_path / "chaos"
+    d.mkdir()
+    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS_DIR", str(d))
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _private_runtime_dir(monkeypatch):
+    """A fresh, short XDG_RUNTIME_DIR per test, and no chaos unless a test asks."""
+    d = tempfile.mkdtemp(dir=_PRIVATE / "run")
+    os.chmod(d, 0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", d)
+    monkeypatch.delenv("SAMPLE_ACTORS_CHAOS", raising=False)
+    yield Path(d)
+
+
+__all__ = ["SAMPLE"]

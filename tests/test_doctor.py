@@ -1,0 +1,91 @@
+"""`invoke doctor` on the real sample: table, json, exit codes, --fix, worktrees."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+from helpers import alive, copy_sample, invoke, port_listening
+
+
+def checks_by_name(out):
+    data = json.loads(out.stdout)
+    by = {}
+    for c in data["checks"]:
+        by.setdefault(c["name"], []).append(c)
+    return data, by
+
+
+def test_doctor_on_a_clean_target(sample_repo):
+    out = invoke("doctor", "--python", "3.11", root=sample_repo)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines()[0].split() == ["check", "status", "detail"]
+    for name in ("python", "venv", "registry", "sockets", "processes", "import", "collection"):
+        assert any(line.startswith(name) and " ok " in line for line in out.stdout.splitlines()), name
+    data, by = checks_by_name(invoke("doctor", "--json", "--no-collect", root=sample_repo))
+    assert data["ok"] is True and data["python"] == "3.11"
+    assert "collection" not in by
+    assert by["import"][0]["status"] == "ok" and str(sample_repo) in by["import"][0]["detail"]
+
+
+def test_doctor_flags_a_leak_holding_the_registry_and_fix_sweeps_it(sample_repo, procs,
+                                                                    registry_port):
+    leak = procs.orphan(sample_repo, "_subactor[leaker@1]", port=registry_port,
+                        ignore_sigint=True)
+    out = invoke("doctor", "--json", "--no-collect", root=sample_repo)
+    assert out.returncode == 1
+    data, by = checks_by_name(out)
+    assert data["ok"] is False
+    reg = by["registry"][0]
+    assert reg["status"] == "FAIL" and f"pid {leak}" in reg["detail"] and "leaked" in reg["detail"]
+    assert reg["fix"] == "invoke clean"
+    assert by["processes"][0]["status"] == "FAIL"
+    table = invoke("doctor", "--no-collect", root=sample_repo)
+    assert table.returncode == 1 and "-> fix: invoke clean" in table.stdout
+
+    fixed = invoke("doctor", "--fix", "--no-collect", root=sample_repo)
+    assert fixed.returncode == 0, fixed.stdout
+    assert "fix: ended" in fixed.stdout
+    assert not alive(leak) and not port_listening(registry_port)
+
+
+def test_doctor_reports_a_foreign_registry_holder_without_touching_it(sample_repo, procs,
+                                                                      registry_port, tmp_path):
+    other = procs.child(tmp_path, "_subactor[someone-else@1]", port=registry_port)
+    out = invoke("doctor", "--json", "--no-collect", "--fix", root=sample_repo)
+    assert out.returncode == 1
+    _, by = checks_by_name(out)
+    assert "outside this checkout" in by["registry"][0]["fix"]
+    assert other.poll() is None and port_listening(registry_port)
+
+
+def test_doctor_missing_venv_and_missing_minor(tmp_path):
+    root = copy_sample(tmp_path / "s", config='[tool.tractor-tasks]\npythons = ["3.11", "3.14"]\n')
+    out = invoke("doctor", "--json", "--python", "3.14", root=root)
+    assert out.returncode == 1
+    _, by = checks_by_name(out)
+    assert by["python"][0]["status"] == "FAIL" and "uv python install 3.14" in by["python"][0]["fix"]
+    assert by["venv"][0]["status"] == "FAIL"
+    assert by["import"][0]["status"] == "skip"
+    assert not (root / "py314").exists()
+
+
+def test_doctor_in_a_git_worktree_flags_an_install_from_the_main_checkout(sample_repo, tmp_path):
+    wt = tmp_path / "wt"
+    subprocess.run(["git", "worktree", "add", "-q", "--detach", str(wt)], cwd=sample_repo,
+                   check=True)
+    try:
+        # the worktree borrows the main checkout's venv: imports resolve outside it
+        (wt / "py311").symlink_to(sample_repo / "py311")
+        out = invoke("doctor", "--json", "--no-collect", root=wt)
+        _, by = checks_by_name(out)
+        assert by["worktree (C)"][0]["status"] == "FAIL", out.stdout
+        assert "outside this worktree" in by["worktree (C)"][0]["detail"]
+        assert "UV_PROJECT_ENVIRONMENT=py311 uv sync" in by["worktree (C)"][0]["fix"]
+        (wt / "py311").unlink()
+        made = invoke("venv", "--python", "3.11", root=wt, timeout=600)
+        assert made.returncode == 0, made.stderr
+        out = invoke("doctor", "--json", "--no-collect", root=wt)
+        _, by = checks_by_name(out)
+        assert by["worktree (C)"][0]["status"] == "ok", out.stdout
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=sample_repo)

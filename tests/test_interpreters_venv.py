@@ -1,0 +1,100 @@
+"""Interpreters that really run, and the target's py<MINOR> uv venvs (real uv, real venvs)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import copy_sample, invoke
+from tractor_tasks import interpreters
+from tractor_tasks.errors import TaskError
+from tractor_tasks.target import load_target
+from tractor_tasks.venv import active_venv_check, venv_python
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    interpreters.find_python.cache_clear()
+    yield
+    interpreters.find_python.cache_clear()
+
+
+def test_finds_the_running_minor_and_pyenv_minors():
+    here = "%d.%d" % sys.version_info[:2]
+    found = interpreters.find_python(here)
+    assert found is not None and found.source == "running"
+    pyenv = sorted(p.name for p in (interpreters._pyenv_root() / "versions").glob("3.1[0-9].*"))
+    if not pyenv:
+        pytest.skip("no pyenv versions on this machine")
+    minor = ".".join(pyenv[-1].split(".")[:2])
+    found = interpreters.find_python(minor)
+    assert found is not None
+    out = subprocess.run([str(found.path), "-c", "import sys; print(sys.version_info[:2])"],
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == str(tuple(int(x) for x in minor.split(".")))
+
+
+def test_a_shim_that_exits_127_is_not_an_interpreter(tmp_path, monkeypatch):
+    shim = tmp_path / "python3.12"
+    shim.write_text("#!/bin/sh\necho 'pyenv: python3.12: command not found' >&2\nexit 127\n")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    found = interpreters.find_python("3.12")
+    assert found is None or found.path != shim
+
+
+def test_missing_and_malformed_minors(monkeypatch):
+    assert interpreters.find_python("3.14") is None  # no 3.14 on this kind of machine
+    with pytest.raises(TaskError) as err:
+        interpreters.require_python("3.14")
+    assert err.value.code == 1 and "uv python install 3.14" in str(err.value)
+    for bad in ("3", "3.x", "python", "4.1.2"):
+        with pytest.raises(TaskError) as err:
+            interpreters.check_minor(bad)
+        assert err.value.code == 2
+    assert interpreters.check_minor("py313") == "3.13"
+
+
+def test_invoke_venv_creates_py311_and_is_idempotent(tmp_path):
+    root = copy_sample(tmp_path / "s")
+    first = invoke("venv", "--python", "3.11", root=root, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "UV_PROJECT_ENVIRONMENT=py311 uv sync" in first.stdout
+    assert "venv py311: created" in first.stdout
+    assert venv_python(load_target(root), "3.11").exists()
+    assert not (root / ".venv").exists()
+    imp = subprocess.run([str(root / "py311" / "bin" / "python"), "-c",
+                          "import sample_actors, pytest; print(sample_actors.__file__)"],
+                         capture_output=True, text=True)
+    assert imp.returncode == 0 and str(root) in imp.stdout
+
+    second = invoke("venv", "--python", "3.11", root=root)
+    assert second.returncode == 0 and "venv py311: up to date" in second.stdout
+
+    (root / "pyproject.toml").write_text((root / "pyproject.toml").read_text() + "\n# touched\n")
+    third = invoke("venv", "--python", "3.11", root=root)
+    assert third.returncode == 0 and "venv py311: synced" in third.stdout
+    stamp = json.loads((root / "py311" / ".tractor-tasks-synced").read_text())
+    assert stamp["python"].endswith("python3.11") or "3.11" in stamp["python"]
+
+
+def test_venv_for_a_minor_this_machine_lacks(tmp_path):
+    root = copy_sample(tmp_path / "s", config='[tool.tractor-tasks]\npythons = ["3.11", "3.14"]\n')
+    out = invoke("venv", "--python", "3.14", root=root)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        out.stderr.strip()] and "no Python 3.14 interpreter" in out.stderr
+    assert not (root / "py314").exists()
+
+
+def test_active_venv_cases(tmp_path):
+    t = load_target(copy_sample(tmp_path / "s"))
+    b = active_venv_check(t, "3.11", env={})
+    assert (b.case, b.status) == ("B", "fail") and "UV_PROJECT_ENVIRONMENT=py311 uv sync" in b.fix
+    a = active_venv_check(t, "3.11", env={"VIRTUAL_ENV": str(t.root / "py311")})
+    assert (a.case, a.status) == ("A", "ok")
+    other = active_venv_check(t, "3.11", env={"VIRTUAL_ENV": str(tmp_path / "elsewhere")})
+    assert other.status == "warn"

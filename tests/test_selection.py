@@ -1,0 +1,154 @@
+"""Intent parsing (spec sections 1-2), the pytest command, and affected (section 6)."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from helpers import SAMPLE, copy_sample, git_state, invoke
+from tractor_tasks.command import Request, pytest_args
+from tractor_tasks.errors import TaskError
+from tractor_tasks.selection import changed_files, map_changes, resolve_words
+from tractor_tasks.target import load_target
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return load_target(SAMPLE)
+
+
+@pytest.mark.parametrize("words, paths", [
+    ([], ["tests/"]),                                            # /run-tests -> full suite
+    (["test_local.py"], ["tests/test_local.py"]),                # single file
+    (["test_registrar"], ["tests/discovery/test_registrar.py"]), # pattern -> glob
+    (["ipc/"], ["tests/ipc/"]),                                  # subdir under tests/
+    (["tests/ipc/"], ["tests/ipc/"]),                            # subdir from the root
+    (["test_registrar.py"], ["tests/discovery/test_registrar.py"]),  # bare name, found deeper
+    (["discovery/test_registrar.py::test_reg_then_unreg"],
+     ["tests/discovery/test_registrar.py::test_reg_then_unreg"]),    # node ids pass through
+    (["test_local.py", "rpc", "test_local.py"], ["tests/test_local.py", "tests/test_rpc.py"]),
+    (["all"], ["tests/"]),
+])
+def test_words_resolve_like_the_spec(sample, words, paths):
+    assert resolve_words(sample, words) == paths
+
+
+@pytest.mark.parametrize("word, needle", [
+    ("no_such_thing", "no tests match"),
+    ("pyproject.toml", "outside the tests dir"),
+    ("../README.md", "outside the tests dir"),
+    ("/etc/passwd", "outside the tests dir"),
+    ("sample_actors", "outside the tests dir"),
+])
+def test_bad_words_are_usage_errors(sample, word, needle):
+    with pytest.raises(TaskError, match=needle) as err:
+        resolve_words(sample, [word])
+    assert err.value.code == 2
+
+
+def test_default_flags_and_overrides(sample):
+    base = pytest_args(sample, Request(paths=["tests/"]))
+    assert base[:4] == ["tests/", "-x", "--tb=short", "--no-header"]
+    args = pytest_args(sample, Request(paths=["tests/"], keyword="cancel and not slow",
+                                       tpt="uds", spawn="mp_spawn", loglevel="debug", tpdb=True,
+                                       extra=["--tb=long", "--maxfail=3", "-v"]))
+    assert "-x" not in args and "--tb=short" not in args
+    assert args[-3:] == ["--tb=long", "--maxfail=3", "-v"]
+    for seq in (["-k", "cancel and not slow"], ["--tpt-proto", "uds"],
+                ["--spawn-backend", "mp_spawn"], ["--ll", "debug"]):
+        i = args.index(seq[0])
+        assert args[i:i + 2] == seq
+    assert "--tpdb" in args
+    assert "-x" not in pytest_args(sample, Request(paths=["tests/"], exitfirst=False))
+
+
+def test_fork_backends_that_need_it_get_capture_sys(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.tractor-tasks]\nspawn_backends = ["trio", "main_thread_forkserver"]\n')
+    t = load_target(tmp_path)
+    assert "--capture=sys" in pytest_args(t, Request(paths=[], spawn="main_thread_forkserver"))
+    assert "--capture=sys" not in pytest_args(t, Request(paths=[], spawn="trio"))
+    assert "--capture=sys" not in pytest_args(
+        t, Request(paths=[], spawn="main_thread_forkserver", extra=["-s"]))
+
+
+def test_unknown_names_are_rejected_before_anything_runs(sample):
+    with pytest.raises(TaskError, match="unknown spawn backend 'subint'") as err:
+        pytest_args(sample, Request(paths=[], spawn="subint"))
+    assert err.value.code == 2
+
+
+def test_dry_run_prints_the_exact_command_and_runs_nothing(tmp_path):
+    root = copy_sample(tmp_path / "s")
+    out = invoke("test", "test_local.py", "-k", "registry", "--tpt", "uds", "--dry-run",
+                 "--", "-v", root=root)
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.splitlines()[1]
+    assert "py311/bin/python -m pytest tests/test_local.py -x --tb=short --no-header -k " \
+           "registry --tpt-proto uds" in line
+    assert line.rstrip().endswith("-v") and "VIRTUAL_ENV=" in line
+    assert not (root / "py311").exists() and not (root / ".tractor-tasks").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["test", "--tpt", "quic"], "unknown transport 'quic'"),
+    (["test", "--spawn", "thread"], "unknown spawn backend 'thread'"),
+    (["test", "nope_nothing"], "no tests match"),
+    (["test", "../pyproject.toml"], "outside the tests dir"),
+    (["test", "--python", "3.x"], "not a Python minor"),
+    (["test", "--python", "3.9"], "not one of the target's minors"),
+    (["test", "--timeout", "soon"], "number of seconds"),
+])
+def test_bad_usage_exits_2_with_one_line_and_changes_nothing(tmp_path, args, needle):
+    root = copy_sample(tmp_path / "s")
+    out = invoke(*args, root=root)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr
+    assert not (root / "py311").exists() and not (root / ".tractor-tasks").exists()
+
+
+# -- affected ---------------------------------------------------------------
+
+def test_affected_maps_changes_and_says_what_fell_back(tmp_path):
+    root = copy_sample(tmp_path / "s", git=True)
+    t = load_target(root)
+    (root / "sample_actors" / "ipc" / "_chan.py").write_text("# edited\n")   # unstaged
+    (root / "sample_actors" / "msg" / "new.py").write_text("x = 1\n")          # untracked
+    (root / "tests" / "test_local.py").write_text("def test_x():\n    pass\n")
+    subprocess.run(["git", "add", "tests/test_local.py"], cwd=root, check=True)  # staged
+    (root / "README.md").write_text("changed\n")                               # not mapped
+    files = changed_files(root)
+    assert set(files) == {"sample_actors/ipc/_chan.py", "sample_actors/msg/new.py",
+                          "tests/test_local.py", "README.md"}
+    aff = map_changes(t, files)
+    assert aff.mapped["sample_actors/ipc/_chan.py"] == ["ipc/"]
+    assert aff.mapped["sample_actors/msg/new.py"] == ["msg/"]
+    assert aff.mapped["tests/test_local.py"] == ["test_local.py"]
+    assert aff.fell_back == ["README.md"]
+    assert aff.tests[:3] == ["test_local.py", "ipc/", "msg/"] or set(aff.tests) >= set(t.smoke)
+
+    before = git_state(root)
+    out = invoke("affected", "--list", root=root)
+    assert out.returncode == 0, out.stderr
+    assert "README.md" in out.stdout and "fallback" in out.stdout
+    assert "tests/ipc/" in out.stdout.splitlines() and "tests/msg/" in out.stdout.splitlines()
+    assert git_state(root) == before
+
+
+def test_affected_with_base_counts_commits(tmp_path):
+    root = copy_sample(tmp_path / "s", git=True)
+    (root / "sample_actors" / "_spawn.py").write_text("# changed\n")
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "c"],
+                   cwd=root, check=True)
+    assert changed_files(root) == []
+    assert changed_files(root, "HEAD~1") == ["sample_actors/_spawn.py"]
+    out = invoke("affected", "--base", "HEAD~1", "--list", root=root)
+    assert out.returncode == 0 and out.stdout.splitlines()[-1] == "tests/test_spawning.py"
+    bad = invoke("affected", "--base", "no-such-ref", "--list", root=root)
+    assert bad.returncode == 2 and "not a commit" in bad.stderr
+
+
+def test_affected_with_nothing_changed(tmp_path):
+    root = copy_sample(tmp_path / "s", git=True)
+    out = invoke("affected", root=root)
+    assert out.returncode == 0 and "no changed files" in out.stdout

@@ -1,0 +1,151 @@
+"""Scope and sweep on real processes and sockets: in-scope leaks go, decoys stay."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+from helpers import alive, bindspace, invoke, port_listening, wait_for
+from tractor_tasks.scope import ENV_RUN, ScopeView, socket_files
+from tractor_tasks.target import load_target
+
+CONFIG = """[tool.tractor-tasks]
+package = "sample_actors"
+bindspace = "sample-actors"
+process_markers = ["_subactor[", "sample_actors._child"]
+"""
+
+
+@pytest.fixture
+def checkouts(tmp_path):
+    """Checkout A is the target; B is some other dir; C is another checkout of the project."""
+    dirs = {}
+    for name in "ABC":
+        d = tmp_path / name
+        d.mkdir()
+        (d / "pyproject.toml").write_text(CONFIG)
+        dirs[name] = d
+    return dirs
+
+
+def dead_socket(path):
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.close()  # the file stays, nobody listens
+    return path
+
+
+def test_clean_ends_in_scope_leaks_and_spares_decoys(checkouts, procs, registry_port):
+    a, b, c = checkouts["A"], checkouts["B"], checkouts["C"]
+    space = bindspace()
+    space.mkdir(mode=0o700, exist_ok=True)
+    holder = procs.orphan(a, "_subactor[leaker@1]", port=registry_port)
+    stubborn = procs.orphan(a, "_subactor[stubborn@2]", ignore_sigint=True)
+    uds_leak = procs.orphan(a, "python3 -m sample_actors._child --uid x",
+                            uds=space / "child@424242.sock")
+    decoys = [
+        procs.orphan(b, "_subactor[elsewhere@3]"),                    # actor-looking, other cwd
+        procs.orphan(c, "python3 -m sample_actors._child --uid y"),   # another checkout
+        procs.orphan(a, "python3"),                                   # unrelated child of init
+    ]
+    live = procs.child(b, "listener", uds=space / "live@999999.sock")
+    dead = dead_socket(space / "dead@999998.sock")
+    assert port_listening(registry_port)
+    assert psutil.Process(holder).ppid() == 1
+
+    dry = invoke("clean", "--dry-run", root=a)
+    assert dry.returncode == 0, dry.stderr
+    for pid in (holder, stubborn, uds_leak):
+        assert f"would end pid {pid}" in dry.stdout
+    assert f"would remove stale socket {dead}" in dry.stdout
+    assert all(alive(p) for p in (holder, stubborn, uds_leak, *decoys))
+    assert dead.exists() and port_listening(registry_port)
+
+    out = invoke("clean", root=a)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip().endswith("clean")
+    assert not any(alive(p) for p in (holder, stubborn, uds_leak))
+    assert f"pid {stubborn}" in out.stdout and "[SIGKILL]" in out.stdout
+    assert all(alive(p) for p in decoys), out.stdout
+    assert not port_listening(registry_port)
+    assert not dead.exists() and not (space / "child@424242.sock").exists()
+    assert (space / "live@999999.sock").exists() and live.poll() is None
+    assert "kept" in out.stdout and "live@999999.sock (live listener)" in out.stdout
+
+
+def test_descendant_mode_ends_only_the_named_parents_subtree(checkouts, procs):
+    a = checkouts["A"]
+    script = textwrap.dedent("""
+        import subprocess, sys, time
+        kids = [subprocess.Popen([f"_subactor[kid@{i}]", "-c", "import time; time.sleep(300)"],
+                                 executable=sys.executable) for i in range(2)]
+        print(" ".join(str(k.pid) for k in kids), flush=True)
+        time.sleep(300)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=a, stdout=subprocess.PIPE,
+                              text=True)
+    procs.adopt(parent.pid)
+    kids = [procs.adopt(int(p)) for p in parent.stdout.readline().split()]
+
+    # a live parent owns them: no leak in the default (orphan) mode
+    out = invoke("clean", root=a)
+    assert out.returncode == 0 and "nothing to clean" in out.stdout
+    assert all(alive(k) for k in kids)
+
+    out = invoke("clean", "--parent", str(parent.pid), root=a)
+    assert out.returncode == 0, out.stdout
+    assert not any(alive(k) for k in kids)
+    assert parent.poll() is None  # the parent itself is not touched
+    parent.kill()
+    parent.wait()
+
+
+def test_processes_of_a_live_run_are_not_leaks_but_of_a_dead_one_are(checkouts, procs,
+                                                                     monkeypatch):
+    a = checkouts["A"]
+    me = psutil.Process()
+    monkeypatch.setenv(ENV_RUN, f"{me.pid}:{me.create_time()}:{a.resolve()}")
+    ours = procs.orphan(a, "_subactor[live-run@1]")
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True)
+    gone = int(finished.stdout)
+    monkeypatch.setenv(ENV_RUN, f"{gone}:1.0:{a.resolve()}")
+    stale = procs.orphan(a, "python3 -c pass-but-started-by-a-run")
+
+    view = ScopeView(load_target(a))
+    leaked = {p.pid: p.why for p in view.leaks()}
+    assert ours not in leaked
+    assert stale in leaked and "supervisor is gone" in leaked[stale]
+    # the run's own sweep (given its marker) takes the live run's processes too
+    run = (me.pid, me.create_time())
+    assert ours in {p.pid for p in view.leaks(run=run)}
+
+
+def test_socket_staleness_is_tested_not_assumed(checkouts, procs):
+    target = load_target(checkouts["A"])
+    space = bindspace()
+    space.mkdir(mode=0o700, exist_ok=True)
+    procs.child(checkouts["B"], "listener", uds=space / "registry@1.sock")
+    dead_socket(space / "registry@2.sock")
+    me = os.getpid()
+    dead_socket(space / f"bound-by-me@{me}.sock")  # binder alive: not stale yet
+    states = {s.path.name: s for s in socket_files(target)}
+    assert states["registry@1.sock"].listening and not states["registry@1.sock"].stale
+    assert states["registry@2.sock"].stale
+    assert states[f"bound-by-me@{me}.sock"].binder_alive
+    assert not states[f"bound-by-me@{me}.sock"].stale
+    for name in ("registry@2.sock", f"bound-by-me@{me}.sock"):
+        (space / name).unlink()
+
+
+def test_bad_clean_arguments_are_usage_errors(checkouts):
+    a = checkouts["A"]
+    for args in (["--grace", "soon"], ["--grace", "-1"], ["--parent", "abc"]):
+        out = invoke("clean", *args, root=a)
+        assert out.returncode == 2, (args, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1
