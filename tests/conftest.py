@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,11 @@ for sub in ("run", "tmp"):
     (_PRIVATE / sub).mkdir(mode=0o700)
 os.environ["XDG_RUNTIME_DIR"] = str(_PRIVATE / "run")
 os.environ["TMPDIR"] = str(_PRIVATE / "tmp")
+if "UV_CACHE_DIR" not in os.environ:  # keep uv's package cache; make ours private
+    from tractor_tasks.interpreters import uv_binary
+    os.environ["UV_CACHE_DIR"] = subprocess.run(
+        [uv_binary(), "cache", "dir"], capture_output=True, text=True).stdout.strip()
+os.environ["XDG_CACHE_HOME"] = str(_PRIVATE / "tmp" / "cache")
 tempfile.tempdir = None  # forget a cached /tmp
 PORT = free_port()
 os.environ["SAMPLE_ACTORS_REGISTRY_PORT"] = str(PORT)

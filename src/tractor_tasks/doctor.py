@@ -52,12 +52,15 @@ def _tail(text: str, n: int) -> str:
     return " | ".join(lines[-n:])
 
 
-def run_checks(target: Target, minor: str, *, collect: bool = True) -> list[Check]:
+def run_checks(target: Target, minor: str, *, collect: bool = True,
+               slow: bool = True) -> list[Check]:
+    """All checks; `collect=False` skips collection, `slow=False` import and collection."""
     checks: list[Check] = []
     python = venv_python(target, minor)
     have_venv = python.exists()
     imp = col = None
-    if have_venv:  # start the slow ones first
+    collect = collect and slow
+    if have_venv and slow:  # start the slow ones first
         imp = _Probe([str(python), "-c",
                       f"import {target.package} as m; print(m.__file__)"], target.root)
         if collect:
@@ -101,9 +104,9 @@ def run_checks(target: Target, minor: str, *, collect: bool = True) -> list[Chec
                         "invoke clean" if pre.leaks else ""))
 
     import_path = None
-    if imp is None:
+    if imp is None and slow:
         checks.append(Check("import", SKIP, "no venv yet", fix_venv))
-    else:
+    elif imp is not None:
         rc, out, secs = imp.result()
         if rc == 0:
             import_path = out.strip().splitlines()[-1]

@@ -1,12 +1,15 @@
 """Find a Python interpreter for a minor (e.g. "3.13") that really runs.
 
-Looked for, in order: the running interpreter, `python3.X` on PATH (a pyenv
-shim that exits 127 is not an interpreter), `~/.pyenv/versions/3.X.*`, and
-uv's own discovery (`uv python find`, with pyenv shims hidden from it since
-they trip it up).
+Looked for, in order: the running interpreter, `python3.X` on PATH (pyenv
+shims skipped: they only exec a pyenv version, and exit 127 when it is not
+selected), `~/.pyenv/versions/3.X.*`, and uv's own discovery (`uv python
+find`, with pyenv shims hidden from it since they trip it up). Each candidate
+is run once to prove it is that minor; the answer is remembered per file
+(path, size, mtime) in the user cache dir.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -66,12 +69,16 @@ def _path_without_shims() -> str:
                            if d and os.path.realpath(d) != os.path.realpath(shims))
 
 
+def _is_pyenv_shim(path: str) -> bool:
+    return os.path.dirname(os.path.realpath(path)) == os.path.realpath(_pyenv_root() / "shims")
+
+
 def _candidates(minor: str):
     if "%d.%d" % sys.version_info[:2] == minor:
         base = getattr(sys, "_base_executable", None) or sys.executable
         yield Path(base), "running"
     exe = shutil.which(f"python{minor}")
-    if exe:
+    if exe and not _is_pyenv_shim(exe):  # a shim execs a pyenv version: looked at next
         yield Path(exe), "PATH"
     versions = _pyenv_root() / "versions"
     if versions.is_dir():
@@ -89,11 +96,47 @@ def _candidates(minor: str):
             pass
 
 
+def _cache_file() -> Path:
+    import platformdirs
+    return Path(platformdirs.user_cache_dir("tractor-tasks")) / "interpreters.json"
+
+
+def _stat_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _verified(path: Path, minor: str) -> bool:
+    """Run it once; remember the answer for this exact file (path, size, mtime)."""
+    try:
+        key = _stat_key(path)
+    except OSError:
+        return False
+    cache = _cache_file()
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if known.get(key) == minor:
+        return True
+    if not _reports_minor(path, minor):
+        return False
+    known[key] = minor
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(cache)
+    except OSError:
+        pass
+    return True
+
+
 @lru_cache(maxsize=None)
 def find_python(minor: str) -> Interpreter | None:
     minor = check_minor(minor)
     for path, source in _candidates(minor):
-        if path.exists() and _reports_minor(path, minor):
+        if path.exists() and _verified(path, minor):
             return Interpreter(minor, path, source)
     return None
 

@@ -134,6 +134,7 @@ def _run(c, words, *, root, k=None, tpt=None, spawn=None, ll=None, tpdb=False, p
     req.check(target)
     req.paths = resolve_words(target, words)
     minor = pick_minor(target, python)
+    timeout_s = _float("timeout", timeout)
     wrapper = None
     if isolate_net:
         from .nox_sessions import netns_wrapper
@@ -143,7 +144,7 @@ def _run(c, words, *, root, k=None, tpt=None, spawn=None, ll=None, tpdb=False, p
     from .runner import ensure_state_dir
     run_dir = ensure_state_dir(target) / "last" if not dry_run else target.state_dir / "last"
     result = execute(target, req, minor=minor, run_dir=run_dir,
-                     timeout=_float("timeout", timeout), dry_run=dry_run, allow_sweep=sweep,
+                     timeout=timeout_s, dry_run=dry_run, allow_sweep=sweep,
                      retry_flaky=retry_flaky, wrapper=wrapper)
     if result.code:
         raise Exit(code=result.code)
@@ -292,9 +293,10 @@ def venv(c, python=None, force=False, root=None):
 
 @_task(help={"python": "Python minor, e.g. 3.13", "json": "machine-readable output",
              "fix": "apply the safe fixes (venv sync, sweep) and check again",
-             "collect": "run the collection check (--no-collect: skip it, answer fast)",
+             "collect": "run the collection check (--no-collect: skip it)",
+             "fast": "skip the slow checks (import, collection): answers in well under 1s",
              "root": RUN_HELP["root"]})
-def doctor(c, python=None, json=False, fix=False, collect=True, root=None):
+def doctor(c, python=None, json=False, fix=False, collect=True, fast=False, root=None):
     """Preflight: interpreter, venv, imports, collection, registry, sockets, leaks."""
     from . import doctor as doc
     from .runner import pick_minor, prepare_venv
@@ -302,7 +304,7 @@ def doctor(c, python=None, json=False, fix=False, collect=True, root=None):
 
     target = _target(c, root)
     minor = pick_minor(target, python)
-    checks = doc.run_checks(target, minor, collect=collect)
+    checks = doc.run_checks(target, minor, collect=collect, slow=not fast)
     if fix and not doc.healthy(checks):
         names = {ch.name for ch in checks if ch.status in (doc.FAIL, doc.WARN)}
         if names & {"venv", "import", "collection"} or any(n.startswith("active") for n in names):
@@ -312,7 +314,7 @@ def doctor(c, python=None, json=False, fix=False, collect=True, root=None):
             if not json:
                 for line in report.lines():
                     print(f"fix: {line}")
-        checks = doc.run_checks(target, minor, collect=collect)
+        checks = doc.run_checks(target, minor, collect=collect, slow=not fast)
     print(doc.as_json(target, minor, checks) if json else doc.table(checks))
     if not doc.healthy(checks):
         raise Exit(code=1)

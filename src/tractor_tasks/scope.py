@@ -55,8 +55,9 @@ class Proc:
     def alive(self) -> bool:
         return is_alive(self.pid, self.create_time)
 
-    def describe(self) -> str:
-        return f"pid {self.pid} ({self.cmdline or self.name})"
+    def describe(self, width: int = 80) -> str:
+        text = " ".join((self.cmdline or self.name).split())  # setproctitle pads with spaces
+        return f"pid {self.pid} ({text if len(text) <= width else text[:width - 3] + '...'})"
 
 
 def is_alive(pid: int, create_time: float | None = None) -> bool:
@@ -299,8 +300,12 @@ def bindspace_dir(target: Target, runtime_dir: Path | None = None) -> Path:
     """
     if runtime_dir is not None:
         return Path(runtime_dir) / target.bindspace
+    import warnings
+
     import platformdirs
-    return Path(platformdirs.user_runtime_dir(target.bindspace))
+    with warnings.catch_warnings():  # no XDG_RUNTIME_DIR: platformdirs falls back, and says so
+        warnings.simplefilter("ignore")
+        return Path(platformdirs.user_runtime_dir(target.bindspace))
 
 
 def legacy_socket_dir() -> Path:

@@ -1,0 +1,165 @@
+"""`invoke test` and friends running real pytest on the sample target."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import psutil
+import pytest
+
+from helpers import REPO, alive, bindspace, git_state, invoke, port_listening, wait_for
+from tractor_tasks.scope import ScopeView
+from tractor_tasks.target import load_target
+
+
+def leftovers(root):
+    """Everything of the target's still around: leaked processes and socket files."""
+    view = ScopeView(load_target(root))
+    in_scope = [p for p in view.procs.values() if view.in_scope(p)]
+    socks = sorted(p.name for p in bindspace().glob("*.sock")) if bindspace().is_dir() else []
+    return in_scope, socks
+
+
+def junit_counts(root):
+    suite = next(ET.parse(root / ".tractor-tasks" / "last" / "junit.xml").iter("testsuite"))
+    return {k: int(suite.get(k)) for k in ("tests", "failures", "errors", "skipped")}
+
+
+@pytest.mark.parametrize("tpt", ["tcp", "uds"])
+def test_a_plain_run_passes_and_leaves_nothing(sample_repo, tpt):
+    out = invoke("test", "--tpt", tpt, root=sample_repo)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "results:" in out.stdout and " passed" in out.stdout and "failed" not in out.stdout
+    counts = junit_counts(sample_repo)
+    assert counts["tests"] >= 20 and counts["failures"] == counts["errors"] == 0
+    assert f"--tpt-proto {tpt}" in (sample_repo / ".tractor-tasks/last/command.txt").read_text()
+    assert leftovers(sample_repo) == ([], [])
+
+
+def test_new_and_known_flaky_failures_are_told_apart(sample_repo, monkeypatch):
+    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "tooslow,fail")
+    out = invoke("test", "test_rpc.py", "--no-x", root=sample_repo)
+    assert out.returncode == 1, out.stdout
+    lines = out.stdout.splitlines()
+    ours = [line for line in lines if line.startswith("  ") and line.endswith("]")]
+    slow = next(line for line in ours if "tests/test_rpc.py::test_slow_reply" in line)
+    new = next(line for line in ours if "tests/test_rpc.py::test_remote_math" in line)
+    assert "[known flaky" in slow and "[NEW]" in new
+    assert any("TooSlowError" in line for line in lines)
+
+
+def test_only_known_flaky_failures_exit_0_unless_x_cut_the_run_short(sample_repo, monkeypatch):
+    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "tooslow")
+    full = invoke("test", "test_rpc.py", "--no-x", root=sample_repo)
+    assert full.returncode == 0, full.stdout
+    assert "known flaky" in full.stdout
+    cut = invoke("test", "test_rpc.py", root=sample_repo)
+    assert cut.returncode == 1 and "-x stopped the run" in cut.stdout
+
+    retry = invoke("test", "test_rpc.py", "--no-x", "--retry-flaky", root=sample_repo)
+    assert retry.returncode == 0
+    assert "retry: tests/test_rpc.py::test_slow_reply: failed again" in retry.stdout
+    monkeypatch.delenv("SAMPLE_ACTORS_CHAOS")
+
+
+def test_a_hang_times_out_with_the_test_id_a_stack_dump_and_a_clean_teardown(
+        sample_repo, monkeypatch, chaos_dir, registry_port):
+    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "hang")
+    out = invoke("test", "test_spawning.py::test_hang", "--timeout", "8", root=sample_repo,
+                 timeout=120)
+    assert out.returncode == 124, out.stdout + out.stderr
+    assert "TIMEOUT" in out.stdout and "tests/test_spawning.py::test_hang" in out.stdout
+    stacks = (sample_repo / ".tractor-tasks/last/stacks.txt").read_text()
+    assert "test_hang" in stacks  # pytest's Python stack, from py-spy or the SIGUSR1 dump
+    assert leftovers(sample_repo) == ([], [])
+    assert not port_listening(registry_port)
+
+
+@pytest.mark.parametrize("how", ["terminal", "signal to invoke only"])
+def test_ctrl_c_mid_run_leaves_no_process_or_socket(sample_repo, monkeypatch, chaos_dir,
+                                                    registry_port, procs, how):
+    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "leak,ignore_sigint,hang")
+    cmd = [sys.executable, "-m", "invoke", "test", "test_spawning.py", "--no-x", "--tpt", "uds",
+           "--root", str(sample_repo)]
+    current = sample_repo / ".tractor-tasks/last/current"
+    current.unlink(missing_ok=True)
+    run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, start_new_session=True)
+    try:
+        wait_for(lambda: (chaos_dir / "leaked.pid").exists(), 120, "the leak")
+        wait_for(lambda: current.exists() and "test_hang" in current.read_text(), 60,
+                 "the hang test to start")
+        leaked = procs.adopt(int((chaos_dir / "leaked.pid").read_text()))
+        assert alive(leaked) and psutil.Process(leaked).ppid() == 1
+        if how == "terminal":
+            os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        else:
+            os.kill(run.pid, signal.SIGINT)
+        out, _ = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, out
+    assert "INTERRUPTED" in out
+    assert not alive(leaked)
+    assert leftovers(sample_repo) == ([], [])
+    assert not port_listening(registry_port)
+
+
+def test_lastfailed_rerun_and_smoke(sample_repo, monkeypatch):
+    cache = sample_repo / ".pytest_cache" / "v" / "cache" / "lastfailed"
+    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "fail")
+    invoke("test", "test_rpc.py", "--no-x", root=sample_repo)
+    out = invoke("lastfailed", root=sample_repo)
+    assert out.returncode == 0
+    assert out.stdout.splitlines() == ["1 last-failed test(s):",
+                                       "  tests/test_rpc.py::test_remote_math"]
+    monkeypatch.delenv("SAMPLE_ACTORS_CHAOS")
+    again = invoke("rerun", root=sample_repo)
+    assert again.returncode == 0, again.stdout
+    assert junit_counts(sample_repo)["tests"] == 1
+    assert invoke("lastfailed", root=sample_repo).stdout.strip() == "no failures recorded"
+    assert json.loads(cache.read_text()) == {}
+
+    smoke = invoke("smoke", root=sample_repo)
+    assert smoke.returncode == 0, smoke.stdout
+    ran = {c.get("classname") for c in
+           ET.parse(sample_repo / ".tractor-tasks/last/junit.xml").iter("testcase")}
+    assert ran and all(c.split(".")[-1] in ("test_local", "test_rpc", "test_spawning",
+                                            "test_registrar") for c in ran)
+
+
+def test_lastfailed_missing_corrupt_and_junk(tmp_path):
+    from helpers import copy_sample
+    root = copy_sample(tmp_path / "s")
+    assert "no lastfailed cache" in invoke("lastfailed", root=root).stdout
+    cache = root / ".pytest_cache" / "v" / "cache" / "lastfailed"
+    cache.parent.mkdir(parents=True)
+    cache.write_text('{"tests/test_b.py::t": true, "/usr/lib/python3/junk.py": true, '
+                     '"tests/test_a.py::t[x]": true, "other/test_c.py": true}')
+    out = invoke("lastfailed", root=root)
+    assert out.stdout.splitlines() == ["2 last-failed test(s):", "  tests/test_a.py::t[x]",
+                                       "  tests/test_b.py::t"]
+    cache.write_bytes(b'{"tests/test_a.py": tru')
+    bad = invoke("lastfailed", root=root)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+    assert "not valid JSON" in bad.stderr and "left as it is" in bad.stderr
+    assert cache.read_bytes() == b'{"tests/test_a.py": tru'
+    unknown = invoke("lastfailed", "--session", "tests-3.11(tpt='quic')", root=root)
+    assert unknown.returncode == 2 and "no runs recorded" in unknown.stderr
+
+
+def test_quick_and_no_task_touches_git(sample_repo):
+    before = git_state(sample_repo)
+    quick = invoke("quick", root=sample_repo)
+    assert quick.returncode == 0, quick.stdout + quick.stderr
+    assert "tests collected" in quick.stdout
+    for args in (["doctor", "--no-collect"], ["clean"], ["venv"], ["lastfailed", "--all"],
+                 ["affected", "--list"], ["test", "test_local.py"], ["report"]):
+        out = invoke(*args, root=sample_repo)
+        assert out.returncode in (0, 1), (args, out.stderr)
+    assert git_state(sample_repo) == before
