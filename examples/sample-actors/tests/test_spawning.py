@@ -1,0 +1,188 @@
+"""
+Spawning child actors: lifecycles, nesting, supervision - plus two
+chaos tests, ``test_daemon_leak`` (flags 'leak', 'ignore_sigint') and
+``test_hang`` (flag 'hang').
+
+"""
+import logging
+import os
+from pathlib import Path
+import signal
+import socket
+from typing import NoReturn
+
+import pytest
+import setproctitle
+import trio
+
+import sample_actors as sa
+from sample_actors import ipc
+from sample_actors._testing import sample_test
+
+from . import _remote as remote
+
+
+@sample_test
+async def test_start_and_cancel():
+    async with sa.open_nursery() as an:
+        portal = await an.start_actor('doggy')
+        assert await portal.run(remote.whoami) == ['doggy', portal.pid, os.getpid()]
+        assert await sa.query_actor('doggy') is not None
+        assert await portal.cancel_actor()
+        assert await sa.query_actor('doggy') is None
+        with pytest.raises(sa.TransportClosed):
+            await portal.run(remote.whoami)
+
+
+@sample_test
+async def test_concurrent_spawns():
+    async with sa.open_nursery() as an:
+        results = {}
+
+        async def start(name: str) -> None:
+            portal = await an.start_actor(name)
+            results[name] = await portal.run(remote.whoami)
+
+        async with trio.open_nursery() as nursery:
+            for name in ('pup0', 'pup1'):
+                nursery.start_soon(start, name)
+        assert {name: ppid for name, _, ppid in results.values()} == {
+            'pup0': os.getpid(), 'pup1': os.getpid(),
+        }
+        assert set(await sa.list_actors()) == {'root', 'pup0', 'pup1'}
+    assert set(await sa.list_actors()) == {'root'}
+
+
+@sample_test
+async def test_nested_actors():
+    async with sa.open_nursery() as an:
+        portal = await an.start_actor('parent')
+        name, _, ppid = await portal.run(remote.spawn_grandchild)
+        assert (name, ppid) == ('grandchild', portal.pid)
+
+
+@sample_test
+async def test_child_exits_when_parent_hangs_up():
+    async with sa.open_nursery() as an:
+        portal = await an.start_actor('clingy')
+        await portal.aclose()
+        with trio.fail_after(5):  # it unregisters itself on the way out
+            while await sa.query_actor('clingy') is not None:
+                await trio.sleep(0.02)
+
+
+@sample_test
+async def test_error_reaps_children():
+    with pytest.raises(KeyError):
+        async with sa.open_nursery() as an:
+            portal = await an.start_actor('bystander')
+            raise KeyError('oops')
+    assert not Path(f'/proc/{portal.pid}').exists()
+    assert await sa.query_actor('bystander') is None
+
+
+def test_loglevel_propagates(reg_addr, start_method):
+    async def main() -> int:
+        async with sa.open_root_actor(
+            registry_addr=reg_addr, start_method=start_method, loglevel='info',
+        ):
+            async with sa.open_nursery() as an:
+                portal = await an.start_actor('chatty')
+                return await portal.run(remote.runtime_loglevel)
+
+    logger = logging.getLogger('sample_actors')
+    before = logger.level
+    try:
+        assert trio.run(main) == logging.INFO
+    finally:
+        logger.setLevel(before)
+
+
+# -- chaos --------------------------------------------------------------
+
+def squat_on_registry(tpt_proto: str, ignore_sigint: bool) -> int:
+    '''Runs in the 'leaker' actor (only under chaos 'leak', so it may live
+    here rather than in `_remote`): double-fork an orphan that holds the
+    default registry address, and return the orphan's pid.'''
+    rfd, wfd = os.pipe()
+    middle = os.fork()
+    if middle == 0:  # new session, fork the orphan, vanish
+        try:
+            os.setsid()
+            if (pid := os.fork()) == 0:
+                _squat(tpt_proto, ignore_sigint)
+            os.write(wfd, str(pid).encode())
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    os.waitpid(middle, 0)
+    with os.fdopen(rfd) as pipe:
+        return int(pipe.read())
+
+
+def _squat(tpt_proto: str, ignore_sigint: bool) -> NoReturn:
+    '''The orphan's life; it never returns into the trio run it was
+    forked from.'''
+    try:
+        os.closerange(3, 1 << 16)  # the actor's sockets are not ours to hold
+        signal.set_wakeup_fd(-1)
+        signal.signal(
+            signal.SIGINT, signal.SIG_IGN if ignore_sigint else signal.SIG_DFL,
+        )
+        setproctitle.setproctitle(f'_subactor[leaker@{os.getpid()}]')
+        sa.install_stack_dumper()
+        addr = sa.default_registry_addr(tpt_proto)
+        if isinstance(addr, sa.TCPAddress):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((addr.host, addr.port))
+        else:
+            ipc.clear_stale_socket(addr.path)
+            sock = socket.socket(socket.AF_UNIX)
+            sock.bind(addr.path)
+        sock.listen()
+        while True:
+            signal.pause()
+    finally:
+        os._exit(1)
+
+
+async def wait_until_listening(addr: sa.TCPAddress | sa.UDSAddress) -> None:
+    with trio.fail_after(5):
+        while True:
+            try:
+                chan = await ipc.connect(addr)
+            except OSError:
+                await trio.sleep(0.02)
+            else:
+                await chan.aclose()
+                return
+
+
+@sample_test
+async def test_daemon_leak(chaos, tpt_proto):
+    '''Chaos 'leak': leave an orphaned actor squatting on the default
+    registry address, like a daemon some crashed test forgot.'''
+    async with sa.open_nursery() as an:
+        portal = await an.start_actor('leaker')
+        if 'leak' in chaos:
+            pid = await portal.run(
+                squat_on_registry, tpt_proto=tpt_proto,
+                ignore_sigint='ignore_sigint' in chaos,
+            )
+            await wait_until_listening(sa.default_registry_addr(tpt_proto))
+            if chaos_dir := os.environ.get('SAMPLE_ACTORS_CHAOS_DIR'):
+                Path(chaos_dir, 'leaked.pid').write_text(f'{pid}\n')
+        assert await portal.cancel_actor()
+
+
+def test_hang(chaos, reg_addr, start_method):
+    '''Chaos 'hang': block forever with a live child (and no timeout).'''
+    async def main() -> None:
+        async with sa.open_root_actor(registry_addr=reg_addr, start_method=start_method):
+            async with sa.open_nursery() as an:
+                await an.start_actor('hanger')
+                if 'hang' in chaos:
+                    await trio.sleep_forever()
+
+    trio.run(main)
