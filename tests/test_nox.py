@@ -1,0 +1,179 @@
+"""The nox matrix on the sample: real nox, real cells, parallel and interrupted runs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from helpers import REPO, alive, copy_sample, invoke, junit_ids, nox, port_listening, wait_for
+from tractor_tasks.scope import ScopeView
+from tractor_tasks.target import load_target
+
+pytestmark = pytest.mark.slow
+
+SMALL = """[tool.tractor-tasks]
+package = "sample_actors"
+bindspace = "sample-actors"
+process_markers = ["_subactor[", "sample_actors._child"]
+pythons = ["3.11", "3.14"]
+spawn_backends = ["trio"]
+smoke = ["test_local.py", "test_rpc.py"]
+
+[[tool.tractor-tasks.flaky]]
+test = "test_rpc.py::test_slow_reply*"
+error = "TooSlowError"
+"""
+TCP, UDS = "tests-3.11(tpt='tcp')", "tests-3.11(tpt='uds')"
+
+
+@pytest.fixture(scope="session")
+def matrix_repo(tmp_path_factory):
+    """The sample with a small matrix: 3.11 (here) and 3.14 (missing), trio only."""
+    root = copy_sample(tmp_path_factory.mktemp("matrix") / "sample-actors", config=SMALL)
+    out = invoke("venv", "--python", "3.11", root=root, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return root
+
+
+def cell_dir(root, slug):
+    return root / ".tractor-tasks" / "cells" / slug
+
+
+def test_the_exact_session_name_runs_one_cell_and_reports(matrix_repo, tmp_path):
+    summary = tmp_path / "summary.md"
+    out = nox("-s", TCP, root=matrix_repo, env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    d = cell_dir(matrix_repo, "tests-3.11-trio-tcp")
+    ids = junit_ids(d / "run" / "junit.xml")
+    assert len(ids) >= 20 and set(ids.values()) <= {"passed", "skipped"}
+    outcome = json.loads((d / "outcome.json").read_text())
+    assert outcome["cell"] == TCP and outcome["status"] == "passed"
+    command = (d / "run" / "command.txt").read_text()
+    assert "py311/bin/python -m pytest tests/" in command and "--tpt-proto tcp" in command
+    assert f"cache_dir={d / 'pytest-cache'}" in command and "XDG_RUNTIME_DIR=" in command
+    table = out.stdout.splitlines()
+    header = next(i for i, line in enumerate(table) if line.startswith("cell "))
+    assert table[header].split() == ["cell", "status", "passed", "failed", "known-flaky",
+                                     "skipped", "duration"]
+    assert table[header + 1].startswith(TCP) and " passed " in table[header + 1]
+    md = summary.read_text()
+    assert "| cell | status |" in md and TCP in md
+    report = invoke("report", root=matrix_repo)
+    assert report.returncode == 0 and TCP in report.stdout
+
+
+def test_posargs_go_to_pytest(matrix_repo):
+    out = nox("-s", UDS, "--", "-k", "registry", root=matrix_repo)
+    assert out.returncode == 0, out.stdout + out.stderr
+    d = cell_dir(matrix_repo, "tests-3.11-trio-uds")
+    ids = junit_ids(d / "run" / "junit.xml")
+    assert ids and all("registr" in i.lower() for i in ids)
+    assert "-k registry" in (d / "run" / "command.txt").read_text()
+
+
+def test_a_missing_minor_skips_locally_and_fails_under_ci(matrix_repo):
+    local = nox("-s", "tests-3.14(tpt='tcp')", root=matrix_repo)
+    assert local.returncode == 0, local.stdout + local.stderr
+    assert "no Python 3.14 interpreter" in local.stderr and "skipped" in local.stderr.lower()
+    ci = nox("-s", "tests-3.14(tpt='tcp')", root=matrix_repo, env={"CI": "1"})
+    assert ci.returncode != 0
+    assert "no Python 3.14 interpreter" in ci.stderr
+    assert not (matrix_repo / "py314").exists()
+
+
+def test_parallel_cells_give_the_same_results_as_serial(matrix_repo):
+    tcp, uds = (cell_dir(matrix_repo, s) / "run" / "junit.xml"
+                for s in ("tests-3.11-trio-tcp", "tests-3.11-trio-uds"))
+    serial = nox("-t", "tcp", "uds", "--", "--isolate-net", root=matrix_repo)
+    assert serial.returncode == 0, serial.stdout + serial.stderr
+    before = (junit_ids(tcp), junit_ids(uds))
+    started = time.time()
+    parallel = nox("-j", "2", "-t", "tcp", "uds", "--", "--isolate-net", root=matrix_repo)
+    assert parallel.returncode == 0, parallel.stdout + parallel.stderr
+    assert tcp.stat().st_mtime > started and uds.stat().st_mtime > started
+    assert (junit_ids(tcp), junit_ids(uds)) == before
+    assert "own network namespace" in parallel.stdout + parallel.stderr
+
+
+def test_ctrl_c_during_a_parallel_run_leaves_nothing(matrix_repo, registry_port, tmp_path,
+                                                     procs):
+    env = {**os.environ, "SAMPLE_ACTORS_CHAOS": "leak,ignore_sigint,hang",
+           "SAMPLE_ACTORS_CHAOS_DIR": str(tmp_path), "TRACTOR_TASKS_ROOT": str(matrix_repo)}
+    currents = [cell_dir(matrix_repo, s) / "run" / "current"
+                for s in ("tests-3.11-trio-tcp", "tests-3.11-trio-uds")]
+    for c in currents:
+        c.unlink(missing_ok=True)
+    run = subprocess.Popen([sys.executable, "-m", "nox", "-j", "2", "-t", "tcp", "uds",
+                            "--", "tests/test_spawning.py"], cwd=REPO, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    target = load_target(matrix_repo)
+    try:
+        wait_for(lambda: all(c.exists() and "test_hang" in c.read_text() for c in currents),
+                 180, "both cells to hang")
+        view = ScopeView(target)
+        leakers = [procs.adopt(p.pid) for p in view.procs.values()
+                   if view.in_scope(p) and "leaker" in p.cmdline]
+        assert len(leakers) == 2, [p.cmdline for p in view.procs.values() if view.in_scope(p)]
+        os.killpg(run.pid, signal.SIGINT)  # Ctrl-C in the terminal
+        out, _ = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode != 0
+    assert not any(alive(p) for p in leakers), out
+    view = ScopeView(target)
+    assert [p.describe() for p in view.procs.values() if view.in_scope(p)] == []
+    assert not port_listening(registry_port)
+    runtime_dirs = [line for line in out.splitlines() if "XDG_RUNTIME_DIR=" in line]
+    for line in runtime_dirs:
+        path = line.split("XDG_RUNTIME_DIR=")[1].split()[0]
+        assert not os.path.exists(path)
+
+
+def test_per_cell_lastfailed_and_rerun(matrix_repo):
+    fail = nox("-s", TCP, "--", "tests/test_rpc.py", root=matrix_repo,
+               env={"SAMPLE_ACTORS_CHAOS": "fail"})
+    assert fail.returncode != 0
+    out = invoke("lastfailed", "--session", TCP, root=matrix_repo)
+    assert out.returncode == 0
+    assert out.stdout.splitlines()[1:] == ["  tests/test_rpc.py::test_remote_math"]
+    every = invoke("lastfailed", "--all", root=matrix_repo)
+    assert "[tests-3.11-trio-tcp] 1 last-failed" in every.stdout
+    rerun = nox("-s", TCP, "--", "--lf", root=matrix_repo)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    ids = junit_ids(cell_dir(matrix_repo, "tests-3.11-trio-tcp") / "run" / "junit.xml")
+    assert list(ids.values()) == ["passed"] and "test_remote_math" in next(iter(ids))
+
+
+def test_ci_matrix_is_derived_from_the_sessions(matrix_repo):
+    out = invoke("ci-matrix", root=matrix_repo)
+    assert out.returncode == 0, out.stderr
+    matrix = json.loads(out.stdout)
+    listed = json.loads(nox("--list", "--json", root=matrix_repo).stdout)
+    assert [row["session"] for row in matrix["include"]] == \
+        [s["session"] for s in listed if not s["name"].startswith("smoke")]
+    for row in matrix["include"]:
+        assert set(row) == {"session", "python", "tpt", "spawn"}
+        assert row["python"] in ("3.11", "3.14") and row["tpt"] in ("tcp", "uds")
+        assert row["session"].startswith(f"tests-{row['python']}(tpt='{row['tpt']}')")
+    full = json.loads(invoke("ci-matrix").stdout)  # this repo: the sample's own matrix
+    assert {"session": "backends-3.13(spawn='mp_forkserver', tpt='uds')", "python": "3.13",
+            "tpt": "uds", "spawn": "mp_forkserver"} in full["include"]
+
+
+def test_the_shipped_workflow_parses_and_runs_the_matrix():
+    wf = yaml.safe_load((REPO / "examples" / "github" / "tractor-tasks.yml").read_text())
+    jobs = wf["jobs"]
+    assert "ci-matrix" in json.dumps(jobs["matrix"])
+    test = jobs["test"]
+    assert test["timeout-minutes"] > 0
+    assert "fromJSON(needs.matrix.outputs.matrix)" in json.dumps(test["strategy"])
+    steps = json.dumps(test["steps"])
+    assert 'nox -s \\"${{ matrix.session }}\\"' in steps and "upload-artifact" in steps
