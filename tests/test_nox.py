@@ -98,7 +98,12 @@ def test_parallel_cells_give_the_same_results_as_serial(matrix_repo):
     assert parallel.returncode == 0, parallel.stdout + parallel.stderr
     assert tcp.stat().st_mtime > started and uds.stat().st_mtime > started
     assert (junit_ids(tcp), junit_ids(uds)) == before
-    assert "own network namespace" in parallel.stdout + parallel.stderr
+    from tractor_tasks.nox_sessions import netns_wrapper
+    said = parallel.stdout + parallel.stderr
+    if netns_wrapper():
+        assert said.count("own network namespace (unshare -rn)") == 2
+    else:  # not allowed on this machine: the cells say so and run without it
+        assert said.count("--isolate-net is not available") == 2
 
 
 def test_ctrl_c_during_a_parallel_run_leaves_nothing(matrix_repo, registry_port, tmp_path,

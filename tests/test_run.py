@@ -40,6 +40,27 @@ def test_a_plain_run_passes_and_leaves_nothing(sample_repo, tpt):
     assert leftovers(sample_repo) == ([], [])
 
 
+def test_a_plain_run_on_313_in_its_own_venv(sample_repo):
+    for tpt in ("uds", "tcp"):
+        out = invoke("test", "--python", "3.13", "--tpt", tpt, root=sample_repo, timeout=600)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "py313/bin/python -m pytest tests/" in out.stdout
+        assert leftovers(sample_repo) == ([], [])
+    assert (sample_repo / "py313" / "pyvenv.cfg").read_text().count("3.13") >= 1
+
+
+def test_preflight_sweeps_leftovers_first_or_stops_with_no_sweep(sample_repo, procs,
+                                                                 registry_port):
+    leak = procs.orphan(sample_repo, "_subactor[old-run@1]", port=registry_port)
+    stop = invoke("test", "test_local.py", "--no-sweep", root=sample_repo)
+    assert stop.returncode == 1
+    assert f"preflight: leftover pid {leak}" in stop.stdout
+    assert "invoke clean" in stop.stderr and alive(leak)
+    go = invoke("test", "test_local.py", root=sample_repo)
+    assert go.returncode == 0, go.stdout
+    assert f"preflight: ended pid {leak}" in go.stdout and not alive(leak)
+
+
 def test_new_and_known_flaky_failures_are_told_apart(sample_repo, monkeypatch):
     monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "tooslow,fail")
     out = invoke("test", "test_rpc.py", "--no-x", root=sample_repo)

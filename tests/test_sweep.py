@@ -10,7 +10,7 @@ import textwrap
 import psutil
 import pytest
 
-from helpers import alive, bindspace, invoke, port_listening, wait_for
+from helpers import alive, bindspace, invoke, port_listening
 from tractor_tasks.scope import ENV_RUN, ScopeView, socket_files
 from tractor_tasks.target import load_target
 

@@ -283,7 +283,7 @@ def uds_has_listener(path: Path, listening: dict[str, int] | None = None) -> boo
         s.close()
 
 
-def uds_holders(path: Path, view: ScopeView | None = None) -> list[int]:
+def uds_holders(path: Path) -> list[int]:
     pids = set()
     for c in psutil.net_connections(kind="unix"):
         if c.laddr == str(path) and c.pid:
