@@ -36,6 +36,7 @@ class Summary:
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
     found: bool = True
+    outcomes: dict[str, str] = field(default_factory=dict)  # node id -> outcome
 
     @property
     def total(self) -> int:
@@ -115,6 +116,64 @@ def read_junit(target: Target, path: Path) -> Summary:
         else:
             summary.counts["passed"] += 1
     return summary
+
+
+def read_probe(target: Target, path: Path) -> Summary:
+    """Results from the probe's per-report log, for runs killed before JUnit was written."""
+    summary = Summary()
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        summary.found = False
+        return summary
+    final: dict[str, tuple[str, dict]] = {}
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by the kill
+        nodeid, when, outcome = rec["nodeid"], rec["when"], rec["outcome"]
+        summary.seconds += rec.get("duration", 0.0)
+        prev = final.get(nodeid, ("", {}))[0]
+        if outcome == "failed":
+            kind = "failed" if when == "call" else "errors"
+            if prev != "failed":
+                final[nodeid] = (kind, rec)
+        elif outcome == "skipped" and not prev:
+            final[nodeid] = ("xfailed" if rec.get("xfail") else "skipped", rec)
+        elif outcome == "passed" and when == "call" and not prev:
+            final[nodeid] = ("passed", rec)
+    for nodeid, (kind, rec) in final.items():
+        summary.counts[kind] += 1
+        summary.outcomes[nodeid] = kind
+        if kind in ("failed", "errors"):
+            text = rec.get("longrepr", "")
+            last = next((ln for ln in reversed(text.splitlines()) if ln.startswith("E ")), "")
+            f = Failure(nodeid, kind, last[1:].strip(), text)
+            f.flaky = classify(target, f)
+            summary.failures.append(f)
+    return summary
+
+
+def write_junit(summary: Summary, path: Path) -> None:
+    """A minimal JUnit file for a summary (used when pytest could not write its own)."""
+    suite = ET.Element("testsuite", name="pytest", tests=str(summary.total),
+                       failures=str(summary.counts["failed"]), errors=str(summary.counts["errors"]),
+                       skipped=str(summary.counts["skipped"] + summary.counts["xfailed"]),
+                       time=f"{summary.seconds:.3f}")
+    failed = {f.nodeid: f for f in summary.failures}
+    for nodeid, kind in summary.outcomes.items():
+        path_part, _, rest = nodeid.partition("::")
+        parts = rest.split("::") if rest else [""]
+        classname = ".".join([path_part.removesuffix(".py").replace("/", "."), *parts[:-1]])
+        case = ET.SubElement(suite, "testcase", classname=classname, name=parts[-1])
+        if nodeid in failed:
+            f = failed[nodeid]
+            el = ET.SubElement(case, "failure" if f.kind == "failed" else "error", message=f.message)
+            el.text = f.text
+        elif kind in ("skipped", "xfailed"):
+            ET.SubElement(case, "skipped", type="pytest.xfail" if kind == "xfailed" else "pytest.skip")
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
 
 
 def render(summary: Summary, *, traceback_lines: int = 12) -> list[str]:

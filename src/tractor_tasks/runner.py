@@ -17,7 +17,7 @@ from . import errors
 from .command import Request, pytest_args, run_env, show
 from .errors import TaskError, usage
 from .interpreters import check_minor, find_python
-from .results import Summary, read_junit, render
+from .results import Summary, read_junit, read_probe, render, write_junit
 from .scope import ENV_RUN, ScopeView, registry_listeners, run_marker, socket_files
 from .selection import is_single_file
 from .supervise import Outcome, supervise
@@ -170,6 +170,8 @@ def exit_code(outcome: Outcome, summary: Summary, exitfirst: bool) -> int:
     if summary.known_flaky:
         return errors.PROBLEM if exitfirst else 0
     rc = outcome.returncode or 0
+    if rc < 0:
+        return errors.PROBLEM  # pytest was killed by a signal
     if rc == 4:
         return errors.USAGE  # pytest rejected the command line
     if rc == 1 and not summary.found:
@@ -181,7 +183,7 @@ def execute(target: Target, req: Request, *, minor: str, run_dir: Path,
             cache_dir: Path | None = None, timeout: float | None = None,
             env_extra: dict | None = None, wrapper: list[str] | None = None,
             runtime_dir: Path | None = None, dry_run: bool = False, allow_sweep: bool = True,
-            retry_flaky: bool = False, grace: float = 3.0, out=say) -> RunResult:
+            retry_flaky: bool = False, grace: float = 8.0, out=say) -> RunResult:
     """Run the request once (plus a flaky retry if asked); print and return the result."""
     req.check(target)
     timeout = timeout or default_timeout(target, req.paths)
@@ -204,7 +206,7 @@ def execute(target: Target, req: Request, *, minor: str, run_dir: Path,
     out(f"$ {show(argv, {})}")
 
     def on_timeout(hung):
-        out(f"TIMEOUT after {timeout:g}s" + (f" in {hung}" if hung else "")
+        out(f"\nTIMEOUT after {timeout:g}s" + (f" in {hung}" if hung else "")
             + ": dumping stacks, tearing the run down")
 
     outcome = supervise(argv, cwd=target.root, env=env, timeout=timeout, probe_dir=run_dir,
@@ -212,8 +214,16 @@ def execute(target: Target, req: Request, *, minor: str, run_dir: Path,
     swept = sweep(target, run=run_marker(env), runtime_dir=runtime_dir,
                   grace=0.3)
     summary = read_junit(target, junit)
+    if not summary.found:  # pytest was stopped before it wrote JUnit: use the probe's log
+        summary = read_probe(target, run_dir / "results.jsonl")
+        if summary.found:
+            write_junit(summary, junit)
+            out(f"(pytest ended before writing its JUnit file; {junit.name} was rebuilt from "
+                f"the {summary.total} test reports it had made)")
     result = RunResult(0, outcome, summary, swept=swept)
 
+    if outcome.teardown:
+        out("")  # pytest may have left its progress line open
     for note in outcome.teardown:
         out(f"teardown: {note}")
     if swept.processes or swept.removed_sockets:
@@ -224,6 +234,9 @@ def execute(target: Target, req: Request, *, minor: str, run_dir: Path,
             f"; stacks in {outcome.stacks}")
     elif outcome.status == "interrupted":
         out("INTERRUPTED" + (f" during {outcome.hung_test}" if outcome.hung_test else ""))
+    elif (outcome.returncode or 0) < 0:
+        out(f"pytest was killed by signal {-outcome.returncode}"
+            + (f" during {outcome.hung_test}" if outcome.hung_test else ""))
 
     for line in render(summary):
         out(line)

@@ -174,4 +174,6 @@ def supervise(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float
                 notes = _teardown(proc, signals, grace, expect_exit=False)
                 return Outcome("timeout", proc.returncode, time.monotonic() - t0,
                                hung, stacks, notes)
-    return Outcome("finished", proc.returncode, time.monotonic() - t0)
+    killed = (proc.returncode or 0) < 0
+    return Outcome("finished", proc.returncode, time.monotonic() - t0,
+                   current_test(probe_dir) if killed else None)

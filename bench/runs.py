@@ -1,0 +1,74 @@
+"""Benchmark the run tasks: (a) `invoke lastfailed` vs `pytest --cache-show`,
+(b) the overhead of `invoke test tests/test_local.py` over the same pytest command run directly.
+
+    python bench/runs.py [--root PATH] [--repeat N]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (REPO, BenchError, Sandbox, compare, main, med,
+                     parse_args, parse_command, samples, verdict)
+
+LASTFAILED_TARGET = 0.25   # ratio invoke / pytest --cache-show
+OVERHEAD_TARGET = 0.3      # seconds over the bare pytest command
+
+
+def dry_run(sb: Sandbox, argv: list[str]) -> tuple[Path, dict, list[str]]:
+    """The `cd <dir>` and the command line `invoke test --dry-run` prints."""
+    _, out = sb.output([*argv, "--dry-run"], cwd=REPO)
+    lines = out.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("cd "):
+            env, cmd = parse_command(lines[i + 1], sb.env)
+            return Path(line[3:].strip()), env, cmd
+    raise BenchError(f"no `cd <root>` line in the --dry-run output:\n{out}")
+
+
+def bench(args) -> None:
+    with Sandbox(args.root) as sb:
+        sb.header("runs", args.repeat)
+
+        if sb.copied:  # one real failure in the cache, so there is something to list
+            chaos = {**sb.env, "SAMPLE_ACTORS_CHAOS": "fail"}
+            sb.run([str(sb.python), "-m", "pytest", "tests/test_rpc.py", "-q",
+                    "-k", "test_remote_math"], env=chaos, ok=(1,))
+        lastfailed = sb.invoke("lastfailed")
+        show = [str(sb.python), "-m", "pytest", "--cache-show", "cache/lastfailed"]
+        xs, ys = compare(args.repeat, lambda: sb.run(lastfailed, cwd=REPO),
+                         lambda: sb.run(show))
+        ratio = med(xs) / med(ys)
+        print(f"lastfailed: invoke {med(xs):.2f}s vs pytest --cache-show {med(ys):.2f}s "
+              f"-> ratio {ratio:.2f} (target <= {LASTFAILED_TARGET}: "
+              f"{verdict(ratio <= LASTFAILED_TARGET)})")
+        print(samples("invoke", xs, "pytest", ys), flush=True)
+
+        # a checkout given with --root may be shared: never sweep another session's processes
+        test = sb.invoke("test", "tests/test_local.py", *([] if sb.copied else ["--no-sweep"]),
+                         python=True)
+        cwd, env, direct = dry_run(sb, test)
+        try:
+            sb.run(test, cwd=REPO)  # warm-up
+        except BenchError as err:
+            if sb.copied or "leftovers" not in err.output:
+                raise
+            print(f"invoke test: skipped: {sb.root} has leftovers in scope (see `invoke "
+                  f"doctor --python {sb.minor} --root {sb.root}`), and this benchmark never "
+                  "sweeps a checkout given with --root")
+            return
+        sb.run(direct, cwd=cwd, env=env)  # warm-up
+        xs, ys = compare(args.repeat, lambda: sb.run(test, cwd=REPO),
+                         lambda: sb.run(direct, cwd=cwd, env=env), warmup=False)
+        over = med(xs) - med(ys)
+        print(f"invoke test tests/test_local.py: invoke {med(xs):.2f}s vs the same pytest "
+              f"command directly {med(ys):.2f}s -> overhead {over:.2f}s (target < "
+              f"{OVERHEAD_TARGET}s: {verdict(over < OVERHEAD_TARGET)}), "
+              f"ratio {med(xs) / med(ys):.2f}")
+        print(samples("invoke", xs, "pytest", ys), flush=True)
+
+
+if __name__ == "__main__":
+    args = parse_args("bench/runs.py", __doc__.split("\n\n")[0], repeat=5)
+    main(lambda: bench(args))
