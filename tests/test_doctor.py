@@ -89,3 +89,16 @@ def test_doctor_in_a_git_worktree_flags_an_install_from_the_main_checkout(sample
         assert by["worktree (C)"][0]["status"] == "ok", out.stdout
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=sample_repo)
+
+
+def test_doctor_import_failure_is_reported_and_collection_not_run(tmp_path):
+    root = copy_sample(tmp_path / "s")
+    assert invoke("venv", "--python", "3.11", root=root, timeout=600).returncode == 0
+    init = root / "sample_actors" / "__init__.py"
+    init.write_text(init.read_text() + "\nimport no_such_module_anywhere\n")
+    out = invoke("doctor", "--json", root=root)
+    assert out.returncode == 1
+    _, by = checks_by_name(out)
+    assert by["import"][0]["status"] == "FAIL"
+    assert "ModuleNotFoundError" in by["import"][0]["detail"]
+    assert by["collection"][0]["status"] == "skip"

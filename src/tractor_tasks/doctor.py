@@ -20,6 +20,22 @@ from .venv import (active_venv_check, is_fresh, shell_command, venv_python,
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 
+# The slow part, in the target's venv: one interpreter imports the package
+# (reporting where from), then collects, so the package is imported once.
+_SLOW = """
+import sys, time
+t0 = time.monotonic()
+try:
+    import {pkg} as m
+except BaseException as e:
+    print("TT-IMPORT-FAILED", type(e).__name__, e, flush=True)
+    sys.exit(3)
+print("TT-IMPORT", round(time.monotonic() - t0, 2), m.__file__, flush=True)
+if {collect}:
+    import pytest
+    sys.exit(pytest.main([{tests!r}, "-q", "--co", "-p", "no:cacheprovider"]))
+"""
+
 
 @dataclass
 class Check:
@@ -58,14 +74,11 @@ def run_checks(target: Target, minor: str, *, collect: bool = True,
     checks: list[Check] = []
     python = venv_python(target, minor)
     have_venv = python.exists()
-    imp = col = None
+    probe = None
     collect = collect and slow
-    if have_venv and slow:  # start the slow ones first
-        imp = _Probe([str(python), "-c",
-                      f"import {target.package} as m; print(m.__file__)"], target.root)
-        if collect:
-            col = _Probe([str(python), "-m", "pytest", target.tests_dir, "-q", "--co",
-                          "-p", "no:cacheprovider"], target.root)
+    if have_venv and slow:  # start the slow part first: it runs while the rest is checked
+        probe = _Probe([str(python), "-c", _SLOW.format(pkg=target.package, collect=collect,
+                                                       tests=target.tests_dir)], target.root)
 
     interp = find_python(minor)
     checks.append(Check("python", OK if interp else FAIL,
@@ -104,27 +117,31 @@ def run_checks(target: Target, minor: str, *, collect: bool = True,
                         "invoke clean" if pre.leaks else ""))
 
     import_path = None
-    if imp is None and slow:
-        checks.append(Check("import", SKIP, "no venv yet", fix_venv))
-    elif imp is not None:
-        rc, out, secs = imp.result()
-        if rc == 0:
-            import_path = out.strip().splitlines()[-1]
-            checks.append(Check("import", OK, f"{target.package} from {import_path} ({secs:.1f}s)"))
+    if probe is None:
+        if slow:
+            checks.append(Check("import", SKIP, "no venv yet", fix_venv))
+            if collect:
+                checks.append(Check("collection", SKIP, "no venv yet", fix_venv))
+    else:
+        rc, out, secs = probe.result()
+        head, _, rest = out.partition("\n")
+        if head.startswith("TT-IMPORT "):
+            _, took, import_path = head.split(" ", 2)
+            checks.append(Check("import", OK, f"{target.package} from {import_path} "
+                                f"({float(took):.1f}s)"))
+            if collect:
+                checks.append(Check("collection", OK if rc == 0 else FAIL,
+                                    f"{_tail(rest, 1)} ({secs:.1f}s)" if rc == 0 else _tail(rest, 5),
+                                    "" if rc == 0 else "fix the collection errors above"))
         else:
             checks.append(Check("import", FAIL, f"import {target.package}: {_tail(out, 1)}",
                                 "fix the import error before running tests"))
+            if collect:
+                checks.append(Check("collection", SKIP, "not run: the import failed"))
     wt = worktree_check(target, minor, import_path)
     if wt:
         checks.append(Check("worktree (C)", wt.status if wt.status != "fail" else FAIL,
                             wt.detail, wt.fix))
-    if col is not None:
-        rc, out, secs = col.result()
-        checks.append(Check("collection", OK if rc == 0 else FAIL,
-                            f"{_tail(out, 1)} ({secs:.1f}s)" if rc == 0 else _tail(out, 5),
-                            "" if rc == 0 else "fix the collection errors above"))
-    elif collect:
-        checks.append(Check("collection", SKIP, "no venv yet", fix_venv))
     return checks
 
 

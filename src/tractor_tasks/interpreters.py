@@ -136,6 +136,7 @@ def _verified(path: Path, minor: str) -> bool:
 def find_python(minor: str) -> Interpreter | None:
     minor = check_minor(minor)
     for path, source in _candidates(minor):
+        path = Path(os.path.realpath(path))  # python and python3.11 are one interpreter
         if path.exists() and _verified(path, minor):
             return Interpreter(minor, path, source)
     return None

@@ -211,8 +211,7 @@ def execute(target: Target, req: Request, *, minor: str, run_dir: Path,
 
     outcome = supervise(argv, cwd=target.root, env=env, timeout=timeout, probe_dir=run_dir,
                         grace=grace, on_timeout=on_timeout)
-    swept = sweep(target, run=run_marker(env), runtime_dir=runtime_dir,
-                  grace=0.3)
+    swept = sweep(target, run=run_marker(env), runtime_dir=runtime_dir, verify=False)
     summary = read_junit(target, junit)
     if not summary.found:  # pytest was stopped before it wrote JUnit: use the probe's log
         summary = read_probe(target, run_dir / "results.jsonl")
@@ -263,7 +262,7 @@ def _retry(target, req, summary, *, minor, run_dir, cache_dir, timeout, env_extr
             *pytest_args(target, retry_req, junit=junit, cache_dir=cache_dir)]
     env = run_env(target, target.venv_dir(minor), retry_dir, extra=env_extra)
     outcome = supervise(argv, cwd=target.root, env=env, timeout=timeout, probe_dir=retry_dir)
-    sweep(target, run=run_marker(env), runtime_dir=runtime_dir)
+    sweep(target, run=run_marker(env), runtime_dir=runtime_dir, verify=False)
     again = read_junit(target, junit)
     failed_again = {f.nodeid for f in again.failures}
     for nodeid in ids:
