@@ -261,7 +261,6 @@ def lastfailed(c, session=None, all_=False, root=None):
     else:
         sources.append((".pytest_cache", lastfailed_path(target.root / ".pytest_cache")))
         if all_:
-            from .cells import Cell  # noqa: F401
             for cache in sorted((target.state_dir / "cells").glob("*/pytest-cache")):
                 sources.append((cache.parent.name, lastfailed_path(cache)))
     for label, path in sources:

@@ -76,7 +76,9 @@ def run_cell(session, target: Target, cell: Cell) -> None:
     if find_python(cell.minor) is None:
         msg = (f"no Python {cell.minor} interpreter on this machine; get one with "
                f"`uv python install {cell.minor}` or `pyenv install {cell.minor}`")
-        session.error(msg) if _missing_is_error(session) else session.skip(msg)
+        if _missing_is_error(session):
+            session.error(msg)
+        session.skip(msg)
     try:
         pytest_extra, isolate, timeout = _take(list(session.posargs))
         if isolate is None:

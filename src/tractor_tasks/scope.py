@@ -191,7 +191,8 @@ class ScopeView:
                 owner = a
                 break
         if owner is None or owner.pid == 1 or owner.name in REAPER_NAMES:
-            return f"{why}; orphaned (its tree hangs off {owner.describe() if owner else 'nothing'})"
+            adopter = f"pid {owner.pid} {owner.name}" if owner else "nothing"
+            return f"{why}; orphaned (its tree's parent is gone; adopted by {adopter})"
         return None
 
     def leaks(self, parent: int | None = None, run: tuple | None = None) -> list[Proc]:
