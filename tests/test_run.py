@@ -87,15 +87,29 @@ def test_only_known_flaky_failures_exit_0_unless_x_cut_the_run_short(sample_repo
     monkeypatch.delenv("SAMPLE_ACTORS_CHAOS")
 
 
+@pytest.mark.parametrize("dumper", ["py-spy", "fallback"])
 def test_a_hang_times_out_with_the_test_id_a_stack_dump_and_a_clean_teardown(
-        sample_repo, monkeypatch, chaos_dir, registry_port):
+        sample_repo, monkeypatch, chaos_dir, registry_port, dumper):
+    import shutil
     monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "hang")
+    if dumper == "py-spy":
+        if not shutil.which("py-spy"):
+            pytest.skip("py-spy is not installed here")
+    else:  # hide py-spy: wchan + SIGUSR1 to the processes that handle it
+        path = [d for d in os.environ["PATH"].split(os.pathsep)
+                if not os.path.exists(os.path.join(d, "py-spy"))]
+        monkeypatch.setenv("PATH", os.pathsep.join(path))
     out = invoke("test", "test_spawning.py::test_hang", "--timeout", "8", root=sample_repo,
                  timeout=120)
     assert out.returncode == 124, out.stdout + out.stderr
     assert "TIMEOUT" in out.stdout and "tests/test_spawning.py::test_hang" in out.stdout
     stacks = (sample_repo / ".tractor-tasks/last/stacks.txt").read_text()
-    assert "test_hang" in stacks  # pytest's Python stack, from py-spy or the SIGUSR1 dump
+    assert "test_hang" in stacks  # pytest's Python stack
+    if dumper == "py-spy":
+        assert "(py-spy)" in stacks and "_subactor[hanger@" in stacks
+    else:
+        assert "(py-spy)" not in stacks and "wchan:" in stacks
+        assert "=== SIGUSR1 dump stacks-" in stacks
     assert leftovers(sample_repo) == ([], [])
     assert not port_listening(registry_port)
 

@@ -154,7 +154,11 @@ def _run(c, words, *, root, k=None, tpt=None, spawn=None, ll=None, tpdb=False, p
 def test(c, targets=None, k=None, tpt=None, spawn=None, ll=None, tpdb=False, python=None,
          timeout=None, dry_run=False, sweep=True, no_x=False, retry_flaky=False,
          isolate_net=False, root=None):
-    """Run tests the spec's way: preflight, pytest -x --tb=short --no-header, sweep, report."""
+    """Run tests the spec's way: preflight, pytest -x --tb=short --no-header, sweep, report.
+
+    invoke test [TARGET ...] [options] [-- pytest args]
+    e.g. invoke test test_local.py --tpt uds; invoke test ipc/ -k cancel -- -v
+    """
     _run(c, targets or [], root=root, k=k, tpt=tpt, spawn=spawn, ll=ll, tpdb=tpdb,
          python=python, timeout=timeout, dry_run=dry_run, sweep=sweep, no_x=no_x,
          retry_flaky=retry_flaky, isolate_net=isolate_net)
