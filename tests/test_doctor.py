@@ -81,6 +81,9 @@ def test_doctor_in_a_git_worktree_flags_an_install_from_the_main_checkout(sample
         assert by["worktree (C)"][0]["status"] == "FAIL", out.stdout
         assert "outside this worktree" in by["worktree (C)"][0]["detail"]
         assert "UV_PROJECT_ENVIRONMENT=py311 uv sync" in by["worktree (C)"][0]["fix"]
+        run = invoke("test", "test_local.py", root=wt)  # a run refuses too, before pytest
+        assert run.returncode == 1 and "outside this worktree" in run.stderr
+        assert not (wt / ".tractor-tasks" / "last").exists()
         (wt / "py311").unlink()
         made = invoke("venv", "--python", "3.11", root=wt, timeout=600)
         assert made.returncode == 0, made.stderr

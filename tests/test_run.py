@@ -145,6 +145,28 @@ def test_ctrl_c_mid_run_leaves_no_process_or_socket(sample_repo, monkeypatch, ch
     assert not port_listening(registry_port)
 
 
+def test_with_a_debugger_ctrl_c_belongs_to_pytest(sample_repo, monkeypatch, chaos_dir):
+    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "hang")
+    current = sample_repo / ".tractor-tasks/last/current"
+    current.unlink(missing_ok=True)
+    run = subprocess.Popen([sys.executable, "-m", "invoke", "test", "test_spawning.py::test_hang",
+                            "--tpdb", "--root", str(sample_repo)], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    try:
+        wait_for(lambda: current.exists() and "test_hang" in current.read_text(), 60, "the hang")
+        os.kill(run.pid, signal.SIGINT)  # to invoke only: a REPL's Ctrl-C is not "stop"
+        with pytest.raises(subprocess.TimeoutExpired):
+            run.wait(timeout=3)
+        os.kill(run.pid, signal.SIGTERM)  # a real stop still tears everything down
+        out, _ = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130 and "INTERRUPTED" in out
+    assert leftovers(sample_repo) == ([], [])
+
+
 def test_lastfailed_rerun_and_smoke(sample_repo, monkeypatch):
     cache = sample_repo / ".pytest_cache" / "v" / "cache" / "lastfailed"
     monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "fail")

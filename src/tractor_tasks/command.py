@@ -28,6 +28,12 @@ class Request:
     extra: list[str] = field(default_factory=list)  # after `--`, passed through verbatim
     last_failed: bool = False
 
+    @property
+    def interactive(self) -> bool:
+        """A debugger may take the terminal: Ctrl-C then belongs to it."""
+        return self.tpdb or any(a in ("--pdb", "--trace", "--tpdb", "--debug-mode")
+                                for a in self.extra)
+
     def check(self, target: Target) -> None:
         if self.tpt is not None and self.tpt not in target.transports:
             raise usage(f"error: unknown transport {self.tpt!r}; allowed: "

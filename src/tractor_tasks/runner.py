@@ -23,7 +23,7 @@ from .selection import is_single_file
 from .supervise import Outcome, supervise
 from .sweep import SweepReport, sweep
 from .target import Target
-from .venv import VenvResult, ensure_venv, venv_python
+from .venv import VenvResult, ensure_venv, venv_python, worktree_check
 
 
 def say(line: str = "") -> None:
@@ -122,8 +122,11 @@ def check_scope(target: Target, runtime_dir: Path | None = None) -> Preflight:
     return pre
 
 
-def preflight(target: Target, *, allow_sweep: bool = True, runtime_dir: Path | None = None,
-              grace: float = 0.3, out=say) -> None:
+def preflight(target: Target, minor: str, *, allow_sweep: bool = True,
+              runtime_dir: Path | None = None, grace: float = 0.3, out=say) -> None:
+    wt = worktree_check(target, minor, None)  # spec case C, the cheap half (no import)
+    if wt and wt.status == "fail":
+        raise TaskError(f"error: {wt.detail}; run `{wt.fix}`")
     pre = check_scope(target, runtime_dir)
     for lst in pre.foreign_holders:
         out(f"preflight: warning: registry {lst.describe()}, outside this checkout; tests that "
@@ -200,7 +203,7 @@ def execute(target: Target, req: Request, *, minor: str, run_dir: Path,
         return RunResult(0)
 
     prepare_venv(target, minor, out=out)
-    preflight(target, allow_sweep=allow_sweep, runtime_dir=runtime_dir, out=out)
+    preflight(target, minor, allow_sweep=allow_sweep, runtime_dir=runtime_dir, out=out)
     fresh_dir(run_dir)
     (run_dir / "command.txt").write_text(show(argv, env) + "\n")
     out(f"$ {show(argv, {})}")
@@ -210,7 +213,7 @@ def execute(target: Target, req: Request, *, minor: str, run_dir: Path,
             + ": dumping stacks, tearing the run down")
 
     outcome = supervise(argv, cwd=target.root, env=env, timeout=timeout, probe_dir=run_dir,
-                        grace=grace, on_timeout=on_timeout)
+                        grace=grace, on_timeout=on_timeout, interactive=req.interactive)
     swept = sweep(target, run=run_marker(env), runtime_dir=runtime_dir, verify=False)
     summary = read_junit(target, junit)
     if not summary.found:  # pytest was stopped before it wrote JUnit: use the probe's log

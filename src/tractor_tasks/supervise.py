@@ -94,11 +94,16 @@ def dump_stacks(procs: list[Proc], probe_dir: Path) -> Path:
 
 
 class _Signals:
-    """SIGINT/SIGTERM to us, counted, while a run is supervised (main thread only)."""
+    """SIGINT/SIGTERM to us, counted, while a run is supervised (main thread only).
 
-    def __init__(self):
+    Interactive runs (a debugger REPL in pytest) leave Ctrl-C to pytest: there
+    it means "interrupt the REPL", not "stop the run".
+    """
+
+    def __init__(self, interactive: bool = False):
         self.count = 0
         self.last: int | None = None
+        self.interactive = interactive
         self._old: dict[int, object] = {}
 
     def __enter__(self):
@@ -108,6 +113,8 @@ class _Signals:
         return self
 
     def _on(self, signum, frame):
+        if self.interactive and signum == signal.SIGINT:
+            return
         self.count += 1
         self.last = signum
 
@@ -178,10 +185,11 @@ def _teardown(proc: subprocess.Popen, signals: _Signals, grace: float,
 
 
 def supervise(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float,
-              probe_dir: Path, grace: float = 8.0, on_timeout=None) -> Outcome:
+              probe_dir: Path, grace: float = 8.0, on_timeout=None,
+              interactive: bool = False) -> Outcome:
     """Run `argv`, bounded by `timeout` seconds; tear down on timeout or interrupt."""
     t0 = time.monotonic()
-    with _Signals() as signals:
+    with _Signals(interactive) as signals:
         proc = subprocess.Popen(argv, cwd=cwd, env=env)
         _open_pidfd(proc)
         try:
