@@ -78,3 +78,30 @@ def test_a_run_killed_before_junit_still_reports_what_ran(sample_repo, monkeypat
     ids = junit_ids(run_dir / "junit.xml")
     assert any("test_daemon_leak" in i for i in ids)
     assert not any("test_hang" in i for i in ids)  # it never reported
+
+
+def test_exit_codes():
+    from tractor_tasks.results import Summary
+    from tractor_tasks.runner import exit_code
+    from tractor_tasks.supervise import Outcome
+    from tractor_tasks.target import FlakyRule
+
+    def summary(*kinds):
+        s = Summary()
+        for i, kind in enumerate(kinds):
+            f = Failure(f"tests/test_x.py::t{i}", "failed", "", "")
+            f.flaky = FlakyRule("*", "x") if kind == "flaky" else None
+            s.failures.append(f)
+        return s
+
+    done = Outcome("finished", 1, 1.0)
+    assert exit_code(done, summary("new", "flaky"), exitfirst=False) == 1
+    assert exit_code(done, summary("flaky"), exitfirst=False) == 0
+    assert exit_code(done, summary("flaky"), exitfirst=True) == 1   # -x: the rest never ran
+    assert exit_code(done, summary(), exitfirst=False) == 1         # failed, recorded nowhere
+    assert exit_code(Outcome("finished", 0, 1.0), summary(), True) == 0
+    assert exit_code(Outcome("finished", 5, 1.0), summary(), True) == 5
+    assert exit_code(Outcome("finished", 4, 1.0), summary(), True) == 2
+    assert exit_code(Outcome("finished", -9, 1.0), summary(), True) == 1
+    assert exit_code(Outcome("timeout", None, 1.0), summary("flaky"), True) == 124
+    assert exit_code(Outcome("interrupted", 2, 1.0), summary(), True) == 130

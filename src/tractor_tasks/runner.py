@@ -164,22 +164,25 @@ def default_timeout(target: Target, paths: list[str]) -> float:
 
 
 def exit_code(outcome: Outcome, summary: Summary, exitfirst: bool) -> int:
+    """0 passed; 1 new failures (or a known-flaky one that -x stopped at, or a failure
+    pytest reported but recorded nowhere); 2 bad usage; 124 timeout; 130 interrupted;
+    pytest's own 3 (internal error) and 5 (no tests collected) pass through."""
     if outcome.status == "interrupted":
         return errors.INTERRUPTED
     if outcome.status == "timeout":
         return errors.TIMEOUT
+    rc = outcome.returncode or 0
+    if rc < 0:
+        return errors.PROBLEM  # pytest was killed by a signal
+    if rc == 2:
+        return errors.INTERRUPTED  # pytest itself was interrupted
+    if rc == 4:
+        return errors.USAGE  # pytest rejected the command line
     if summary.new_failures:
         return errors.PROBLEM
     if summary.known_flaky:
         return errors.PROBLEM if exitfirst else 0
-    rc = outcome.returncode or 0
-    if rc < 0:
-        return errors.PROBLEM  # pytest was killed by a signal
-    if rc == 4:
-        return errors.USAGE  # pytest rejected the command line
-    if rc == 1 and not summary.found:
-        return errors.PROBLEM
-    return 0 if rc == 1 else rc
+    return errors.PROBLEM if rc == 1 else rc
 
 
 def execute(target: Target, req: Request, *, minor: str, run_dir: Path,
