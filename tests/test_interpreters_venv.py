@@ -47,10 +47,11 @@ def test_a_shim_that_exits_127_is_not_an_interpreter(tmp_path, monkeypatch):
 
 
 def test_missing_and_malformed_minors(monkeypatch):
-    assert interpreters.find_python("3.14") is None  # no 3.14 on this kind of machine
+    assert interpreters.find_python("3.99") is None
     with pytest.raises(TaskError) as err:
-        interpreters.require_python("3.14")
-    assert err.value.code == 1 and "uv python install 3.14" in str(err.value)
+        interpreters.require_python("3.99")
+    assert err.value.code == 1 and "uv python install 3.99" in str(err.value)
+    assert "\n" not in str(err.value)
     for bad in ("3", "3.x", "python", "4.1.2"):
         with pytest.raises(TaskError) as err:
             interpreters.check_minor(bad)
