@@ -64,6 +64,22 @@ def test_preflight_sweeps_leftovers_first_or_stops_with_no_sweep(sample_repo, pr
     assert f"preflight: ended pid {leak}" in go.stdout and not alive(leak)
 
 
+def test_strays_no_marker_points_to_are_swept_after_the_run(sample_repo, monkeypatch,
+                                                           chaos_dir, procs):
+    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "stray")
+    out = invoke("test", "test_spawning.py::test_strays", root=sample_repo)
+    daemon, child = (procs.adopt(int(p)) for p in (chaos_dir / "strays.pid").read_text().split())
+    assert out.returncode == 0, out.stdout
+    assert not alive(daemon) and not alive(child)
+    sweep_lines = [line for line in out.stdout.splitlines() if line.startswith("sweep: ended")]
+    assert any(f"pid {daemon} " in line and "private temp dir" in line for line in sweep_lines)
+    assert any(f"pid {child} " in line and "descended from this run's pytest" in line
+               for line in sweep_lines), out.stdout
+    command = (sample_repo / ".tractor-tasks/last/command.txt").read_text()
+    private = command.split("XDG_RUNTIME_DIR=")[1].split()[0]
+    assert not os.path.exists(private)  # the run's private dir is gone too
+
+
 def test_new_and_known_flaky_failures_are_told_apart(sample_repo, monkeypatch):
     monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "tooslow,fail")
     out = invoke("test", "test_rpc.py", "--no-x", root=sample_repo)

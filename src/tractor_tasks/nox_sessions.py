@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -95,14 +94,8 @@ def run_cell(session, target: Target, cell: Cell) -> None:
         req = Request(paths=resolve_words(target, words), tpt=cell.tpt, spawn=cell.spawn,
                       exitfirst=False, extra=pytest_extra)
         cell.dir(target).mkdir(parents=True, exist_ok=True)
-        runtime = Path(tempfile.mkdtemp(prefix="tt-"))  # short: UDS paths have a length cap
-        try:
-            result = execute(target, req, minor=cell.minor, run_dir=cell.run_dir(target),
-                             cache_dir=cell.cache_dir(target), timeout=timeout,
-                             env_extra={"XDG_RUNTIME_DIR": str(runtime), "TMPDIR": str(runtime)},
-                             wrapper=wrapper, runtime_dir=runtime)
-        finally:
-            shutil.rmtree(runtime, ignore_errors=True)
+        result = execute(target, req, minor=cell.minor, run_dir=cell.run_dir(target),
+                         cache_dir=cell.cache_dir(target), timeout=timeout, wrapper=wrapper)
     except TaskError as err:
         session.error(str(err))
     status = {0: "passed", 124: "timeout", 130: "interrupted"}.get(result.code, "failed")

@@ -9,6 +9,7 @@ import fcntl
 import os
 import shutil
 import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,12 +110,12 @@ class Preflight:
         return bool(self.leaks or self.stale_sockets)
 
 
-def check_scope(target: Target, runtime_dir: Path | None = None) -> Preflight:
+def check_scope(target: Target) -> Preflight:
     """The fast part of the doctor: leftovers in scope, and who holds the registry."""
     view = ScopeView(target)
     pre = Preflight(leaks=view.leaks())
-    pre.stale_sockets = [s for s in socket_files(target, runtime_dir) if s.stale]
-    for lst in registry_listeners(target, view, runtime_dir):
+    pre.stale_sockets = [s for s in socket_files(target) if s.stale]
+    for lst in registry_listeners(target, view):
         if lst.leaked:
             pre.leaked_holders.append(lst)
             continue
@@ -123,11 +124,12 @@ def check_scope(target: Target, runtime_dir: Path | None = None) -> Preflight:
 
 
 def preflight(target: Target, minor: str, *, allow_sweep: bool = True,
-              runtime_dir: Path | None = None, grace: float = 0.3, out=say) -> None:
+              grace: float = 0.3, out=say) -> None:
+    """Before a run: the cheap worktree check, then leftovers of earlier runs (swept)."""
     wt = worktree_check(target, minor, None)  # spec case C, the cheap half (no import)
     if wt and wt.status == "fail":
         raise TaskError(f"error: {wt.detail}; run `{wt.fix}`")
-    pre = check_scope(target, runtime_dir)
+    pre = check_scope(target)
     for lst in pre.foreign_holders:
         out(f"preflight: warning: registry {lst.describe()}, outside this checkout; tests that "
             "bind the default registry may fail (not touched)")
@@ -143,7 +145,7 @@ def preflight(target: Target, minor: str, *, allow_sweep: bool = True,
     if not allow_sweep:
         raise TaskError("error: leftovers from an earlier run are in scope (listed above); "
                         "run `invoke clean`, or drop --no-sweep to sweep them first")
-    report = sweep(target, grace=grace, runtime_dir=runtime_dir)
+    report = sweep(target, grace=grace)
     for line in report.lines():
         out(f"preflight: {line}")
 
@@ -185,39 +187,52 @@ def exit_code(outcome: Outcome, summary: Summary, exitfirst: bool) -> int:
     return errors.PROBLEM if rc == 1 else rc
 
 
-def execute(target: Target, req: Request, *, minor: str, run_dir: Path,
-            cache_dir: Path | None = None, timeout: float | None = None,
-            env_extra: dict | None = None, wrapper: list[str] | None = None,
-            runtime_dir: Path | None = None, dry_run: bool = False, allow_sweep: bool = True,
-            retry_flaky: bool = False, grace: float = 8.0, out=say) -> RunResult:
-    """Run the request once (plus a flaky retry if asked); print and return the result."""
-    req.check(target)
-    timeout = timeout or default_timeout(target, req.paths)
-    python = venv_python(target, minor)
+@dataclass
+class _Pass:
+    """One pytest invocation, supervised, swept and read."""
+    argv: list[str]
+    env: dict[str, str]
+    outcome: Outcome
+    summary: Summary
+    swept: SweepReport
+
+
+def _command(target: Target, req: Request, minor: str, run_dir: Path, cache_dir: Path | None,
+             wrapper: list[str] | None, private: str) -> tuple[list[str], dict[str, str]]:
+    argv = [*(wrapper or []), str(venv_python(target, minor)), "-m", "pytest",
+            *pytest_args(target, req, junit=run_dir / "junit.xml", cache_dir=cache_dir)]
+    env = run_env(target, target.venv_dir(minor), run_dir,
+                  extra={"XDG_RUNTIME_DIR": private, "TMPDIR": private})
+    return argv, env
+
+
+def _one_pass(target: Target, req: Request, *, minor: str, run_dir: Path,
+              cache_dir: Path | None, timeout: float, wrapper: list[str] | None,
+              grace: float, out) -> _Pass:
+    """Run pytest once in its own private runtime/temp dir, then sweep what it left.
+
+    The private dir (short: UDS paths are length-capped) keeps the run's socket
+    files and tmp_path dirs apart from everyone else's; anything still running
+    with its cwd in there, or that descended from this pytest, is the run's.
+    """
+    private = Path(tempfile.mkdtemp(prefix="tt-"))
+    try:
+        argv, env = _command(target, req, minor, run_dir, cache_dir, wrapper, str(private))
+        (run_dir / "command.txt").write_text(show(argv, env) + "\n")
+        out(f"$ {show(argv, {})}")
+
+        def on_timeout(hung):
+            out(f"\nTIMEOUT after {timeout:g}s" + (f" in {hung}" if hung else "")
+                + ": dumping stacks, tearing the run down")
+
+        outcome = supervise(argv, cwd=target.root, env=env, timeout=timeout,
+                            probe_dir=run_dir, grace=grace, on_timeout=on_timeout,
+                            interactive=req.interactive)
+        swept = sweep(target, run=run_marker(env), runtime_dir=private, private_dirs=[private],
+                      descendants=outcome.descendants, verify=False)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
     junit = run_dir / "junit.xml"
-    argv = [*(wrapper or []), str(python), "-m", "pytest",
-            *pytest_args(target, req, junit=junit, cache_dir=cache_dir)]
-    env = run_env(target, target.venv_dir(minor), run_dir, extra=env_extra)
-    if dry_run:
-        env.pop(ENV_RUN)
-        out(f"cd {target.root}")
-        out(show(argv, env))
-        out(f"(timeout {timeout:g}s; the run also carries {ENV_RUN} to mark its processes)")
-        return RunResult(0)
-
-    prepare_venv(target, minor, out=out)
-    preflight(target, minor, allow_sweep=allow_sweep, runtime_dir=runtime_dir, out=out)
-    fresh_dir(run_dir)
-    (run_dir / "command.txt").write_text(show(argv, env) + "\n")
-    out(f"$ {show(argv, {})}")
-
-    def on_timeout(hung):
-        out(f"\nTIMEOUT after {timeout:g}s" + (f" in {hung}" if hung else "")
-            + ": dumping stacks, tearing the run down")
-
-    outcome = supervise(argv, cwd=target.root, env=env, timeout=timeout, probe_dir=run_dir,
-                        grace=grace, on_timeout=on_timeout, interactive=req.interactive)
-    swept = sweep(target, run=run_marker(env), runtime_dir=runtime_dir, verify=False)
     summary = read_junit(target, junit)
     if not summary.found:  # pytest was stopped before it wrote JUnit: use the probe's log
         summary = read_probe(target, run_dir / "results.jsonl")
@@ -225,6 +240,31 @@ def execute(target: Target, req: Request, *, minor: str, run_dir: Path,
             write_junit(summary, junit)
             out(f"(pytest ended before writing its JUnit file; {junit.name} was rebuilt from "
                 f"the {summary.total} test reports it had made)")
+    return _Pass(argv, env, outcome, summary, swept)
+
+
+def execute(target: Target, req: Request, *, minor: str, run_dir: Path,
+            cache_dir: Path | None = None, timeout: float | None = None,
+            wrapper: list[str] | None = None, dry_run: bool = False, allow_sweep: bool = True,
+            retry_flaky: bool = False, grace: float = 8.0, out=say) -> RunResult:
+    """Run the request once (plus a flaky retry if asked); print and return the result."""
+    req.check(target)
+    timeout = timeout or default_timeout(target, req.paths)
+    if dry_run:
+        argv, env = _command(target, req, minor, run_dir, cache_dir, wrapper,
+                             "<private temp dir>")
+        env.pop(ENV_RUN)
+        out(f"cd {target.root}")
+        out(show(argv, env))
+        out(f"(timeout {timeout:g}s; the run also carries {ENV_RUN} to mark its processes)")
+        return RunResult(0)
+
+    prepare_venv(target, minor, out=out)
+    preflight(target, minor, allow_sweep=allow_sweep, out=out)
+    fresh_dir(run_dir)
+    run = _one_pass(target, req, minor=minor, run_dir=run_dir, cache_dir=cache_dir,
+                    timeout=timeout, wrapper=wrapper, grace=grace, out=out)
+    outcome, summary, swept = run.outcome, run.summary, run.swept
     result = RunResult(0, outcome, summary, swept=swept)
 
     if outcome.teardown:
@@ -246,33 +286,21 @@ def execute(target: Target, req: Request, *, minor: str, run_dir: Path,
     for line in render(summary):
         out(line)
     if retry_flaky and summary.known_flaky and outcome.status == "finished":
-        result.retry = _retry(target, req, summary, minor=minor, run_dir=run_dir,
-                              cache_dir=cache_dir, timeout=timeout, env_extra=env_extra,
-                              wrapper=wrapper, runtime_dir=runtime_dir, out=out)
+        ids = [f.nodeid for f in summary.known_flaky]
+        out(f"retrying {len(ids)} known-flaky failure(s) once:")
+        retry_req = Request(paths=ids, tpt=req.tpt, spawn=req.spawn, loglevel=req.loglevel,
+                            exitfirst=False, extra=[a for a in req.extra if a != "--lf"])
+        again = _one_pass(target, retry_req, minor=minor, run_dir=fresh_dir(run_dir / "retry"),
+                          cache_dir=cache_dir, timeout=timeout, wrapper=wrapper, grace=grace,
+                          out=out)
+        failed_again = {f.nodeid for f in again.summary.failures}
+        for nodeid in ids:
+            verdict = "failed again" if nodeid in failed_again else (
+                "passed on retry" if again.outcome.status == "finished" else again.outcome.status)
+            out(f"  retry: {nodeid}: {verdict}")
+        result.retry = again.summary
     result.code = exit_code(outcome, summary, req.exitfirst)
     if result.code == 1 and not summary.new_failures and summary.known_flaky:
         out("only known-flaky failures, but -x stopped the run there: the rest did not run "
             "(use --no-x to run past them)")
     return result
-
-
-def _retry(target, req, summary, *, minor, run_dir, cache_dir, timeout, env_extra, wrapper,
-           runtime_dir, out) -> Summary:
-    ids = [f.nodeid for f in summary.known_flaky]
-    out(f"retrying {len(ids)} known-flaky failure(s) once:")
-    retry_req = Request(paths=ids, tpt=req.tpt, spawn=req.spawn, loglevel=req.loglevel,
-                        exitfirst=False, extra=[a for a in req.extra if a not in ("--lf",)])
-    retry_dir = fresh_dir(run_dir / "retry")
-    junit = retry_dir / "junit.xml"
-    argv = [*(wrapper or []), str(venv_python(target, minor)), "-m", "pytest",
-            *pytest_args(target, retry_req, junit=junit, cache_dir=cache_dir)]
-    env = run_env(target, target.venv_dir(minor), retry_dir, extra=env_extra)
-    outcome = supervise(argv, cwd=target.root, env=env, timeout=timeout, probe_dir=retry_dir)
-    sweep(target, run=run_marker(env), runtime_dir=runtime_dir, verify=False)
-    again = read_junit(target, junit)
-    failed_again = {f.nodeid for f in again.failures}
-    for nodeid in ids:
-        verdict = "failed again" if nodeid in failed_again else (
-            "passed on retry" if outcome.status == "finished" else outcome.status)
-        out(f"  retry: {nodeid}: {verdict}")
-    return again

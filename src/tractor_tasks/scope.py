@@ -119,12 +119,18 @@ def make_run_marker(root: Path) -> str:
 
 @dataclass
 class ScopeView:
-    """One look at the machine, from the point of view of one target."""
+    """One look at the machine, from the point of view of one target.
+
+    `private_dirs` are directories a run made for itself (its runtime/temp dir):
+    a process whose cwd is in one of them is that run's, marker or not.
+    """
     target: Target
     procs: dict[int, Proc] = field(default_factory=snapshot)
+    private_dirs: tuple[str, ...] = ()
 
     def __post_init__(self):
         self.root = str(self.target.root)
+        self.private_dirs = tuple(str(d).rstrip(os.sep) for d in self.private_dirs)
         self.own = own_lineage()
         self._why: dict[int, str | None] = {}
 
@@ -134,7 +140,10 @@ class ScopeView:
             return self._why[p.pid]
         why = None
         if p.pid not in self.own and p.status != psutil.STATUS_ZOMBIE:
-            if p.cwd == self.root:
+            if p.cwd and any(p.cwd == d or p.cwd.startswith(d + os.sep)
+                             for d in self.private_dirs):
+                why = "cwd is in this run's private temp dir"
+            elif p.cwd == self.root:
                 for marker in self.target.process_markers:
                     if marker in p.cmdline or marker in p.name:
                         why = f"cwd is the target, marker {marker!r}"
@@ -174,6 +183,8 @@ class ScopeView:
         why = self.in_scope(p)
         if why is None:
             return None
+        if why.startswith("cwd is in this run's private"):
+            return f"{why}; the run is over"
         if parent is not None:
             return (f"{why}; descends from pid {parent}"
                     if any(a.pid == parent for a in self.ancestors(p)) else None)

@@ -34,6 +34,7 @@ class Outcome:
     hung_test: str | None = None   # from the probe's "current" file
     stacks: Path | None = None     # the stack report written on timeout
     teardown: list[str] = field(default_factory=list)
+    descendants: list[Proc] = field(default_factory=list)  # every process seen under pytest
 
 
 def current_test(probe_dir: Path) -> str | None:
@@ -199,19 +200,32 @@ def supervise(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float
 
 
 def _supervise(proc, signals, t0, timeout, probe_dir, grace, on_timeout) -> Outcome:
+    seen: dict[tuple[int, float], Proc] = {}
+
+    def look():  # remember everything that runs under pytest, to sweep it after
+        for p in tree_of(proc.pid)[1:]:
+            seen.setdefault((p.pid, p.create_time), p)
+
+    def done(status, hung=None, stacks=None, notes=()):
+        return Outcome(status, proc.returncode, time.monotonic() - t0, hung, stacks,
+                       list(notes), list(seen.values()))
+
+    next_look = 0.0
     while not _wait(proc, 0.1, signals):
+        if time.monotonic() >= next_look:
+            look()
+            next_look = time.monotonic() + 0.5
         if signals.count:
+            look()
             notes = _teardown(proc, signals, grace, expect_exit=True)
-            return Outcome("interrupted", proc.returncode, time.monotonic() - t0,
-                           current_test(probe_dir), None, notes)
+            return done("interrupted", current_test(probe_dir), None, notes)
         if time.monotonic() - t0 > timeout:
+            look()
             hung = current_test(probe_dir)
             if on_timeout:
                 on_timeout(hung)
             stacks = dump_stacks(tree_of(proc.pid), probe_dir)
             notes = _teardown(proc, signals, grace, expect_exit=False)
-            return Outcome("timeout", proc.returncode, time.monotonic() - t0,
-                           hung, stacks, notes)
+            return done("timeout", hung, stacks, notes)
     killed = (proc.returncode or 0) < 0
-    return Outcome("finished", proc.returncode, time.monotonic() - t0,
-                   current_test(probe_dir) if killed else None)
+    return done("finished", current_test(probe_dir) if killed else None)

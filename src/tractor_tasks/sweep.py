@@ -107,18 +107,26 @@ class SweepReport:
 
 def sweep(target: Target, *, grace: float = 0.3, dry_run: bool = False,
           parent: int | None = None, run: tuple | None = None,
-          runtime_dir: Path | None = None, rounds: int = 3,
-          verify: bool = True) -> SweepReport:
+          runtime_dir: Path | None = None, private_dirs=(), descendants=(),
+          rounds: int = 3, verify: bool = True) -> SweepReport:
     """Find what is leaked in scope and end/remove it; re-check until clean.
 
+    A finished run also passes its private dirs and every process it saw descend
+    from its pytest (`descendants`): those still alive are its leftovers too.
     `verify` re-reads who holds the registry afterwards (for `invoke clean`).
     """
     report = SweepReport(dry_run=dry_run)
     seen: set[tuple[int, float]] = set()
     for _ in range(rounds):
-        view = ScopeView(target)
+        view = ScopeView(target, private_dirs=tuple(private_dirs))
         leaks = [p for p in view.leaks(parent=parent, run=run)
                  if (p.pid, p.create_time) not in seen]
+        found = {p.pid for p in leaks}
+        for p in descendants:
+            if ((p.pid, p.create_time) not in seen and p.pid not in found
+                    and p.pid not in view.own and is_alive(p.pid, p.create_time)):
+                p.why = "descended from this run's pytest; the run is over"
+                leaks.append(p)
         if not leaks:
             break
         seen.update((p.pid, p.create_time) for p in leaks)

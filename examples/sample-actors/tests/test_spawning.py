@@ -1,7 +1,7 @@
 """
-Spawning child actors: lifecycles, nesting, supervision - plus two
-chaos tests, ``test_daemon_leak`` (flags 'leak', 'ignore_sigint') and
-``test_hang`` (flag 'hang').
+Spawning child actors: lifecycles, nesting, supervision - plus three
+chaos tests, ``test_daemon_leak`` (flags 'leak', 'ignore_sigint'),
+``test_strays`` (flag 'stray') and ``test_hang`` (flag 'hang').
 
 """
 import logging
@@ -9,6 +9,9 @@ import os
 from pathlib import Path
 import signal
 import socket
+import subprocess
+import sys
+import time
 from typing import NoReturn
 
 import pytest
@@ -174,6 +177,39 @@ async def test_daemon_leak(chaos, tpt_proto):
             if chaos_dir := os.environ.get('SAMPLE_ACTORS_CHAOS_DIR'):
                 Path(chaos_dir, 'leaked.pid').write_text(f'{pid}\n')
         assert await portal.cancel_actor()
+
+
+_STRAY = """
+import os, sys, time, setproctitle
+if os.fork():
+    os._exit(0)
+os.setsid()
+setproctitle.setproctitle(f'_subactor[stray@{os.getpid()}]')
+open('stray.pid', 'w').write(str(os.getpid()))
+time.sleep(3600)
+"""
+
+
+def test_strays(chaos, tmp_path):
+    '''Chaos 'stray': leave processes the way tractor's pexpect-driven
+    debugger tests sometimes do, which no cwd/env marker points back to:
+    a detached daemon whose cwd is `tmp_path`, started with a clean
+    environment, and an un-awaited plain child with cwd `/`.'''
+    if 'stray' not in chaos:
+        return
+    clean_env = {'PATH': os.environ.get('PATH', '')}
+    subprocess.run([sys.executable, '-c', _STRAY], cwd=tmp_path, env=clean_env, check=True)
+    child = subprocess.Popen(
+        [sys.executable, '-c', 'import time; time.sleep(3600)'], cwd='/', env=clean_env,
+    )
+    deadline = time.monotonic() + 10
+    while not (tmp_path / 'stray.pid').exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)  # both exist for a while, as a real test's would
+    if chaos_dir := os.environ.get('SAMPLE_ACTORS_CHAOS_DIR'):
+        Path(chaos_dir, 'strays.pid').write_text(
+            f"{(tmp_path / 'stray.pid').read_text()} {child.pid}\n")
+    child.returncode = 0  # left running on purpose: keep Popen from warning about it
 
 
 def test_hang(chaos, reg_addr, start_method):
