@@ -157,8 +157,6 @@ class RunResult:
     code: int
     outcome: Outcome | None = None
     summary: Summary | None = None
-    retry: Summary | None = None
-    swept: SweepReport | None = None
 
 
 def default_timeout(target: Target, paths: list[str]) -> float:
@@ -190,8 +188,6 @@ def exit_code(outcome: Outcome, summary: Summary, exitfirst: bool) -> int:
 @dataclass
 class _Pass:
     """One pytest invocation, supervised, swept and read."""
-    argv: list[str]
-    env: dict[str, str]
     outcome: Outcome
     summary: Summary
     swept: SweepReport
@@ -240,7 +236,7 @@ def _one_pass(target: Target, req: Request, *, minor: str, run_dir: Path,
             write_junit(summary, junit)
             out(f"(pytest ended before writing its JUnit file; {junit.name} was rebuilt from "
                 f"the {summary.total} test reports it had made)")
-    return _Pass(argv, env, outcome, summary, swept)
+    return _Pass(outcome, summary, swept)
 
 
 def execute(target: Target, req: Request, *, minor: str, run_dir: Path,
@@ -265,7 +261,7 @@ def execute(target: Target, req: Request, *, minor: str, run_dir: Path,
     run = _one_pass(target, req, minor=minor, run_dir=run_dir, cache_dir=cache_dir,
                     timeout=timeout, wrapper=wrapper, grace=grace, out=out)
     outcome, summary, swept = run.outcome, run.summary, run.swept
-    result = RunResult(0, outcome, summary, swept=swept)
+    result = RunResult(0, outcome, summary)
 
     if outcome.teardown:
         out("")  # pytest may have left its progress line open
@@ -298,7 +294,6 @@ def execute(target: Target, req: Request, *, minor: str, run_dir: Path,
             verdict = "failed again" if nodeid in failed_again else (
                 "passed on retry" if again.outcome.status == "finished" else again.outcome.status)
             out(f"  retry: {nodeid}: {verdict}")
-        result.retry = again.summary
     result.code = exit_code(outcome, summary, req.exitfirst)
     if result.code == 1 and not summary.new_failures and summary.known_flaky:
         out("only known-flaky failures, but -x stopped the run there: the rest did not run "

@@ -51,10 +51,6 @@ class Proc:
     create_time: float
     why: str = ""  # why it is in scope / leaked
 
-    @property
-    def alive(self) -> bool:
-        return is_alive(self.pid, self.create_time)
-
     def describe(self, width: int = 80) -> str:
         text = " ".join((self.cmdline or self.name).split())  # setproctitle pads with spaces
         return f"pid {self.pid} ({text if len(text) <= width else text[:width - 3] + '...'})"
@@ -165,17 +161,6 @@ class ScopeView:
             seen.add(p.ppid)
             p = self.procs[p.ppid]
             yield p
-
-    def descendants(self, pid: int) -> list[Proc]:
-        kids: dict[int, list[Proc]] = {}
-        for p in self.procs.values():
-            kids.setdefault(p.ppid, []).append(p)
-        out, todo = [], [pid]
-        while todo:
-            for child in kids.get(todo.pop(), []):
-                out.append(child)
-                todo.append(child.pid)
-        return out
 
     def leak_reason(self, p: Proc, parent: int | None = None,
                     run: tuple | None = None) -> str | None:

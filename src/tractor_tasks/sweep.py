@@ -166,8 +166,3 @@ def tree_of(pid: int) -> list[Proc]:
         except psutil.Error:
             continue
     return out
-
-
-def kill_tree(pid: int, grace: float) -> tuple[list, list, list]:
-    """SIGINT a process tree root-first-at-once, then SIGKILL whatever is left of it."""
-    return end_processes(tree_of(pid), grace)
