@@ -83,7 +83,7 @@ def run_cell(session, target: Target, cell: Cell) -> None:
         if isolate is None:
             isolate = os.environ.get(ENV_ISOLATE, "") not in ("", "0")
         if timeout is None and os.environ.get(ENV_TIMEOUT):
-            timeout = float(os.environ[ENV_TIMEOUT])
+            _, _, timeout = _take([f"--cell-timeout={os.environ[ENV_TIMEOUT]}"])
         wrapper = None
         if isolate:
             wrapper = netns_wrapper()
