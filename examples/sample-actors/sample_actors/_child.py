@@ -32,6 +32,9 @@ def run(
 ) -> None:
     setproctitle.setproctitle(f'_subactor[{name}@{os.getpid()}]')
     install_stack_dumper()
+    if os.environ.get('SAMPLE_ACTORS_ENABLE_STACKSCOPE'):
+        from ._tasktree import install_task_tree_dumper
+        install_task_tree_dumper()
     if loglevel:
         enable_logging(loglevel, name)
     try:

@@ -17,3 +17,12 @@ def chaos() -> frozenset[str]:
     the README), and passes otherwise.'''
     raw = os.environ.get('SAMPLE_ACTORS_CHAOS', '')
     return frozenset(flag.strip() for flag in raw.split(',') if flag.strip())
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    '''Chaos 'hang_session': hang after collection, before any test starts
+    (a stuck session fixture or plugin: no test is running).'''
+    if 'hang_session' in os.environ.get('SAMPLE_ACTORS_CHAOS', ''):
+        import time
+        while True:
+            time.sleep(1)

@@ -36,9 +36,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help='runtime log level, passed on to every actor',
     )
     group.addoption(
+        '--enable-stackscope', dest='stackscope', action='store_true',
+        help='SIGUSR1 also prints the trio task tree (pytest and every actor)',
+    )
+    group.addoption(
         '--tpdb', '--debug-mode', dest='debug_mode', action='store_true',
         help='sets the `debug_mode` fixture (kept for parity with tractor)',
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.option.stackscope:
+        from .._tasktree import install_task_tree_dumper
+        install_task_tree_dumper()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

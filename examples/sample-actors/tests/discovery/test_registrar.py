@@ -45,8 +45,9 @@ async def test_find_actor_dials_child(tpt_proto):
             assert nobody is None
 
 
-def test_default_registry_addr(tpt_proto, start_method):
-    '''Without a registry address the root binds the default one.'''
+def test_default_registry_addr(tpt_proto, start_method, chaos):
+    '''Without a registry address the root binds the default one (chaos
+    'hold_registry': and holds it for 3 s, so two runs at once overlap).'''
     async def main() -> None:
         async with sa.open_root_actor(tpt_proto=tpt_proto, start_method=start_method) as root:
             assert root.addr == sa.default_registry_addr(tpt_proto)
@@ -54,5 +55,7 @@ def test_default_registry_addr(tpt_proto, start_method):
                 portal = await an.start_actor('fixed')
                 assert await portal.run(remote.whoami) == ['fixed', portal.pid, os.getpid()]
                 assert set(await sa.list_actors()) == {'root', 'fixed'}
+                if 'hold_registry' in chaos:
+                    await trio.sleep(3)
 
     trio.run(main)
