@@ -22,6 +22,9 @@ if "UV_CACHE_DIR" not in os.environ:  # keep uv's package cache; make ours priva
     os.environ["UV_CACHE_DIR"] = subprocess.run(
         [uv_binary(), "cache", "dir"], capture_output=True, text=True).stdout.strip()
 os.environ["XDG_CACHE_HOME"] = str(_PRIVATE / "tmp" / "cache")
+# contained runs get their own /tmp; these tests read what the sample's chaos switches
+# write under their tmp_path, so it stays the real one for them
+os.environ["TRACTOR_TASKS_KEEP_PATHS"] = str(_PRIVATE)
 tempfile.tempdir = None  # forget a cached /tmp
 PORT = free_port()
 os.environ["SAMPLE_ACTORS_REGISTRY_PORT"] = str(PORT)
@@ -50,7 +53,7 @@ def procs(tmp_path):
 @pytest.fixture(scope="session")
 def sample_repo(tmp_path_factory):
     """A git copy of the bundled sample with its py311 venv: the target most tests run."""
-    from tractor_tasks.runner import prepare_venv
+    from tractor_tasks.pipeline import prepare_venv
     from tractor_tasks.target import load_target
     root = copy_sample(tmp_path_factory.mktemp("repo") / "sample-actors", git=True)
     prepare_venv(load_target(root), "3.11", out=lambda line: None)

@@ -91,6 +91,8 @@ class Procs:
         self.n = 0
 
     def _track(self, pid: int) -> int:
+        if not isinstance(pid, int) or pid <= 1 or pid == os.getpid():
+            raise AssertionError(f"refusing to track pid {pid!r}: not a process a test started")
         try:
             self.started.append(psutil.Process(pid))
         except psutil.NoSuchProcess:
@@ -224,3 +226,58 @@ def read_json(text: str):
 
 def interrupt(pid: int) -> None:
     os.kill(pid, signal.SIGINT)
+
+
+def last_run(root: Path, slug: str | None = None) -> Path | None:
+    """The run dir the target's `last` link (or a cell's) points at now."""
+    link = root / ".tractor-tasks" / ("cells/" + slug + "/last" if slug else "last")
+    return link.resolve() if link.is_symlink() else None
+
+
+def wait_for_test(root: Path, before: Path | None, needle: str, slug: str | None = None,
+                  timeout: float = 120) -> Path:
+    """Wait until a new run (not `before`) is running a test whose id contains `needle`;
+    return that run's dir."""
+    def running():
+        run = last_run(root, slug)
+        if run is None or run == before:
+            return None
+        for current in sorted(run.glob("**/pass-*/current")):
+            try:
+                if needle in json.loads(current.read_text()).get("nodeid", ""):
+                    return run
+            except (OSError, ValueError):
+                continue
+        return None
+    return wait_for(running, timeout, f"a new run to start {needle}")
+
+
+def command_of(run: Path) -> str:
+    return (run / "pass-1" / "command.txt").read_text()
+
+
+def private_dir_of(run: Path) -> str:
+    return command_of(run).split("XDG_RUNTIME_DIR=")[1].split()[0].strip("'")
+
+
+def host_pid(pid: int, hint: str) -> int | None:
+    """The host pid of a process a test of the sample reported about itself: inside a
+    contained run it only knows its pid in the run's namespace. Matched on that pid (the
+    last NSpid) and a piece of its command line, so a stranger's process never is."""
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if hint not in " ".join(p.info["cmdline"] or []):
+                continue
+            with open(f"/proc/{p.pid}/status") as f:
+                ns = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
+        except (OSError, psutil.Error):
+            continue
+        if ns and int(ns[-1]) == pid:
+            return p.pid
+    return None
+
+
+def chaos_pids(path: Path, *hints: str) -> list[int | None]:
+    """Host pids for the pids a chaos switch wrote to `path`, one hint each (None: gone)."""
+    pids = [int(x) for x in path.read_text().split()]
+    return [host_pid(pid, hint) for pid, hint in zip(pids, hints)]

@@ -59,14 +59,14 @@ def test_doctor_reports_a_foreign_registry_holder_without_touching_it(sample_rep
 
 
 def test_doctor_missing_venv_and_missing_minor(tmp_path):
-    root = copy_sample(tmp_path / "s", config='[tool.tractor-tasks]\npythons = ["3.11", "3.14"]\n')
-    out = invoke("doctor", "--json", "--python", "3.14", root=root)
+    root = copy_sample(tmp_path / "s", config='[tool.tractor-tasks]\npythons = ["3.11", "3.99"]\n')
+    out = invoke("doctor", "--json", "--python", "3.99", root=root)
     assert out.returncode == 1
     _, by = checks_by_name(out)
-    assert by["python"][0]["status"] == "FAIL" and "uv python install 3.14" in by["python"][0]["fix"]
+    assert by["python"][0]["status"] == "FAIL" and "uv python install 3.99" in by["python"][0]["fix"]
     assert by["venv"][0]["status"] == "FAIL"
     assert by["import"][0]["status"] == "skip"
-    assert not (root / "py314").exists()
+    assert not (root / "py399").exists()
 
 
 def test_doctor_in_a_git_worktree_flags_an_install_from_the_main_checkout(sample_repo, tmp_path):

@@ -1,107 +1,172 @@
-"""Results: flaky classification, the probe's log, and JUnit rebuilt after a hard kill."""
+"""Results: the probe's log -> one outcome per test, merged over passes; flaky classes,
+JUnit, lastfailed and exit codes. Fast: no processes."""
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 
-from helpers import junit_ids
-from tractor_tasks.command import Request
-from tractor_tasks.results import Failure, classify, read_junit, read_probe, write_junit
-from tractor_tasks.target import load_target
+import pytest
+
+from tractor_tasks.options import RunOptions
+from tractor_tasks.pipeline import exit_code
+from tractor_tasks.results import Results, TestResult, classify, read_pass
+from tractor_tasks.status import TestOutcome as O
+from tractor_tasks.supervise import PassOutcome, Stop
+from tractor_tasks.target import FlakyRule, load_target
 
 
-def test_flaky_rules_need_the_id_and_the_error_and_keep_brackets_literal(tmp_path):
+@pytest.fixture
+def target(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'tractor'\n")
-    t = load_target(tmp_path)
+    (tmp_path / "tests").mkdir()
+    return load_target(tmp_path)
+
+
+def write_pass(d, records, *, current=None, collected=None, finished=None, session=None):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "results.jsonl").write_text("\n".join(json.dumps(r) for r in records)
+                                     + '\n{"nodeid": "cut sho')
+    if current is not None:
+        (d / "current").write_text(json.dumps(current))
+    if collected is not None:
+        (d / "collected.json").write_text(json.dumps(collected))
+    if finished is not None:
+        (d / "finished.json").write_text(json.dumps({"exitstatus": finished}))
+    if session is not None:
+        (d / "session.json").write_text(json.dumps(session))
+    return d
+
+
+def rec(nodeid, when, outcome, **kw):
+    return {"nodeid": nodeid, "when": when, "outcome": outcome, "duration": 0.5, **kw}
+
+
+def test_flaky_rules_need_the_id_and_the_error_and_keep_brackets_literal(target):
     docs = "tests/test_docs_examples.py::test_example[we_are_processes.py]"
-    assert classify(t, Failure(docs, "failed", "assert None == 0", ""))
-    assert not classify(t, Failure(docs.replace("we_are", "xe_are"), "failed",
-                                   "assert None == 0", ""))  # [..] is not a char class
+    assert classify(target, TestResult(docs, O.FAILED, message="assert None == 0"))
+    assert not classify(target, TestResult(docs.replace("we_are", "xe_are"), O.FAILED,
+                                           message="assert None == 0"))  # [..] is literal
     peer = "tests/test_inter_peer_cancellation.py::test_peer_spawns_and_cancels_service_subactor[x]"
-    assert classify(t, Failure(peer, "failed", "", "E   trio.TooSlowError"))
-    assert not classify(t, Failure(peer, "failed", "assert 1 == 2", "E   AssertionError"))
+    assert classify(target, TestResult(peer, O.FAILED, text="E   trio.TooSlowError"))
+    assert not classify(target, TestResult(peer, O.FAILED, text="E   AssertionError"))
 
 
-def test_probe_log_to_summary_to_junit_and_back(tmp_path):
-    (tmp_path / "pyproject.toml").write_text("[tool.tractor-tasks]\n")
-    (tmp_path / "tests" / "sub").mkdir(parents=True)
-    (tmp_path / "tests" / "sub" / "test_a.py").write_text("")
+def test_a_known_hanger_is_classified_by_an_error_hung_entry(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.tractor-tasks]\n[[tool.tractor-tasks.flaky]]\n'
+        'test = "discovery/test_multi_program.py::test_dup_name*"\nerror = "HUNG"\n')
     t = load_target(tmp_path)
-    recs = [
-        {"nodeid": "tests/sub/test_a.py::test_ok", "when": "call", "outcome": "passed"},
-        {"nodeid": "tests/sub/test_a.py::Cls::test_bad[1]", "when": "call", "outcome": "failed",
-         "longrepr": "tb line\nE   trio.TooSlowError"},
-        {"nodeid": "tests/sub/test_a.py::test_skip", "when": "setup", "outcome": "skipped"},
-        {"nodeid": "tests/sub/test_a.py::test_xf", "when": "call", "outcome": "skipped",
-         "xfail": True},
-        {"nodeid": "tests/sub/test_a.py::test_ok", "when": "teardown", "outcome": "failed",
-         "longrepr": "E   OSError: boom"},
-    ]
-    log = tmp_path / "results.jsonl"
-    log.write_text("\n".join(json.dumps(r) for r in recs) + '\n{"nodeid": "cut sho')
-    s = read_probe(t, log)
-    assert s.counts == {"passed": 0, "failed": 1, "errors": 1, "skipped": 1, "xfailed": 1}
+    hung = TestResult("tests/discovery/test_multi_program.py::test_dup_name_x[n=4]", O.HUNG,
+                      message="HUNG: no report for 30s")
+    assert classify(t, hung) is not None
+    assert classify(t, TestResult(hung.nodeid, O.FAILED, message="AssertionError")) is None
+
+
+def test_each_test_gets_one_outcome_and_the_running_one_never_passes(target, tmp_path):
+    d = write_pass(tmp_path / "pass-1", [
+        rec("tests/test_a.py::ok", "setup", "passed"), rec("tests/test_a.py::ok", "call", "passed"),
+        rec("tests/test_a.py::ok", "teardown", "passed"),
+        rec("tests/test_a.py::bad", "call", "failed", longrepr="tb\nE   trio.TooSlowError"),
+        rec("tests/test_a.py::tdown", "call", "passed"),
+        rec("tests/test_a.py::tdown", "teardown", "failed", longrepr="E   OSError: boom"),
+        rec("tests/test_a.py::skip", "setup", "skipped"),
+        rec("tests/test_a.py::xf", "call", "skipped", xfail=True),
+        rec("tests/test_a.py::xp", "call", "passed", xfail=True),
+        rec("tests/test_b.py", "collect", "failed", longrepr="E   ImportError: nope"),
+        # started, setup passed, then the pass was stopped: pytest would write an
+        # empty (passing) testcase for it
+        rec("tests/test_a.py::running", "setup", "passed"),
+    ], current={"nodeid": "tests/test_a.py::running", "since": 1.0},
+        collected=["tests/test_a.py::ok", "tests/test_a.py::bad", "tests/test_a.py::running",
+                   "tests/test_a.py::never"])
+    log = read_pass(d)
+    assert log.running == "tests/test_a.py::running"
+    assert "tests/test_a.py::running" not in log.tests
+    assert {k: t.outcome for k, t in log.tests.items()} == {
+        "tests/test_a.py::ok": O.PASSED, "tests/test_a.py::bad": O.FAILED,
+        "tests/test_a.py::tdown": O.ERROR, "tests/test_a.py::skip": O.SKIPPED,
+        "tests/test_a.py::xf": O.XFAILED, "tests/test_a.py::xp": O.XPASSED,
+        "tests/test_b.py": O.ERROR}
+    assert log.tests["tests/test_a.py::bad"].message == "trio.TooSlowError"
+    for stop in (O.INTERRUPTED, O.TIMEOUT, O.HUNG):
+        r = Results(target)
+        r.add(read_pass(d), stopped=stop, bound=5)
+        assert r.tests["tests/test_a.py::running"].outcome is stop
+        assert r.counts()[O.PASSED] == 1
+        assert r.not_run() == ["tests/test_a.py::never"]
+
+
+def test_passes_merge_into_one_result_junit_and_lastfailed(target, tmp_path):
+    cache = tmp_path / "cache"
+    first = write_pass(tmp_path / "pass-1", [
+        rec("tests/test_a.py::t1", "call", "passed"),
+        rec("tests/test_a.py::t2", "setup", "passed")],
+        current={"nodeid": "tests/test_a.py::t2", "since": 1.0},
+        collected=["tests/test_a.py::t1", "tests/test_a.py::t2", "tests/test_a.py::t3"],
+        session={"cachedir": str(cache),
+                 "lastfailed_before": {"tests/test_a.py::t1": True, "tests/old.py::x": True}})
+    second = write_pass(tmp_path / "pass-2", [
+        rec("tests/test_a.py::t3", "call", "failed", longrepr="E   AssertionError: no")],
+        collected=["tests/test_a.py::t3"], finished=1,
+        session={"cachedir": str(cache), "lastfailed_before": {}})
+    r = Results(target)
+    r.add(read_pass(first), stopped=O.HUNG, dump_text="Thread 0x1:\n  File x", bound=30)
+    r.add(read_pass(second))
+    assert [t.outcome for t in r.tests.values()] == [O.PASSED, O.HUNG, O.FAILED]
+    assert r.collected == ["tests/test_a.py::t1", "tests/test_a.py::t2", "tests/test_a.py::t3"]
+    assert r.not_run() == []
+
     junit = tmp_path / "junit.xml"
-    write_junit(s, junit)
-    back = read_junit(t, junit)
-    assert back.counts == s.counts
-    assert {f.nodeid for f in back.failures} == {"tests/sub/test_a.py::Cls::test_bad[1]",
-                                                 "tests/sub/test_a.py::test_ok"}
-    assert next(f for f in back.failures if f.kind == "failed").message == "trio.TooSlowError"
+    r.write_junit(junit)
+    suite = ET.parse(junit).getroot()
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "1", "1")
+    hung = next(c for c in suite.iter("testcase") if c.get("name") == "t2")
+    assert hung.find("error").get("type") == "hung" and "Thread 0x1" in hung.find("error").text
+    assert hung.get("classname") == "tests.test_a" and hung.get("file") == "tests/test_a.py"
+
+    path = r.write_lastfailed()
+    # pytest's rules over every pass: passed out, failed and hung in, others kept
+    assert json.loads(path.read_text()) == {"tests/old.py::x": True, "tests/test_a.py::t2": True,
+                                           "tests/test_a.py::t3": True}
 
 
-def test_a_run_killed_before_junit_still_reports_what_ran(sample_repo, monkeypatch):
-    """pytest SIGKILLed mid-run (think: the OOM killer) writes no JUnit; the probe's log
-    still says what ran, and the JUnit file is rebuilt from it."""
-    import threading
-
-    import psutil
-
-    from helpers import wait_for
-    from tractor_tasks.runner import ensure_state_dir, execute
-    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "hang")
-    t = load_target(sample_repo)
-    run_dir = ensure_state_dir(t) / "killed"
-    lines, results = [], []
-    req = Request(paths=["tests/test_spawning.py"], exitfirst=False)
-    worker = threading.Thread(target=lambda: results.append(
-        execute(t, req, minor="3.11", run_dir=run_dir, timeout=120, out=lines.append)))
-    worker.start()
-    current = run_dir / "current"
-    wait_for(lambda: current.exists() and "test_hang" in current.read_text(), 60, "the hang")
-    pytest_proc = next(p for p in psutil.Process().children()
-                       if "pytest" in " ".join(p.cmdline()))
-    pytest_proc.kill()  # our own descendant, by pid
-    worker.join(60)
-    assert results and results[0].code == 1
-    assert any("killed by signal 9" in line for line in lines), lines
-    assert any("rebuilt from" in line for line in lines), lines
-    ids = junit_ids(run_dir / "junit.xml")
-    assert any("test_daemon_leak" in i for i in ids)
-    assert not any("test_hang" in i for i in ids)  # it never reported
+def outcome(stop=Stop.FINISHED, rc=1):
+    return PassOutcome(1, None, stop, rc, 1.0)
 
 
-def test_exit_codes():
-    from tractor_tasks.results import Summary
-    from tractor_tasks.runner import exit_code
-    from tractor_tasks.supervise import Outcome
-    from tractor_tasks.target import FlakyRule
+def results_with(target, *kinds):
+    r = Results(target)
+    for i, kind in enumerate(kinds):
+        o = O.HUNG if kind.startswith("hung") else O.FAILED
+        t = TestResult(f"tests/test_x.py::t{i}", o)
+        t.flaky = FlakyRule("*", "x") if kind.endswith("flaky") else None
+        r.tests[t.nodeid] = t
+    return r
 
-    def summary(*kinds):
-        s = Summary()
-        for i, kind in enumerate(kinds):
-            f = Failure(f"tests/test_x.py::t{i}", "failed", "", "")
-            f.flaky = FlakyRule("*", "x") if kind == "flaky" else None
-            s.failures.append(f)
-        return s
 
-    done = Outcome("finished", 1, 1.0)
-    assert exit_code(done, summary("new", "flaky"), exitfirst=False) == 1
-    assert exit_code(done, summary("flaky"), exitfirst=False) == 0
-    assert exit_code(done, summary("flaky"), exitfirst=True) == 1   # -x: the rest never ran
-    assert exit_code(done, summary(), exitfirst=False) == 1         # failed, recorded nowhere
-    assert exit_code(Outcome("finished", 0, 1.0), summary(), True) == 0
-    assert exit_code(Outcome("finished", 5, 1.0), summary(), True) == 5
-    assert exit_code(Outcome("finished", 4, 1.0), summary(), True) == 2
-    assert exit_code(Outcome("finished", -9, 1.0), summary(), True) == 1
-    assert exit_code(Outcome("timeout", None, 1.0), summary("flaky"), True) == 124
-    assert exit_code(Outcome("interrupted", 2, 1.0), summary(), True) == 130
+@pytest.mark.parametrize("passes, kinds, opts, code", [
+    ([outcome()], ("new", "flaky"), {"exitfirst": False}, 1),
+    ([outcome()], ("flaky",), {"exitfirst": False}, 0),
+    ([outcome()], ("flaky",), {"exitfirst": True}, 1),        # -x: the rest never ran
+    ([outcome()], (), {"exitfirst": False}, 1),               # failed, recorded nowhere
+    ([outcome(rc=0)], (), {}, 0),
+    ([outcome(rc=5)], (), {}, 5),                             # no tests collected
+    ([outcome(rc=4)], (), {}, 2),                             # pytest usage error
+    ([outcome(rc=-9)], (), {}, 1),                            # killed from elsewhere
+    ([outcome(Stop.TIMEOUT, None)], ("flaky",), {}, 124),
+    ([outcome(Stop.INTERRUPTED, 2)], (), {}, 130),
+    ([outcome(Stop.HUNG, None), outcome(rc=0)], ("hung",), {"exitfirst": False}, 1),
+    ([outcome(Stop.HUNG, None), outcome(rc=0)], ("hung-flaky",), {"exitfirst": False}, 0),
+    ([outcome(Stop.HUNG, None), outcome(Stop.TIMEOUT, None)], ("hung",), {}, 124),
+    ([outcome(Stop.HUNG, None), outcome(Stop.INTERRUPTED, 2)], ("hung",), {}, 130),
+])
+def test_exit_codes(target, passes, kinds, opts, code):
+    assert exit_code(passes, results_with(target, *kinds), RunOptions(**opts)) == code
+
+
+def test_a_leak_fails_the_run_only_with_fail_on_leak(target):
+    r = results_with(target)
+    r.leaks.processes.append((123, "_subactor[x@123]"))
+    assert exit_code([outcome(rc=0)], r, RunOptions()) == 0
+    assert exit_code([outcome(rc=0)], r, RunOptions(fail_on_leak=True)) == 1
+    assert r.leaks.line() == "1 process(es): _subactor[x@123]"

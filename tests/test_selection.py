@@ -6,7 +6,8 @@ import subprocess
 import pytest
 
 from helpers import SAMPLE, copy_sample, git_state, invoke
-from tractor_tasks.command import Request, pytest_args
+from tractor_tasks.command import pytest_args
+from tractor_tasks.options import RunOptions
 from tractor_tasks.errors import TaskError
 from tractor_tasks.selection import changed_files, map_changes, resolve_words
 from tractor_tasks.target import load_target
@@ -39,6 +40,9 @@ def test_words_resolve_like_the_spec(sample, words, paths):
     ("../README.md", "outside the tests dir"),
     ("/etc/passwd", "outside the tests dir"),
     ("sample_actors", "outside the tests dir"),
+    ("*", "not a test file, dir, node id or name pattern"),
+    ("**", "not a test file, dir, node id or name pattern"),
+    ("loc*", "not a usable name pattern"),
 ])
 def test_bad_words_are_usage_errors(sample, word, needle):
     with pytest.raises(TaskError, match=needle) as err:
@@ -47,11 +51,11 @@ def test_bad_words_are_usage_errors(sample, word, needle):
 
 
 def test_default_flags_and_overrides(sample):
-    base = pytest_args(sample, Request(paths=["tests/"]))
+    base = pytest_args(sample, ["tests/"], RunOptions())
     assert base[:4] == ["tests/", "-x", "--tb=short", "--no-header"]
-    args = pytest_args(sample, Request(paths=["tests/"], keyword="cancel and not slow",
-                                       tpt="uds", spawn="mp_spawn", loglevel="debug", tpdb=True,
-                                       extra=["--tb=long", "--maxfail=3", "-v"]))
+    args = pytest_args(sample, ["tests/"], RunOptions(k="cancel and not slow", tpt="uds",
+                                                      spawn="mp_spawn", ll="debug", tpdb=True,
+                                                      extra=["--tb=long", "--maxfail=3", "-v"]))
     assert "-x" not in args and "--tb=short" not in args
     assert args[-3:] == ["--tb=long", "--maxfail=3", "-v"]
     for seq in (["-k", "cancel and not slow"], ["--tpt-proto", "uds"],
@@ -59,22 +63,22 @@ def test_default_flags_and_overrides(sample):
         i = args.index(seq[0])
         assert args[i:i + 2] == seq
     assert "--tpdb" in args
-    assert "-x" not in pytest_args(sample, Request(paths=["tests/"], exitfirst=False))
+    assert "-x" not in pytest_args(sample, ["tests/"], RunOptions(exitfirst=False))
 
 
 def test_fork_backends_that_need_it_get_capture_sys(tmp_path):
     (tmp_path / "pyproject.toml").write_text(
         '[tool.tractor-tasks]\nspawn_backends = ["trio", "main_thread_forkserver"]\n')
     t = load_target(tmp_path)
-    assert "--capture=sys" in pytest_args(t, Request(paths=[], spawn="main_thread_forkserver"))
-    assert "--capture=sys" not in pytest_args(t, Request(paths=[], spawn="trio"))
+    assert "--capture=sys" in pytest_args(t, [], RunOptions(spawn="main_thread_forkserver"))
+    assert "--capture=sys" not in pytest_args(t, [], RunOptions(spawn="trio"))
     assert "--capture=sys" not in pytest_args(
-        t, Request(paths=[], spawn="main_thread_forkserver", extra=["-s"]))
+        t, [], RunOptions(spawn="main_thread_forkserver", extra=["-s"]))
 
 
 def test_unknown_names_are_rejected_before_anything_runs(sample):
     with pytest.raises(TaskError, match="unknown spawn backend 'subint'") as err:
-        pytest_args(sample, Request(paths=[], spawn="subint"))
+        pytest_args(sample, [], RunOptions(spawn="subint"))
     assert err.value.code == 2
 
 
@@ -98,12 +102,28 @@ def test_dry_run_prints_the_exact_command_and_runs_nothing(tmp_path):
     (["test", "--python", "3.x"], "not a Python minor"),
     (["test", "--python", "3.9"], "not one of the target's minors"),
     (["test", "--timeout", "soon"], "number of seconds"),
+    (["test", "--timeout", "nan"], "positive number of seconds"),
+    (["test", "--timeout", "-1"], "positive number of seconds"),
+    (["test", "--timeout", "0"], "positive number of seconds"),
+    (["test", "--timeout", "inf"], "positive number of seconds"),
+    (["test", "--test-timeout", "-3"], "0 or a positive number of seconds"),
+    (["test", "--max-hangs", "x"], "whole number"),
+    (["test", "-n", "0"], "number of shards"),
+    (["test", "-n", "abc"], "number of shards"),
+    (["test", "--shard", "3/2"], "I/N"),
+    (["test", "*"], "name pattern"),
+    (["test", "--root", "NOPYPROJECT"], "no pyproject.toml"),
 ])
 def test_bad_usage_exits_2_with_one_line_and_changes_nothing(tmp_path, args, needle):
     root = copy_sample(tmp_path / "s")
+    if "NOPYPROJECT" in args:  # a dir without pyproject.toml (nor tests): nothing written
+        root = tmp_path / "empty"
+        root.mkdir()
+        args = [a for a in args if a not in ("--root", "NOPYPROJECT")]
     out = invoke(*args, root=root)
     assert out.returncode == 2, out.stdout + out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr
+    assert "Traceback" not in out.stderr
     assert not (root / "py311").exists() and not (root / ".tractor-tasks").exists()
 
 

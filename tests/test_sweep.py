@@ -11,7 +11,8 @@ import psutil
 import pytest
 
 from helpers import alive, bindspace, invoke, port_listening
-from tractor_tasks.scope import ENV_RUN, ScopeView, socket_files
+from tractor_tasks.scope import ENV_RUN, RunMarker, ScopeView
+from tractor_tasks.sockets import socket_files
 from tractor_tasks.target import load_target
 
 CONFIG = """[tool.tractor-tasks]
@@ -118,12 +119,12 @@ def test_processes_of_a_live_run_are_not_leaks_but_of_a_dead_one_are(checkouts, 
     stale = procs.orphan(a, "python3 -c pass-but-started-by-a-run")
 
     view = ScopeView(load_target(a))
-    leaked = {p.pid: p.why for p in view.leaks()}
+    leaked = {p.pid: str(why) for p, why in view.leaks()}
     assert ours not in leaked
     assert stale in leaked and "supervisor is gone" in leaked[stale]
     # the run's own sweep (given its marker) takes the live run's processes too
-    run = (me.pid, me.create_time())
-    assert ours in {p.pid for p in view.leaks(run=run)}
+    run = RunMarker(me.pid, me.create_time(), str(a.resolve()))
+    assert ours in {p.pid for p, _ in view.leaks(run=run)}
 
 
 def test_socket_staleness_is_tested_not_assumed(checkouts, procs):
@@ -134,7 +135,7 @@ def test_socket_staleness_is_tested_not_assumed(checkouts, procs):
     dead_socket(space / "registry@2.sock")
     me = os.getpid()
     dead_socket(space / f"bound-by-me@{me}.sock")  # binder alive: not stale yet
-    states = {s.path.name: s for s in socket_files(target)}
+    states = {s.path.name: s for s in socket_files(target, [space])}
     assert states["registry@1.sock"].listening and not states["registry@1.sock"].stale
     assert states["registry@2.sock"].stale
     assert states[f"bound-by-me@{me}.sock"].binder_alive
@@ -143,9 +144,23 @@ def test_socket_staleness_is_tested_not_assumed(checkouts, procs):
         (space / name).unlink()
 
 
-def test_bad_clean_arguments_are_usage_errors(checkouts):
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True)
+    return int(done.stdout)
+
+
+@pytest.mark.parametrize("args", [
+    ["--grace", "soon"], ["--grace", "-1"], ["--grace", "nan"], ["--grace", "inf"],
+    ["--grace", "1e400"], ["--parent", "abc"], ["--parent", "0"], ["--parent", "-5"],
+    ["--parent", "\u0661\u0662\u0663"],  # Arabic-Indic digits are not a pid
+    ["--parent", "DEAD"],
+])
+def test_bad_clean_arguments_are_usage_errors(checkouts, args):
     a = checkouts["A"]
-    for args in (["--grace", "soon"], ["--grace", "-1"], ["--parent", "abc"]):
-        out = invoke("clean", *args, root=a)
-        assert out.returncode == 2, (args, out.stderr)
-        assert len(out.stderr.strip().splitlines()) == 1
+    args = [str(_dead_pid()) if x == "DEAD" else x for x in args]
+    out = invoke("clean", *args, root=a, timeout=60)
+    assert out.returncode == 2, (args, out.stdout, out.stderr)
+    assert len(out.stderr.strip().splitlines()) == 1 and "error:" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (a / ".tractor-tasks").exists()

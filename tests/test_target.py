@@ -38,7 +38,9 @@ def test_defaults_match_tractor_exactly(tmp_path, monkeypatch):
                        "discovery/test_registrar.py")
     assert t.affected["ipc/"] == ("ipc/", "test_2way.py")
     assert [r.error for r in t.flaky].count("TooSlowError") == 2
-    assert (t.timeout_full, t.timeout_file) == (600, 120)
+    assert (t.timeout_full, t.timeout_file, t.timeout_test) == (1800, 300, 120)
+    assert t.stackscope_flag == "--enable-stackscope"
+    assert t.test_bound("tests/test_x.py::t") == 120 and t.test_bound("x", 0) is None
     assert t.venv_dir("3.13") == tmp_path.resolve() / "py313"
 
 
@@ -82,6 +84,14 @@ def test_this_repo_points_at_the_bundled_sample():
     ('default_spawn_backend = "mp_spawn"\nspawn_backends = ["trio"]', "default_spawn_backend"),
     ('pythons = ["3.x"]', "write minors like"),
     ('timeout_full = -1', "positive number of seconds"),
+    ('timeout_full = inf', "positive number of seconds"),
+    ('timeout_file = nan', "positive number of seconds"),
+    ('timeout_test = -5', "0 (off) or a positive number"),
+    ('tests_dir = "/etc"', "not a dir inside the target"),
+    ('tests_dir = "../.."', "not a dir inside the target"),
+    ('tests_dir = "."', "not a dir inside the target"),
+    ('pythons = []', "a non-empty list"),
+    ('[tool.tractor-tasks.test_timeouts]\n"test_x.py::*" = "soon"', "test_timeouts"),
     ('[[tool.tractor-tasks.flaky]]\ntest = "x"\nerorr = "y"', "unknown key 'erorr'"),
     ('[[tool.tractor-tasks.flaky]]\ntest = "x"\nerror = "("', "not a valid regex"),
     ('[tool.tractor-tasks.affected]\n"ipc/" = "test_x.py"', "affected"),
@@ -95,6 +105,24 @@ def test_bad_config_is_one_clear_usage_error(tmp_path, config, needle):
     assert err.value.code == 2
     msg = str(err.value)
     assert needle in msg and "\n" not in msg and str(tmp_path) in msg
+
+
+def test_per_test_bounds_from_the_config(tmp_path):
+    write(tmp_path / "pyproject.toml", '[tool.tractor-tasks]\ntimeout_test = 30\n'
+          '[tool.tractor-tasks.test_timeouts]\n"devx/test_debugger.py::*" = 300\n'
+          '"test_x.py::test_free[*]" = 0\n')
+    t = load_target(tmp_path)
+    assert t.test_bound("tests/devx/test_debugger.py::test_a[x]") == 300
+    assert t.test_bound("tests/test_x.py::test_free[1]") is None   # 0: no bound
+    assert t.test_bound("tests/test_y.py::t") == 30
+    assert t.test_bound("tests/devx/test_debugger.py::t", 5) == 5  # --test-timeout wins
+
+
+def test_requires_python_that_admits_no_known_minor(tmp_path):
+    write(tmp_path / "pyproject.toml", '[project]\nrequires-python = ">=3.40"\n')
+    with pytest.raises(TaskError, match="admits no Python minor") as err:
+        load_target(tmp_path)
+    assert err.value.code == 2
 
 
 def test_bad_config_through_invoke_exits_2_with_one_line(tmp_path):

@@ -1,22 +1,26 @@
-"""Cells of the matrix (Python minor x transport x spawn backend) and their records.
+"""Cells of the matrix (Python minor x transport x spawn backend), their names, and
+the matrix report.
 
-A cell's name is its nox session name: `tests-3.13(tpt='uds')` for the
-default spawn backend, `backends-3.13(spawn='mp_spawn', tpt='uds')` for the
-others, `smoke-3.13` for the core subset. Each cell keeps its own pytest
-cache, JUnit file and outcome under <target>/.tractor-tasks/cells/<slug>/.
+A cell's name is its nox session name, encoded here and parsed here only:
+`tests-3.13(tpt='uds')` for the default spawn backend,
+`backends-3.13(spawn='mp_spawn', tpt='uds')` for the others, `smoke-3.13` for
+the core subset. Each run of a cell writes `outcome.json` into its run dir
+(`<target>/.tractor-tasks/cells/<slug>/last`): the matrix report reads only that.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import usage
-from .results import Summary, read_junit
+from .errors import TaskError, usage
+from .rundirs import State
+from .status import RunStatus
 from .target import Target
 
+KINDS = ("tests", "backends", "smoke")
 _NAME_RE = re.compile(r"(?P<kind>tests|backends|smoke)-(?P<minor>3\.\d+)(?:\((?P<params>.*)\))?")
 _PARAM_RE = re.compile(r"(\w+)='([^']*)'")
 
@@ -42,19 +46,20 @@ class Cell:
             return f"smoke-{self.minor}"
         return f"{self.kind}-{self.minor}-{self.spawn}-{self.tpt}"
 
-    def dir(self, target: Target) -> Path:
-        return target.state_dir / "cells" / self.slug
+    @property
+    def session(self) -> str:
+        """The nox session function's name (`tests-3.13`), without parameters."""
+        return f"{self.kind}-{self.minor}"
 
-    def run_dir(self, target: Target) -> Path:
-        """Remade by every run: JUnit file, command, probe files, stack dumps."""
-        return self.dir(target) / "run"
+    def dir(self, target: Target) -> Path:
+        return State(target).cell_dir(self.slug)
 
     def cache_dir(self, target: Target) -> Path:
         """Kept across runs: this cell's pytest cache (its lastfailed)."""
         return self.dir(target) / "pytest-cache"
 
     @classmethod
-    def from_name(cls, target: Target, name: str) -> Cell:
+    def parse(cls, name: str, target: Target) -> Cell:
         m = _NAME_RE.fullmatch(name.strip())
         if not m:
             raise usage(f"error: {name!r} is not a cell name; cells look like "
@@ -64,55 +69,79 @@ class Cell:
                    params.get("spawn", target.default_spawn_backend))
 
 
-def all_cells(target: Target) -> list[Cell]:
-    cells = []
-    for minor in target.pythons:
-        cells += [Cell("tests", minor, t, target.default_spawn_backend) for t in target.transports]
-        cells += [Cell("backends", minor, t, s) for s in target.spawn_backends
-                  if s != target.default_spawn_backend for t in target.transports]
-        cells.append(Cell("smoke", minor, target.transports[0], target.default_spawn_backend))
-    return cells
-
-
-# -- outcome records and the matrix report ----------------------------------
-
-def write_outcome(target: Target, cell: Cell, *, status: str, code: int, seconds: float,
-                  invocation: str | None) -> None:
-    record = {"cell": cell.name, **asdict(cell), "status": status, "code": code,
-              "seconds": round(seconds, 2), "finished": time.time(), "invocation": invocation}
-    (cell.dir(target) / "outcome.json").write_text(json.dumps(record, indent=1))
-
+# -- the matrix report ----------------------------------------------------------
 
 @dataclass
 class Row:
     cell: str
-    status: str
-    summary: Summary
+    status: RunStatus
+    passed: int
+    failed: int
+    known_flaky: int
+    hung: int
+    skipped: int
+    leaked: int
     seconds: float
 
 
-def read_rows(target: Target, invocation: str | None = None) -> list[Row]:
+def _row(path: Path) -> Row:
+    """One cell's outcome.json, checked field by field (a bad file: one line, exit 1)."""
+    def bad(why: str) -> TaskError:
+        return TaskError(f"error: {path} is not a cell outcome ({why}); it was left as it is: "
+                         "rerun the cell to rewrite it")
+    try:
+        rec = json.loads(path.read_text())
+    except IsADirectoryError:
+        raise bad("a directory")
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise bad(f"not JSON: {err}")
+    if not isinstance(rec, dict):
+        raise bad(f"a {type(rec).__name__}, not an object")
+    if not isinstance(rec.get("cell"), str) or not rec["cell"]:
+        raise bad("no 'cell' name")
+    try:
+        status = RunStatus(rec.get("status"))
+    except ValueError:
+        raise bad(f"unknown status {rec.get('status')!r}")
+
+    def num(key: str, whole: bool = True):
+        value = rec.get("counts", {}).get(key, 0) if key != "seconds" else rec.get("seconds")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value) or value < 0:
+            raise bad(f"{key} is {value!r}, not a number")
+        return int(value) if whole else float(value)
+    if not isinstance(rec.get("counts"), dict):
+        raise bad("no 'counts'")
+    return Row(rec["cell"], status, num("passed"), num("new_failures"), num("known_flaky"),
+               num("hung"), num("skipped"), num("leaked"), num("seconds", whole=False))
+
+
+def read_rows(target: Target, invocation: str | None = None,
+              warn=lambda line: None) -> list[Row]:
+    """The latest outcome of every cell (of one nox invocation when given); a bad
+    file is one warning line and is left out."""
     rows = []
-    for outcome in sorted((target.state_dir / "cells").glob("*/outcome.json")):
+    for path in sorted(State(target).path.glob("cells/*/last/outcome.json")):
         try:
-            rec = json.loads(outcome.read_text())
-        except (OSError, ValueError):
-            continue
-        if invocation and rec.get("invocation") != invocation:
-            continue
-        summary = read_junit(target, outcome.parent / "run" / "junit.xml")
-        rows.append(Row(rec["cell"], rec["status"], summary, rec.get("seconds", 0.0)))
+            if invocation and json.loads(path.read_text()).get("invocation") != invocation:
+                continue
+        except (OSError, ValueError, AttributeError):
+            pass
+        try:
+            rows.append(_row(path))
+        except TaskError as err:
+            warn(str(err))
     return rows
 
 
-_COLS = ("cell", "status", "passed", "failed", "known-flaky", "skipped", "duration")
+_COLS = ("cell", "status", "passed", "failed", "known-flaky", "hung", "skipped", "leaked",
+         "duration")
 
 
 def _cols(row: Row) -> list[str]:
-    c = row.summary.counts
-    return [row.cell, row.status, str(c["passed"]),
-            str(len(row.summary.new_failures)), str(len(row.summary.known_flaky)),
-            str(c["skipped"] + c["xfailed"]), f"{row.seconds:.1f}s"]
+    return [row.cell, row.status.value, str(row.passed), str(row.failed),
+            str(row.known_flaky), str(row.hung), str(row.skipped), str(row.leaked),
+            f"{row.seconds:.1f}s"]
 
 
 def table_text(rows: list[Row]) -> str:

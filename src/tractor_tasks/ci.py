@@ -1,7 +1,6 @@
-"""The GitHub Actions matrix, derived from the nox sessions themselves.
-
-It asks `nox --list --json` rather than recomputing the cells, so CI and
-local runs never drift.
+"""CI: the GitHub Actions matrix, derived from the nox sessions themselves (it asks
+`nox --list --json` rather than recomputing the cells, so CI and local runs never
+drift), expanded into shards when asked, and the merge of the jobs' results.
 """
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .cells import Cell
 from .errors import TaskError
 
 
@@ -27,20 +27,23 @@ def nox_sessions(shim_dir: Path, root: str | None = None) -> list[dict]:
     return json.loads(out.stdout)
 
 
-def matrix(shim_dir: Path, root: str | None = None, smoke: bool = False) -> dict:
+def matrix(shim_dir: Path, root: str | None = None, smoke: bool = False,
+           shards: int = 1) -> dict:
     from .target import resolve
     target = resolve(shim_dir, root)
     include = []
     for s in nox_sessions(shim_dir, root):
-        name, spec = s["session"], s.get("call_spec") or {}
-        kind, _, minor = s["name"].partition("-")
-        if kind == "smoke" and not smoke:
+        cell = Cell.parse(s["session"], target)
+        if cell.kind == "smoke" and not smoke:
             continue
-        include.append({"session": name, "python": minor,
-                        "tpt": spec.get("tpt", target.transports[0]),
-                        "spawn": spec.get("spawn", target.default_spawn_backend)})
+        row = {"session": cell.name, "python": cell.minor, "tpt": cell.tpt, "spawn": cell.spawn}
+        if shards > 1 and cell.kind != "smoke":
+            include += [{**row, "shard": i, "of": shards} for i in range(1, shards + 1)]
+        else:
+            include.append(row)
     return {"include": include}
 
 
-def matrix_json(shim_dir: Path, root: str | None = None, smoke: bool = False) -> str:
-    return json.dumps(matrix(shim_dir, root, smoke))
+def matrix_json(shim_dir: Path, root: str | None = None, smoke: bool = False,
+                shards: int = 1) -> str:
+    return json.dumps(matrix(shim_dir, root, smoke, shards))

@@ -1,46 +1,28 @@
-"""The pytest argv and environment for one run or one cell (spec section 2)."""
+"""The pytest argv and environment for one run (spec section 2)."""
 from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import usage
+from .options import RunOptions
 from .scope import ENV_RUN, make_run_marker
 from .target import Target
 
 PROBE_DIR = Path(__file__).with_name("probe")
 PROBE_PLUGIN = "_tractor_tasks_probe"
 ENV_PROBE_DIR = "TRACTOR_TASKS_PROBE_DIR"
+ENV_SELECT = "TRACTOR_TASKS_SELECT"
 
 
-@dataclass
-class Request:
-    """What a person asked for, in pytest's terms."""
-    paths: list[str]
-    keyword: str | None = None
-    tpt: str | None = None
-    spawn: str | None = None
-    loglevel: str | None = None
-    tpdb: bool = False
-    exitfirst: bool = True          # the spec's default -x; --no-x drops it
-    extra: list[str] = field(default_factory=list)  # after `--`, passed through verbatim
-    last_failed: bool = False
-
-    @property
-    def interactive(self) -> bool:
-        """A debugger may take the terminal: Ctrl-C then belongs to it."""
-        return self.tpdb or any(a in ("--pdb", "--trace", "--tpdb", "--debug-mode")
-                                for a in self.extra)
-
-    def check(self, target: Target) -> None:
-        if self.tpt is not None and self.tpt not in target.transports:
-            raise usage(f"error: unknown transport {self.tpt!r}; allowed: "
-                        f"{', '.join(target.transports)}")
-        if self.spawn is not None and self.spawn not in target.spawn_backends:
-            raise usage(f"error: unknown spawn backend {self.spawn!r}; allowed: "
-                        f"{', '.join(target.spawn_backends)}")
+def check_names(target: Target, opts: RunOptions) -> None:
+    if opts.tpt is not None and opts.tpt not in target.transports:
+        raise usage(f"error: unknown transport {opts.tpt!r}; allowed: "
+                    f"{', '.join(target.transports)}")
+    if opts.spawn is not None and opts.spawn not in target.spawn_backends:
+        raise usage(f"error: unknown spawn backend {opts.spawn!r}; allowed: "
+                    f"{', '.join(target.spawn_backends)}")
 
 
 def _has_flag(args: list[str], *names: str) -> bool:
@@ -48,35 +30,36 @@ def _has_flag(args: list[str], *names: str) -> bool:
                and a.startswith(n) and len(a) > len(n)) for a in args for n in names)
 
 
-def pytest_args(target: Target, req: Request, *, junit: Path | None = None,
-                cache_dir: Path | None = None) -> list[str]:
+def pytest_args(target: Target, paths: list[str], opts: RunOptions, *,
+                cache_dir: Path | None = None, color: bool = False) -> list[str]:
     """Everything after `python -m pytest`."""
-    req.check(target)
-    extra = list(req.extra)
-    args = list(req.paths)
-    if req.exitfirst and not _has_flag(extra, "--maxfail", "--exitfirst", "-x"):
+    check_names(target, opts)
+    extra = list(opts.extra)
+    args = list(paths)
+    if opts.exitfirst and not _has_flag(extra, "--maxfail", "--exitfirst", "-x"):
         args.append("-x")
     if not _has_flag(extra, "--tb"):
         args.append("--tb=short")
     if "--no-header" not in extra:
         args.append("--no-header")
-    if req.keyword:
-        args += ["-k", req.keyword]
-    if req.tpt:
-        args += ["--tpt-proto", req.tpt]
-    spawn = req.spawn
-    if spawn:
-        args += ["--spawn-backend", spawn]
-        if spawn in target.capsys_backends and not _has_flag(extra, "--capture", "-s"):
+    if opts.k:
+        args += ["-k", opts.k]
+    if opts.tpt:
+        args += ["--tpt-proto", opts.tpt]
+    if opts.spawn:
+        args += ["--spawn-backend", opts.spawn]
+        if opts.spawn in target.capsys_backends and not _has_flag(extra, "--capture", "-s"):
             args.append("--capture=sys")  # fork-based backends deadlock under --capture=fd
-    if req.loglevel:
-        args += ["--ll", req.loglevel]
-    if req.tpdb:
+    if opts.ll:
+        args += ["--ll", opts.ll]
+    if opts.tpdb:
         args.append("--tpdb")
-    if req.last_failed and "--lf" not in extra and "--last-failed" not in extra:
+    if target.stackscope_flag and target.stackscope_flag not in extra:
+        args.append(target.stackscope_flag)  # SIGUSR1 dumps trio task trees on a hang
+    if opts.last_failed and "--lf" not in extra and "--last-failed" not in extra:
         args.append("--lf")
-    if junit is not None:
-        args.append(f"--junitxml={junit}")
+    if color and not _has_flag(extra, "--color"):
+        args.append("--color=yes")  # its output reaches a terminal through our pipe
     if cache_dir is not None:
         args += ["-o", f"cache_dir={cache_dir}"]
     args += ["-p", PROBE_PLUGIN]
@@ -93,6 +76,7 @@ def run_env(target: Target, venv: Path, probe_dir: Path, base: dict | None = Non
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROBE_DIR), env.get("PYTHONPATH")) if p)
     env[ENV_RUN] = make_run_marker(target.root)
     env[ENV_PROBE_DIR] = str(probe_dir)
+    env.pop(ENV_SELECT, None)
     env.update(extra or {})
     return env
 

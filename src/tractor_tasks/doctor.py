@@ -1,152 +1,168 @@
-"""`invoke doctor`: every preflight check of spec sections 3 and 4, as one table.
+"""`invoke doctor`: every preflight check as one table (or JSON), and `--fix`.
 
-The slow checks (import, collection) start first as subprocesses and run while
-the fast ones (interpreter, venv, registry, sockets, processes) are done, so
-the doctor takes about as long as the collection alone.
+The slow part (import, collection) starts first in the background and runs while
+the fast checks are done, so the doctor takes about as long as collection alone.
+Long lists (23 orphans after a killed run) are summarised in the table: a count
+and the first few; `--json` and `--verbose` give them all.
 """
 from __future__ import annotations
 
 import json
-import subprocess
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+import signal
+from dataclasses import asdict, dataclass, field
 
+from . import contain
 from .interpreters import find_python
-from .runner import check_scope
+from .preflight import ImportProbe, check_scope
+from .status import Check as S
+from .sweep import sweep
 from .target import Target
-from .venv import (active_venv_check, is_fresh, shell_command, venv_python,
-                   worktree_check)
+from .venv import active_venv_check, is_fresh, shell_command, venv_python, worktree_check
 
-OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
-
-# The slow part, in the target's venv: one interpreter imports the package
-# (reporting where from), then collects, so the package is imported once.
-_SLOW = """
-import sys, time
-t0 = time.monotonic()
-try:
-    import {pkg} as m
-except BaseException as e:
-    print("TT-IMPORT-FAILED", type(e).__name__, e, flush=True)
-    sys.exit(3)
-print("TT-IMPORT", round(time.monotonic() - t0, 2), m.__file__, flush=True)
-if {collect}:
-    import pytest
-    sys.exit(pytest.main([{tests!r}, "-q", "--co", "-p", "no:cacheprovider"]))
-"""
+SHOWN = 3  # items per check in the table
 
 
 @dataclass
 class Check:
     name: str
-    status: str
+    status: S
     detail: str
     fix: str = ""
+    items: list[str] = field(default_factory=list)  # the full list behind a summary
 
 
-class _Probe:
-    """A slow check running in the background."""
-
-    def __init__(self, argv: list[str], cwd: Path):
-        self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-
-    def result(self, timeout: float = 120) -> tuple[int, str, float]:
-        try:
-            out, _ = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-            return -1, f"timed out after {timeout:g}s\n{out}", time.monotonic() - self.t0
-        return self.proc.returncode, out, time.monotonic() - self.t0
+def _listed(items: list[str], verbose: bool) -> str:
+    if verbose or len(items) <= SHOWN:
+        return "; ".join(items)
+    return f"{len(items)}: " + "; ".join(items[:SHOWN]) + f"; ... (+{len(items) - SHOWN} more: " \
+        "--verbose or --json lists all)"
 
 
-def _tail(text: str, n: int) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return " | ".join(lines[-n:])
-
-
-def run_checks(target: Target, minor: str, *, collect: bool = True,
-               slow: bool = True) -> list[Check]:
+def run_checks(target: Target, minor: str, *, collect: bool = True, slow: bool = True,
+               verbose: bool = False) -> list[Check]:
     """All checks; `collect=False` skips collection, `slow=False` import and collection."""
     checks: list[Check] = []
     python = venv_python(target, minor)
-    have_venv = python.exists()
-    probe = None
-    collect = collect and slow
-    if have_venv and slow:  # start the slow part first: it runs while the rest is checked
-        probe = _Probe([str(python), "-c", _SLOW.format(pkg=target.package, collect=collect,
-                                                       tests=target.tests_dir)], target.root)
+    venv = target.venv_dir(minor)
+    probe = ImportProbe(python, target, collect and slow) if python.exists() and slow else None
 
     interp = find_python(minor)
-    checks.append(Check("python", OK if interp else FAIL,
+    checks.append(Check("python", S.OK if interp else S.FAIL,
                         f"{minor}: {interp}" if interp else f"no Python {minor} on this machine",
                         "" if interp else f"uv python install {minor}"))
     fix_venv = f"invoke venv --python {minor}  (= {shell_command(target, minor)})"
-    if not have_venv:
-        checks.append(Check("venv", FAIL, f"{target.venv_dir(minor)} does not exist", fix_venv))
+    if not python.exists():
+        checks.append(Check("venv", S.FAIL, f"{venv} does not exist", fix_venv))
     elif interp and not is_fresh(target, interp):
-        checks.append(Check("venv", WARN, f"{target.venv_dir(minor).name}/ exists but was not "
-                            "synced by tractor-tasks from the current pyproject/uv.lock", fix_venv))
+        checks.append(Check("venv", S.WARN, f"{venv.name}/ exists but was not synced by "
+                            "tractor-tasks from the current pyproject/uv.lock", fix_venv))
     else:
-        checks.append(Check("venv", OK, f"{target.venv_dir(minor).name}/ up to date"))
+        checks.append(Check("venv", S.OK, f"{venv.name}/ up to date"))
     act = active_venv_check(target, minor)
-    checks.append(Check(f"active venv ({act.case})", act.status if act.status != "fail" else FAIL,
-                        act.detail, act.fix))
+    checks.append(Check(f"active venv ({act.case})", S.FAIL if act.status == "fail"
+                        else S(act.status), act.detail, act.fix))
+    checks.append(_containment())
+    checks.append(_sigint())
 
-    pre = check_scope(target)
-    holders = pre.foreign_holders + pre.live_holders
-    if not holders and not pre.leaked_holders:
-        checks.append(Check("registry", OK, f"tcp :{target.registry_port} free, no live "
+    pre = check_scope(target, venv if python.exists() else None)
+    if not pre.holders:
+        checks.append(Check("registry", S.OK, f"tcp :{target.registry_port} free, no live "
                             f"registry@{target.registry_port}.sock"))
-    for lst in holders:
-        fix = (f"stop the session, or `invoke clean --parent {lst.pid}`" if lst in pre.live_holders
-               else f"outside this checkout: stop pid {lst.pid} yourself if it is yours")
-        checks.append(Check("registry", FAIL, lst.describe(), fix))
-    for lst in pre.leaked_holders:
-        checks.append(Check("registry", FAIL, f"{lst.describe()} (leaked)", "invoke clean"))
-    stale = pre.stale_sockets
-    checks.append(Check("sockets", FAIL if stale else OK,
-                        ", ".join(str(s.path) for s in stale) if stale else "no stale socket files",
-                        "invoke clean" if stale else ""))
-    checks.append(Check("processes", FAIL if pre.leaks else OK,
-                        "; ".join(f"{p.describe()}: {p.why}" for p in pre.leaks)
-                        if pre.leaks else "no leaked actor processes of this checkout",
-                        "invoke clean" if pre.leaks else ""))
+    for h in pre.holders:
+        lst = h.listener
+        if h.kind == "leaked":
+            checks.append(Check("registry", S.FAIL, f"{lst.describe()} (leaked)", "invoke clean"))
+        elif h.kind == "live":
+            checks.append(Check("registry", S.FAIL, lst.describe(),
+                                f"stop the session, or `invoke clean --parent {lst.pid}`"))
+        else:
+            checks.append(Check("registry", S.FAIL, lst.describe(),
+                                f"outside this checkout: stop pid {lst.pid} yourself if it is "
+                                "yours"))
+    socks = [str(s.path) for s in pre.stale_sockets]
+    dirs = [f"{d} (a run that is over)" for d in pre.stale_dirs]
+    checks.append(Check("sockets", S.FAIL if socks or dirs else S.OK,
+                        _listed(socks + dirs, verbose) if socks or dirs
+                        else "no stale socket files or private dirs",
+                        "invoke clean" if socks or dirs else "", socks + dirs))
+    procs = [f"{p.describe()}: {why}" for p, why in pre.leaks]
+    checks.append(Check("processes", S.FAIL if procs else S.OK,
+                        _listed(procs, verbose) if procs
+                        else "no leaked actor processes of this checkout",
+                        "invoke clean" if procs else "", procs))
 
     import_path = None
     if probe is None:
         if slow:
-            checks.append(Check("import", SKIP, "no venv yet", fix_venv))
+            checks.append(Check("import", S.SKIP, "no venv yet", fix_venv))
             if collect:
-                checks.append(Check("collection", SKIP, "no venv yet", fix_venv))
+                checks.append(Check("collection", S.SKIP, "no venv yet", fix_venv))
     else:
-        rc, out, secs = probe.result()
-        head, _, rest = out.partition("\n")
-        if head.startswith("TT-IMPORT "):
-            _, took, import_path = head.split(" ", 2)
-            checks.append(Check("import", OK, f"{target.package} from {import_path} "
-                                f"({float(took):.1f}s)"))
+        res = probe.result()
+        if res.imported:
+            import_path = res.import_path
+            checks.append(Check("import", S.OK, f"{target.package} from {import_path} "
+                                f"({res.import_seconds:.1f}s)"))
             if collect:
-                checks.append(Check("collection", OK if rc == 0 else FAIL,
-                                    f"{_tail(rest, 1)} ({secs:.1f}s)" if rc == 0 else _tail(rest, 5),
-                                    "" if rc == 0 else "fix the collection errors above"))
+                ok = res.collected_ok
+                checks.append(Check("collection", S.OK if ok else S.FAIL,
+                                    f"{res.tail(1)} ({res.seconds:.1f}s)" if ok else res.tail(5),
+                                    "" if ok else "fix the collection errors above"))
         else:
-            checks.append(Check("import", FAIL, f"import {target.package}: {_tail(out, 1)}",
+            checks.append(Check("import", S.FAIL, f"import {target.package}: {res.import_error}",
                                 "fix the import error before running tests"))
             if collect:
-                checks.append(Check("collection", SKIP, "not run: the import failed"))
+                checks.append(Check("collection", S.SKIP, "not run: the import failed"))
     wt = worktree_check(target, minor, import_path)
     if wt:
-        checks.append(Check("worktree (C)", wt.status if wt.status != "fail" else FAIL,
+        checks.append(Check("worktree (C)", S.FAIL if wt.status == "fail" else S(wt.status),
                             wt.detail, wt.fix))
     return checks
 
 
+def _containment() -> Check:
+    c = contain.detect()
+    return Check("containment", S.OK if c.mode == "namespaces" else S.WARN, c.note,
+                 "" if c.mode == "namespaces" else "see README: contained runs")
+
+
+def _sigint() -> Check:
+    """A shell that ignores SIGINT (nohup, a background job of a script) passes that on
+    to pytest, and tractor's tests that SIGINT themselves then hang. Runs reset it."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return Check("sigint", S.WARN, "this shell ignores SIGINT: a bare pytest started from it "
+                     "hangs in tractor's signal tests (tractor-tasks runs reset it)",
+                     "run from an interactive shell, or through invoke/nox")
+    return Check("sigint", S.OK, "SIGINT is delivered normally")
+
+
 def healthy(checks: list[Check]) -> bool:
-    return all(c.status != FAIL for c in checks)
+    return all(c.status != S.FAIL for c in checks)
+
+
+def needs(checks: list[Check]) -> set[str]:
+    """What `--fix` may do about the failures: 'venv' (sync it) and 'sweep'."""
+    names = {c.name for c in checks if c.status in (S.FAIL, S.WARN)}
+    out = set()
+    if names & {"venv", "import", "collection"} or any(n.startswith("active") for n in names):
+        out.add("venv")
+    if names & {"sockets", "processes"} or any(c.name == "registry" and c.fix == "invoke clean"
+                                               for c in checks if c.status == S.FAIL):
+        out.add("sweep")
+    return out
+
+
+def fix(target: Target, minor: str, checks: list[Check], out) -> None:
+    """The safe fixes: sync the venv; sweep this checkout's leftovers (never a holder
+    outside it)."""
+    from .pipeline import prepare_venv
+    todo = needs(checks)
+    if "venv" in todo:
+        prepare_venv(target, minor, out=out)
+    if "sweep" in todo:
+        venv = target.venv_dir(minor)
+        for line in sweep(target, venv=venv if venv.exists() else None).lines():
+            out(f"fix: {line}")
 
 
 def table(checks: list[Check]) -> str:
@@ -154,12 +170,13 @@ def table(checks: list[Check]) -> str:
     w_status = 6
     lines = [f"{'check':{w_name}}  {'status':{w_status}}  detail"]
     for c in checks:
-        lines.append(f"{c.name:{w_name}}  {c.status:{w_status}}  {c.detail}")
-        if c.fix and c.status in (FAIL, WARN, SKIP):
+        lines.append(f"{c.name:{w_name}}  {c.status.value:{w_status}}  {c.detail}")
+        if c.fix and c.status in (S.FAIL, S.WARN, S.SKIP):
             lines.append(f"{'':{w_name}}  {'':{w_status}}  -> fix: {c.fix}")
     return "\n".join(lines)
 
 
 def as_json(target: Target, minor: str, checks: list[Check]) -> str:
     return json.dumps({"target": str(target.root), "python": minor, "ok": healthy(checks),
-                       "checks": [asdict(c) for c in checks]}, indent=2)
+                       "checks": [{**asdict(c), "status": c.status.value} for c in checks]},
+                      indent=2)

@@ -1,79 +1,41 @@
 """invoke front end: thin tasks over the library (a tasks.py shim loads `collection`).
 
-Every task takes `--root PATH` to point at another target. Errors print one
-line and exit 2 (bad usage) or 1 (a problem found). Heavy imports stay inside
-the tasks so quick ones (lastfailed) start fast.
+The run tasks (test, smoke, rerun, affected) are built from options.RUN_OPTIONS,
+so they take exactly the options the nox cells' table declares. Errors print one
+line and exit 2 (bad usage) or 1 (a problem found). Heavy imports stay inside the
+tasks so quick ones (lastfailed) start fast.
 """
 from __future__ import annotations
 
 import functools
+import inspect
 import shlex
-import sys
 from pathlib import Path
 
 from invoke import Collection, Exit, Task, task
-from invoke.parser import Argument
-from invoke.parser.parser import ParseMachine
 
+from . import _invoke_words
 from .errors import TaskError, usage
+from .options import RUN_OPTIONS, RunOptions
+
+ROOT_HELP = "the target checkout (default: see README, target resolution)"
 
 
-# -- `invoke test [TARGET ...]`: invoke has no optional or variadic positional --
-
-class _Words(Argument):
-    """A positional that takes every bare word until the task's flags end."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.words: list[str] = []
-        self.open = True
-
-    @property
-    def value(self):
-        return None if self.open else list(self.words)
-
-    @value.setter
-    def value(self, word):
-        self.words.append(word)
+def _guard(fn):
+    """TaskError -> one line and its exit code."""
+    @functools.wraps(fn)
+    def body(c, *args, **kwargs):
+        try:
+            return fn(c, *args, **kwargs)
+        except TaskError as err:
+            raise Exit(str(err), code=err.code)
+    return body
 
 
-class _WordsTask(Task):
-    def get_arguments(self, *args, **kwargs):
-        out = []
-        for arg in super().get_arguments(*args, **kwargs):
-            if arg.positional:
-                arg = _Words(names=arg.names, kind=str, positional=True, help=arg.help)
-            out.append(arg)
-        return out
-
-
-_complete_context = ParseMachine.complete_context
-
-
-def _close_words(self):
-    if self.context:
-        for arg in self.context.positional_args:
-            if isinstance(arg, _Words):
-                arg.open = False
-    _complete_context(self)
-
-
-ParseMachine.complete_context = _close_words
-
-
-def _task(help=None, words: str | None = None):
-    """@task with auto short flags off, TaskError -> one line + exit code."""
+def _task(help=None, klass=Task, positional=None):
     def deco(fn):
-        @functools.wraps(fn)
-        def body(c, *args, **kwargs):
-            try:
-                return fn(c, *args, **kwargs)
-            except TaskError as err:
-                raise Exit(str(err), code=err.code)
-        opts = dict(auto_shortflags=False, help=help or {})
-        if words:
-            opts.update(positional=[words], klass=_WordsTask)
-        return task(**opts)(body)
+        return task(auto_shortflags=False, help=help or {}, klass=klass,
+                    positional=positional)(_guard(fn))
     return deco
 
 
@@ -86,121 +48,77 @@ def _extra(c) -> list[str]:
     return shlex.split(getattr(c, "remainder", "") or "")
 
 
-def _float(name: str, value, default=None):
-    if value in (None, ""):
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise usage(f"error: --{name} must be a number of seconds, got {value!r}")
-
-
-def _int(name: str, value):
-    if value in (None, ""):
-        return None
-    if not str(value).isdigit():
-        raise usage(f"error: --{name} must be a pid, got {value!r}")
-    return int(value)
-
-
-RUN_HELP = {
-    "targets": "test file(s), dir(s), node id(s) or pattern(s); none = the whole suite",
-    "k": "pytest -k expression",
-    "tpt": "transport: tcp or uds (default: the plugin's, tcp)",
-    "spawn": "spawn backend: trio, mp_spawn, mp_forkserver",
-    "ll": "tractor log level (--ll)",
-    "tpdb": "enable tractor's multi-process debugger (--tpdb)",
-    "python": "Python minor whose py<MINOR> venv to use, e.g. 3.13",
-    "timeout": "wall-clock bound in seconds (default 600 full suite, 120 one file)",
-    "dry_run": "print the exact command and environment; run nothing",
-    "sweep": "sweep in-scope leftovers before the run (--no-sweep: stop instead)",
-    "no_x": "do not stop at the first failure (drop the default -x)",
-    "retry_flaky": "rerun known-flaky failures once and report both outcomes",
-    "isolate_net": "run pytest in a private network namespace (unshare -rn), if available",
-    "root": "the target checkout (default: see README, target resolution)",
-}
-
-
-def _run(c, words, *, root, k=None, tpt=None, spawn=None, ll=None, tpdb=False, python=None,
-         timeout=None, dry_run=False, sweep=True, no_x=False, retry_flaky=False,
-         isolate_net=False, last_failed=False):
-    from .command import Request
-    from .runner import execute, pick_minor
-    from .selection import resolve_words
-
-    target = _target(c, root)
-    req = Request(paths=[], keyword=k, tpt=tpt, spawn=spawn, loglevel=ll, tpdb=tpdb,
-                  exitfirst=not no_x, extra=_extra(c), last_failed=last_failed)
-    req.check(target)
-    req.paths = resolve_words(target, words)
-    minor = pick_minor(target, python)
-    timeout_s = _float("timeout", timeout)
-    wrapper = None
-    if isolate_net:
-        from .nox_sessions import netns_wrapper
-        wrapper = netns_wrapper()
-        if wrapper is None:
-            print("--isolate-net is not available here (unshare -rn failed); running without it")
-    from .runner import ensure_state_dir
-    run_dir = ensure_state_dir(target) / "last" if not dry_run else target.state_dir / "last"
-    result = execute(target, req, minor=minor, run_dir=run_dir,
-                     timeout=timeout_s, dry_run=dry_run, allow_sweep=sweep,
-                     retry_flaky=retry_flaky, wrapper=wrapper)
+def _run(c, words, values: dict, *, last_failed=False, resolved=None) -> None:
+    from .pipeline import execute, plan
+    target = _target(c, values.get("root"))
+    opts = RunOptions.parse(values, extra=_extra(c))
+    opts.last_failed = last_failed
+    result = execute(plan(target, words, opts, resolved=resolved))
     if result.code:
         raise Exit(code=result.code)
 
 
-@_task(help=RUN_HELP, words="targets")
-def test(c, targets=None, k=None, tpt=None, spawn=None, ll=None, tpdb=False, python=None,
-         timeout=None, dry_run=False, sweep=True, no_x=False, retry_flaky=False,
-         isolate_net=False, root=None):
-    """Run tests the spec's way: preflight, pytest -x --tb=short --no-header, sweep, report.
+def _run_task(name: str, doc: str, *, words: bool = False, extra_params=(), extra_help=None,
+              before=None, last_failed=False):
+    """A task with every run option, e.g. `invoke test [TARGET ...] --tpt uds -n 2`."""
+    params = [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if words:
+        params.append(inspect.Parameter("targets", inspect.Parameter.POSITIONAL_OR_KEYWORD))
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d)
+               for n, d in extra_params]
+    params += [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default)
+               for o in RUN_OPTIONS]
+    params.append(inspect.Parameter("root", inspect.Parameter.KEYWORD_ONLY, default=None))
+
+    def body(c, targets=None, **values):
+        words_given = list(targets or [])
+        if before is not None:
+            got = before(c, values)
+            if got is None:
+                return
+            words_given = got
+        _run(c, words_given, values, last_failed=last_failed)
+    body.__name__ = body.__qualname__ = name
+    body.__doc__ = doc
+    body.__signature__ = inspect.Signature(params)
+    help = {o.name: o.help for o in RUN_OPTIONS}
+    help.update(extra_help or {})
+    help["root"] = ROOT_HELP
+    if words:
+        help["targets"] = ("test file(s), dir(s), node id(s) or pattern(s); none = the whole "
+                           "suite")
+    shorts = {o.name: o.short for o in RUN_OPTIONS if o.short}
+    klass = _invoke_words.words_task(shorts) if words else _invoke_words.short_task(shorts)
+    return task(auto_shortflags=False, help=help, klass=klass,
+                positional=["targets"] if words else [], name=name)(_guard(body))
+
+
+test = _run_task("test", """Run tests the spec's way: preflight, pytest -x --tb=short --no-header,
+    contained and bounded, results, sweep.
 
     invoke test [TARGET ...] [options] [-- pytest args]
     e.g. invoke test test_local.py --tpt uds; invoke test ipc/ -k cancel -- -v
-    """
-    _run(c, targets or [], root=root, k=k, tpt=tpt, spawn=spawn, ll=ll, tpdb=tpdb,
-         python=python, timeout=timeout, dry_run=dry_run, sweep=sweep, no_x=no_x,
-         retry_flaky=retry_flaky, isolate_net=isolate_net)
+    """, words=True)
 
 
-_NO_TARGETS = {k: v for k, v in RUN_HELP.items() if k != "targets"}
+def _smoke(c, values):
+    return list(_target(c, values.get("root")).smoke)
 
 
-@_task(help=_NO_TARGETS)
-def smoke(c, k=None, tpt=None, spawn=None, ll=None, tpdb=False, python=None, timeout=None,
-          dry_run=False, sweep=True, no_x=False, retry_flaky=False, isolate_net=False,
-          root=None):
-    """Run the core smoke subset (spec section 7)."""
-    target = _target(c, root)
-    _run(c, list(target.smoke), root=root, k=k, tpt=tpt, spawn=spawn, ll=ll, tpdb=tpdb,
-         python=python, timeout=timeout, dry_run=dry_run, sweep=sweep, no_x=no_x,
-         retry_flaky=retry_flaky, isolate_net=isolate_net)
+smoke = _run_task("smoke", "Run the core smoke subset (spec section 7).", before=_smoke)
+
+rerun = _run_task("rerun", "Rerun the last failures (pytest --lf), same options as `test`.",
+                  before=lambda c, values: [], last_failed=True)
 
 
-@_task(help=_NO_TARGETS)
-def rerun(c, k=None, tpt=None, spawn=None, ll=None, tpdb=False, python=None, timeout=None,
-          dry_run=False, sweep=True, no_x=False, retry_flaky=False, isolate_net=False,
-          root=None):
-    """Rerun the last failures (pytest --lf), same flags as `test`."""
-    _run(c, [], root=root, k=k, tpt=tpt, spawn=spawn, ll=ll, tpdb=tpdb, python=python,
-         timeout=timeout, dry_run=dry_run, sweep=sweep, no_x=no_x, retry_flaky=retry_flaky,
-         isolate_net=isolate_net, last_failed=True)
-
-
-@_task(help={**_NO_TARGETS, "base": "also count commits since this ref (e.g. origin/main)",
-             "list": "print the mapping and the test paths; run nothing"})
-def affected(c, base=None, list_=False, k=None, tpt=None, spawn=None, ll=None, tpdb=False,
-             python=None, timeout=None, dry_run=False, sweep=True, no_x=False,
-             retry_flaky=False, isolate_net=False, root=None):
-    """Run the tests that the changed files map to (spec section 6)."""
-    from .selection import changed_files, existing_words, map_changes
-
-    target = _target(c, root)
+def _affected(c, values):
+    from .selection import changed_files, existing_words, map_changes, resolve_words
+    target = _target(c, values.get("root"))
+    base, list_ = values.pop("base"), values.pop("list_")
     files = changed_files(target.root, base)
     if not files:
         print("no changed files" + (f" since {base}" if base else "") + "; nothing to run")
-        return
+        return None
     aff = map_changes(target, files)
     words, missing = existing_words(target, aff.tests)
     for f, tests in aff.mapped.items():
@@ -213,63 +131,48 @@ def affected(c, base=None, list_=False, k=None, tpt=None, spawn=None, ll=None, t
     if not words:
         raise TaskError("error: the changed files map to no test that exists here")
     if list_:
-        from .selection import resolve_words
         for path in resolve_words(target, words):
             print(path)
-        return
-    _run(c, words, root=root, k=k, tpt=tpt, spawn=spawn, ll=ll, tpdb=tpdb, python=python,
-         timeout=timeout, dry_run=dry_run, sweep=sweep, no_x=no_x, retry_flaky=retry_flaky,
-         isolate_net=isolate_net)
+        return None
+    return words
 
 
-@_task(help={"python": "Python minor, e.g. 3.13", "root": RUN_HELP["root"]})
+affected = _run_task("affected", "Run the tests that the changed files map to (spec section 6).",
+                     extra_params=[("base", None), ("list_", False)],
+                     extra_help={"base": "also count commits since this ref (e.g. origin/main)",
+                                 "list": "print the mapping and the test paths; run nothing"},
+                     before=_affected)
+
+
+@_task(help={"python": "Python minor, e.g. 3.13", "root": ROOT_HELP})
 def quick(c, python=None, root=None):
     """Import check plus collect-only, printing the tail (spec section 7)."""
-    import subprocess
-
-    from .runner import pick_minor, prepare_venv
+    from .pipeline import pick_minor, prepare_venv
+    from .preflight import ImportProbe
     target = _target(c, root)
     minor = pick_minor(target, python)
     venv = prepare_venv(target, minor)
-    py = str(venv.python)
-    imp = subprocess.run([py, "-c", f"import {target.package}; print({target.package})"],
-                         cwd=target.root, capture_output=True, text=True)
-    print((imp.stdout or imp.stderr).strip().splitlines()[-1] if (imp.stdout or imp.stderr)
-          else "")
-    if imp.returncode:
-        raise TaskError(f"error: `import {target.package}` failed in {venv.path.name}; fix the "
-                        "import error before running tests")
-    col = subprocess.run([py, "-m", "pytest", target.tests_dir, "-x", "-q", "--co"],
-                         cwd=target.root, capture_output=True, text=True)
-    print("\n".join((col.stdout + col.stderr).strip().splitlines()[-3:]))
-    if col.returncode:
+    res = ImportProbe(venv.python, target, collect=True).result()
+    if not res.imported:
+        raise TaskError(f"error: `import {target.package}` failed in {venv.path.name}: "
+                        f"{res.import_error}; fix the import error before running tests")
+    print(f"{target.package} imports from {res.import_path} ({res.import_seconds:.1f}s)")
+    print("\n".join(ln for ln in res.output.strip().splitlines()[-3:]
+                    if not ln.startswith("TT-IMPORT")))
+    if not res.collected_ok:
         raise TaskError("error: collection failed (see above)")
 
 
 @_task(help={"session": "a nox cell, e.g. \"tests-3.13(tpt='uds')\"",
-             "all": "the target's cache and every cell's", "root": RUN_HELP["root"]})
+             "all": "the target's cache and every cell's", "root": ROOT_HELP})
 def lastfailed(c, session=None, all_=False, root=None):
     """List the last failures from pytest's cache, without collecting (spec section 7)."""
-    from .results import lastfailed_path, read_lastfailed
-
+    from .results import lastfailed_sources, read_lastfailed
     target = _target(c, root)
-    sources: list[tuple[str, Path]] = []
-    if session:
-        from .cells import Cell
-        cell = Cell.from_name(target, session)
-        if not cell.dir(target).is_dir():
-            known = sorted(p.name for p in (target.state_dir / "cells").glob("*")) or ["none"]
-            raise usage(f"error: no runs recorded for cell {cell.name!r}; cells run so far: "
-                        + ", ".join(known))
-        sources.append((cell.name, lastfailed_path(cell.cache_dir(target))))
-    else:
-        sources.append((".pytest_cache", lastfailed_path(target.root / ".pytest_cache")))
-        if all_:
-            for cache in sorted((target.state_dir / "cells").glob("*/pytest-cache")):
-                sources.append((cache.parent.name, lastfailed_path(cache)))
-    for label, path in sources:
+    found = lastfailed_sources(target, session=session, every=all_)
+    for label, path in found:
         ids = read_lastfailed(target, path)
-        head = f"[{label}] " if len(sources) > 1 or session else ""
+        head = f"[{label}] " if len(found) > 1 or session else ""
         if ids is None:
             print(f"{head}no lastfailed cache ({path})")
         elif not ids:
@@ -281,15 +184,18 @@ def lastfailed(c, session=None, all_=False, root=None):
 
 
 @_task(help={"python": "Python minor, e.g. 3.13", "force": "sync even if up to date",
-             "root": RUN_HELP["root"]})
+             "root": ROOT_HELP})
 def venv(c, python=None, force=False, root=None):
     """Create or sync the target's py<MINOR> venv with uv (never .venv)."""
-    from .runner import pick_minor, venv_lock
+    import sys
+
+    from .pipeline import pick_minor
+    from .rundirs import State
     from .venv import ensure_venv, shell_command
     target = _target(c, root)
     minor = pick_minor(target, python)
     print(f"$ {shell_command(target, minor)}  (in {target.root})")
-    with venv_lock(target, minor):
+    with State(target).venv_lock(minor):
         result = ensure_venv(target, minor, force=force, stream=sys.stdout)
     print(result.line())
 
@@ -298,26 +204,18 @@ def venv(c, python=None, force=False, root=None):
              "fix": "apply the safe fixes (venv sync, sweep) and check again",
              "collect": "run the collection check (--no-collect: skip it)",
              "fast": "skip the slow checks (import, collection): answers in well under 1s",
-             "root": RUN_HELP["root"]})
-def doctor(c, python=None, json=False, fix=False, collect=True, fast=False, root=None):
+             "verbose": "list every leftover, not the first few", "root": ROOT_HELP})
+def doctor(c, python=None, json=False, fix=False, collect=True, fast=False, verbose=False,
+           root=None):
     """Preflight: interpreter, venv, imports, collection, registry, sockets, leaks."""
     from . import doctor as doc
-    from .runner import pick_minor, prepare_venv
-    from .sweep import sweep
-
+    from .pipeline import pick_minor
     target = _target(c, root)
     minor = pick_minor(target, python)
-    checks = doc.run_checks(target, minor, collect=collect, slow=not fast)
+    checks = doc.run_checks(target, minor, collect=collect, slow=not fast, verbose=verbose)
     if fix and not doc.healthy(checks):
-        names = {ch.name for ch in checks if ch.status in (doc.FAIL, doc.WARN)}
-        if names & {"venv", "import", "collection"} or any(n.startswith("active") for n in names):
-            prepare_venv(target, minor, out=lambda line: None if json else print(line))
-        if names & {"registry", "sockets", "processes"}:
-            report = sweep(target)
-            if not json:
-                for line in report.lines():
-                    print(f"fix: {line}")
-        checks = doc.run_checks(target, minor, collect=collect, slow=not fast)
+        doc.fix(target, minor, checks, out=(lambda line: None) if json else print)
+        checks = doc.run_checks(target, minor, collect=collect, slow=not fast, verbose=verbose)
     print(doc.as_json(target, minor, checks) if json else doc.table(checks))
     if not doc.healthy(checks):
         raise Exit(code=1)
@@ -326,15 +224,21 @@ def doctor(c, python=None, json=False, fix=False, collect=True, fast=False, root
 @_task(help={"dry_run": "show what would be ended/removed; change nothing",
              "grace": "seconds between SIGINT and SIGKILL (default 0.3)",
              "parent": "also end the descendants of this live pid (e.g. a hung pytest)",
-             "root": RUN_HELP["root"]})
+             "root": ROOT_HELP})
 def clean(c, dry_run=False, grace=None, parent=None, root=None):
     """Sweep: SIGINT, grace, SIGKILL this checkout's leaked actors; remove stale sockets."""
+    from .options import count, seconds
+    from .processes import pid_exists
     from .sweep import sweep
     target = _target(c, root)
-    grace_s = _float("grace", grace, 0.3)
-    if grace_s < 0:
-        raise usage("error: --grace must be 0 or more seconds")
-    report = sweep(target, grace=grace_s, dry_run=dry_run, parent=_int("parent", parent))
+    grace_s = seconds("--grace", grace, allow_zero=True)
+    pid = count("--parent", parent)
+    if pid is not None and (pid <= 0 or not pid_exists(pid)):
+        raise usage(f"error: --parent {parent}: no such process; give the pid of a live "
+                    "process (e.g. a hung pytest)")
+    venv = next((target.venv_dir(m) for m in target.pythons if target.venv_dir(m).is_dir()), None)
+    report = sweep(target, venv=venv, grace=0.3 if grace_s is None else grace_s,
+                   dry_run=dry_run, parent=pid)
     for line in report.lines():
         print(line)
     if not dry_run:
@@ -343,28 +247,67 @@ def clean(c, dry_run=False, grace=None, parent=None, root=None):
         raise Exit(code=1)
 
 
-@_task(help={"root": RUN_HELP["root"]})
+@_task(help={"root": ROOT_HELP})
 def report(c, root=None):
-    """Print the matrix table again from the cells' files on disk."""
+    """Print the matrix table again from the cells' outcome files on disk."""
+    import sys
+
     from .cells import read_rows, table_text
     target = _target(c, root)
-    rows = read_rows(target)
-    if not rows:
+    bad: list[str] = []
+    rows = read_rows(target, warn=bad.append)
+    for line in bad:
+        print(line, file=sys.stderr)
+    if rows:
+        print(table_text(rows))
+    elif not bad:
         print(f"no cell results under {target.state_dir / 'cells'}; run some nox sessions first")
-        return
-    print(table_text(rows))
+    if bad:
+        raise Exit(code=1)
 
 
-@_task(help={"smoke": "include the smoke cells", "root": RUN_HELP["root"]})
-def ci_matrix(c, smoke=False, root=None):
+@_task(help={"smoke": "include the smoke cells",
+             "shards": "split every cell into N jobs (session, shard, of)", "root": ROOT_HELP})
+def ci_matrix(c, smoke=False, shards=None, root=None):
     """Print the GitHub Actions matrix JSON, derived from `nox --list --json`."""
     from .ci import matrix_json
-    print(matrix_json(Path(c.config.tractor_tasks.shim_dir), root=root, smoke=smoke))
+    from .options import shards as parse_shards
+    n = parse_shards("--shards", shards)
+    if n == "auto":
+        raise usage("error: --shards for CI must be a number of jobs per cell, not auto")
+    print(matrix_json(Path(c.config.tractor_tasks.shim_dir), root=root, smoke=smoke,
+                      shards=n or 1))
+
+
+@_task(help={"patterns": "node id globs (only * and ? are wild), e.g. 'test_rpc.py::*'; "
+                         "none = every test", "limit": "rows per test (default 10)",
+             "root": ROOT_HELP}, klass=_invoke_words.words_task({}), positional=["patterns"])
+def history(c, patterns=None, limit=None, root=None):
+    """Recent outcomes of tests across cells, from the results history.
+
+    invoke history [GLOB ...] [--limit N]
+    """
+    from .history_view import show_history
+    from .options import count
+    target = _target(c, root)
+    for pattern in patterns or [None]:
+        show_history(target, pattern, count("--limit", limit) or 10)
+
+
+@_task(help={"min_runs": "only tests with at least this many runs in a cell (default 3)",
+             "junit": "first import a JUnit file (e.g. a CI artifact) into the history",
+             "cell": "the cell the imported JUnit file belongs to, e.g. \"tests-3.13(tpt='tcp')\"",
+             "root": ROOT_HELP})
+def flaky(c, min_runs=None, junit=None, cell=None, root=None):
+    """Rank tests by how often they flip per cell; print ready-to-paste flaky entries."""
+    from .history_view import show_flaky
+    from .options import count
+    show_flaky(_target(c, root), count("--min-runs", min_runs) or 3, junit, cell)
 
 
 def collection(shim_file: str) -> Collection:
     """The tasks, bound to the directory of the tasks.py shim that loads them."""
     ns = Collection(test, smoke, rerun, affected, quick, lastfailed, venv, doctor, clean,
-                    report, ci_matrix)
+                    report, ci_matrix, history, flaky)
     ns.configure({"tractor_tasks": {"shim_dir": str(Path(shim_file).resolve().parent)}})
     return ns

@@ -1,111 +1,98 @@
-"""nox front end: one session per cell, each a thin call into runner.execute.
+"""nox front end: one session per cell, each a thin call into pipeline.execute.
 
-Sessions use `venv_backend="none"`: the tests run in the target's own
-py<MINOR> uv venv (shared with the developer's shell), so nox makes no venv
-at all. Names carry the minor explicitly (`tests-3.13(tpt='uds')`).
-
-posargs go to pytest, except these, which the cell takes for itself:
-  --isolate-net / --no-isolate-net   run in a private network namespace
-  --cell-timeout=SECONDS             the cell's wall-clock bound
+Sessions use `venv_backend="none"`: the tests run in the target's own py<MINOR>
+uv venv (shared with the developer's shell), so nox makes no venv at all. Names
+carry the minor explicitly (`tests-3.13(tpt='uds')`). posargs go to pytest,
+except the cell's own options (options.RUN_OPTIONS, parsed with argparse:
+`--cell-timeout 30` and `--cell-timeout=30` alike).
 """
 from __future__ import annotations
 
 import atexit
 import os
-import shutil
-import subprocess
 import sys
 import uuid
-from functools import lru_cache
 from pathlib import Path
 
-from .cells import Cell, read_rows, table_markdown, table_text, write_outcome
-from .command import Request
+from .cells import Cell, read_rows, table_markdown, table_text
 from .errors import TaskError
+from .status import RunStatus
 from .target import Target, resolve
 
 ENV_INVOCATION = "TRACTOR_TASKS_NOX_INVOCATION"
-ENV_ISOLATE = "TRACTOR_TASKS_ISOLATE_NET"
-ENV_TIMEOUT = "TRACTOR_TASKS_TIMEOUT"
 
 
-@lru_cache(maxsize=1)
-def netns_wrapper() -> list[str] | None:
-    """`unshare -rn` with loopback up, when this machine allows it (checked once)."""
-    unshare, ip = shutil.which("unshare"), shutil.which("ip")
-    if not (unshare and ip):
-        return None
-    wrapper = [unshare, "-rn", "sh", "-c", f'{ip} link set lo up && exec "$@"', "netns"]
-    try:
-        ok = subprocess.run([*wrapper, "true"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        ok = False
-    return wrapper if ok else None
+def _missing_interpreter(minor: str) -> Exception:
+    """nox's own exception for a missing interpreter: nox skips the session locally and
+    fails it with --error-on-missing-interpreters (the default when CI is set)."""
+    from nox.virtualenv import InterpreterNotFound
+
+    class Missing(InterpreterNotFound):
+        def __init__(self):
+            super().__init__(minor)
+            self.args = (f"no Python {minor} interpreter on this machine; get one with "
+                         f"`uv python install {minor}` or `pyenv install {minor}`",)
+    return Missing()
 
 
-def _take(posargs: list[str]) -> tuple[list[str], bool | None, float | None]:
-    """Split the cell's own options out of posargs; the rest goes to pytest."""
-    rest, isolate, timeout = [], None, None
-    for arg in posargs:
-        if arg == "--isolate-net":
-            isolate = True
-        elif arg == "--no-isolate-net":
-            isolate = False
-        elif arg.startswith("--cell-timeout="):
-            try:
-                timeout = float(arg.split("=", 1)[1])
-            except ValueError:
-                raise TaskError(f"error: {arg!r} needs a number of seconds", 2)
-        else:
-            rest.append(arg)
-    return rest, isolate, timeout
-
-
-def _missing_is_error(session) -> bool:
-    config = getattr(getattr(session, "_runner", None), "global_config", None)
-    flag = getattr(config, "error_on_missing_interpreters", None)
-    return bool(os.environ.get("CI")) if flag is None else bool(flag)
+def _follow_parent() -> None:
+    """A parallel worker (its own session, its stdout a pipe to nox) hears nothing when
+    nox itself dies: ask the kernel for a SIGHUP then, so the cell stops its run."""
+    if "--parallel-worker" not in sys.argv:
+        return
+    from .contain import set_parent_death_signal
+    import signal
+    set_parent_death_signal(signal.SIGHUP)
+    if os.getppid() == 1:  # nox died before we asked
+        os.kill(os.getpid(), signal.SIGHUP)
 
 
 def run_cell(session, target: Target, cell: Cell) -> None:
     from .interpreters import find_python
-    from .runner import execute
-    from .selection import resolve_words
+    from .options import cell_options
+    from .output import Output
+    from .pipeline import execute, plan
 
     if find_python(cell.minor) is None:
-        msg = (f"no Python {cell.minor} interpreter on this machine; get one with "
-               f"`uv python install {cell.minor}` or `pyenv install {cell.minor}`")
-        if _missing_is_error(session):
-            session.error(msg)
-        session.skip(msg)
+        raise _missing_interpreter(cell.minor)
+    worker = "--parallel-worker" in sys.argv
     try:
-        pytest_extra, isolate, timeout = _take(list(session.posargs))
-        if isolate is None:
-            isolate = os.environ.get(ENV_ISOLATE, "") not in ("", "0")
-        if timeout is None and os.environ.get(ENV_TIMEOUT):
-            _, _, timeout = _take([f"--cell-timeout={os.environ[ENV_TIMEOUT]}"])
-        wrapper = None
-        if isolate:
-            wrapper = netns_wrapper()
-            print(f"{cell.name}: " + ("own network namespace (unshare -rn)" if wrapper else
-                  "--isolate-net is not available on this machine (unshare -rn failed); "
-                  "running without it"), flush=True)
+        opts = cell_options(list(session.posargs))
         words = target.smoke if cell.kind == "smoke" else ()
-        req = Request(paths=resolve_words(target, words), tpt=cell.tpt, spawn=cell.spawn,
-                      exitfirst=False, extra=pytest_extra)
-        cell.dir(target).mkdir(parents=True, exist_ok=True)
-        result = execute(target, req, minor=cell.minor, run_dir=cell.run_dir(target),
-                         cache_dir=cell.cache_dir(target), timeout=timeout, wrapper=wrapper)
+        p = plan(target, words, opts, cell=cell, invocation=os.environ.get(ENV_INVOCATION))
+        _follow_parent()
+        out = Output()
+        result = execute(p, out=out) if not worker else _quiet(p, out)
     except TaskError as err:
         session.error(str(err))
-    status = {0: "passed", 124: "timeout", 130: "interrupted"}.get(result.code, "failed")
-    write_outcome(target, cell, status=status, code=result.code,
-                  seconds=result.outcome.seconds if result.outcome else 0.0,
-                  invocation=os.environ.get(ENV_INVOCATION))
-    if result.code == 130:
+    if result.status is RunStatus.INTERRUPTED:
         raise KeyboardInterrupt
     if result.code:
-        session.error(f"{cell.name}: {status} (exit {result.code})")
+        session.error(f"{cell.name}: {result.status} (exit {result.code})")
+
+
+def _quiet(p, out):
+    """A parallel worker: nox buffers its output until the cell ends, so pytest's own
+    output goes to the pass's file only and a progress line is printed every 15 s
+    (what nox's live status board shows on a terminal)."""
+    import threading
+
+    from .pipeline import execute
+    from .progress import cell_lanes, snapshot
+    from .rundirs import State
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(15):
+            for label, path, _ in cell_lanes(State(p.target).path, p.invocation or ""):
+                if label == p.cell.name:
+                    out.line(f"progress: {snapshot(label, path).line()}")
+
+    threading.Thread(target=tick, daemon=True).start()
+    try:
+        return execute(p, out=out, echo=False)
+    finally:
+        stop.set()
 
 
 def _py(minor: str) -> str:
@@ -149,15 +136,28 @@ def _define(nox, target: Target, minor: str) -> None:
                 tags=["smoke", _py(minor)])(smoke)
 
 
-def _report(target: Target, invocation: str) -> None:
-    rows = read_rows(target, invocation)
+def _report(target: Target, invocation: str, stop_progress) -> None:
+    from .output import Output
+    if stop_progress is not None:
+        stop_progress.set()
+    out = Output()
+    rows = read_rows(target, invocation, warn=lambda line: out.line(line))
     if not rows:
         return
-    print("\n" + table_text(rows), flush=True)
+    out.line("\n" + table_text(rows))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
-        with open(summary, "a") as f:
-            f.write("\n### tractor-tasks matrix\n\n" + table_markdown(rows))
+        try:
+            with open(summary, "a") as f:
+                f.write("\n### tractor-tasks matrix\n\n" + table_markdown(rows))
+        except OSError as err:
+            out.line(f"note: could not append to GITHUB_STEP_SUMMARY ({err.strerror})")
+
+
+def _parallel() -> bool:
+    args = sys.argv
+    return any(a in ("-j", "--parallel") or a.startswith(("--parallel=", "-j")) and a != "-j1"
+               for a in args) or bool(os.environ.get("NOX_PARALLEL"))
 
 
 def register(shim_file: str) -> Target:
@@ -171,7 +171,14 @@ def register(shim_file: str) -> Target:
         raise SystemExit(err.code)
     for minor in target.pythons:
         _define(nox, target, minor)
-    if "--parallel-worker" not in sys.argv:
+    if "--parallel-worker" not in sys.argv and "-l" not in sys.argv and \
+            "--list" not in sys.argv:
         invocation = os.environ.setdefault(ENV_INVOCATION, uuid.uuid4().hex)
-        atexit.register(_report, target, invocation)
+        stop = None
+        if _parallel() and not sys.stdout.isatty():
+            from .output import Output
+            from .progress import watch_cells
+            from .rundirs import State
+            stop = watch_cells(State(target).path, invocation, Output())
+        atexit.register(_report, target, invocation, stop)
     return target

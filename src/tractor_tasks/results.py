@@ -1,29 +1,48 @@
-"""Results: JUnit files -> counts and failures, flaky classification, lastfailed.
+"""Results: the probe's logs -> one outcome per test, merged over passes and shards.
 
-Node ids are rebuilt from JUnit's classname (dotted module path, then any
-classes) by finding the longest prefix that is a file under the target.
+The probe's `results.jsonl` is the single source (exact node ids, written as each
+report happens, so it survives a killed pytest). The test running when a pass was
+stopped gets the stop's outcome (hung, interrupted, timeout), never "passed".
+From the merged results come the counts, the flaky classification, the JUnit file
+we write for the whole run, and the lastfailed cache pytest's own `--lf` reads.
 """
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import TaskError
+from .errors import TaskError, usage
+from .status import TestOutcome as O
 from .target import FlakyRule, Target
 
-OUTCOMES = ("passed", "failed", "errors", "skipped", "xfailed")
+# how a test's reports combine: the worst wins
+_RANK = {O.PASSED: 0, O.SKIPPED: 1, O.XFAILED: 1, O.XPASSED: 1, O.ERROR: 3, O.FAILED: 4,
+         O.TIMEOUT: 5, O.INTERRUPTED: 5, O.HUNG: 6}
 
 
 @dataclass
-class Failure:
+class TestResult:
+    __test__ = False  # not a pytest test class
     nodeid: str
-    kind: str            # failed | errors
-    message: str
-    text: str
+    outcome: O
+    duration: float = 0.0
+    message: str = ""      # the failure's head line ("trio.TooSlowError", "HUNG after 30s")
+    text: str = ""         # its short traceback, or the hang's dump
     flaky: FlakyRule | None = None
+    dump: Path | None = None
+    where: str = ""        # "pass 2", "shard 1 pass 1": where it ran
+
+    @property
+    def signature(self) -> str:
+        """Exception type and first message line, for the history and flaky ranking."""
+        if self.outcome in (O.HUNG, O.INTERRUPTED, O.TIMEOUT):
+            return self.outcome.upper()
+        return self.message.splitlines()[0][:200] if self.message else ""
 
     def short(self, lines: int = 12) -> str:
         body = self.text.strip().splitlines()
@@ -31,43 +50,226 @@ class Failure:
 
 
 @dataclass
-class Summary:
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
-    failures: list[Failure] = field(default_factory=list)
+class PassLog:
+    """What the probe wrote for one pytest start."""
+    dir: Path
+    collected: list[str] | None = None
+    tests: dict[str, TestResult] = field(default_factory=dict)
+    session: dict = field(default_factory=dict)
+    exitstatus: int | None = None
+    running: str | None = None   # the test that had started and not finished
+
+    @property
+    def done(self) -> set[str]:
+        return {k for k in self.tests if k != self.running}
+
+
+def _read_json(path: Path, default=None):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def _head(longrepr: str) -> str:
+    """The first `E ` line of a traceback, else its last line."""
+    lines = longrepr.splitlines()
+    e = next((ln[1:].strip() for ln in lines if ln.startswith("E ")), "")
+    return e or (lines[-1].strip() if lines else "")
+
+
+def _outcome(recs: list[dict]) -> tuple[O | None, dict | None]:
+    """One test's outcome from its reports (the worst wins), and the failing report.
+    None when no report decides it yet (only a passing setup: the test was cut off)."""
+    best, failing = None, None
+    for rec in recs:
+        when, outcome, xfail = rec.get("when"), rec.get("outcome"), bool(rec.get("xfail"))
+        if outcome == "failed":
+            new = O.FAILED if when == "call" else O.ERROR
+        elif outcome == "skipped":
+            new = O.XFAILED if xfail else O.SKIPPED
+        elif when == "call":
+            new = O.XPASSED if xfail else O.PASSED
+        else:
+            continue
+        if best is None or _RANK[new] > _RANK[best]:
+            best = new
+            failing = rec if outcome == "failed" else failing
+    return best, failing
+
+
+def read_pass(pass_dir: Path) -> PassLog:
+    log = PassLog(pass_dir)
+    log.session = _read_json(pass_dir / "session.json", {}) or {}
+    collected = _read_json(pass_dir / "collected.json")
+    log.collected = collected if isinstance(collected, list) else None
+    finished = _read_json(pass_dir / "finished.json", {}) or {}
+    log.exitstatus = finished.get("exitstatus") if isinstance(finished, dict) else None
+    current = _read_json(pass_dir / "current", {})
+    if isinstance(current, dict) and current.get("nodeid"):
+        log.running = current["nodeid"]
+    try:
+        lines = (pass_dir / "results.jsonl").read_text().splitlines()
+    except OSError:
+        lines = []
+    reports: dict[str, list[dict]] = {}
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if isinstance(rec, dict) and isinstance(rec.get("nodeid"), str):
+            reports.setdefault(rec["nodeid"], []).append(rec)
+    for nodeid, recs in reports.items():
+        outcome, failing = _outcome(recs)
+        if outcome is None:
+            continue  # cut off: the stop's outcome is given by Results.add
+        t = TestResult(nodeid, outcome, sum(float(r.get("duration") or 0) for r in recs))
+        if failing is not None:
+            t.text = failing.get("longrepr", "")
+            t.message = _head(t.text)
+        log.tests[nodeid] = t
+    return log
+
+
+def current_test(pass_dir: Path) -> tuple[str | None, float | None]:
+    """(node id, since) of the test running now, or (None, None) between tests."""
+    data = _read_json(pass_dir / "current", {})
+    if isinstance(data, dict) and data.get("nodeid"):
+        return data["nodeid"], float(data.get("since") or 0.0)
+    return None, None
+
+
+@dataclass
+class Leaks:
+    """What a run left when pytest exited, counted before teardown."""
+    processes: list[tuple[int, str]] = field(default_factory=list)   # (host pid, title)
+    listeners: list[str] = field(default_factory=list)
+    sockets: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.processes or self.listeners or self.sockets)
+
+    def merge(self, other: Leaks) -> None:
+        self.processes += other.processes
+        self.listeners += other.listeners
+        self.sockets += other.sockets
+
+    def line(self, first: int = 3) -> str:
+        parts = []
+        if self.processes:
+            titles = [t for _, t in self.processes]
+            more = f", ... (+{len(titles) - first})" if len(titles) > first else ""
+            parts.append(f"{len(titles)} process(es): {', '.join(titles[:first])}{more}")
+        if self.listeners:
+            parts.append(f"{len(self.listeners)} listener(s): {', '.join(self.listeners[:first])}")
+        if self.sockets:
+            parts.append(f"{len(self.sockets)} socket file(s): "
+                         f"{', '.join(Path(s).name for s in self.sockets[:first])}")
+        return "; ".join(parts)
+
+    def count(self) -> int:
+        return len(self.processes) + len(self.listeners) + len(self.sockets)
+
+    def as_dict(self) -> dict:
+        return {"processes": [{"pid": p, "title": t} for p, t in self.processes],
+                "listeners": self.listeners, "sockets": self.sockets}
+
+
+@dataclass
+class Results:
+    """One outcome per test over every pass (and shard) of a run."""
+    target: Target
+    tests: dict[str, TestResult] = field(default_factory=dict)
+    collected: list[str] = field(default_factory=list)
+    leaks: Leaks = field(default_factory=Leaks)
+    lastfailed_before: dict | None = None
+    cachedir: str = ""
     seconds: float = 0.0
-    found: bool = True
-    outcomes: dict[str, str] = field(default_factory=dict)  # node id -> outcome
 
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
+    def add(self, log: PassLog, *, stopped: O | None = None, where: str = "",
+            dump: Path | None = None, dump_text: str = "", bound: float | None = None) -> None:
+        """Fold one pass in; `stopped` is what the running test gets when the pass was
+        ended from outside (a hang, an interrupt, the whole-run bound)."""
+        if self.lastfailed_before is None and log.session:
+            self.lastfailed_before = log.session.get("lastfailed_before") or {}
+            self.cachedir = log.session.get("cachedir", "")
+        for nodeid in log.collected or ():
+            if nodeid not in self.collected:
+                self.collected.append(nodeid)
+        for nodeid, t in log.tests.items():
+            if nodeid == log.running and stopped is not None:
+                continue
+            t.where = where
+            self.tests[nodeid] = t
+        if log.running and stopped is not None:
+            prev = log.tests.get(log.running)
+            res = TestResult(log.running, stopped, where=where, dump=dump)
+            if stopped is O.HUNG:
+                res.message = f"HUNG: no report for {bound:g}s (the per-test bound)"
+                res.text = dump_text
+            else:
+                res.message = f"{stopped.upper()}: the run was stopped while this test ran"
+            if prev is not None:
+                res.duration = prev.duration
+            self.tests[log.running] = res
+        for t in self.tests.values():
+            if t.outcome.bad and t.flaky is None:
+                t.flaky = classify(self.target, t)
 
-    @property
-    def new_failures(self) -> list[Failure]:
-        return [f for f in self.failures if f.flaky is None]
+    # -- views ------------------------------------------------------------------
 
-    @property
-    def known_flaky(self) -> list[Failure]:
-        return [f for f in self.failures if f.flaky is not None]
+    def counts(self) -> dict[O, int]:
+        out = dict.fromkeys(O, 0)
+        for t in self.tests.values():
+            out[t.outcome] += 1
+        return out
 
     def counts_line(self) -> str:
-        parts = [f"{n} {k}" for k, n in self.counts.items() if n]
+        parts = [f"{n} {k}" for k, n in self.counts().items() if n]
         return ", ".join(parts) or "no tests ran"
 
+    @property
+    def failures(self) -> list[TestResult]:
+        return [t for t in self.tests.values() if t.outcome.bad]
 
-def _nodeid(target: Target, classname: str, name: str, file_attr: str | None) -> str:
-    parts = [p for p in classname.split(".") if p]
-    if file_attr:
-        mod_parts = Path(file_attr).with_suffix("").parts
-        rest = parts[len(mod_parts):] if parts[:len(mod_parts)] == list(mod_parts) else []
-        return "::".join([Path(file_attr).as_posix(), *rest, name])
-    for base in (target.root, target.tests_path):
-        for i in range(len(parts), 0, -1):
-            candidate = Path(*parts[:i]).with_suffix(".py")
-            if (base / candidate).is_file():
-                rel = (base / candidate).relative_to(target.root).as_posix()
-                return "::".join([rel, *parts[i:], name])
-    return "::".join([*parts, name])
+    @property
+    def new_failures(self) -> list[TestResult]:
+        return [t for t in self.failures if t.flaky is None]
+
+    @property
+    def known_flaky(self) -> list[TestResult]:
+        return [t for t in self.failures if t.flaky is not None]
+
+    @property
+    def hung(self) -> list[TestResult]:
+        return [t for t in self.tests.values() if t.outcome is O.HUNG]
+
+    def not_run(self) -> list[str]:
+        return [n for n in self.collected if n not in self.tests]
+
+    # -- files ------------------------------------------------------------------
+
+    def write_junit(self, path: Path) -> None:
+        write_junit(self, path)
+
+    def write_lastfailed(self) -> Path | None:
+        """The lastfailed cache pytest's own `--lf` reads, over every pass: failed,
+        errored and hung tests in, tests that passed or skipped out (pytest's rules)."""
+        if not self.cachedir or self.lastfailed_before is None:
+            return None
+        data = dict(self.lastfailed_before)
+        for nodeid, t in self.tests.items():
+            if t.outcome.bad:
+                data[nodeid] = True
+            elif t.outcome in (O.PASSED, O.SKIPPED, O.XFAILED, O.XPASSED):
+                data.pop(nodeid, None)
+        path = lastfailed_path(Path(self.cachedir))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".lastfailed.tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        tmp.replace(path)
+        return path
 
 
 def glob_to_regex(glob: str) -> re.Pattern:
@@ -75,140 +277,187 @@ def glob_to_regex(glob: str) -> re.Pattern:
     return re.compile(re.escape(glob).replace(r"\*", ".*").replace(r"\?", ".") + r"\Z")
 
 
-def classify(target: Target, failure: Failure) -> FlakyRule | None:
-    """The known-flaky rule this failure matches (id glob AND error signature), if any."""
+def classify(target: Target, t: TestResult) -> FlakyRule | None:
+    """The known-flaky rule a failure matches (id glob AND error signature), if any.
+    A hang's signature is `HUNG`, so an entry with error = "HUNG" covers a known hanger."""
     prefix = target.tests_dir.rstrip("/") + "/"
-    rel = failure.nodeid[len(prefix):] if failure.nodeid.startswith(prefix) else failure.nodeid
-    haystack = f"{failure.message}\n{failure.text}"
+    rel = t.nodeid[len(prefix):] if t.nodeid.startswith(prefix) else t.nodeid
+    haystack = f"{t.signature}\n{t.message}\n{t.text}"
     for rule in target.flaky:
-        if (glob_to_regex(rule.test).match(rel) or glob_to_regex(rule.test).match(failure.nodeid)) \
-                and re.search(rule.error, haystack):
+        pattern = glob_to_regex(rule.test)
+        if (pattern.match(rel) or pattern.match(t.nodeid)) and re.search(rule.error, haystack):
             return rule
     return None
 
 
-def read_junit(target: Target, path: Path) -> Summary:
-    summary = Summary()
+# -- JUnit --------------------------------------------------------------------
+
+def _classname(nodeid: str) -> tuple[str, str, str]:
+    """(classname, name, file) as pytest's junitxml spells them."""
+    path, _, rest = nodeid.partition("::")
+    parts = rest.split("::") if rest else [path]
+    module = path.removesuffix(".py").replace("/", ".")
+    return ".".join([module, *parts[:-1]]), parts[-1], path
+
+
+_ELEMENT = {O.FAILED: "failure", O.ERROR: "error", O.HUNG: "error", O.INTERRUPTED: "error",
+            O.TIMEOUT: "error"}
+
+
+def write_junit(results: Results, path: Path) -> None:
+    """One JUnit file for the whole run (every pass and shard), for CI."""
+    counts = results.counts()
+    suite = ET.Element("testsuite", name="pytest", tests=str(len(results.tests)),
+                       failures=str(counts[O.FAILED]),
+                       errors=str(counts[O.ERROR] + counts[O.HUNG] + counts[O.INTERRUPTED]
+                                  + counts[O.TIMEOUT]),
+                       skipped=str(counts[O.SKIPPED] + counts[O.XFAILED]),
+                       time=f"{results.seconds:.3f}")
+    props = ET.SubElement(suite, "properties")
+    ET.SubElement(props, "property", name="leaked", value=str(results.leaks.count()))
+    if results.leaks:
+        ET.SubElement(props, "property", name="leaks", value=results.leaks.line(first=20))
+    for t in results.tests.values():
+        classname, name, file = _classname(t.nodeid)
+        case = ET.SubElement(suite, "testcase", classname=classname, name=name, file=file,
+                             time=f"{t.duration:.3f}")
+        tag = _ELEMENT.get(t.outcome)
+        if tag:
+            el = ET.SubElement(case, tag, message=t.message[:500])
+            if t.outcome is not O.FAILED and t.outcome is not O.ERROR:
+                el.set("type", t.outcome.value)
+            el.text = t.text + (f"\n(full dump: {t.dump})" if t.dump else "")
+        elif t.outcome in (O.SKIPPED, O.XFAILED):
+            ET.SubElement(case, "skipped",
+                          type="pytest.xfail" if t.outcome is O.XFAILED else "pytest.skip")
+        if t.flaky is not None:
+            ET.SubElement(case, "properties").append(
+                ET.Element("property", name="known-flaky", value=t.flaky.note or t.flaky.error))
+    tmp = path.with_name(f".{path.name}.tmp")
+    ET.ElementTree(suite).write(tmp, encoding="utf-8", xml_declaration=True)
+    tmp.replace(path)
+
+
+@dataclass
+class JunitCounts:
+    """What a JUnit file says, for the matrix report (any JUnit file, ours or pytest's)."""
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    leaked: int = 0
+
+
+def _number(value, where: Path, what: str) -> float:
+    try:
+        n = float(value or 0)
+    except (TypeError, ValueError):
+        raise TaskError(f"error: {where} has a {what} that is not a number ({value!r}); "
+                        "it was left as it is: rerun the cell to rewrite it")
+    if not math.isfinite(n):
+        raise TaskError(f"error: {where} has a {what} that is not finite ({value!r}); "
+                        "it was left as it is: rerun the cell to rewrite it")
+    return n
+
+
+def read_junit_counts(path: Path) -> JunitCounts:
     try:
         tree = ET.parse(path)
     except FileNotFoundError:
-        summary.found = False
-        return summary
-    except ET.ParseError as err:
-        raise TaskError(f"error: {path} is not valid JUnit XML ({err}); rerun the tests")
+        raise
+    except IsADirectoryError:
+        raise TaskError(f"error: {path} is a directory, not a JUnit file; remove it or "
+                        "rerun the cell")
+    except (ET.ParseError, OSError, UnicodeDecodeError) as err:
+        raise TaskError(f"error: {path} is not valid JUnit XML ({err}); rerun the cell to "
+                        "rewrite it")
+    c = JunitCounts()
     for suite in tree.iter("testsuite"):
-        summary.seconds += float(suite.get("time") or 0)
+        c.seconds += _number(suite.get("time"), path, "time")
+        for prop in suite.iter("property"):
+            if prop.get("name") == "leaked":
+                c.leaked += int(_number(prop.get("value"), path, "leaked count"))
     for case in tree.iter("testcase"):
-        nodeid = _nodeid(target, case.get("classname", ""), case.get("name", ""),
-                         case.get("file"))
-        failed = case.find("failure")
-        errored = case.find("error")
-        skipped = case.find("skipped")
-        if failed is not None or errored is not None:
-            el = failed if failed is not None else errored
-            kind = "failed" if failed is not None else "errors"
-            summary.counts[kind] += 1
-            f = Failure(nodeid, kind, el.get("message", ""), el.text or "")
-            f.flaky = classify(target, f)
-            summary.failures.append(f)
-        elif skipped is not None:
-            summary.counts["xfailed" if skipped.get("type") == "pytest.xfail" else "skipped"] += 1
+        if case.find("failure") is not None:
+            c.failed += 1
+        elif case.find("error") is not None:
+            c.errors += 1
+        elif case.find("skipped") is not None:
+            c.skipped += 1
         else:
-            summary.counts["passed"] += 1
-    return summary
+            c.passed += 1
+    return c
 
 
-def read_probe(target: Target, path: Path) -> Summary:
-    """Results from the probe's per-report log, for runs killed before JUnit was written."""
-    summary = Summary()
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        summary.found = False
-        return summary
-    final: dict[str, tuple[str, dict]] = {}
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by the kill
-        nodeid, when, outcome = rec["nodeid"], rec["when"], rec["outcome"]
-        summary.seconds += rec.get("duration", 0.0)
-        prev = final.get(nodeid, ("", {}))[0]
-        if outcome == "failed":
-            kind = "failed" if when == "call" else "errors"
-            if prev != "failed":
-                final[nodeid] = (kind, rec)
-        elif outcome == "skipped" and not prev:
-            final[nodeid] = ("xfailed" if rec.get("xfail") else "skipped", rec)
-        elif outcome == "passed" and when == "call" and not prev:
-            final[nodeid] = ("passed", rec)
-    for nodeid, (kind, rec) in final.items():
-        summary.counts[kind] += 1
-        summary.outcomes[nodeid] = kind
-        if kind in ("failed", "errors"):
-            text = rec.get("longrepr", "")
-            last = next((ln for ln in reversed(text.splitlines()) if ln.startswith("E ")), "")
-            f = Failure(nodeid, kind, last[1:].strip(), text)
-            f.flaky = classify(target, f)
-            summary.failures.append(f)
-    return summary
-
-
-def write_junit(summary: Summary, path: Path) -> None:
-    """A minimal JUnit file for a summary (used when pytest could not write its own)."""
-    suite = ET.Element("testsuite", name="pytest", tests=str(summary.total),
-                       failures=str(summary.counts["failed"]), errors=str(summary.counts["errors"]),
-                       skipped=str(summary.counts["skipped"] + summary.counts["xfailed"]),
-                       time=f"{summary.seconds:.3f}")
-    failed = {f.nodeid: f for f in summary.failures}
-    for nodeid, kind in summary.outcomes.items():
-        path_part, _, rest = nodeid.partition("::")
-        parts = rest.split("::") if rest else [""]
-        classname = ".".join([path_part.removesuffix(".py").replace("/", "."), *parts[:-1]])
-        case = ET.SubElement(suite, "testcase", classname=classname, name=parts[-1])
-        if nodeid in failed:
-            f = failed[nodeid]
-            el = ET.SubElement(case, "failure" if f.kind == "failed" else "error", message=f.message)
-            el.text = f.text
-        elif kind in ("skipped", "xfailed"):
-            ET.SubElement(case, "skipped", type="pytest.xfail" if kind == "xfailed" else "pytest.skip")
-    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
-
-
-def render(summary: Summary, *, traceback_lines: int = 12) -> list[str]:
-    """The human summary: counts, then each failure with its class and short traceback."""
-    lines = [f"results: {summary.counts_line()} in {summary.seconds:.1f}s"]
-    for f in summary.failures:
-        tag = f"known flaky ({f.flaky.note or f.flaky.error})" if f.flaky else "NEW"
-        lines.append(f"  {f.kind.upper():6} {f.nodeid}  [{tag}]")
-        for tb in f.short(traceback_lines).splitlines():
-            lines.append(f"      {tb}")
-    return lines
-
-
-# -- lastfailed -------------------------------------------------------------
+# -- lastfailed ---------------------------------------------------------------
 
 def lastfailed_path(cache_dir: Path) -> Path:
     return cache_dir / "v" / "cache" / "lastfailed"
 
 
 def read_lastfailed(target: Target, path: Path) -> list[str] | None:
-    """Node ids under the tests dir from a pytest lastfailed cache; None when absent.
-
-    Reads the JSON directly: no collection, no import of the target.
-    """
+    """Node ids from a pytest lastfailed cache, junk entries (system paths) left out;
+    None when there is no cache. Reads the JSON directly: no collection, no import."""
     try:
-        raw = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise TaskError(f"error: {path} is a directory, not pytest's lastfailed file; it was "
+                        "left as it is: remove it or rerun the tests")
+    except OSError as err:
+        raise TaskError(f"error: cannot read {path} ({err.strerror}); it was left as it is")
     try:
-        data = json.loads(raw)
-    except ValueError as err:
-        raise TaskError(f"error: {path} is not valid JSON ({err.args[0]}); it was left as it "
-                        "is: delete it or rerun the tests to rewrite it")
+        data = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as err:
+        reason = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else \
+            f"not valid JSON ({err.args[0]})"
+        raise TaskError(f"error: {path} is {reason}; it was left as it is: delete it or "
+                        "rerun the tests to rewrite it")
     if not isinstance(data, dict):
         raise TaskError(f"error: {path} is not a lastfailed mapping; it was left as it is: "
                         "delete it or rerun the tests to rewrite it")
+    return sorted(k for k in data if isinstance(k, str) and _is_test_id(target, k))
+
+
+def _is_test_id(target: Target, key: str) -> bool:
+    """A node id under the tests dir (`tests/...`), or relative to it when pytest's
+    rootdir is the tests dir itself (tractor's `--rootdir=./tests`)."""
+    if key.startswith("/") or key.startswith(".."):
+        return False
     prefix = target.tests_dir.rstrip("/") + "/"
-    return sorted(k for k in data if isinstance(k, str) and k.startswith(prefix))
+    if key.startswith(prefix):
+        return True
+    path = key.partition("::")[0]
+    return (target.tests_path / path).exists()
+
+
+def lastfailed_sources(target: Target, *, session: str | None = None,
+                       every: bool = False) -> list[tuple[str, Path]]:
+    """Which lastfailed caches `invoke lastfailed` reads: a nox cell's own, or the one
+    the target's `invoke` runs use (where its last run's pytest said its cache is:
+    tractor's `--rootdir=./tests` moves it), plus every cell's with `every`."""
+    from .cells import Cell
+    from .rundirs import State
+    state = State(target)
+    if session:
+        cell = Cell.parse(session, target)
+        if not cell.dir(target).is_dir():
+            known = sorted(p.name for p in (state.path / "cells").glob("*")) or ["none"]
+            raise usage(f"error: no runs recorded for cell {cell.name!r}; cells run so far: "
+                        + ", ".join(known))
+        return [(cell.name, lastfailed_path(cell.cache_dir(target)))]
+    cache = target.root / ".pytest_cache"
+    last = state.last_link()
+    for pass_dir in sorted(last.glob("pass-*")) if last.exists() else []:
+        recorded = _read_json(pass_dir / "session.json", {}) or {}
+        if isinstance(recorded, dict) and recorded.get("cachedir"):
+            cache = Path(recorded["cachedir"])
+            break
+    label = os.path.relpath(cache, target.root) if cache.is_relative_to(target.root) else str(cache)
+    out = [(label, lastfailed_path(cache))]
+    if every:
+        for cell_cache in sorted(state.path.glob("cells/*/pytest-cache")):
+            out.append((cell_cache.parent.name, lastfailed_path(cell_cache)))
+    return out

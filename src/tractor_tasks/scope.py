@@ -1,159 +1,152 @@
-"""What belongs to this target: its actor processes, registry listeners and socket files.
+"""Scope: which processes are this target's, and which of those are leftovers.
 
-*In scope* means provably of this checkout. A process is in scope when its
-cwd is the target root and it carries one of the target's process markers
-(for tractor the `_subactor[...]` title, `tractor._child` or
-`subint-forkserv` on its command line), or when a tractor-tasks run started
-it (the TRACTOR_TASKS_RUN variable in its environment names the run).
+*In scope* means provably of this checkout, for one of these reasons (`Why`):
+  - PRIVATE_DIR: its cwd is inside a private dir a run of ours made for itself;
+  - MARKER_AT_ROOT: its cwd is the target root and it carries a process marker
+    (tractor: the `_subactor[...]` title, `tractor._child`, `subint-forkserv`);
+  - RUN_MARKER: a tractor-tasks run of this target started it (TRACTOR_TASKS_RUN
+    in its environment names the run and the target);
+  - VENV: it carries a marker and runs on this checkout's `py<MINOR>/` venv (its
+    memory maps or command line point there), whatever its cwd and environment
+    say: what a bare `pytest` of tractor's debugger tests leaves behind.
 
-An in-scope process is *leaked* when nothing alive owns it any more:
-  - its actor tree hangs off init or a subreaper (the test runner that
-    spawned it is gone), or
-  - the tractor-tasks run that started it has ended, or
-  - it descends from a parent pid the caller names (descendant mode).
-A live test session of this checkout is never a leak: its actors hang off
-a living pytest.
+An in-scope process is a *leftover* (`Leak`) when nothing alive owns it:
+  - RUN_OVER: the run that made it (private dir, run marker) has ended;
+  - SUPERVISOR_GONE: the run marker's supervisor is dead;
+  - ORPHANED: its actor tree hangs off init or a subreaper;
+  - DESCENDANT: it descends from a parent pid the caller names;
+  - SEEN_UNDER_PYTEST: the run's supervisor saw it under its pytest.
+A live test session of this checkout is never a leftover.
 
-A socket file is stale when nothing listens on it and the pid in its name
-(`<actor>@<pid>.sock`) is not alive.
-
-Nothing here signals or unlinks anything; see sweep.py.
+This module only decides; sweep.py acts. The rules work on any `{pid: Proc}`
+map, so they are table-tested over synthetic trees as well as real ones.
 """
 from __future__ import annotations
 
-import errno
 import os
-import socket
-import tempfile
+import re
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
-import psutil
-
+from .processes import Proc, own_lineage, snapshot
 from .target import Target
 
 ENV_RUN = "TRACTOR_TASKS_RUN"  # "<supervisor pid>:<create time>:<target root>"
 # Parents that adopt orphans: pid 1 and the usual subreapers.
 REAPER_NAMES = frozenset({"systemd", "init", "tini", "dumb-init", "docker-init",
                           "s6-svscan", "runit", "launchd"})
-_ATTRS = ["pid", "ppid", "name", "cmdline", "cwd", "status", "create_time"]
-_UNIX_LISTENING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix
 
 
-@dataclass
-class Proc:
+class Why(Enum):
+    PRIVATE_DIR = "cwd is in this run's private dir"
+    MARKER_AT_ROOT = "cwd is the target, marker"
+    RUN_MARKER = "started by tractor-tasks run"
+    VENV = "runs on this checkout's venv, marker"
+
+
+class LeakKind(Enum):
+    RUN_OVER = "the run is over"
+    SUPERVISOR_GONE = "the run's supervisor is gone"
+    ORPHANED = "orphaned"
+    DESCENDANT = "descends from pid"
+    SEEN_UNDER_PYTEST = "descended from this run's pytest; the run is over"
+
+
+@dataclass(frozen=True)
+class InScope:
+    why: Why
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.why.value} {self.detail}".strip()
+
+
+@dataclass(frozen=True)
+class Leak:
+    scope: InScope | None
+    kind: LeakKind
+    detail: str = ""
+
+    def __str__(self) -> str:
+        head = f"{self.scope}; " if self.scope else ""
+        return f"{head}{self.kind.value} {self.detail}".strip()
+
+
+@dataclass(frozen=True)
+class RunMarker:
     pid: int
-    ppid: int
-    name: str
-    cmdline: str
-    cwd: str | None
-    status: str
     create_time: float
-    why: str = ""  # why it is in scope / leaked
+    root: str
 
-    def describe(self, width: int = 80) -> str:
-        text = " ".join((self.cmdline or self.name).split())  # setproctitle pads with spaces
-        return f"pid {self.pid} ({text if len(text) <= width else text[:width - 3] + '...'})"
+    @classmethod
+    def parse(cls, raw: str | None) -> RunMarker | None:
+        try:
+            pid, ctime, root = (raw or "").split(":", 2)
+            return cls(int(pid), float(ctime), root)
+        except ValueError:
+            return None
 
-
-def is_alive(pid: int, create_time: float | None = None) -> bool:
-    """True for a running process; a zombie (exited, not yet reaped) counts as gone."""
-    try:
-        p = psutil.Process(pid)
-        if create_time is not None and abs(p.create_time() - create_time) > 0.01:
-            return False  # the pid was reused
-        return p.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
-        return False
-
-
-def snapshot() -> dict[int, Proc]:
-    procs = {}
-    for p in psutil.process_iter(_ATTRS):
-        info = p.info
-        cwd = info.get("cwd")
-        if cwd and cwd.endswith(" (deleted)"):
-            cwd = cwd[: -len(" (deleted)")]
-        procs[info["pid"]] = Proc(
-            pid=info["pid"], ppid=info.get("ppid") or 0, name=info.get("name") or "",
-            cmdline=" ".join(info.get("cmdline") or []), cwd=cwd,
-            status=info.get("status") or "", create_time=info.get("create_time") or 0.0,
-        )
-    return procs
-
-
-def own_lineage() -> set[int]:
-    """This process and its ancestors: never in scope, whatever they look like."""
-    pids = {os.getpid()}
-    try:
-        pids.update(p.pid for p in psutil.Process().parents())
-    except psutil.Error:
-        pass
-    return pids
-
-
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        return psutil.Process(pid).environ()
-    except (psutil.Error, OSError):
-        return {}
-
-
-def run_marker(environ: dict[str, str]) -> tuple[int, float, str] | None:
-    raw = environ.get(ENV_RUN, "")
-    try:
-        pid, ctime, root = raw.split(":", 2)
-        return int(pid), float(ctime), root
-    except ValueError:
-        return None
+    def __str__(self) -> str:
+        return f"{self.pid}:{self.create_time}:{self.root}"
 
 
 def make_run_marker(root: Path) -> str:
+    import psutil
     me = psutil.Process()
-    return f"{me.pid}:{me.create_time()}:{root}"
+    return str(RunMarker(me.pid, me.create_time(), str(root)))
 
 
 @dataclass
 class ScopeView:
-    """One look at the machine, from the point of view of one target.
-
-    `private_dirs` are directories a run made for itself (its runtime/temp dir):
-    a process whose cwd is in one of them is that run's, marker or not.
-    """
+    """One look at the machine from one target's point of view."""
     target: Target
     procs: dict[int, Proc] = field(default_factory=snapshot)
     private_dirs: tuple[str, ...] = ()
+    own: set[int] = field(default_factory=own_lineage)
 
     def __post_init__(self):
         self.root = str(self.target.root)
         self.private_dirs = tuple(str(d).rstrip(os.sep) for d in self.private_dirs)
-        self.own = own_lineage()
-        self._why: dict[int, str | None] = {}
+        # this checkout's venvs: <root>/py313/... (never another checkout's)
+        self._venv = re.compile(re.escape(self.root + os.sep) + r"py3\d+/")
+        self._cache: dict[int, InScope | None] = {}
 
-    def in_scope(self, p: Proc) -> str | None:
-        """Why this process belongs to the target, or None."""
-        if p.pid in self._why:
-            return self._why[p.pid]
-        why = None
-        if p.pid not in self.own and p.status != psutil.STATUS_ZOMBIE:
-            if p.cwd and any(p.cwd == d or p.cwd.startswith(d + os.sep)
-                             for d in self.private_dirs):
-                why = "cwd is in this run's private temp dir"
-            elif p.cwd == self.root:
-                for marker in self.target.process_markers:
-                    if marker in p.cmdline or marker in p.name:
-                        why = f"cwd is the target, marker {marker!r}"
-                        break
-            if why is None and (p.cwd == self.root or self._maybe_ours(p)):
-                marker = run_marker(_environ(p.pid))
-                if marker and marker[2] == self.root:
-                    why = f"started by tractor-tasks run {marker[0]}"
-        self._why[p.pid] = why
-        return why
+    # -- in scope -------------------------------------------------------------
 
-    def _maybe_ours(self, p: Proc) -> bool:
-        """Cheap pre-filter before reading another process's environment."""
-        return p.cwd is not None and p.cwd.startswith(self.root + os.sep)
+    def marker(self, p: Proc) -> str | None:
+        return next((m for m in self.target.process_markers
+                     if m in p.cmdline or m in p.name), None)
+
+    def in_scope(self, p: Proc) -> InScope | None:
+        if p.pid not in self._cache:
+            self._cache[p.pid] = self._in_scope(p)
+        return self._cache[p.pid]
+
+    def _in_scope(self, p: Proc) -> InScope | None:
+        if p.pid in self.own or p.zombie:
+            return None
+        if p.cwd and any(p.cwd == d or p.cwd.startswith(d + os.sep) for d in self.private_dirs):
+            return InScope(Why.PRIVATE_DIR)
+        marker = self.marker(p)
+        if marker and p.cwd == self.root:
+            return InScope(Why.MARKER_AT_ROOT, repr(marker))
+        if p.cwd == self.root or (p.cwd or "").startswith(self.root + os.sep) or marker:
+            run = self.run_marker(p)
+            if run and run.root == self.root:
+                return InScope(Why.RUN_MARKER, str(run.pid))
+        if marker and (self._venv.search(p.cmdline)
+                       or any(self._venv.match(f) for f in p.mapped_files())):
+            return InScope(Why.VENV, repr(marker))
+        return None
+
+    def run_marker(self, p: Proc) -> RunMarker | None:
+        return RunMarker.parse(p.environ().get(ENV_RUN))
+
+    def alive(self, pid: int, create_time: float) -> bool:
+        """As of this view: that process exists (same create time) and is not a zombie."""
+        p = self.procs.get(pid)
+        return p is not None and not p.zombie and abs(p.create_time - create_time) <= 0.01
 
     def ancestors(self, p: Proc):
         seen = set()
@@ -162,219 +155,40 @@ class ScopeView:
             p = self.procs[p.ppid]
             yield p
 
-    def leak_reason(self, p: Proc, parent: int | None = None,
-                    run: tuple | None = None) -> str | None:
+    # -- leftovers ------------------------------------------------------------
+
+    def leak(self, p: Proc, parent: int | None = None,
+             run: RunMarker | None = None) -> Leak | None:
         """Why this process is a leftover, or None. `run` is a finished run's marker."""
-        why = self.in_scope(p)
-        if why is None:
+        scope = self.in_scope(p)
+        if scope is None:
             return None
-        if why.startswith("cwd is in this run's private"):
-            return f"{why}; the run is over"
+        if scope.why is Why.PRIVATE_DIR:
+            return Leak(scope, LeakKind.RUN_OVER)
         if parent is not None:
-            return (f"{why}; descends from pid {parent}"
-                    if any(a.pid == parent for a in self.ancestors(p)) else None)
-        marker = run_marker(_environ(p.pid))
-        if marker and marker[2] == self.root:
-            if run and marker[:2] == run[:2]:
-                return f"{why}; that run is over"
-            if not is_alive(marker[0], marker[1]):
-                return f"{why}; the run's supervisor is gone"
-            return None  # a live run's: its own supervisor sweeps it
-        # climb through this tree's own actors; who is above the topmost one?
-        owner = None
-        for a in self.ancestors(p):
-            if self.in_scope(a) is None:
-                owner = a
-                break
+            if any(a.pid == parent for a in self.ancestors(p)):
+                return Leak(scope, LeakKind.DESCENDANT, str(parent))
+            return None
+        marker = self.run_marker(p)
+        if marker and marker.root == self.root:
+            if run and (marker.pid, marker.create_time) == (run.pid, run.create_time):
+                return Leak(scope, LeakKind.RUN_OVER)
+            if not self.alive(marker.pid, marker.create_time):
+                return Leak(scope, LeakKind.SUPERVISOR_GONE)
+            return None  # a live run's: its own supervisor ends it
+        # climb through this tree's own actors: who is above the topmost one?
+        owner = next((a for a in self.ancestors(p) if self.in_scope(a) is None), None)
         if owner is None or owner.pid == 1 or owner.name in REAPER_NAMES:
             adopter = f"pid {owner.pid} {owner.name}" if owner else "nothing"
-            return f"{why}; orphaned (its tree's parent is gone; adopted by {adopter})"
+            return Leak(scope, LeakKind.ORPHANED,
+                        f"(its tree's parent is gone; adopted by {adopter})")
         return None
 
-    def leaks(self, parent: int | None = None, run: tuple | None = None) -> list[Proc]:
+    def leaks(self, parent: int | None = None, run: RunMarker | None = None
+              ) -> list[tuple[Proc, Leak]]:
         out = []
         for p in self.procs.values():
-            why = self.leak_reason(p, parent, run)
+            why = self.leak(p, parent, run)
             if why:
-                p.why = why
-                out.append(p)
+                out.append((p, why))
         return out
-
-
-# -- registry listeners -------------------------------------------------------
-
-@dataclass
-class Listener:
-    address: str
-    pid: int | None
-    proc: Proc | None
-    in_scope: str | None = None
-    leaked: str | None = None
-
-    def describe(self) -> str:
-        who = self.proc.describe() if self.proc else (
-            f"pid {self.pid}" if self.pid else "a process this user cannot see")
-        return f"{self.address} held by {who}"
-
-
-def _proc_net_tcp_listening(port: int) -> set[int] | None:
-    """Inodes of sockets listening on `port` (Linux); None where /proc/net is absent."""
-    inodes, seen_any = set(), False
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(name) as f:
-                lines = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        seen_any = True
-        for line in lines:
-            parts = line.split()
-            if len(parts) > 9 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(int(parts[9]))
-    return inodes if seen_any else None
-
-
-def tcp_listeners(port: int, view: ScopeView | None = None) -> list[Listener]:
-    """Who listens on TCP `port` (any local address)."""
-    inodes = _proc_net_tcp_listening(port)
-    if inodes == set():
-        return []  # fast path: nothing listens
-    found = []
-    for c in psutil.net_connections(kind="tcp"):
-        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
-            found.append((f"tcp {c.laddr.ip}:{port}", c.pid))
-    out = []
-    for address, pid in sorted(set(found), key=lambda x: (x[0], x[1] or 0)):
-        proc = view.procs.get(pid) if (view and pid) else None
-        out.append(Listener(address, pid, proc))
-    return out
-
-
-def unix_listening() -> dict[str, int] | None:
-    """Listening UDS paths -> inode, from /proc/net/unix; None where unavailable."""
-    try:
-        with open("/proc/net/unix") as f:
-            lines = f.read().splitlines()[1:]
-    except OSError:
-        return None
-    out = {}
-    for line in lines:
-        parts = line.split(None, 7)
-        if len(parts) == 8 and int(parts[3], 16) & _UNIX_LISTENING:
-            out[parts[7]] = int(parts[6])
-    return out
-
-
-def uds_has_listener(path: Path, listening: dict[str, int] | None = None) -> bool:
-    if listening is not None and str(path) in listening:
-        return True
-    # Not in this network namespace's table (or no /proc): ask the socket itself.
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(0.5)
-    try:
-        s.connect(str(path))
-        return True
-    except OSError as err:
-        return err.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)
-    finally:
-        s.close()
-
-
-def uds_holders(path: Path) -> list[int]:
-    pids = set()
-    for c in psutil.net_connections(kind="unix"):
-        if c.laddr == str(path) and c.pid:
-            pids.add(c.pid)
-    return sorted(pids)
-
-
-# -- socket files -------------------------------------------------------------
-
-def bindspace_dir(target: Target, runtime_dir: Path | None = None) -> Path:
-    """The target's UDS bindspace: platformdirs' user runtime dir for its app name.
-
-    `runtime_dir` stands in for $XDG_RUNTIME_DIR (a cell's private one).
-    """
-    if runtime_dir is not None:
-        return Path(runtime_dir) / target.bindspace
-    import warnings
-
-    import platformdirs
-    with warnings.catch_warnings():  # no XDG_RUNTIME_DIR: platformdirs falls back, and says so
-        warnings.simplefilter("ignore")
-        return Path(platformdirs.user_runtime_dir(target.bindspace))
-
-
-def legacy_socket_dir() -> Path:
-    """Where older tractor (and the spec's text) put registry sockets: /tmp ($TMPDIR if set)."""
-    return Path(os.environ.get("TMPDIR") or tempfile.gettempdir())
-
-
-def registry_socket_paths(target: Target, runtime_dir: Path | None = None) -> list[Path]:
-    name = f"registry@{target.registry_port}.sock"
-    return [bindspace_dir(target, runtime_dir) / name, legacy_socket_dir() / name]
-
-
-@dataclass
-class SockFile:
-    path: Path
-    listening: bool
-    binder_pid: int | None
-    binder_alive: bool
-
-    @property
-    def stale(self) -> bool:
-        return not self.listening and not self.binder_alive
-
-    def describe(self) -> str:
-        state = ("live listener" if self.listening else
-                 f"binder pid {self.binder_pid} alive" if self.binder_alive else "stale")
-        return f"{self.path} ({state})"
-
-
-def _binder_pid(name: str) -> int | None:
-    stem = name[:-5] if name.endswith(".sock") else name
-    _, _, tail = stem.rpartition("@")
-    if stem.startswith("registry@"):
-        return None  # the registry sentinel names a port, not a pid
-    return int(tail) if tail.isdigit() else None
-
-
-def socket_files(target: Target, runtime_dir: Path | None = None) -> list[SockFile]:
-    """Socket files in the bindspace, and registry sentinels in the legacy temp dir."""
-    paths: list[Path] = []
-    space = bindspace_dir(target, runtime_dir)
-    if space.is_dir():
-        paths += sorted(space.glob("*.sock"))
-    legacy = legacy_socket_dir()
-    if legacy != space:
-        paths += sorted(legacy.glob("registry@*.sock"))
-    listening = unix_listening()
-    out = []
-    for path in paths:
-        try:
-            if not path.is_socket():
-                continue
-        except OSError:
-            continue
-        pid = _binder_pid(path.name)
-        out.append(SockFile(path, uds_has_listener(path, listening), pid,
-                            bool(pid) and is_alive(pid)))
-    return out
-
-
-def registry_listeners(target: Target, view: ScopeView,
-                       runtime_dir: Path | None = None) -> list[Listener]:
-    """Everything holding the target's registry address, tcp and uds, with its scope."""
-    out = tcp_listeners(target.registry_port, view)
-    listening = unix_listening()
-    for path in registry_socket_paths(target, runtime_dir):
-        if path.exists() and uds_has_listener(path, listening):
-            pids = uds_holders(path) or [None]
-            for pid in pids:
-                out.append(Listener(f"uds {path}", pid, view.procs.get(pid) if pid else None))
-    for lst in out:
-        if lst.proc:
-            lst.in_scope = view.in_scope(lst.proc)
-            lst.leaked = view.leak_reason(lst.proc)
-    return out

@@ -63,7 +63,14 @@ def resolve_word(target: Target, word: str) -> list[str]:
         if found:
             return [_rel(target, p) for p in found]
     pattern = word.rstrip("/").removesuffix(".py").removeprefix("test_")
-    found = sorted(p for p in tests.rglob(f"test_*{pattern}*.py") if p.is_file())
+    if not pattern or "/" in pattern or pattern.strip("*?") == "" or "**" in pattern:
+        raise usage(f"error: {word!r} is not a test file, dir, node id or name pattern under "
+                    f"{target.tests_dir}/; give e.g. test_local.py, ipc/ or registrar")
+    try:
+        found = sorted(p for p in tests.rglob(f"test_*{pattern}*.py") if p.is_file())
+    except ValueError:
+        raise usage(f"error: {word!r} is not a usable name pattern; give a part of a test file "
+                    "name, e.g. registrar")
     if found:
         return [_rel(target, p) for p in found]
     raise usage(f"error: no tests match {word!r} under {target.tests_dir}/; give a file "
@@ -72,6 +79,9 @@ def resolve_word(target: Target, word: str) -> list[str]:
 
 def resolve_words(target: Target, words) -> list[str]:
     """All words -> de-duplicated paths, in the order given; no words = the whole suite."""
+    if not target.tests_path.is_dir():
+        raise usage(f"error: tests dir {target.tests_path} does not exist; set tests_dir in "
+                    "[tool.tractor-tasks]")
     out: list[str] = []
     for word in words or ():
         for path in resolve_word(target, word):
@@ -168,3 +178,13 @@ def existing_words(target: Target, words: list[str]) -> tuple[list[str], list[st
         except TaskError:
             missing.append(w)
     return ok, missing
+
+
+def head_commit(root: Path) -> str | None:
+    """The checkout's HEAD commit, for the history (None outside git); read-only."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

@@ -1,49 +1,101 @@
-"""Run pytest under a wall-clock bound; on timeout or interrupt, dump and tear down.
+"""One pytest start, supervised: bounds from outside pytest, dumps, teardown, leaks.
 
-tractor forbids pytest-timeout's global cap, so the bound comes from out
-here. The child keeps our process group, so a terminal Ctrl-C reaches pytest
-and its actors directly (as when pytest runs bare); a signal sent only to us
-(a parent tool, `kill`, nox's SIGTERM to a parallel worker) is forwarded.
+tractor forbids pytest-timeout (both its methods break trio), so both bounds come
+from out here: the whole run's wall clock, and a per-test bound read off the
+probe's `current` file (which test runs, since when). On a stall: dump first
+(py-spy for every process of the run, SIGUSR1 to those with a handler), then end
+the run's processes; the caller records the test as HUNG and resumes the rest.
 
-Teardown ladder: give pytest a moment to finish on its own SIGINT, SIGINT it,
-wait `grace`, SIGKILL the whole tree (captured before anything dies, so
-orphans are known). The caller then sweeps everything the run started.
+pytest runs contained (contain.py): its own namespaces where the machine allows,
+else under our subreaper. It keeps our process group, so a terminal's Ctrl-C
+reaches it and its actors directly, as when pytest runs bare; a signal sent to us
+alone (SIGTERM from nox, SIGHUP from a closed terminal) is acted on here.
+
+When pytest exits, and before anything is torn down, what the run left is counted
+(processes, listeners, socket files): leaks are an outcome, not a silent sweep.
 """
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import signal
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import Callable
 
-from .sweep import Proc, end_processes, send_signal, tree_of, wait_gone
+import psutil
 
-SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1) if hasattr(signal, "SIGUSR1") else 0
+from .contain import Containment, Launched, launch
+from .output import Output, Tee
+from .processes import Proc
+from .results import Leaks, current_test
+
+SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
+
+
+class Stop(StrEnum):
+    FINISHED = "finished"
+    HUNG = "hung"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
 
 
 @dataclass
-class Outcome:
-    status: str                    # finished | timeout | interrupted
+class PassOutcome:
+    number: int
+    dir: Path
+    stop: Stop
     returncode: int | None
     seconds: float
-    hung_test: str | None = None   # from the probe's "current" file
-    stacks: Path | None = None     # the stack report written on timeout
+    running: str | None = None     # the test running when the pass was stopped
+    bound: float | None = None     # the per-test bound that expired
+    stacks: Path | None = None
+    dump_text: str = ""
     teardown: list[str] = field(default_factory=list)
-    descendants: list[Proc] = field(default_factory=list)  # every process seen under pytest
+    leaks: Leaks = field(default_factory=Leaks)
+    seen: list[Proc] = field(default_factory=list)   # every process seen in the run
 
 
-def current_test(probe_dir: Path) -> str | None:
-    try:
-        text = (probe_dir / "current").read_text().strip()
-    except OSError:
-        return None
-    return text or None
+class Signals:
+    """SIGINT/SIGTERM/SIGHUP to us, counted, while runs are supervised (main thread).
 
+    Interactive runs (a debugger REPL in pytest) leave Ctrl-C to pytest: there it
+    means "interrupt the REPL", not "stop the run".
+    """
+
+    def __init__(self, interactive: bool = False):
+        self.count = 0
+        self.last: int | None = None
+        self.interactive = interactive
+        self._old: dict[int, object] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                self._old[sig] = signal.signal(sig, self._on)
+        return self
+
+    def _on(self, signum, frame):
+        if self.interactive and signum == signal.SIGINT:
+            return
+        self.count += 1
+        self.last = signum
+
+    @property
+    def polite(self) -> bool:
+        """A Ctrl-C: give pytest its chance to stop cleanly. SIGTERM/SIGHUP: be quick."""
+        return self.last == signal.SIGINT
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# -- dumps ----------------------------------------------------------------------
 
 def _handles_sigusr1(pid: int) -> bool:
     try:
@@ -62,170 +114,277 @@ def _read(path: str) -> str:
         return "?"
 
 
-def dump_stacks(procs: list[Proc], probe_dir: Path) -> Path:
-    """Python stacks of a hung tree: py-spy when installed, else wchan + SIGUSR1 dumps.
+def _captured_files(pid: int) -> dict[tuple[int, int], tuple[str, int]]:
+    """Its stdout/stderr when they are regular files (pytest's capture files, which
+    hold what a SIGUSR1 handler prints during a test): file id -> (path, size now)."""
+    out = {}
+    for fd in (1, 2):
+        link = f"/proc/{pid}/fd/{fd}"
+        try:
+            st = os.stat(link)
+        except OSError:
+            continue
+        if (st.st_mode & 0o170000) == 0o100000:
+            out[(st.st_dev, st.st_ino)] = (link, st.st_size)
+    return out
 
-    SIGUSR1 goes only to processes whose signal mask shows a handler for it
-    (the probe installs one in pytest): for the others it would be fatal.
+
+def _ns_pid(pid: int) -> int | None:
+    """Its pid inside the run's pid namespace (what the target's own dumps print)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                ids = line.split()[1:]
+                return int(ids[-1]) if len(ids) > 1 else None
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _grown(link: str, since: int) -> str:
+    try:
+        with open(link, "rb") as f:
+            f.seek(since)
+            return f.read(256 * 1024).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _files(root: Path | None) -> dict[Path, int]:
+    """Files (not dirs) right under `root`, with their sizes now."""
+    out = {}
+    try:
+        for f in root.iterdir() if root is not None else ():
+            try:
+                if f.is_file():
+                    out[f] = f.stat().st_size
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return out
+
+
+def dump_stacks(procs: list[Proc], pass_dir: Path, tmp: Path | None = None
+                ) -> tuple[Path, str]:
+    """Python stacks of every process of the run, into `stacks.txt` (and returned).
+
+    py-spy by host pid when installed; else wchan and kernel stacks. Then SIGUSR1 to
+    the processes whose signal mask shows a handler (the probe's faulthandler in
+    pytest; the target's own, e.g. tractor's stackscope task trees): what they print
+    is read back from the probe's file, pytest's capture files, and new files in the
+    run's own /tmp (`tmp`: tractor writes its stackscope dumps to /tmp/tractor-stackscope-
+    <pid>.log).
     """
-    report = probe_dir / "stacks.txt"
+    report = pass_dir / "stacks.txt"
     pyspy = shutil.which("py-spy")
     parts, asked = [], []
     for p in procs:
-        head = f"=== pid {p.pid} ppid {p.ppid}: {p.cmdline or p.name}"
+        ns = _ns_pid(p.pid)
+        head = f"=== pid {p.pid}{f' (pid {ns} in the run)' if ns else ''} ppid {p.ppid}: {p.title}"
         if pyspy:
-            out = subprocess.run([pyspy, "dump", "--pid", str(p.pid)], capture_output=True,
-                                 text=True, timeout=30)
-            if out.returncode == 0:
-                parts.append(f"{head} (py-spy)\n{out.stdout.rstrip()}")
+            try:
+                got = subprocess.run([pyspy, "dump", "--pid", str(p.pid)], capture_output=True,
+                                     text=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                got = None
+            if got is not None and got.returncode == 0:
+                parts.append(f"{head} (py-spy)\n{got.stdout.rstrip()}")
                 continue
         kernel = _read(f"/proc/{p.pid}/stack")
         parts.append(f"{head}\nwchan: {_read(f'/proc/{p.pid}/wchan')}"
                      + (f"\nkernel stack:\n{kernel}" if kernel not in ("?", "") else ""))
-        if _handles_sigusr1(p.pid) and send_signal(p, signal.SIGUSR1):
-            asked.append(p.pid)
+    before = _files(tmp)
+    captured: dict[tuple[int, int], tuple[str, int, list[int]]] = {}
+    for p in procs:
+        if _handles_sigusr1(p.pid):
+            files = _captured_files(p.pid)
+            if p.signal(signal.SIGUSR1):
+                asked.append(p)
+                for key, (link, size) in files.items():
+                    captured.setdefault(key, (link, size, []))[2].append(p.pid)
     if asked:
-        time.sleep(0.5)  # let the handlers write
-        for dump in sorted(probe_dir.glob("stacks-*.txt")):
-            text = dump.read_text().strip()
+        time.sleep(1.0)  # let the handlers write (task-tree dumps take a moment)
+        for link, size, pids in captured.values():
+            text = _grown(link, size)
+            if text:
+                parts.append(f"=== SIGUSR1 output captured by pytest (pids "
+                             f"{', '.join(map(str, pids))})\n{text}")
+        for f, size in sorted(_files(tmp).items()):
+            text = _grown(str(f), before.get(f, 0))
+            if text:
+                parts.append(f"=== SIGUSR1 output in the run's /tmp: {f.name}\n{text}")
+        for dump in sorted(pass_dir.glob("stacks-*.txt")):
+            text = dump.read_text(errors="replace").strip()
             if text:
                 parts.append(f"=== SIGUSR1 dump {dump.name}\n{text}")
-    report.write_text("\n\n".join(parts) + "\n")
-    return report
+    text = "\n\n".join(parts) + "\n"
+    report.write_text(text)
+    return report, text
 
 
-class _Signals:
-    """SIGINT/SIGTERM to us, counted, while a run is supervised (main thread only).
+# -- one pass -------------------------------------------------------------------
 
-    Interactive runs (a debugger REPL in pytest) leave Ctrl-C to pytest: there
-    it means "interrupt the REPL", not "stop the run".
-    """
-
-    def __init__(self, interactive: bool = False):
-        self.count = 0
-        self.last: int | None = None
-        self.interactive = interactive
-        self._old: dict[int, object] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._on)
-        return self
-
-    def _on(self, signum, frame):
-        if self.interactive and signum == signal.SIGINT:
-            return
-        self.count += 1
-        self.last = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+def _procs(members: list[psutil.Process]) -> list[Proc]:
+    return [p for p in map(Proc.of, members) if p is not None]
 
 
-def _wait(proc: subprocess.Popen, seconds: float, signals: _Signals | None = None) -> bool:
-    """Wait for exit; a further interrupt to us cuts the wait short.
-
-    With a pidfd (Linux) the exit is seen the moment it happens; elsewhere by
-    polling. Signals to us wake the wait within 0.1 s either way.
-    """
-    deadline = time.monotonic() + seconds
-    seen = signals.count if signals else 0
-    pidfd = getattr(proc, "_tt_pidfd", None)
-    while True:
-        if proc.poll() is not None:
-            return True
-        left = deadline - time.monotonic()
-        if left <= 0 or (signals and signals.count != seen):
-            return False
-        if pidfd is not None:
-            select.select([pidfd], [], [], min(0.1, left))
-        else:
-            time.sleep(min(0.02, left))
+ENV_KEEP = "TRACTOR_TASKS_KEEP_PATHS"
 
 
-def _open_pidfd(proc: subprocess.Popen) -> None:
+def keep_paths() -> list[str]:
+    """Dirs under /tmp a contained run writes through to (besides the target and its
+    private dir): os.pathsep-separated in TRACTOR_TASKS_KEEP_PATHS."""
+    return [p for p in os.environ.get(ENV_KEEP, "").split(os.pathsep) if p]
+
+
+def keep_tmp_writes(private: Path, pass_dir: Path) -> Path | None:
+    """What a contained run wrote to its own /tmp, kept with the pass's files."""
+    upper = private / ".tmp" / "upper"
     try:
-        proc._tt_pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        proc._tt_pidfd = None
+        if not upper.is_dir() or not any(upper.iterdir()):
+            return None
+        dest = pass_dir / "tmp"
+        shutil.move(str(upper), str(dest))
+        return dest
+    except OSError:
+        return None
 
 
-def _close_pidfd(proc: subprocess.Popen) -> None:
-    if getattr(proc, "_tt_pidfd", None) is not None:
-        os.close(proc._tt_pidfd)
-        proc._tt_pidfd = None
+def census(run: Launched, private: Path, bindspace: str, seen: dict,
+           leftovers: Callable[[], list[Proc]]) -> Leaks:
+    """What is left of the run right after pytest exited, before any teardown.
+
+    Contained, that is everything still in its namespace. Otherwise the run's own tree
+    plus what escaped it that we can still tell: processes seen under pytest, and the
+    target's leftovers by the scope rules (`leftovers`)."""
+    leaks = Leaks()
+    found = {p.pid: p for p in _procs(run.members())}
+    if run.containment.mode != "namespaces":
+        for p in [*seen.values(), *leftovers()]:
+            if p.pid not in found and p.pid != run.main_pid and p.alive():
+                found[p.pid] = p
+    for p in sorted(found.values(), key=lambda p: p.pid):
+        leaks.processes.append((p.pid, p.title))
+    leaks.listeners = [f"tcp {ip}:{port}" for ip, port in run.tcp_listeners()]
+    space = private / bindspace
+    try:
+        leaks.sockets = sorted(str(s) for s in space.glob("*.sock") if s.is_socket())
+    except OSError:
+        pass
+    return leaks
 
 
-def _teardown(proc: subprocess.Popen, signals: _Signals, grace: float,
-              expect_exit: bool) -> list[str]:
-    """End pytest and everything under it; returns what was done."""
-    notes = []
-    tree = tree_of(proc.pid)
-    polite = signals.last != signal.SIGTERM
-    if polite and expect_exit and _wait(proc, 1.0, signals):
-        notes.append("pytest stopped on its own after the interrupt")
-    if polite and proc.poll() is None and signals.count < 2:
-        os.kill(proc.pid, signal.SIGINT)
-        notes.append(f"SIGINT -> pytest pid {proc.pid}")
-        if _wait(proc, grace, signals):
-            notes.append("pytest exited after SIGINT")
-    known = {t.pid for t in tree}
-    tree += [p for p in tree_of(proc.pid) if p.pid not in known]
-    left = wait_gone(tree, 0)
-    if left:
-        _, killed, survivors = end_processes(left, 0.2 if polite else 0.05)
-        if killed:
-            notes.append(f"SIGKILL -> {len(killed)} process(es) of the run: "
-                         + ", ".join(map(str, killed)))
-        if survivors:
-            notes.append(f"still alive: {survivors}")
-    proc.wait()
-    return notes
-
-
-def supervise(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float,
-              probe_dir: Path, grace: float = 8.0, on_timeout=None,
-              interactive: bool = False) -> Outcome:
-    """Run `argv`, bounded by `timeout` seconds; tear down on timeout or interrupt."""
+def run_pass(argv: list[str], *, number: int, cwd: Path, env: dict[str, str], pass_dir: Path,
+             containment: Containment, deadline: float,
+             test_bound: Callable[[str], float | None], signals: Signals,
+             echo: Output | None, private: Path, bindspace: str, grace: float = 8.0,
+             interactive: bool = False, on_event: Callable[[str], None] = lambda s: None,
+             leftovers: Callable[[], list[Proc]] = list) -> PassOutcome:
+    """Run pytest once; return how it ended. Never leaves a process of the run alive."""
     t0 = time.monotonic()
-    with _Signals(interactive) as signals:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env)
-        _open_pidfd(proc)
-        try:
-            return _supervise(proc, signals, t0, timeout, probe_dir, grace, on_timeout)
-        finally:
-            _close_pidfd(proc)
-
-
-def _supervise(proc, signals, t0, timeout, probe_dir, grace, on_timeout) -> Outcome:
+    read_fd = write_fd = None
+    if not interactive:  # a debugger REPL needs the real terminal
+        read_fd, write_fd = os.pipe()
+    try:
+        run = launch(argv, cwd=cwd, env=env, containment=containment, stdout=write_fd,
+                     private_tmp=str(private), keep=[str(cwd), *keep_paths()])
+    finally:
+        if write_fd is not None:
+            os.close(write_fd)
+    tee = None
+    if read_fd is not None:
+        tee = Tee(read_fd, pass_dir / "output.log", echo)
+        tee.start()
     seen: dict[tuple[int, float], Proc] = {}
+    outcome = PassOutcome(number, pass_dir, Stop.FINISHED, None, 0.0)
+    try:
+        _watch(run, outcome, seen, t0=t0, deadline=deadline, test_bound=test_bound,
+               signals=signals, pass_dir=pass_dir, private=private, bindspace=bindspace,
+               grace=grace, on_event=on_event, leftovers=leftovers)
+    finally:
+        if run.poll() is None or run.members():
+            outcome.teardown += run.end(grace=0.2)
+        run.close()
+        if tee is not None:
+            tee.join(10)
+    outcome.seconds = time.monotonic() - t0
+    outcome.seen = list(seen.values())
+    return outcome
 
-    def look():  # remember everything that runs under pytest, to sweep it after
-        for p in tree_of(proc.pid)[1:]:
+
+def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, test_bound,
+           signals, pass_dir, private, bindspace, grace, on_event, leftovers) -> None:
+    def look():
+        for p in _procs(run.members()):
             seen.setdefault((p.pid, p.create_time), p)
 
-    def done(status, hung=None, stacks=None, notes=()):
-        return Outcome(status, proc.returncode, time.monotonic() - t0, hung, stacks,
-                       list(notes), list(seen.values()))
-
     next_look = 0.0
-    while not _wait(proc, 0.1, signals):
-        if time.monotonic() >= next_look:
+    count0 = signals.count
+    while True:
+        exited = run.wait(0.1)
+        now = time.monotonic()
+        if signals.count != count0:
             look()
-            next_look = time.monotonic() + 0.5
-        if signals.count:
+            outcome.stop = Stop.INTERRUPTED
+            outcome.running = current_test(pass_dir)[0]
+            outcome.teardown += _interrupt(run, signals, grace)
+            outcome.returncode = run.poll()
+            return
+        if exited:
             look()
-            notes = _teardown(proc, signals, grace, expect_exit=True)
-            return done("interrupted", current_test(probe_dir), None, notes)
-        if time.monotonic() - t0 > timeout:
+            outcome.returncode = run.poll()
+            outcome.leaks = census(run, private, bindspace, seen, leftovers)
+            outcome.teardown += run.end(grace=0.3)
+            return
+        if now >= next_look:
             look()
-            hung = current_test(probe_dir)
-            if on_timeout:
-                on_timeout(hung)
-            stacks = dump_stacks(tree_of(proc.pid), probe_dir)
-            notes = _teardown(proc, signals, grace, expect_exit=False)
-            return done("timeout", hung, stacks, notes)
-    killed = (proc.returncode or 0) < 0
-    return done("finished", current_test(probe_dir) if killed else None)
+            next_look = now + 0.5
+        nodeid, since = current_test(pass_dir)
+        bound = test_bound(nodeid) if nodeid else None
+        if bound and since and time.time() - since > bound:
+            look()
+            outcome.stop, outcome.running, outcome.bound = Stop.HUNG, nodeid, bound
+            on_event(f"HUNG: {nodeid} ran past its {bound:g}s bound: dumping stacks, ending "
+                     "this pass")
+            outcome.stacks, outcome.dump_text = dump_stacks(_procs(run.members()), pass_dir,
+                                                            run.tmp_root())
+            outcome.teardown += run.end(grace=0.3)
+            outcome.returncode = run.poll()
+            return
+        if now >= deadline:
+            look()
+            outcome.stop, outcome.running = Stop.TIMEOUT, nodeid
+            on_event("TIMEOUT" + (f" in {nodeid}" if nodeid else "")
+                     + ": the whole-run bound expired: dumping stacks, tearing the run down")
+            outcome.stacks, outcome.dump_text = dump_stacks(_procs(run.members()), pass_dir,
+                                                            run.tmp_root())
+            outcome.teardown += _stop_pytest(run, signals, grace)
+            outcome.returncode = run.poll()
+            return
+
+
+def _stop_pytest(run: Launched, signals: Signals, grace: float) -> list[str]:
+    """SIGINT pytest, give it `grace` to finish cleanly (a second interrupt cuts it
+    short), then end everything of the run."""
+    notes = []
+    if run.poll() is None and run.signal_command(signal.SIGINT):
+        notes.append(f"SIGINT -> pytest pid {run.main_pid}")
+        count = signals.count
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and signals.count == count:
+            if run.wait(0.1):
+                notes.append("pytest exited after SIGINT")
+                break
+    return notes + run.end(grace=0.2 if signals.polite or not signals.count else 0.05)
+
+
+def _interrupt(run: Launched, signals: Signals, grace: float) -> list[str]:
+    notes = []
+    if signals.polite:
+        # a terminal's Ctrl-C reached pytest too: let it stop on its own first
+        if run.wait(1.0):
+            notes.append("pytest stopped on its own after the interrupt")
+        elif signals.count < 2:
+            return notes + _stop_pytest(run, signals, grace)
+    return notes + run.end(grace=0.2 if signals.polite else 0.05)

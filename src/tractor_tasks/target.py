@@ -12,6 +12,7 @@ no configuration at all.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import sys
@@ -79,8 +80,13 @@ _STRS = (lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in
          "a list of non-empty strings")
 _PORT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536,
          "an integer from 1 to 65535")
-_SECONDS = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
-            "a positive number of seconds")
+_SECONDS = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v) and v > 0, "a positive number of seconds")
+_BOUND = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+          and math.isfinite(v) and v >= 0, "0 (off) or a positive number of seconds")
+_NONEMPTY = (lambda v: isinstance(v, list) and len(v) > 0
+             and all(isinstance(x, str) and x for x in v), "a non-empty list of strings")
+_FLAG = (lambda v: isinstance(v, str), "a pytest flag string (\"\" for none)")
 
 
 @dataclass(frozen=True)
@@ -101,9 +107,25 @@ class Target:
     affected: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(TRACTOR_AFFECTED))
     affected_fallback: tuple[str, ...] | None = None  # None: the smoke subset
     flaky: tuple[FlakyRule, ...] = TRACTOR_FLAKY
-    timeout_full: float = 600.0
-    timeout_file: float = 120.0
+    timeout_full: float = 1800.0
+    timeout_file: float = 300.0
+    timeout_test: float = 120.0
+    test_timeouts: dict[str, float] = field(default_factory=dict)  # id glob -> seconds
+    stackscope_flag: str = "--enable-stackscope"
     config_file: Path | None = None
+
+    def test_bound(self, nodeid: str, override: float | None = None) -> float | None:
+        """The per-test bound for one test (None: off): `--test-timeout`, else the
+        first matching `test_timeouts` glob, else `timeout_test`."""
+        if override is not None:
+            return override or None
+        prefix = self.tests_dir.rstrip("/") + "/"
+        rel = nodeid[len(prefix):] if nodeid.startswith(prefix) else nodeid
+        for glob, seconds in self.test_timeouts.items():
+            pattern = _id_glob(glob)
+            if pattern.match(rel) or pattern.match(nodeid):
+                return seconds or None
+        return self.timeout_test or None
 
     @property
     def tests_path(self) -> Path:
@@ -116,6 +138,11 @@ class Target:
 
     def venv_dir(self, minor: str) -> Path:
         return self.root / ("py" + minor.replace(".", ""))
+
+
+def _id_glob(glob: str) -> re.Pattern:
+    """A test-id glob where only * and ? are wild ([...] in ids stays literal)."""
+    return re.compile(re.escape(glob).replace(r"\*", ".*").replace(r"\?", ".") + r"\Z")
 
 
 def _suggest(word: str, options) -> str:
@@ -235,11 +262,35 @@ def _parse_affected(raw, where: str) -> dict[str, tuple[str, ...]]:
 _SIMPLE_KEYS = {
     "root": _STR, "package": _STR, "tests_dir": _STR, "registry_port": _PORT,
     "transports": _STRS, "spawn_backends": _STRS, "default_spawn_backend": _STR,
-    "pythons": _STRS, "bindspace": _STR, "process_markers": _STRS,
+    "pythons": _NONEMPTY, "bindspace": _STR, "process_markers": _STRS,
     "capsys_backends": _STRS, "smoke": _STRS, "affected_fallback": _STRS,
-    "timeout_full": _SECONDS, "timeout_file": _SECONDS,
+    "timeout_full": _SECONDS, "timeout_file": _SECONDS, "timeout_test": _BOUND,
+    "stackscope_flag": _FLAG,
 }
-ALLOWED_KEYS = tuple(sorted((*_SIMPLE_KEYS, "affected", "flaky")))
+ALLOWED_KEYS = tuple(sorted((*_SIMPLE_KEYS, "affected", "flaky", "test_timeouts")))
+
+
+def _parse_test_timeouts(raw, where: str) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        raise usage(f"error: [tool.tractor-tasks] test_timeouts in {where} must be a table of "
+                    "\"test id glob\" = seconds")
+    for glob, value in raw.items():
+        if not _BOUND[0](value):
+            raise usage(f"error: [tool.tractor-tasks] test_timeouts.{glob!r} in {where} must be "
+                        f"{_BOUND[1]}, got {value!r}")
+    return {glob: float(v) for glob, v in raw.items()}
+
+
+def _inside(root: Path, rel: str, key: str, where: str) -> None:
+    """A configured path must stay inside the target root."""
+    path = Path(rel)
+    try:
+        inside = not path.is_absolute() and (root / path).resolve().is_relative_to(root)
+    except (OSError, RuntimeError):
+        inside = False
+    if not inside or (root / path).resolve() == root:
+        raise usage(f"error: [tool.tractor-tasks] {key} in {where} is {rel!r}, which is not a "
+                    "dir inside the target; give a relative path like \"tests\"")
 
 
 def load_target(root: Path, env: dict | None = None) -> Target:
@@ -278,7 +329,15 @@ def load_target(root: Path, env: dict | None = None) -> Target:
                 raise usage(f"error: [tool.tractor-tasks] pythons in {where} has {m!r}; "
                             "write minors like \"3.13\"")
     else:
-        kw["pythons"] = minors_from_requires(data.get("project", {}).get("requires-python"))
+        requires = data.get("project", {}).get("requires-python")
+        kw["pythons"] = minors_from_requires(requires)
+        if not kw["pythons"]:
+            raise usage(f"error: requires-python {requires!r} in {where} admits no Python minor "
+                        "from 3.8 to 3.15; set [tool.tractor-tasks] pythons = [\"3.13\"]")
+    if "tests_dir" in kw:
+        _inside(root, kw["tests_dir"], "tests_dir", where)
+    if "test_timeouts" in table:
+        kw["test_timeouts"] = _parse_test_timeouts(table["test_timeouts"], where)
     if "affected" in table:
         kw["affected"] = _parse_affected(table["affected"], where)
     if "flaky" in table:
@@ -286,7 +345,7 @@ def load_target(root: Path, env: dict | None = None) -> Target:
 
     port_env = env.get(ENV_REGISTRY_PORT)
     if port_env:
-        if not (port_env.isdigit() and 0 < int(port_env) < 65536):
+        if not (port_env.isascii() and port_env.isdigit() and 0 < int(port_env) < 65536):
             raise usage(f"error: {ENV_REGISTRY_PORT}={port_env!r} must be a port number 1-65535")
         kw["registry_port"] = int(port_env)
 

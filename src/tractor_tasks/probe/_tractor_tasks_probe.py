@@ -1,57 +1,163 @@
 """A tiny pytest plugin tractor-tasks loads into the target's pytest (`-p`).
 
-It only observes: it writes the node id of the test that is running to
-`$TRACTOR_TASKS_PROBE_DIR/current` (so a hung run can say which test hung;
-"(after <id>)" between tests), appends each test report to `results.jsonl`
-(so a run killed before pytest writes its JUnit file still has results),
-and makes `kill -USR1 <pytest pid>` dump every thread's Python stack to
-`$TRACTOR_TASKS_PROBE_DIR/stacks-<pid>.txt`, chaining to any SIGUSR1 handler
-the target installed itself. Standard library only: it runs in the target's
-venv, not ours.
+It observes, and selects only when told to. Into $TRACTOR_TASKS_PROBE_DIR it writes:
+  session.json   at configure: pytest's pid, rootdir, cache dir, the lastfailed
+                 cache as it was before this run
+  collected.json after collection: the node ids that will run, in order
+  current        the running test and since when ({"nodeid", "since"}); between
+                 tests {"after": id}: the supervisor's per-test watchdog reads it
+  results.jsonl  every test report as it happens: the run's results, even when
+                 pytest is killed before it could write anything else
+  finished.json  at session finish: pytest's exit status
+  stacks-<pid>.txt  what `kill -USR1 <pytest pid>` dumps (every thread's stack),
+                 chained with any SIGUSR1 handler the target installs, before or
+                 after this plugin (tractor's --enable-stackscope task trees)
+$TRACTOR_TASKS_SELECT names a JSON file {"only": [ids] | null, "skip": [ids]}:
+tests outside "only" or inside "skip" are deselected (a resumed pass, a shard);
+the rest keep pytest's order. Standard library only: it runs in the target's venv.
 """
 import faulthandler
 import json
 import os
 import signal
+import sys
+import time
+import traceback
+
+import pytest
 
 _DIR = os.environ.get("TRACTOR_TASKS_PROBE_DIR")
+_SELECT = os.environ.get("TRACTOR_TASKS_SELECT")
 _stacks = None
+_ours = None
 
-if _DIR and os.path.isdir(_DIR) and hasattr(signal, "SIGUSR1"):
-    _prev = signal.getsignal(signal.SIGUSR1)
+if _DIR and not os.path.isdir(_DIR):
+    _DIR = None
+
+
+def _write(name, data):
+    """Write a small file whole (readers never see half of it)."""
+    if not _DIR:
+        return
+    path = os.path.join(_DIR, name)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _dump_python(signum, frame):
+    """A Python-level dumper, for when the target put its own handler over ours."""
+    try:
+        _stacks.write(f"--- SIGUSR1 at {time.time():.3f}, pid {os.getpid()}\n")
+        for tid, fr in sys._current_frames().items():
+            _stacks.write(f"Thread {tid:#x}:\n{''.join(traceback.format_stack(fr))}\n")
+        _stacks.flush()
+    except Exception:
+        pass
+    if callable(_ours.prev):
+        _ours.prev(signum, frame)
+
+
+def _chain():
+    """Keep our dump firing after the target installs its own SIGUSR1 handler."""
+    global _ours
+    current = signal.getsignal(signal.SIGUSR1)
+    if _stacks is None or current is _ours or not callable(current):
+        return
+    if _ours is None or current is not _ours.prev:
+        def handler(signum, frame):
+            _dump_python(signum, frame)
+        handler.prev = current
+        _ours = handler
+        signal.signal(signal.SIGUSR1, handler)
+
+
+if _DIR and hasattr(signal, "SIGUSR1"):
     _stacks = open(os.path.join(_DIR, f"stacks-{os.getpid()}.txt"), "a")
+    _prev = signal.getsignal(signal.SIGUSR1)
     faulthandler.register(signal.SIGUSR1, file=_stacks, all_threads=True,
                           chain=callable(_prev))
 
 
-def _note(text):
-    if _DIR:
-        try:
-            with open(os.path.join(_DIR, "current"), "w") as f:
-                f.write(text)
-        except OSError:
-            pass
+def pytest_configure(config):
+    cache = getattr(config, "cache", None)
+    before = cache.get("cache/lastfailed", {}) if cache is not None else {}
+    _write("session.json", {
+        "pid": os.getpid(), "rootdir": str(config.rootpath),
+        "cachedir": str(getattr(cache, "_cachedir", "")) if cache is not None else "",
+        "lastfailed_before": before if isinstance(before, dict) else {},
+        "started": time.time(),
+    })
+    _chain()
+
+
+def _load_select():
+    try:
+        with open(_SELECT) as f:
+            data = json.load(f)
+        only = data.get("only")
+        return (set(only) if only is not None else None), set(data.get("skip") or ())
+    except (OSError, ValueError, AttributeError):
+        return None, set()
+
+
+# after every other reordering plugin, so what runs keeps pytest's own order
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    if _SELECT:
+        only, skip = _load_select()
+        keep, drop = [], []
+        for item in items:
+            out = item.nodeid in skip or (only is not None and item.nodeid not in only)
+            (drop if out else keep).append(item)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
+
+
+def pytest_collection_finish(session):
+    _write("collected.json", [item.nodeid for item in session.items])
 
 
 def pytest_runtest_logstart(nodeid, location):
-    _note(nodeid)
+    _chain()
+    _write("current", {"nodeid": nodeid, "since": time.time()})
 
 
 def pytest_runtest_logfinish(nodeid, location):
-    _note(f"(after {nodeid})")
+    _write("current", {"after": nodeid, "since": time.time()})
 
 
-def pytest_runtest_logreport(report):
+def _append(rec):
     if not _DIR:
         return
-    rec = {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
-           "duration": round(report.duration, 3)}
-    if hasattr(report, "wasxfail"):
-        rec["xfail"] = True
-    if report.failed:
-        rec["longrepr"] = report.longreprtext[-6000:]
     try:
         with open(os.path.join(_DIR, "results.jsonl"), "a") as f:
             f.write(json.dumps(rec) + "\n")
     except OSError:
         pass
+
+
+def pytest_runtest_logreport(report):
+    rec = {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
+           "duration": round(report.duration, 3), "at": round(time.time(), 3)}
+    if hasattr(report, "wasxfail"):
+        rec["xfail"] = True
+    if report.failed:
+        rec["longrepr"] = report.longreprtext[-8000:]
+    _append(rec)
+
+
+def pytest_collectreport(report):
+    if report.failed:
+        _append({"nodeid": report.nodeid, "when": "collect", "outcome": "failed",
+                 "duration": 0.0, "at": round(time.time(), 3),
+                 "longrepr": report.longreprtext[-8000:]})
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _write("finished.json", {"exitstatus": int(exitstatus)})

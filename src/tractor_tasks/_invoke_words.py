@@ -1,0 +1,94 @@
+"""The one place tractor-tasks reaches into invoke: `invoke test [TARGET ...]`.
+
+invoke 3 has no optional or variadic positional argument. A `_Words` positional
+takes every bare word given to its task, but it stops where invoke's own
+conventions say a task's arguments end: at the name of another task (so `invoke
+test test_local.py lastfailed` runs both, as invoke's task chaining does) and at
+a flag the task does not know (so `invoke test --frobnicate` is invoke's own
+"No idea what '--frobnicate' is!", exit 1... turned into exit 2 by the program).
+Words may come before, between or after the task's flags.
+"""
+from __future__ import annotations
+
+from invoke import Task
+from invoke.parser import Argument
+from invoke.parser.parser import ParseMachine
+
+
+class _Words(Argument):
+    """A positional that collects bare words until it is closed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.words: list[str] = []
+        self.open = True
+
+    @property
+    def value(self):
+        return None if self.open else list(self.words)
+
+    @value.setter
+    def value(self, word):
+        self.words.append(word)
+
+
+def _open_words(machine: ParseMachine):
+    ctx = machine.context
+    if ctx is None:
+        return None
+    return next((a for a in ctx.positional_args if isinstance(a, _Words) and a.open), None)
+
+
+_handle = ParseMachine.handle
+_complete = ParseMachine.complete_context
+
+
+def _handle_words(self: ParseMachine, token: str) -> None:
+    words = _open_words(self)
+    if words is not None and not self.waiting_for_flag_value:
+        ctx = self.context
+        known_flag = token in ctx.flags or token in ctx.inverse_flags or (
+            self.initial is not None and token in self.initial.flags)
+        if (token.startswith("-") and not known_flag) or token in self.contexts:
+            words.open = False  # this task's words end here
+    _handle(self, token)
+
+
+def _close_words(self: ParseMachine) -> None:
+    words = _open_words(self)
+    if words is not None:
+        words.open = False
+    _complete(self)
+
+
+ParseMachine.handle = _handle_words
+ParseMachine.complete_context = _close_words
+
+
+def _with_shorts(args, shorts: dict[str, str]):
+    out = []
+    for arg in args:
+        short = shorts.get(arg.name)
+        if short and short not in arg.names:
+            arg.names = (*arg.names, short)
+        out.append(arg)
+    return out
+
+
+def words_task(shorts: dict[str, str]) -> type[Task]:
+    class WordsTask(Task):
+        def get_arguments(self, *args, **kwargs):
+            out = []
+            for arg in super().get_arguments(*args, **kwargs):
+                if arg.positional:
+                    arg = _Words(names=arg.names, kind=str, positional=True, help=arg.help)
+                out.append(arg)
+            return _with_shorts(out, shorts)
+    return WordsTask
+
+
+def short_task(shorts: dict[str, str]) -> type[Task]:
+    class ShortTask(Task):
+        def get_arguments(self, *args, **kwargs):
+            return _with_shorts(super().get_arguments(*args, **kwargs), shorts)
+    return ShortTask

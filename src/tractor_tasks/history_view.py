@@ -1,0 +1,73 @@
+"""`invoke history` and `invoke flaky`: the results history, as text."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from .errors import TaskError, usage
+from .history import History, flaky_toml
+from .rundirs import State
+from .target import Target
+
+
+def _open(target: Target, create: bool = False) -> History | None:
+    path = State(target).history
+    if not path.exists() and not create:
+        return None
+    if create:
+        State(target).ensure()
+    return History(path, warn=lambda line: print(line, file=sys.stderr))
+
+
+def show_history(target: Target, pattern: str | None, limit: int) -> None:
+    history = _open(target)
+    rows = history.recent(pattern, limit=limit * 50) if history else []
+    if not rows:
+        print("no results recorded" + (f" for {pattern!r}" if pattern else "")
+              + "; runs and nox cells record them as they finish")
+        return
+    by_test: dict[str, list[dict]] = {}
+    for row in rows:
+        by_test.setdefault(row["nodeid"], []).append(row)
+    for nodeid, runs in sorted(by_test.items()):
+        runs = runs[:limit]
+        trail = "".join("." if r["outcome"] == "passed" else
+                        "s" if r["outcome"] in ("skipped", "xfailed") else
+                        "H" if r["outcome"] == "hung" else "F" for r in reversed(runs))
+        print(f"{nodeid}  {trail}  (oldest -> newest)")
+        for r in runs:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["time"]))
+            cell = r["cell"] or f"{r['minor']} {r['tpt']} {r['spawn']}".strip()
+            sig = f"  {r['signature']}" if r["signature"] else ""
+            commit = (r["commit"] or "")[:9]
+            print(f"  {when}  {cell:32}  {r['outcome']:8} {r['duration']:7.2f}s  {commit}{sig}")
+
+
+def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | None) -> None:
+    if cell and not junit:
+        raise usage("error: --cell names the cell of an imported JUnit file; give --junit FILE")
+    if junit:
+        from .cells import Cell
+        c = Cell.parse(cell, target) if cell else None
+        if c is None:
+            raise usage("error: --junit needs --cell \"tests-3.13(tpt='tcp')\" (which cell "
+                        "the file is from)")
+        history = _open(target, create=True)
+        n = history.import_junit(Path(junit), minor=c.minor, tpt=c.tpt, spawn=c.spawn,
+                                 cell=c.name, root=target.root)
+        print(f"imported {n} test result(s) from {junit} as {c.name}")
+    history = _open(target)
+    found = history.flaky(min_runs=min_runs) if history else []
+    if not found:
+        print(f"no test flips between passing and failing in any cell (at least {min_runs} "
+              "runs per cell)")
+        return
+    for c in found:
+        print(f"{c.rate:4.0%}  {c.flips}/{c.runs - 1} flips  {c.cell:32}  {c.nodeid}"
+              + (f"  [{c.signature}]" if c.signature else ""))
+    print("\n# ready to paste into [tool.tractor-tasks] of pyproject.toml:\n")
+    print(flaky_toml(found, target.tests_dir), end="")
+
+
+__all__ = ["show_history", "show_flaky", "TaskError"]

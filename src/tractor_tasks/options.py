@@ -1,0 +1,196 @@
+"""The run options, declared once: `invoke test/smoke/rerun/affected` and the nox
+cells (their own posargs) are both built from this table, and every value is
+checked here, before anything runs or is written.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass, field
+
+from .errors import usage
+
+
+@dataclass(frozen=True)
+class Opt:
+    name: str            # the keyword (invoke turns _ into -: no_x -> --no-x)
+    help: str
+    default: object = None
+    kind: str = "str"    # str | flag | seconds | bound | count | shards
+    cell: str | None = None   # the nox cell's own flag for it, when cells take it
+    short: str | None = None
+
+
+RUN_OPTIONS: tuple[Opt, ...] = (
+    Opt("k", "pytest -k expression"),
+    Opt("tpt", "transport: tcp or uds (default: the plugin's, tcp)"),
+    Opt("spawn", "spawn backend: trio, mp_spawn, mp_forkserver"),
+    Opt("ll", "tractor log level (--ll)"),
+    Opt("tpdb", "enable tractor's multi-process debugger (--tpdb)", False, "flag"),
+    Opt("python", "Python minor whose py<MINOR> venv to use, e.g. 3.13"),
+    Opt("timeout", "whole-run bound in seconds (default 600 for a suite, 120 for one file)",
+        None, "seconds", cell="--cell-timeout"),
+    Opt("test_timeout", "per-test bound in seconds; a test past it is dumped, ended and "
+        "reported HUNG, and the rest of the run resumes (0 = off; default from the config)",
+        None, "bound", cell="--test-timeout"),
+    Opt("max_hangs", "resume after at most this many hung tests (default 3)", None, "count",
+        cell="--max-hangs"),
+    Opt("dry_run", "print the exact command and environment; run nothing", False, "flag"),
+    Opt("sweep", "sweep in-scope leftovers before the run (--no-sweep: stop instead)",
+        True, "flag"),
+    Opt("no_x", "do not stop at the first failure (drop the default -x)", False, "flag"),
+    Opt("retry_flaky", "rerun known-flaky failures once and report both outcomes", False,
+        "flag", cell="--retry-flaky"),
+    Opt("no_contain", "run pytest uncontained (no own pid/net/user namespaces)", False,
+        "flag", cell="--no-contain"),
+    Opt("isolate_net", "kept for old scripts: contained runs already have their own network",
+        False, "flag", cell="--isolate-net"),
+    Opt("fail_on_leak", "fail the run when it leaves processes, listeners or sockets",
+        False, "flag", cell="--fail-on-leak"),
+    Opt("shards", "split the tests into N parallel contained runs balanced by recorded "
+        "durations (N or auto)", None, "shards", cell="--shards", short="n"),
+    Opt("shard", "run only shard I of N (I/N), as a CI job of a sharded matrix does", None,
+        "shard", cell="--shard"),
+    Opt("durations_file", "durations for shards from this JSON file (what `invoke "
+        "durations` writes) instead of the history", None, cell="--durations-file"),
+)
+OPTION_NAMES = tuple(o.name for o in RUN_OPTIONS)
+
+
+def seconds(name: str, value, *, allow_zero: bool = False) -> float | None:
+    """A finite positive number of seconds (0 too when `allow_zero`), else usage error."""
+    if value is None or value == "":
+        return None
+    try:
+        n = float(value)
+    except (TypeError, ValueError):
+        n = math.nan
+    ok = math.isfinite(n) and (n > 0 or (allow_zero and n == 0))
+    if not ok or isinstance(value, bool):
+        need = "0 or a positive" if allow_zero else "a positive"
+        raise usage(f"error: {name} must be {need} number of seconds, got {value!r}")
+    return n
+
+
+def count(name: str, value) -> int | None:
+    if value is None or value == "":
+        return None
+    text = str(value)
+    if not (text.isascii() and text.isdigit()):
+        raise usage(f"error: {name} must be a whole number (0 or more), got {value!r}")
+    return int(text)
+
+
+def shards(name: str, value) -> int | str | None:
+    """N (1 or more) or 'auto'."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    if text == "auto":
+        return "auto"
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise usage(f"error: {name} must be a number of shards (1 or more) or auto, "
+                    f"got {value!r}")
+    return int(text)
+
+
+def shard(name: str, value) -> tuple[int, int] | None:
+    """I/N with 1 <= I <= N."""
+    if value is None or value == "":
+        return None
+    i, _, n = str(value).partition("/")
+    if not (i.isascii() and i.isdigit() and n.isascii() and n.isdigit()) or \
+            not 1 <= int(i) <= int(n):
+        raise usage(f"error: {name} must be I/N with 1 <= I <= N (e.g. 2/4), got {value!r}")
+    return int(i), int(n)
+
+
+@dataclass
+class RunOptions:
+    """Everything a run is asked to do besides which tests (the words)."""
+    k: str | None = None
+    tpt: str | None = None
+    spawn: str | None = None
+    ll: str | None = None
+    tpdb: bool = False
+    python: str | None = None
+    timeout: float | None = None
+    test_timeout: float | None = None   # None: the config's; 0: off
+    max_hangs: int = 3
+    dry_run: bool = False
+    sweep: bool = True
+    exitfirst: bool = True
+    retry_flaky: bool = False
+    contain: bool = True
+    fail_on_leak: bool = False
+    shards: int | str | None = None
+    shard: tuple[int, int] | None = None
+    durations_file: str | None = None
+    extra: list[str] = field(default_factory=list)   # pytest args, verbatim
+    last_failed: bool = False
+
+    @property
+    def interactive(self) -> bool:
+        """A debugger may take the terminal: Ctrl-C then belongs to it."""
+        return self.tpdb or any(a in ("--pdb", "--trace", "--tpdb", "--debug-mode")
+                                for a in self.extra)
+
+    @classmethod
+    def parse(cls, values: dict, *, extra=(), flag_names: dict | None = None) -> RunOptions:
+        """From invoke keywords or argparse results; every value checked (exit 2)."""
+        def flag(name):
+            return (flag_names or {}).get(name) or "--" + name.replace("_", "-")
+        v = {k: values.get(k) for k in OPTION_NAMES}
+        hangs = count(flag("max_hangs"), v["max_hangs"])
+        return cls(
+            k=v["k"] or None, tpt=v["tpt"] or None, spawn=v["spawn"] or None,
+            ll=v["ll"] or None, tpdb=bool(v["tpdb"]), python=v["python"] or None,
+            timeout=seconds(flag("timeout"), v["timeout"]),
+            test_timeout=seconds(flag("test_timeout"), v["test_timeout"], allow_zero=True),
+            max_hangs=3 if hangs is None else hangs,
+            dry_run=bool(v["dry_run"]), sweep=v["sweep"] is not False,
+            exitfirst=not v["no_x"], retry_flaky=bool(v["retry_flaky"]),
+            contain=not v["no_contain"], fail_on_leak=bool(v["fail_on_leak"]),
+            shards=shards(flag("shards"), v["shards"]), shard=shard(flag("shard"), v["shard"]),
+            durations_file=v["durations_file"] or None, extra=list(extra))
+
+
+# -- the nox cell's own posargs ---------------------------------------------------
+
+ENV_TIMEOUT = "TRACTOR_TASKS_TIMEOUT"
+ENV_CONTAIN_OFF = "TRACTOR_TASKS_NO_CONTAIN"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise usage(f"error: {message} (a cell's own options: "
+                    + ", ".join(o.cell for o in RUN_OPTIONS if o.cell) + ")")
+
+
+def cell_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nox -s CELL --", add_help=False, allow_abbrev=False)
+    for o in RUN_OPTIONS:
+        if not o.cell:
+            continue
+        if o.kind == "flag":
+            p.add_argument(o.cell, dest=o.name, action="store_true")
+        else:
+            p.add_argument(o.cell, dest=o.name)
+    return p
+
+
+def cell_options(posargs: list[str], env: dict | None = None) -> RunOptions:
+    """A cell's options from its posargs (`--cell-timeout 30` and `=30` alike); what is
+    not the cell's goes to pytest. TRACTOR_TASKS_TIMEOUT is the bound's env default."""
+    env = os.environ if env is None else env
+    known, rest = cell_parser().parse_known_args(posargs)
+    values = vars(known)
+    names = {o.name: o.cell for o in RUN_OPTIONS if o.cell}
+    if values.get("timeout") is None and env.get(ENV_TIMEOUT):
+        values["timeout"] = env[ENV_TIMEOUT]
+        names["timeout"] = ENV_TIMEOUT
+    if env.get(ENV_CONTAIN_OFF, "") not in ("", "0"):
+        values["no_contain"] = True
+    values["no_x"] = True  # cells run the whole suite
+    return RunOptions.parse(values, extra=rest, flag_names=names)

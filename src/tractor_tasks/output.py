@@ -1,0 +1,141 @@
+"""The one place that writes to the user, and the copy of pytest's output.
+
+A lost stdout (a closed pipe, a closed terminal) never stops a run: the first
+failed write switches our stdout to /dev/null and the run goes on, supervised and
+torn down as usual, its results on disk.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+
+class Output:
+    def __init__(self, stream=None, *, quiet: bool = False):
+        self.stream = stream or sys.stdout
+        self.quiet = quiet
+        self.broken = False
+        self._lock = threading.RLock()
+        self._status = 0  # lines of the status block drawn last (terminal only)
+
+    @property
+    def tty(self) -> bool:
+        try:
+            return not self.broken and self.stream.isatty()
+        except (AttributeError, ValueError, OSError):
+            return False
+
+    def __call__(self, text: str = "") -> None:
+        self.line(text)
+
+    def line(self, text: str = "") -> None:
+        if self.quiet:
+            return
+        self.write(text + "\n")
+
+    def status(self, lines: list[str]) -> None:
+        """Redraw the status block (a terminal's live lines) in place."""
+        if self.broken or self.quiet:
+            return
+        import shutil
+        width = max(20, shutil.get_terminal_size().columns - 1)
+        with self._lock:
+            self._clear()
+            self._raw("".join(line[:width] + "\n" for line in lines))
+            self._status = len(lines)
+
+    def _clear(self) -> None:
+        if self._status:
+            n, self._status = self._status, 0
+            self._raw(f"\x1b[{n}A\x1b[J")
+
+    def _raw(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            self._lose()
+
+    def write(self, text: str) -> None:
+        if self.broken:
+            return
+        with self._lock:
+            self._clear()
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                self._lose()
+
+    def write_bytes(self, data: bytes) -> None:
+        if self.broken or self.quiet:
+            return
+        with self._lock:
+            self._clear()
+            try:
+                buf = getattr(self.stream, "buffer", None)
+                if buf is None:
+                    self.stream.write(data.decode("utf-8", "replace"))
+                else:
+                    self.stream.flush()
+                    buf.write(data)
+                    buf.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                self._lose()
+
+    def _lose(self) -> None:
+        """stdout is gone: point it at /dev/null so nothing (not even Python's final
+        flush at exit) raises again."""
+        self.broken = True
+        try:
+            fd = self.stream.fileno()
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+class Tee(threading.Thread):
+    """Copy pytest's output (a pipe) to a log file and, when `echo`, to the user.
+
+    The pipe is always drained, so pytest never blocks on a full pipe and never sees
+    our stdout go away."""
+
+    def __init__(self, fd: int, log: Path, out: Output | None):
+        super().__init__(daemon=True, name=f"tee-{log.parent.name}")
+        self.fd = fd
+        self.log = log
+        self.out = out
+
+    def run(self) -> None:
+        with open(self.log, "ab") as f:
+            while True:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                f.write(chunk)
+                f.flush()
+                if self.out is not None:
+                    self.out.write_bytes(chunk)
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])

@@ -1,0 +1,113 @@
+"""Progress people can see while parallel cells or shards run: one line each, read
+from the probes' logs (tests done of collected, failures so far, the running test
+and for how long). On a terminal the lines are redrawn in place; elsewhere (CI
+logs) they are printed as plain lines every `interval` seconds.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .results import current_test, read_pass
+
+
+@dataclass
+class Snapshot:
+    label: str
+    total: int | None
+    done: int
+    failed: int
+    hung: int
+    running: str | None
+    since: float | None
+    over: bool = False
+
+    def line(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        total = f"/{self.total}" if self.total is not None else ""
+        parts = [f"{self.label}: {self.done}{total} done"]
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        if self.hung:
+            parts.append(f"{self.hung} hung")
+        if self.over:
+            parts.append("finished")
+        elif self.running:
+            parts.append(f"running {self.running} ({int(now - (self.since or now))}s)")
+        return " · ".join(parts)
+
+
+def snapshot(label: str, lane: Path, *, total: int | None = None) -> Snapshot:
+    """Where one lane (a run dir, or a shard's dir: its pass-N dirs inside) stands."""
+    passes = sorted(lane.glob("pass-*"), key=lambda d: int(d.name.split("-")[1]))
+    done: dict[str, str] = {}
+    first_total = None
+    for d in passes:
+        log = read_pass(d)
+        if first_total is None and log.collected is not None:
+            first_total = len(log.collected)
+        for nodeid, t in log.tests.items():
+            done[nodeid] = t.outcome.value
+    running, since = current_test(passes[-1]) if passes else (None, None)
+    hung = sum(1 for d in passes if (d / "stacks.txt").exists())
+    failed = sum(1 for o in done.values() if o in ("failed", "error"))
+    return Snapshot(label, total if total is not None else first_total, len(done), failed, hung,
+                    running, since, (lane / "outcome.json").exists())
+
+
+class Board:
+    """The lines of several lanes, drawn through an Output (in place on a terminal)."""
+
+    def __init__(self, out, lanes: list[tuple[str, Path, int | None]], interval: float = 30.0):
+        self.out = out
+        self.lanes = lanes
+        self.interval = interval
+        self._last = 0.0
+
+    def tick(self, force: bool = False) -> None:
+        now = time.time()
+        lines = [snapshot(label, path, total=total).line(now)
+                 for label, path, total in self.lanes]
+        if self.out.tty:
+            self.out.status(lines)
+        elif force or now - self._last >= self.interval:
+            self._last = now
+            for line in lines:
+                self.out.line(f"progress: {line}")
+
+    def close(self) -> None:
+        if self.out.tty:
+            self.out.status([])
+
+
+def cell_lanes(state_dir: Path, invocation: str) -> list[tuple[str, Path, None]]:
+    """The runs of one nox invocation that are going: (cell name, run dir)."""
+    out = []
+    for run in sorted(state_dir.glob("runs/*/run.json")):
+        try:
+            data = json.loads(run.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("invocation") == invocation and \
+                not (run.parent / "outcome.json").exists():
+            out.append((data.get("cell") or run.parent.name, run.parent, None))
+    return out
+
+
+def watch_cells(state_dir: Path, invocation: str, out, interval: float = 60.0
+                ) -> threading.Event:
+    """For nox's main process when its stdout is not a terminal (nox buffers each
+    parallel cell's output until it ends): a plain line per running cell every
+    `interval` seconds. Returns the event that stops it."""
+    stop = threading.Event()
+
+    def loop():
+        while not stop.wait(interval):
+            for label, path, _ in cell_lanes(state_dir, invocation):
+                out.line(f"progress: {snapshot(label, path).line()}")
+
+    threading.Thread(target=loop, daemon=True, name="tt-progress").start()
+    return stop
