@@ -22,7 +22,7 @@ SPEEDUP_TARGET = 1.6    # serial / parallel, two cells on 2 cores
 
 def bare_command(sb: Sandbox, cell_slug_glob: str) -> tuple[dict, list[str]]:
     """The pytest command (and env) the last run of the cell recorded."""
-    found = sorted(sb.root.glob(f".tractor-tasks/cells/{cell_slug_glob}/run/command.txt"))
+    found = sorted(sb.root.glob(f".tractor-tasks/cells/{cell_slug_glob}/last/pass-1/command.txt"))
     if len(found) != 1:
         raise BenchError(f"expected one command.txt for cells {cell_slug_glob}, found {found}")
     env, argv = parse_command(found[0].read_text().strip(), sb.env)

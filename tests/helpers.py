@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -218,14 +217,6 @@ def junit_ids(path: Path) -> dict[str, str]:
 
 def bindspace(name: str = "sample-actors") -> Path:
     return Path(os.environ["XDG_RUNTIME_DIR"]) / name
-
-
-def read_json(text: str):
-    return json.loads(text)
-
-
-def interrupt(pid: int) -> None:
-    os.kill(pid, signal.SIGINT)
 
 
 def last_run(root: Path, slug: str | None = None) -> Path | None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import yaml
 
@@ -199,3 +200,65 @@ def test_the_shipped_workflow_parses_and_runs_the_matrix():
     assert "fromJSON(needs.matrix.outputs.matrix)" in json.dumps(test["strategy"])
     steps = json.dumps(test["steps"])
     assert 'nox -s \\"${{ matrix.session }}\\"' in steps and "upload-artifact" in steps
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_dead_nox_never_leaves_its_parallel_cells_running(matrix_repo, tmp_path, sig):
+    """nox's main process killed (a closed terminal's SIGHUP, or SIGTERM) while two
+    parallel cells hang: each cell stops its run, and its private dir goes only after
+    the run's processes."""
+    env = {**os.environ, "SAMPLE_ACTORS_CHAOS": "hang", "SAMPLE_ACTORS_CHAOS_DIR": str(tmp_path),
+           "TRACTOR_TASKS_ROOT": str(matrix_repo)}
+    slugs = ("tests-3.11-trio-tcp", "tests-3.11-trio-uds")
+    before = {s: last_run(matrix_repo, s) for s in slugs}
+    run = subprocess.Popen([sys.executable, "-m", "nox", "-j", "2", "-t", "tcp", "uds",
+                            "--", "tests/test_spawning.py::test_hang"], cwd=REPO, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    try:
+        runs = [wait_for_test(matrix_repo, before[s], "test_hang", slug=s, timeout=180)
+                for s in slugs]
+        tree = [p.pid for p in psutil.Process(run.pid).children(recursive=True)]
+        os.kill(run.pid, sig)  # nox's main process only, as a closed terminal would
+        run.wait(30)
+        wait_for(lambda: not any(alive(p) for p in tree), 30, "every process of both runs")
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    for run_dir in runs:
+        assert not os.path.exists(private_dir_of(run_dir))
+        rec = json.loads((run_dir / "outcome.json").read_text())
+        assert rec["status"] == "interrupted", rec
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("[1, 2]", "a list, not an object"),
+    ('{"status": "passed", "summary": {}}', "no 'cell' name"),
+    ('{"cell": "c", "status": "passed", "summary": {}, "seconds": "abc"}', "seconds is 'abc'"),
+    ('{"cell": "c", "status": "passed", "summary": {"passed": null}, "seconds": 1}',
+     "passed is None"),
+    ('{"cell": "c", "status": "weird", "summary": {}, "seconds": 1}', "unknown status"),
+    ('{"cell": "c", "status": "passed", "seconds": 1}', "no 'summary'"),
+    ("DIR", "a directory"),
+    ("{not json", "not JSON"),
+])
+def test_report_over_a_bad_outcome_file_is_one_line_and_the_rest_is_shown(tmp_path, content,
+                                                                           needle):
+    root = copy_sample(tmp_path / "s")
+    good = root / ".tractor-tasks" / "cells" / "tests-3.11-trio-tcp" / "last"
+    good.mkdir(parents=True)
+    (good / "outcome.json").write_text(json.dumps({
+        "cell": TCP, "status": "passed", "seconds": 3.5,
+        "summary": {"passed": 7, "new_failures": 0, "known_flaky": 0, "hung": 0,
+                    "skipped": 1, "leaked": 0}}))
+    bad = root / ".tractor-tasks" / "cells" / "tests-3.11-trio-uds" / "last" / "outcome.json"
+    bad.parent.mkdir(parents=True)
+    if content == "DIR":
+        bad.mkdir()
+    else:
+        bad.write_text(content)
+    out = invoke("report", root=root)
+    assert out.returncode == 1
+    assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and TCP in out.stdout and " 7 " in out.stdout
+    assert bad.is_dir() if content == "DIR" else bad.read_text() == content

@@ -59,7 +59,7 @@ def test_a_plain_run_passes_and_leaves_nothing(sample_repo, tpt):
     run = last_run(sample_repo)
     assert f"--tpt-proto {tpt}" in command_of(run)
     assert outcome_of(sample_repo)["containment"] == "namespaces"
-    assert outcome_of(sample_repo)["counts"]["collected"] == counts["tests"]
+    assert outcome_of(sample_repo)["summary"]["collected"] == counts["tests"]
     assert leftovers(sample_repo) == ([], [])
     assert not os.path.exists(private_dir_of(run))
 
@@ -110,11 +110,11 @@ def test_leaks_are_an_outcome_and_nothing_of_the_run_is_left(sample_repo, monkey
     assert not any(p is not None and alive(p) for p in found), out.stdout
     assert leftovers(sample_repo) == ([], [])
     rec = outcome_of(sample_repo)
-    assert rec["containment"] == mode and rec["counts"]["leaked"] >= 3
+    assert rec["containment"] == mode and rec["summary"]["leaked"] >= 3
     titles = [p["title"] for p in rec["leaks"]["processes"]]
     assert any("leaker" in t for t in titles) and any("stray" in t for t in titles)
     assert junit(sample_repo).find("properties/property[@name='leaked']").get("value") == \
-        str(rec["counts"]["leaked"])
+        str(rec["summary"]["leaked"])
     if mode != "namespaces":
         assert "note: " in out.stdout and mode in rec["containment"]
     strict = invoke("test", "test_spawning.py::test_daemon_leak", "--fail-on-leak",
@@ -183,7 +183,7 @@ def test_a_hung_test_costs_one_test_and_the_rest_resumes(sample_repo, monkeypatc
     rec = outcome_of(sample_repo)
     assert rec["passes"] == 3 and rec["code"] == 1 and sorted(rec["hung"]) == [
         "tests/test_signals.py::test_hang_again", "tests/test_spawning.py::test_hang"]
-    assert rec["counts"]["collected"] == len(got) and rec["counts"]["hung"] == 2
+    assert rec["summary"]["collected"] == len(got) and rec["summary"]["hung"] == 2
     run = last_run(sample_repo)
     assert (run / "pass-1" / "stacks.txt").exists() and (run / "pass-2" / "stacks.txt").exists()
     dump = (run / "pass-1" / "stacks.txt").read_text()
@@ -366,7 +366,7 @@ def test_two_runs_at_once_keep_their_own_files_and_ports(sample_repo, monkeypatc
             if line.startswith("files: ")}
     assert len(dirs) == 2 and all("results: 1 passed" in o for o in outs)
     for d in dirs:
-        assert json.loads(open(f"{d}/outcome.json").read())["counts"]["passed"] == 1
+        assert json.loads(open(f"{d}/outcome.json").read())["summary"]["passed"] == 1
 
 
 def test_with_a_debugger_ctrl_c_belongs_to_pytest(sample_repo, monkeypatch, chaos_dir):

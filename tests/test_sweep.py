@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import psutil
 import pytest
@@ -164,3 +165,92 @@ def test_bad_clean_arguments_are_usage_errors(checkouts, args):
     assert len(out.stderr.strip().splitlines()) == 1 and "error:" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (a / ".tractor-tasks").exists()
+
+
+def test_the_legacy_temp_dir_check_takes_only_this_targets_registry_port(checkouts,
+                                                                        registry_port):
+    """Another app's `registry@<other port>.sock` in $TMPDIR is not ours to remove."""
+    a = checkouts["A"]
+    legacy = Path(os.environ.get("TMPDIR") or "/tmp")
+    ours = dead_socket(legacy / f"registry@{registry_port}.sock")
+    other_port = registry_port + 1 if registry_port < 65535 else registry_port - 1
+    theirs = dead_socket(legacy / f"registry@{other_port}.sock")
+    try:
+        out = invoke("clean", root=a)
+        assert out.returncode == 0, out.stdout
+        assert f"removed stale socket {ours}" in out.stdout
+        assert not ours.exists() and theirs.exists()
+    finally:
+        for path in (ours, theirs):
+            path.unlink(missing_ok=True)
+
+
+def _dead_run_private_dir(target_root: Path) -> Path:
+    """What a SIGKILLed run leaves: its private dir, marked with a supervisor that is
+    gone, and a stale registry socket in its bindspace."""
+    import json
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix="tt-"))
+    (d / ".tractor-tasks-run").write_text(json.dumps(
+        {"root": str(target_root.resolve()), "pid": _dead_pid(), "create_time": 1.0}))
+    (d / "sample-actors").mkdir()
+    dead_socket(d / "sample-actors" / "registry@1626.sock")
+    return d
+
+
+def test_a_sigkilled_runs_private_dir_is_found_and_removed(checkouts, procs):
+    a, b = checkouts["A"], checkouts["B"]
+    mine, other = _dead_run_private_dir(a), _dead_run_private_dir(b)
+    live = _dead_run_private_dir(a)   # a live run's: its supervisor is this test process
+    import json
+    me = psutil.Process()
+    (live / ".tractor-tasks-run").write_text(json.dumps(
+        {"root": str(a.resolve()), "pid": me.pid, "create_time": me.create_time()}))
+    # a stray of the dead run still working in its dir
+    stray = procs.orphan(mine, "python3 -c stray-of-a-killed-run")
+    try:
+        doctor = invoke("doctor", "--json", "--fast", root=a)
+        checks = {c["name"]: c for c in __import__("json").loads(doctor.stdout)["checks"]}
+        assert doctor.returncode == 1
+        assert checks["sockets"]["status"] == "FAIL" and str(mine) in checks["sockets"]["detail"]
+        assert str(live) not in checks["sockets"]["detail"]
+        assert f"pid {stray}" in checks["processes"]["detail"]
+        out = invoke("clean", root=a)
+        assert out.returncode == 0, out.stdout
+        assert f"removed the private dir of a run that is over: {mine}" in out.stdout
+        assert not mine.exists() and not alive(stray)
+        assert other.exists() and live.exists()  # another checkout's, a live run's
+    finally:
+        import shutil
+        for d in (mine, other, live):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def test_the_bindspace_is_the_one_the_targets_own_interpreter_computes(checkouts):
+    """Where the target's platformdirs puts its sockets is asked of its venv: a stale
+    socket there is found even where ours would not look."""
+    import tempfile
+    a = checkouts["A"]
+    elsewhere = Path(tempfile.mkdtemp(prefix="their-")) / "sample-actors"  # short: UDS
+    elsewhere.mkdir(parents=True)
+    stale = dead_socket(elsewhere / "registry@1626.sock")
+    venv = a / f"py{sys.version_info[0]}{sys.version_info[1]}" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text(f"#!/bin/sh\necho {elsewhere}\n")  # its platformdirs' answer
+    (venv / "python").chmod(0o755)
+    (a / "pyproject.toml").write_text(CONFIG + f'pythons = ["{sys.version_info[0]}.'
+                                      f'{sys.version_info[1]}"]\n')
+    dry = invoke("clean", "--dry-run", root=a)
+    assert f"would remove stale socket {stale}" in dry.stdout, dry.stdout
+    assert invoke("clean", root=a).returncode == 0 and not stale.exists()
+
+
+def test_the_doctor_summarises_many_leftovers(checkouts, procs):
+    a = checkouts["A"]
+    pids = [procs.orphan(a, f"_subactor[many@{i}]") for i in range(5)]
+    table = invoke("doctor", "--fast", root=a)
+    row = next(line for line in table.stdout.splitlines() if line.startswith("processes"))
+    assert row.count("_subactor[many@") == 3 and "(+2 more" in row and len(row) < 500
+    full = invoke("doctor", "--fast", "--verbose", root=a)
+    row = next(line for line in full.stdout.splitlines() if line.startswith("processes"))
+    assert all(f"pid {p} " in row for p in pids)

@@ -105,13 +105,13 @@ def _row(path: Path) -> Row:
         raise bad(f"unknown status {rec.get('status')!r}")
 
     def num(key: str, whole: bool = True):
-        value = rec.get("counts", {}).get(key, 0) if key != "seconds" else rec.get("seconds")
+        value = rec["summary"].get(key, 0) if key != "seconds" else rec.get("seconds")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                 not math.isfinite(value) or value < 0:
             raise bad(f"{key} is {value!r}, not a number")
         return int(value) if whole else float(value)
-    if not isinstance(rec.get("counts"), dict):
-        raise bad("no 'counts'")
+    if not isinstance(rec.get("summary"), dict):
+        raise bad("no 'summary'")
     return Row(rec["cell"], status, num("passed"), num("new_failures"), num("known_flaky"),
                num("hung"), num("skipped"), num("leaked"), num("seconds", whole=False))
 

@@ -47,3 +47,61 @@ def matrix(shim_dir: Path, root: str | None = None, smoke: bool = False,
 def matrix_json(shim_dir: Path, root: str | None = None, smoke: bool = False,
                 shards: int = 1) -> str:
     return json.dumps(matrix(shim_dir, root, smoke, shards))
+
+
+# -- the merge job: every job's outcome.json (and JUnit) -> one table -------------------
+
+_WORST = ("interrupted", "timeout", "error", "failed", "skipped", "passed")
+
+
+def merge_outcomes(paths: list[Path], warn=lambda line: None):
+    """Rows of the matrix with a cell's shards added up (counts summed, the worst status,
+    the longest shard's time: they ran side by side)."""
+    from .cells import Row, _row
+    from .status import RunStatus
+    cells: dict[str, list[Row]] = {}
+    for path in sorted(paths):
+        try:
+            row = _row(path)
+        except TaskError as err:
+            warn(str(err))
+            continue
+        cells.setdefault(row.cell, []).append(row)
+    out = []
+    for name, rows in cells.items():
+        worst = min((r.status.value for r in rows), key=_WORST.index)
+        out.append(Row(name, RunStatus(worst), *(sum(getattr(r, k) for r in rows) for k in (
+            "passed", "failed", "known_flaky", "hung", "skipped", "leaked")),
+            max(r.seconds for r in rows)))
+    return out
+
+
+def report_dir(directory: Path, *, durations_out: Path | None = None, warn=print) -> list:
+    """The final CI job: the jobs' artifacts (each a cell's `last/` dir with outcome.json
+    and junit.xml) -> the matrix rows; optionally a durations file from their JUnit."""
+    if not directory.is_dir():
+        raise TaskError(f"error: {directory} is not a directory of job artifacts", 2)
+    outcomes = sorted(directory.rglob("outcome.json"))
+    if not outcomes:
+        raise TaskError(f"error: no outcome.json under {directory}; upload each job's "
+                        "`.tractor-tasks/cells/*/last/` as an artifact", 1)
+    rows = merge_outcomes(outcomes, warn)
+    if durations_out is not None:
+        import tempfile
+
+        from .history import History
+        with tempfile.TemporaryDirectory() as tmp:
+            history = History(Path(tmp) / "h.sqlite")
+            for outcome in outcomes:
+                junit = outcome.with_name("junit.xml")
+                try:
+                    rec = json.loads(outcome.read_text())
+                except (OSError, ValueError):
+                    continue
+                if junit.is_file() and isinstance(rec, dict):
+                    history.import_junit(junit, minor=rec.get("minor") or "",
+                                         tpt=rec.get("tpt") or "", spawn=rec.get("spawn") or "",
+                                         cell=rec.get("cell") or "")
+            n = history.export_durations(durations_out)
+        warn(f"wrote durations of {n} test(s) to {durations_out}")
+    return rows

@@ -31,11 +31,13 @@ class Check:
     items: list[str] = field(default_factory=list)  # the full list behind a summary
 
 
-def _listed(items: list[str], verbose: bool) -> str:
+def _listed(items: list[str], verbose: bool, short: list[str] | None = None) -> str:
+    """All items (verbose, or a few), else a count and the first few in short form."""
     if verbose or len(items) <= SHOWN:
         return "; ".join(items)
-    return f"{len(items)}: " + "; ".join(items[:SHOWN]) + f"; ... (+{len(items) - SHOWN} more: " \
-        "--verbose or --json lists all)"
+    short = short or items
+    return f"{len(items)}: " + ", ".join(short[:SHOWN]) + f", ... (+{len(items) - SHOWN} " \
+        "more: --verbose or --json lists all, with why)"
 
 
 def run_checks(target: Target, minor: str, *, collect: bool = True, slow: bool = True,
@@ -87,7 +89,8 @@ def run_checks(target: Target, minor: str, *, collect: bool = True, slow: bool =
                         "invoke clean" if socks or dirs else "", socks + dirs))
     procs = [f"{p.describe()}: {why}" for p, why in pre.leaks]
     checks.append(Check("processes", S.FAIL if procs else S.OK,
-                        _listed(procs, verbose) if procs
+                        _listed(procs, verbose, [p.describe(width=36) for p, _ in pre.leaks])
+                        if procs
                         else "no leaked actor processes of this checkout",
                         "invoke clean" if procs else "", procs))
 

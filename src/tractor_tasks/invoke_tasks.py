@@ -93,8 +93,10 @@ def _run_task(name: str, doc: str, *, words: bool = False, extra_params=(), extr
                 positional=["targets"] if words else [], name=name)(_guard(body))
 
 
-test = _run_task("test", """Run tests the spec's way: preflight, pytest -x --tb=short --no-header,
-    contained and bounded, results, sweep.
+test = _run_task("test", """Run tests the spec's way, contained and bounded (see README).
+
+    preflight, pytest -x --tb=short --no-header in its own namespaces, per-test and
+    whole-run bounds (a hung test is dumped, ended and the rest resumes), results.
 
     invoke test [TARGET ...] [options] [-- pytest args]
     e.g. invoke test test_local.py --tpt uds; invoke test ipc/ -k cancel -- -v
@@ -305,9 +307,53 @@ def flaky(c, min_runs=None, junit=None, cell=None, root=None):
     show_flaky(_target(c, root), count("--min-runs", min_runs) or 3, junit, cell)
 
 
+@_task(help={"directory": "where the jobs' artifacts were downloaded",
+             "durations_out": "also write a durations file for the next sharded run",
+             "root": ROOT_HELP})
+def ci_report(c, directory, durations_out=None, root=None):
+    """CI's last job: the jobs' outcomes, shards added up, as the matrix table.
+
+    Also appended to $GITHUB_STEP_SUMMARY when set."""
+    import os
+
+    from .cells import table_markdown, table_text
+    from .ci import report_dir
+    rows = report_dir(Path(directory), warn=print,
+                      durations_out=Path(durations_out) if durations_out else None)
+    print(table_text(rows))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as f:
+            f.write("\n### tractor-tasks matrix\n\n" + table_markdown(rows))
+    if any(r.status.value not in ("passed", "skipped") for r in rows):
+        raise Exit(code=1)
+
+
+@_task(help={"out": "the file to write (default .tractor-tasks-durations.json)",
+             "python": "only this cell's minor", "tpt": "only this transport",
+             "spawn": "only this spawn backend", "root": ROOT_HELP})
+def durations(c, out=".tractor-tasks-durations.json", python=None, tpt=None, spawn=None,
+              root=None):
+    """Write recorded test durations to a small JSON file (for CI shards).
+
+    The median of recent runs per test; commit the file so CI jobs balance their shards
+    without a history of their own."""
+    from .history import History
+    from .rundirs import State
+    target = _target(c, root)
+    path = State(target).history
+    if not path.exists():
+        raise TaskError("error: no results history yet; run the tests once (invoke test, or "
+                        "a nox cell) and try again")
+    dest = Path(out) if Path(out).is_absolute() else target.root / out
+    n = History(path).export_durations(dest, minor=python or "", tpt=tpt or "",
+                                       spawn=spawn or "")
+    print(f"wrote durations of {n} test(s) to {dest}")
+
+
 def collection(shim_file: str) -> Collection:
     """The tasks, bound to the directory of the tasks.py shim that loads them."""
     ns = Collection(test, smoke, rerun, affected, quick, lastfailed, venv, doctor, clean,
-                    report, ci_matrix, history, flaky)
+                    report, ci_matrix, ci_report, history, flaky, durations)
     ns.configure({"tractor_tasks": {"shim_dir": str(Path(shim_file).resolve().parent)}})
     return ns

@@ -29,7 +29,8 @@ RUN_OPTIONS: tuple[Opt, ...] = (
     Opt("ll", "tractor log level (--ll)"),
     Opt("tpdb", "enable tractor's multi-process debugger (--tpdb)", False, "flag"),
     Opt("python", "Python minor whose py<MINOR> venv to use, e.g. 3.13"),
-    Opt("timeout", "whole-run bound in seconds (default 600 for a suite, 120 for one file)",
+    Opt("timeout", "whole-run bound in seconds (default from the config: 1800 for a suite, "
+        "300 for one file)",
         None, "seconds", cell="--cell-timeout"),
     Opt("test_timeout", "per-test bound in seconds; a test past it is dumped, ended and "
         "reported HUNG, and the rest of the run resumes (0 = off; default from the config)",

@@ -127,16 +127,6 @@ def pid_exists(pid: int) -> bool:
     return proc is not None and not proc.zombie
 
 
-def tree(pid: int) -> list[Proc]:
-    """A live process and all its descendants (the subtree expanded once)."""
-    try:
-        root = psutil.Process(pid)
-        members = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-    return [p for p in map(Proc.of, members) if p is not None]
-
-
 def own_lineage() -> set[int]:
     """This process and its ancestors: never in scope, whatever they look like."""
     pids = {os.getpid()}

@@ -81,6 +81,8 @@ class Board:
     def close(self) -> None:
         if self.out.tty:
             self.out.status([])
+        else:
+            self.tick(force=True)  # where each lane ended
 
 
 def cell_lanes(state_dir: Path, invocation: str) -> list[tuple[str, Path, None]]:

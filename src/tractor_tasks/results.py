@@ -9,7 +9,6 @@ we write for the whole run, and the lastfailed cache pytest's own `--lf` reads.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -336,58 +335,6 @@ def write_junit(results: Results, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     ET.ElementTree(suite).write(tmp, encoding="utf-8", xml_declaration=True)
     tmp.replace(path)
-
-
-@dataclass
-class JunitCounts:
-    """What a JUnit file says, for the matrix report (any JUnit file, ours or pytest's)."""
-    passed: int = 0
-    failed: int = 0
-    errors: int = 0
-    skipped: int = 0
-    seconds: float = 0.0
-    leaked: int = 0
-
-
-def _number(value, where: Path, what: str) -> float:
-    try:
-        n = float(value or 0)
-    except (TypeError, ValueError):
-        raise TaskError(f"error: {where} has a {what} that is not a number ({value!r}); "
-                        "it was left as it is: rerun the cell to rewrite it")
-    if not math.isfinite(n):
-        raise TaskError(f"error: {where} has a {what} that is not finite ({value!r}); "
-                        "it was left as it is: rerun the cell to rewrite it")
-    return n
-
-
-def read_junit_counts(path: Path) -> JunitCounts:
-    try:
-        tree = ET.parse(path)
-    except FileNotFoundError:
-        raise
-    except IsADirectoryError:
-        raise TaskError(f"error: {path} is a directory, not a JUnit file; remove it or "
-                        "rerun the cell")
-    except (ET.ParseError, OSError, UnicodeDecodeError) as err:
-        raise TaskError(f"error: {path} is not valid JUnit XML ({err}); rerun the cell to "
-                        "rewrite it")
-    c = JunitCounts()
-    for suite in tree.iter("testsuite"):
-        c.seconds += _number(suite.get("time"), path, "time")
-        for prop in suite.iter("property"):
-            if prop.get("name") == "leaked":
-                c.leaked += int(_number(prop.get("value"), path, "leaked count"))
-    for case in tree.iter("testcase"):
-        if case.find("failure") is not None:
-            c.failed += 1
-        elif case.find("error") is not None:
-            c.errors += 1
-        elif case.find("skipped") is not None:
-            c.skipped += 1
-        else:
-            c.passed += 1
-    return c
 
 
 # -- lastfailed ---------------------------------------------------------------

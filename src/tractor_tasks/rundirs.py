@@ -83,10 +83,6 @@ class State:
     def last_link(self, slug: str | None = None) -> Path:
         return self.cell_dir(slug) / "last" if slug else self.path / "last"
 
-    def last_run(self, slug: str | None = None) -> Path:
-        """The dir the `last` link points at (may not exist)."""
-        return self.last_link(slug)
-
     @contextmanager
     def venv_lock(self, minor: str):
         """Cells of one minor share one venv: sync it one at a time."""

@@ -43,32 +43,6 @@ def _tcp_listening_inodes(port: int, proc_net: str = "/proc/net") -> set[int] | 
     return inodes if seen_any else None
 
 
-def tcp_listening_ports(proc_net: str = "/proc/net") -> list[tuple[str, int]]:
-    """(ip, port) of every listening TCP socket in the network namespace of `proc_net`
-    (`/proc/<pid>/net` reads another process's namespace)."""
-    out = []
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(f"{proc_net}/{name}") as f:
-                lines = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if len(parts) > 3 and parts[3] == "0A":
-                hexip, hexport = parts[1].rsplit(":", 1)
-                out.append((_ip(hexip), int(hexport, 16)))
-    return sorted(set(out))
-
-
-def _ip(hexip: str) -> str:
-    raw = bytes.fromhex(hexip)
-    if len(raw) == 4:
-        return socket.inet_ntop(socket.AF_INET, raw[::-1])
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
-    return socket.inet_ntop(socket.AF_INET6, words)
-
-
 @dataclass
 class Listener:
     address: str

@@ -1,0 +1,82 @@
+"""Shards on the sample: real parallel contained runs merged into one result, the CI
+split into jobs, and the merge job. (The planner itself: test_shards.py.)"""
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from helpers import copy_sample, invoke, last_run
+
+pytestmark = pytest.mark.slow
+
+
+def outcomes(root):
+    out = {}
+    for case in ET.parse(root / ".tractor-tasks" / "last" / "junit.xml").iter("testcase"):
+        bad = case.find("failure") is not None or case.find("error") is not None
+        out[f"{case.get('file')}::{case.get('name')}"] = "failed" if bad else (
+            "skipped" if case.find("skipped") is not None else "passed")
+    return out
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = copy_sample(tmp_path_factory.mktemp("shards") / "sample-actors")
+    assert invoke("venv", "--python", "3.11", root=root, timeout=600).returncode == 0
+    return root
+
+
+def test_two_shards_give_the_serial_result_and_show_progress(repo, monkeypatch):
+    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "fail")  # one failure, in both
+    serial = invoke("test", "--no-x", root=repo, timeout=600)
+    assert serial.returncode == 1
+    first = outcomes(repo)
+    split = invoke("test", "--no-x", "-n", "2", root=repo, timeout=600)
+    assert split.returncode == 1, split.stdout
+    assert outcomes(repo) == first
+    rec = json.loads((last_run(repo) / "outcome.json").read_text())
+    assert rec["shards"] == 2 and rec["summary"]["collected"] == len(first)
+    # the plan, one line per shard, progress lines (stdout is not a terminal here)
+    assert "shard 1/2: " in split.stdout and "shard 2/2: " in split.stdout
+    progress = [line for line in split.stdout.splitlines() if line.startswith("progress: shard")]
+    assert any("finished" in line for line in progress), split.stdout
+    assert "(2 shards)" in split.stdout and "shard 1 output:" in split.stdout
+    # lastfailed over both shards, as pytest's --lf reads it
+    lastfailed = json.loads((repo / ".pytest_cache/v/cache/lastfailed").read_text())
+    assert "tests/test_rpc.py::test_remote_math" in lastfailed
+
+
+def test_more_shards_than_tests_is_bad_usage(repo):
+    out = invoke("test", "test_local.py::test_no_runtime", "-n", "3", root=repo, timeout=300)
+    assert out.returncode == 2 and "3 shards for 1 test(s)" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_ci_jobs_split_a_cell_and_the_report_adds_them_up(repo, tmp_path):
+    matrix = json.loads(invoke("ci-matrix", "--shards", "2", root=repo).stdout)["include"]
+    tcp = [row for row in matrix if row["session"] == "tests-3.11(tpt='tcp')"]
+    assert [(r["shard"], r["of"]) for r in tcp] == [(1, 2), (2, 2)]
+    from helpers import nox
+    artifacts = tmp_path / "artifacts"
+    ran: list[set] = []
+    for row in tcp:
+        out = nox("-s", row["session"], "--", "--shard", f"{row['shard']}/{row['of']}",
+                  root=repo, timeout=600)
+        assert out.returncode == 0, out.stdout + out.stderr
+        run = last_run(repo, "tests-3.11-trio-tcp")
+        job = artifacts / f"shard-{row['shard']}"
+        job.mkdir(parents=True)
+        for name in ("outcome.json", "junit.xml"):
+            (job / name).write_bytes((run / name).read_bytes())
+        ran.append({c.get("name") for c in ET.parse(run / "junit.xml").iter("testcase")})
+    assert ran[0] and ran[1] and not (ran[0] & ran[1])  # disjoint, both non-empty
+    report = invoke("ci-report", str(artifacts), "--durations-out", str(tmp_path / "d.json"),
+                    root=repo)
+    assert report.returncode == 0, report.stdout + report.stderr
+    row = next(line.split() for line in report.stdout.splitlines()
+               if line.startswith("tests-3.11(tpt='tcp')"))
+    assert int(row[2]) == len(ran[0] | ran[1]) - int(row[6])  # passed = all - skipped
+    durations = json.loads((tmp_path / "d.json").read_text())["durations"]
+    assert len(durations) >= len(ran[0] | ran[1]) - int(row[6])
