@@ -64,9 +64,10 @@ async def test_concurrent_calls():
     results = []
     async with sa.find_actor('root') as portal:
         async def one(i: int) -> None:
-            results.append(await portal.run(remote.sleepy_echo, value=i, delay=0.3))
+            results.append(await portal.run(remote.sleepy_echo, value=i, delay=0.5))
 
-        with trio.fail_after(1):
+        # one after another would take 2.5 s: the margin is for a busy machine
+        with trio.fail_after(2):
             async with trio.open_nursery() as nursery:
                 for i in range(5):
                     nursery.start_soon(one, i)
