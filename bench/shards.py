@@ -15,6 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, Sandbox, compare, main, med, parse_args, samples, verdict
 
+from tractor_tasks.results import stable_id
+
 RATIO_TARGET = 0.6   # sharded / serial wall time
 
 
@@ -22,7 +24,7 @@ def outcomes(root: Path) -> dict[str, str]:
     """node id -> passed/failed/skipped, from the last run's JUnit file."""
     out = {}
     for case in ET.parse(root / ".tractor-tasks" / "last" / "junit.xml").iter("testcase"):
-        nodeid = f"{case.get('file')}::{case.get('name')}"
+        nodeid = stable_id(f"{case.get('file')}::{case.get('name')}")
         bad = case.find("failure") is not None or case.find("error") is not None
         out[nodeid] = "failed" if bad else "skipped" if case.find("skipped") is not None \
             else "passed"

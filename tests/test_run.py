@@ -180,6 +180,10 @@ def test_a_hung_test_costs_one_test_and_the_rest_resumes(sample_repo, monkeypatc
     assert got["test_hang"] == ("error", "hung") and got["test_hang_again"] == ("error", "hung")
     assert all(v == ("passed", None) for k, v in got.items()
                if k not in ("test_hang", "test_hang_again")), got
+    # tests whose ids hold memory addresses ran once, in pass 1, not again in a resume
+    ids = [(c.get("file"), c.get("name")) for c in junit(sample_repo).iter("testcase")]
+    assert len(ids) == len(set(ids)) and len(ids) == len(got)
+    assert sum("test_ids_with_addresses" in name for _, name in ids) == 2
     rec = outcome_of(sample_repo)
     assert rec["passes"] == 3 and rec["code"] == 1 and sorted(rec["hung"]) == [
         "tests/test_signals.py::test_hang_again", "tests/test_spawning.py::test_hang"]

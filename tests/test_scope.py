@@ -43,8 +43,8 @@ def view_of(target, procs, private=()):
     return ScopeView(target, procs=table, private_dirs=tuple(private), own={ME, 1})
 
 
-def marker_env(target, pid=SUPERVISOR, ctime=100.0):
-    return {ENV_RUN: str(RunMarker(pid, ctime, str(target.root)))}
+def marker_env(target, pid=SUPERVISOR, ctime=100.0, token="pass1"):
+    return {ENV_RUN: str(RunMarker(pid, ctime, token, str(target.root)))}
 
 
 CASES = {
@@ -84,7 +84,7 @@ CASES = {
         10, Why.RUN_MARKER, LeakKind.SUPERVISOR_GONE),
     "another checkout's run marker": (
         lambda r, t: [proc(10, 1, "_subactor[x@10]", OTHER,
-                           env={ENV_RUN: str(RunMarker(SUPERVISOR, 100.0, OTHER))})],
+                           env={ENV_RUN: str(RunMarker(SUPERVISOR, 100.0, "p", OTHER))})],
         10, None, None),
     "zombie": (
         lambda r, t: [proc(10, 1, "_subactor[x@10]", r, status="zombie")], 10, None, None),
@@ -120,10 +120,13 @@ def test_private_dir_and_descendant_and_finished_run_rules(target, tmp_path):
     assert view.leak(view.procs[21], parent=300) is None or \
         view.leak(view.procs[21], parent=300).kind is LeakKind.DESCENDANT
     assert view.leak(view.procs[30], parent=20) is None
-    # a finished run's own sweep takes what carries its marker, live supervisor or not
-    run = RunMarker(SUPERVISOR, 100.0, root)
+    # a finished pass's own sweep takes what carries its marker, live supervisor or not,
+    # and never what another pass of the same supervisor (a shard) started
+    run = RunMarker(SUPERVISOR, 100.0, "pass1", root)
     assert view.leak(view.procs[30], run=run).kind is LeakKind.RUN_OVER
     assert view.leak(view.procs[30]) is None
+    shard = RunMarker(SUPERVISOR, 100.0, "pass2", root)
+    assert view.leak(view.procs[30], run=shard) is None
 
 
 def test_the_real_machine_reads_and_this_process_is_never_in_scope(target):

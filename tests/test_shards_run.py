@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from helpers import copy_sample, invoke, last_run
+from tractor_tasks.results import stable_id
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +17,7 @@ def outcomes(root):
     out = {}
     for case in ET.parse(root / ".tractor-tasks" / "last" / "junit.xml").iter("testcase"):
         bad = case.find("failure") is not None or case.find("error") is not None
-        out[f"{case.get('file')}::{case.get('name')}"] = "failed" if bad else (
+        out[stable_id(f"{case.get('file')}::{case.get('name')}")] = "failed" if bad else (
             "skipped" if case.find("skipped") is not None else "passed")
     return out
 

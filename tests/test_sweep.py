@@ -111,12 +111,12 @@ def test_processes_of_a_live_run_are_not_leaks_but_of_a_dead_one_are(checkouts, 
                                                                      monkeypatch):
     a = checkouts["A"]
     me = psutil.Process()
-    monkeypatch.setenv(ENV_RUN, f"{me.pid}:{me.create_time()}:{a.resolve()}")
+    monkeypatch.setenv(ENV_RUN, f"{me.pid}:{me.create_time()}:p1:{a.resolve()}")
     ours = procs.orphan(a, "_subactor[live-run@1]")
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True)
     gone = int(finished.stdout)
-    monkeypatch.setenv(ENV_RUN, f"{gone}:1.0:{a.resolve()}")
+    monkeypatch.setenv(ENV_RUN, f"{gone}:1.0:p2:{a.resolve()}")
     stale = procs.orphan(a, "python3 -c pass-but-started-by-a-run")
 
     view = ScopeView(load_target(a))
@@ -124,7 +124,7 @@ def test_processes_of_a_live_run_are_not_leaks_but_of_a_dead_one_are(checkouts, 
     assert ours not in leaked
     assert stale in leaked and "supervisor is gone" in leaked[stale]
     # the run's own sweep (given its marker) takes the live run's processes too
-    run = RunMarker(me.pid, me.create_time(), str(a.resolve()))
+    run = RunMarker(me.pid, me.create_time(), "p1", str(a.resolve()))
     assert ours in {p.pid for p, _ in view.leaks(run=run)}
 
 

@@ -24,7 +24,7 @@ from .interpreters import check_minor, find_python
 from .options import RunOptions
 from .output import Output
 from .preflight import check_scope
-from .results import Results, read_pass
+from .results import Results, read_pass, stable_id
 from .rundirs import RunDir, State
 from .scope import ENV_RUN, RunMarker, ScopeView
 from .selection import is_single_file, resolve_words
@@ -304,8 +304,8 @@ class _Ctx:
             if outcome.stop is not Stop.HUNG:
                 break
             hangs += 1
-            skip |= log.done | {outcome.running}
-            left = [n for n in (log.collected or []) if n not in skip]
+            skip |= log.done | {stable_id(outcome.running)}
+            left = [n for n in map(stable_id, log.collected or []) if n not in skip]
             if opts.exitfirst:
                 notes.append("-x: the run stops at the hung test (--no-x resumes after it)")
                 break
@@ -331,8 +331,9 @@ class _Ctx:
         _, log = self.one_pass(number, shard=None, only=set(ids), skip=set(), echo=None,
                                opts=opts)
         lines = [f"retrying {len(ids)} known-flaky failure(s) once (pass {number}):"]
+        again = {stable_id(k): t for k, t in log.tests.items()}
         for nodeid in ids:
-            t = log.tests.get(nodeid)
+            t = again.get(stable_id(nodeid))
             verdict = ("passed on retry" if t and t.outcome is TestOutcome.PASSED else
                        f"{t.outcome} again" if t else "did not run")
             lines.append(f"  retry: {nodeid}: {verdict}")
@@ -445,9 +446,9 @@ def _record_history(p: Plan, result: RunResult, out) -> None:
                      or p.target.default_spawn_backend,
                      commit=head_commit(p.target.root), load=round(load, 2),
                      host=os.uname().nodename)
-        tests = [TestRow(t.nodeid, t.outcome.value, round(t.duration, 3),
+        tests = [TestRow(key, t.outcome.value, round(t.duration, 3),
                          "known" if t.flaky else "", t.signature)
-                 for t in results.tests.values()]
+                 for key, t in results.tests.items()]
         History(State(p.target).history, warn=out).record(row, tests)
     except TaskError as err:
         out(f"note: the results history was not updated: {err}")

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .results import current_test, read_pass
+from .results import current_test, read_pass, stable_id
 
 
 @dataclass
@@ -50,7 +50,7 @@ def snapshot(label: str, lane: Path, *, total: int | None = None) -> Snapshot:
         if first_total is None and log.collected is not None:
             first_total = len(log.collected)
         for nodeid, t in log.tests.items():
-            done[nodeid] = t.outcome.value
+            done[stable_id(nodeid)] = t.outcome.value
     running, since = current_test(passes[-1]) if passes else (None, None)
     hung = sum(1 for d in passes if (d / "stacks.txt").exists())
     failed = sum(1 for o in done.values() if o in ("failed", "error"))
@@ -67,10 +67,12 @@ class Board:
         self.interval = interval
         self._last = 0.0
 
-    def tick(self, force: bool = False) -> None:
+    def tick(self, force: bool = False, over: bool = False) -> None:
         now = time.time()
-        lines = [snapshot(label, path, total=total).line(now)
-                 for label, path, total in self.lanes]
+        snaps = [snapshot(label, path, total=total) for label, path, total in self.lanes]
+        for snap in snaps:
+            snap.over = snap.over or over
+        lines = [snap.line(now) for snap in snaps]
         if self.out.tty:
             self.out.status(lines)
         elif force or now - self._last >= self.interval:
@@ -82,7 +84,7 @@ class Board:
         if self.out.tty:
             self.out.status([])
         else:
-            self.tick(force=True)  # where each lane ended
+            self.tick(force=True, over=True)  # where each lane ended
 
 
 def cell_lanes(state_dir: Path, invocation: str) -> list[tuple[str, Path, None]]:

@@ -19,6 +19,16 @@ from .errors import TaskError, usage
 from .status import TestOutcome as O
 from .target import FlakyRule, Target
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def stable_id(nodeid: str) -> str:
+    """A node id without the memory addresses some parametrize ids carry: tractor has
+    `test_simple_rpc[server_func=<function simple_rpc at 0x7f66...>]`, a different id in
+    every pytest process. Passes, shards and the history match tests by this."""
+    return _ADDRESS.sub("", nodeid)
+
+
 # how a test's reports combine: the worst wins
 _RANK = {O.PASSED: 0, O.SKIPPED: 1, O.XFAILED: 1, O.XPASSED: 1, O.ERROR: 3, O.FAILED: 4,
          O.TIMEOUT: 5, O.INTERRUPTED: 5, O.HUNG: 6}
@@ -60,7 +70,8 @@ class PassLog:
 
     @property
     def done(self) -> set[str]:
-        return {k for k in self.tests if k != self.running}
+        """Stable ids of the tests this pass finished."""
+        return {stable_id(k) for k in self.tests if k != self.running}
 
 
 def _read_json(path: Path, default=None):
@@ -177,10 +188,11 @@ class Leaks:
 
 @dataclass
 class Results:
-    """One outcome per test over every pass (and shard) of a run."""
+    """One outcome per test over every pass (and shard) of a run, keyed by stable id
+    (the exact id of its last report is in TestResult.nodeid)."""
     target: Target
     tests: dict[str, TestResult] = field(default_factory=dict)
-    collected: list[str] = field(default_factory=list)
+    collected: list[str] = field(default_factory=list)   # stable ids, pytest's order
     leaks: Leaks = field(default_factory=Leaks)
     lastfailed_before: dict | None = None
     cachedir: str = ""
@@ -193,14 +205,16 @@ class Results:
         if self.lastfailed_before is None and log.session:
             self.lastfailed_before = log.session.get("lastfailed_before") or {}
             self.cachedir = log.session.get("cachedir", "")
-        for nodeid in log.collected or ():
-            if nodeid not in self.collected:
+        known = set(self.collected)
+        for nodeid in map(stable_id, log.collected or ()):
+            if nodeid not in known:
+                known.add(nodeid)
                 self.collected.append(nodeid)
         for nodeid, t in log.tests.items():
             if nodeid == log.running and stopped is not None:
                 continue
             t.where = where
-            self.tests[nodeid] = t
+            self.tests[stable_id(nodeid)] = t
         if log.running and stopped is not None:
             prev = log.tests.get(log.running)
             res = TestResult(log.running, stopped, where=where, dump=dump)
@@ -211,7 +225,7 @@ class Results:
                 res.message = f"{stopped.upper()}: the run was stopped while this test ran"
             if prev is not None:
                 res.duration = prev.duration
-            self.tests[log.running] = res
+            self.tests[stable_id(log.running)] = res
         for t in self.tests.values():
             if t.outcome.bad and t.flaky is None:
                 t.flaky = classify(self.target, t)
@@ -258,11 +272,11 @@ class Results:
         if not self.cachedir or self.lastfailed_before is None:
             return None
         data = dict(self.lastfailed_before)
-        for nodeid, t in self.tests.items():
+        for t in self.tests.values():
             if t.outcome.bad:
-                data[nodeid] = True
+                data[t.nodeid] = True
             elif t.outcome in (O.PASSED, O.SKIPPED, O.XFAILED, O.XPASSED):
-                data.pop(nodeid, None)
+                data.pop(t.nodeid, None)
         path = lastfailed_path(Path(self.cachedir))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(".lastfailed.tmp")

@@ -32,7 +32,7 @@ from pathlib import Path
 from .processes import Proc, own_lineage, snapshot
 from .target import Target
 
-ENV_RUN = "TRACTOR_TASKS_RUN"  # "<supervisor pid>:<create time>:<target root>"
+ENV_RUN = "TRACTOR_TASKS_RUN"  # "<supervisor pid>:<create time>:<pass token>:<target root>"
 # Parents that adopt orphans: pid 1 and the usual subreapers.
 REAPER_NAMES = frozenset({"systemd", "init", "tini", "dumb-init", "docker-init",
                           "s6-svscan", "runit", "launchd"})
@@ -75,26 +75,35 @@ class Leak:
 
 @dataclass(frozen=True)
 class RunMarker:
+    """Names one pytest start: its supervisor (alive or not) and a token of its own,
+    so shards of one supervisor never take each other for "a run that is over"."""
     pid: int
     create_time: float
+    token: str
     root: str
 
     @classmethod
     def parse(cls, raw: str | None) -> RunMarker | None:
         try:
-            pid, ctime, root = (raw or "").split(":", 2)
-            return cls(int(pid), float(ctime), root)
+            pid, ctime, token, root = (raw or "").split(":", 3)
+            return cls(int(pid), float(ctime), token, root)
         except ValueError:
             return None
 
+    def same_pass(self, other: RunMarker) -> bool:
+        return (self.pid, self.create_time, self.token) == (other.pid, other.create_time,
+                                                            other.token)
+
     def __str__(self) -> str:
-        return f"{self.pid}:{self.create_time}:{self.root}"
+        return f"{self.pid}:{self.create_time}:{self.token}:{self.root}"
 
 
 def make_run_marker(root: Path) -> str:
+    import uuid
+
     import psutil
     me = psutil.Process()
-    return str(RunMarker(me.pid, me.create_time(), str(root)))
+    return str(RunMarker(me.pid, me.create_time(), uuid.uuid4().hex[:12], str(root)))
 
 
 @dataclass
@@ -171,7 +180,7 @@ class ScopeView:
             return None
         marker = self.run_marker(p)
         if marker and marker.root == self.root:
-            if run and (marker.pid, marker.create_time) == (run.pid, run.create_time):
+            if run and marker.same_pass(run):
                 return Leak(scope, LeakKind.RUN_OVER)
             if not self.alive(marker.pid, marker.create_time):
                 return Leak(scope, LeakKind.SUPERVISOR_GONE)

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import rundirs, shards as planner
 from .errors import TaskError, usage
 from .progress import Board
-from .results import Results, read_pass
+from .results import Results, read_pass, stable_id
 from .rundirs import State
 from .status import RunStatus, TestOutcome
 from .supervise import Stop
@@ -47,7 +47,7 @@ def collect(ctx) -> list[str]:
     if done.returncode not in (0, 5) or collected is None:
         raise TaskError(f"error: collection failed (pytest exit {done.returncode}); see "
                         f"{pass_dir / 'output.log'}")
-    return collected
+    return list(dict.fromkeys(map(stable_id, collected)))
 
 
 def auto_shards(tests: int) -> int:
@@ -113,8 +113,7 @@ def run_shards(ctx):
     merged.collected = list(ids)
     passes, notes = [], []
     for i, res in enumerate(lanes):
-        for nodeid, t in res.results.tests.items():
-            merged.tests[nodeid] = t
+        merged.tests.update(res.results.tests)
         merged.leaks.merge(res.results.leaks)
         if merged.lastfailed_before is None:
             merged.lastfailed_before = res.results.lastfailed_before

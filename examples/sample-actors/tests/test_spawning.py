@@ -25,6 +25,21 @@ from sample_actors._testing import sample_test
 from . import _remote as remote
 
 
+def _by_name(portal_name: str) -> str:
+    return portal_name
+
+
+def _by_upper(portal_name: str) -> str:
+    return portal_name.upper()
+
+
+# ids=repr, as some of tractor's tests have: the ids hold memory addresses
+# (`<function _by_name at 0x7f...>`), a different node id in every pytest process
+@pytest.mark.parametrize('namer', [_by_name, _by_upper], ids=repr)
+def test_ids_with_addresses(namer):
+    assert namer('pup') in ('pup', 'PUP')
+
+
 @sample_test
 async def test_start_and_cancel():
     async with sa.open_nursery() as an:

@@ -14,11 +14,14 @@ It observes, and selects only when told to. Into $TRACTOR_TASKS_PROBE_DIR it wri
                  after this plugin (tractor's --enable-stackscope task trees)
 $TRACTOR_TASKS_SELECT names a JSON file {"only": [ids] | null, "skip": [ids]}:
 tests outside "only" or inside "skip" are deselected (a resumed pass, a shard);
-the rest keep pytest's order. Standard library only: it runs in the target's venv.
+the rest keep pytest's order. Ids are compared without the memory addresses some
+parametrize ids carry (`<function f at 0x7f...>` differs in every process).
+Standard library only: it runs in the target's venv.
 """
 import faulthandler
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -27,6 +30,11 @@ import traceback
 import pytest
 
 _DIR = os.environ.get("TRACTOR_TASKS_PROBE_DIR")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # as results.stable_id does
+
+
+def _key(nodeid):
+    return _ADDRESS.sub("", nodeid)
 _SELECT = os.environ.get("TRACTOR_TASKS_SELECT")
 _stacks = None
 _ours = None
@@ -100,7 +108,8 @@ def _load_select():
         with open(_SELECT) as f:
             data = json.load(f)
         only = data.get("only")
-        return (set(only) if only is not None else None), set(data.get("skip") or ())
+        return ({_key(i) for i in only} if only is not None else None,
+                {_key(i) for i in data.get("skip") or ()})
     except (OSError, ValueError, AttributeError):
         return None, set()
 
@@ -112,7 +121,8 @@ def pytest_collection_modifyitems(session, config, items):
         only, skip = _load_select()
         keep, drop = [], []
         for item in items:
-            out = item.nodeid in skip or (only is not None and item.nodeid not in only)
+            key = _key(item.nodeid)
+            out = key in skip or (only is not None and key not in only)
             (drop if out else keep).append(item)
         if drop:
             config.hook.pytest_deselected(items=drop)
