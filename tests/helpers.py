@@ -201,11 +201,13 @@ def nox(*args, root: Path | None = None, env=None, **kw):
 
 
 def junit_ids(path: Path) -> dict[str, str]:
-    """node-ish id -> outcome from a JUnit file."""
+    """node-ish id (memory addresses left out) -> outcome from a JUnit file."""
     import xml.etree.ElementTree as ET
+
+    from tractor_tasks.results import stable_id
     out = {}
     for case in ET.parse(path).iter("testcase"):
-        key = f"{case.get('classname')}::{case.get('name')}"
+        key = stable_id(f"{case.get('classname')}::{case.get('name')}")
         if case.find("failure") is not None or case.find("error") is not None:
             out[key] = "failed"
         elif case.find("skipped") is not None:

@@ -71,7 +71,8 @@ def test_ci_jobs_split_a_cell_and_the_report_adds_them_up(repo, tmp_path):
         job.mkdir(parents=True)
         for name in ("outcome.json", "junit.xml"):
             (job / name).write_bytes((run / name).read_bytes())
-        ran.append({c.get("name") for c in ET.parse(run / "junit.xml").iter("testcase")})
+        ran.append({stable_id(f"{c.get('file')}::{c.get('name')}")
+                    for c in ET.parse(run / "junit.xml").iter("testcase")})
     assert ran[0] and ran[1] and not (ran[0] & ran[1])  # disjoint, both non-empty
     report = invoke("ci-report", str(artifacts), "--durations-out", str(tmp_path / "d.json"),
                     root=repo)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -236,7 +235,6 @@ class _Ctx:
         self.signals = signals
         self.deadline = deadline
         self.out = out
-        self.lock = threading.Lock()
 
     def test_bound(self, nodeid: str) -> float | None:
         return self.p.target.test_bound(nodeid, self.p.opts.test_timeout)

@@ -58,9 +58,14 @@ def auto_shards(tests: int) -> int:
 
 
 def durations(p) -> dict[str, float]:
+    """From --durations-file, else the history. A CI job (--shard I/N) never reads the
+    history: every job must compute the same plan, and each job's own results change
+    the history; without a durations file its shards are balanced by test count."""
     from .history import History, load_durations
-    if getattr(p.opts, "durations_file", None):
+    if p.opts.durations_file:
         return load_durations(Path(p.opts.durations_file))
+    if p.opts.shard:
+        return {}
     path = State(p.target).history
     if not path.exists():
         return {}
@@ -137,12 +142,13 @@ def run_one_shard(ctx):
     from .pipeline import RunResult
     i, n = ctx.p.opts.shard
     ids = collect(ctx)
-    groups = planner.plan(ids, durations(ctx.p), n)
+    known = durations(ctx.p)
+    groups = planner.plan(ids, known, n)
     if i > len(groups):
         ctx.out(f"note: shard {i}/{n} is empty: the {len(ids)} tests are in {len(groups)} "
                 "module(s), and a module stays in one shard")
         return RunResult(0, RunStatus.PASSED, Results(ctx.p.target), shards=n)
-    ctx.out(planner.describe(groups, durations(ctx.p))[i - 1])
+    ctx.out(planner.describe(groups, known)[i - 1])
     result = ctx.lane(only=set(groups[i - 1]), shard=None, echo=ctx.out)
     result.results.collected = [x for x in result.results.collected if x in set(groups[i - 1])]
     result.shards = n
