@@ -1,5 +1,6 @@
 """Benchmark the run tasks: (a) `invoke lastfailed` vs `pytest --cache-show`,
-(b) the overhead of `invoke test tests/test_local.py` over the same pytest command run directly.
+(b) the overhead of `invoke test tests/test_local.py` over the same pytest command run directly,
+(c) a contained run vs the same run with --no-contain.
 
     python bench/runs.py [--root PATH] [--repeat N]
 """
@@ -14,6 +15,7 @@ from _common import (REPO, BenchError, Sandbox, compare, main, med,
 
 LASTFAILED_TARGET = 0.25   # ratio invoke / pytest --cache-show
 OVERHEAD_TARGET = 0.3      # seconds over the bare pytest command
+CONTAIN_TARGET = 0.2       # seconds a contained run costs over an uncontained one
 
 
 def dry_run(sb: Sandbox, argv: list[str]) -> tuple[Path, dict, list[str]]:
@@ -67,6 +69,15 @@ def bench(args) -> None:
               f"{OVERHEAD_TARGET}s: {verdict(over < OVERHEAD_TARGET)}), "
               f"ratio {med(xs) / med(ys):.2f}")
         print(samples("invoke", xs, "pytest", ys), flush=True)
+
+        plain = [*test, "--no-contain"]
+        xs, ys = compare(args.repeat, lambda: sb.run(test, cwd=REPO),
+                         lambda: sb.run(plain, cwd=REPO))
+        over = med(xs) - med(ys)
+        print(f"contained vs --no-contain (invoke test tests/test_local.py): {med(xs):.2f}s vs "
+              f"{med(ys):.2f}s -> overhead {over:+.2f}s (goal < {CONTAIN_TARGET}s: "
+              f"{verdict(over < CONTAIN_TARGET)})")
+        print(samples("contained", xs, "no-contain", ys), flush=True)
 
 
 if __name__ == "__main__":
