@@ -509,3 +509,131 @@ def test_a_broken_history_file_is_moved_aside_and_the_run_goes_on(tmp_path):
     assert out.returncode == 0, out.stdout
     assert list((root / ".tractor-tasks").glob("history.sqlite.corrupt-*"))
     assert invoke("history", root=root).stdout.count("tests/test_local.py") >= 1
+
+
+def _run_until(root, before, needle, *args, line=None):
+    """Start `invoke test ...` in its own session; wait for a test (or an output line)."""
+    run = subprocess.Popen([sys.executable, "-m", "invoke", "test", *args, "--root", str(root)],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    seen = []
+    if line is not None:
+        for text in run.stdout:
+            seen.append(text)
+            if line in text:
+                break
+    else:
+        wait_for_test(root, before, needle)
+    return run, seen
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to invoke", "Ctrl-C"])
+def test_a_stop_between_passes_starts_no_more(sample_repo, monkeypatch, chaos_dir, how):
+    """Stopped right when a hang is found: no resumed pass, exit 130."""
+    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "hang,hang2")
+    run, seen = _run_until(sample_repo, None, None, "test_spawning.py", "test_signals.py",
+                           "--no-x", "--test-timeout", "3", line="HUNG:")
+    try:
+        if how == "Ctrl-C":
+            os.killpg(run.pid, signal.SIGINT)
+        else:
+            os.kill(run.pid, signal.SIGTERM)
+        out = "".join(seen) + run.communicate(timeout=60)[0]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, out
+    rec = outcome_of(sample_repo)
+    assert rec["status"] == "interrupted" and "test_hang_again" not in json.dumps(rec["hung"])
+    assert not (last_run(sample_repo) / "pass-2" / "results.jsonl").exists()
+    assert leftovers(sample_repo) == ([], [])
+
+
+def test_ctrl_c_while_shards_start_is_an_interrupt(sample_repo):
+    run, seen = _run_until(sample_repo, None, None, "--no-x", "-n", "2", line="shard 2/2:")
+    try:
+        os.killpg(run.pid, signal.SIGINT)
+        out = "".join(seen) + run.communicate(timeout=60)[0]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, out
+    assert "INTERRUPTED" in out or "not run:" in out
+    assert leftovers(sample_repo) == ([], [])
+
+
+def test_the_whole_run_bound_holds_through_collection_and_resumes(sample_repo, monkeypatch):
+    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "hang_session")
+    out = invoke("test", "test_local.py", "-n", "2", "--timeout", "6", root=sample_repo,
+                 timeout=120)
+    assert out.returncode == 124, out.stdout + out.stderr
+    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "hang,hang2")
+    out = invoke("test", "test_spawning.py", "test_signals.py", "test_local.py", "--no-x",
+                 "--test-timeout", "4", "--timeout", "9", root=sample_repo, timeout=120)
+    assert out.returncode == 124, out.stdout
+    assert "not run:" in out.stdout and "whole-run bound expired" in out.stdout
+    assert leftovers(sample_repo) == ([], [])
+
+
+def test_an_uncontained_run_killed_hard_leaves_nothing_after_clean(sample_repo, monkeypatch,
+                                                                   chaos_dir, procs):
+    """--no-contain and SIGKILL of invoke: the run goes on, unsupervised; `invoke clean`
+    ends all of it: pytest (its supervisor is gone), its children (a plain one with its
+    environment wiped and cwd / too), the leaked orphan and the strays."""
+    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "leak,ignore_sigint,stray,hang")
+    before = last_run(sample_repo)
+    run = subprocess.Popen([sys.executable, "-m", "invoke", "test", "test_spawning.py", "--no-x",
+                            "--no-contain", "--root", str(sample_repo)], cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_test(sample_repo, before, "test_hang")
+        tree = [procs.adopt(p.pid) for p in psutil.Process(run.pid).children(recursive=True)]
+        strays = [procs.adopt(int(x)) for x in (chaos_dir / "strays.pid").read_text().split()]
+        procs.adopt(int((chaos_dir / "leaked.pid").read_text()))
+        run.kill()
+        run.wait()
+    finally:
+        if run.poll() is None:
+            run.kill()
+    out = invoke("clean", root=sample_repo)
+    assert out.returncode == 0 and out.stdout.strip().endswith("clean"), out.stdout
+    assert not any(alive(p) for p in tree + strays), out.stdout
+    assert leftovers(sample_repo) == ([], [])
+
+
+@pytest.mark.parametrize("args, needle, code", [
+    (["test", "--root", ""], "--root is empty", 2),
+    (["test", "--tpt", ""], "--tpt is empty", 2),
+    (["test", "--test-timeout", "1e-400"], "0 or a positive number", 2),
+    (["test", "test_local.py::test_no_runtime", "-n", "3"], "3 shards for 1 test(s)", 2),
+    (["ci-matrix", "--shards", "99999999"], "1 to 256", 2),
+    (["history", "--limit", "0"], "--limit must be 1 or more", 2),
+])
+def test_more_bad_usage_is_one_line_and_writes_nothing(tmp_path, args, needle, code):
+    from helpers import copy_sample
+    root = copy_sample(tmp_path / "s")
+    assert invoke("venv", "--python", "3.11", root=root, timeout=600).returncode == 0
+    state = root / ".tractor-tasks"
+    before = sorted(p.name for p in (state / "runs").glob("*")) if state.exists() else None
+    out = invoke(*args, root=root)
+    assert out.returncode == code, out.stdout + out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr
+    assert "Traceback" not in out.stderr
+    after = sorted(p.name for p in (state / "runs").glob("*")) if state.exists() else None
+    assert after == before
+
+
+def test_a_state_dir_in_the_way_is_one_line(tmp_path):
+    from helpers import copy_sample
+    root = copy_sample(tmp_path / "s")
+    (root / ".tractor-tasks").write_text("not a dir")
+    out = invoke("test", "test_local.py", root=root, timeout=600)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "cannot make" in out.stderr and "Traceback" not in out.stderr
+    assert (root / ".tractor-tasks").read_text() == "not a dir"
+
+
+def test_help_for_a_task_with_words(sample_repo):
+    for flag in ("--help", "-h"):
+        out = invoke("test", flag, root=sample_repo)
+        assert out.returncode == 0 and "--test-timeout" in out.stdout, out.stdout + out.stderr

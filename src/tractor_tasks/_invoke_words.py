@@ -5,7 +5,8 @@ takes every bare word given to its task, but it stops where invoke's own
 conventions say a task's arguments end: at the name of another task (so `invoke
 test test_local.py lastfailed` runs both, as invoke's task chaining does) and at
 a flag the task does not know (so `invoke test --frobnicate` is invoke's own
-"No idea what '--frobnicate' is!", exit 1... turned into exit 2 by the program).
+"No idea what '--frobnicate' is!", with invoke's exit code 1, and `invoke test --help`
+is invoke's help for the task).
 Words may come before, between or after the task's flags.
 """
 from __future__ import annotations
@@ -47,8 +48,7 @@ def _handle_words(self: ParseMachine, token: str) -> None:
     words = _open_words(self)
     if words is not None and not self.waiting_for_flag_value:
         ctx = self.context
-        known_flag = token in ctx.flags or token in ctx.inverse_flags or (
-            self.initial is not None and token in self.initial.flags)
+        known_flag = token in ctx.flags or token in ctx.inverse_flags
         if (token.startswith("-") and not known_flag) or token in self.contexts:
             words.open = False  # this task's words end here
     _handle(self, token)

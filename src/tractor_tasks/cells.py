@@ -112,7 +112,8 @@ def _row(path: Path) -> Row:
         return int(value) if whole else float(value)
     if not isinstance(rec.get("summary"), dict):
         raise bad("no 'summary'")
-    return Row(rec["cell"], status, num("passed"), num("new_failures"), num("known_flaky"),
+    cell = rec["cell"].encode("unicode_escape").decode("ascii")  # no escapes to the terminal
+    return Row(cell, status, num("passed"), num("new_failures"), num("known_flaky"),
                num("hung"), num("skipped"), num("leaked"), num("seconds", whole=False))
 
 

@@ -706,7 +706,10 @@ def _launch_contained(argv, cwd, env, pass_fds, containment, stdout=None,
         popen = subprocess.Popen(wrapped, cwd=cwd, env=env, stdout=stdout,
                                  stderr=subprocess.STDOUT if stdout is not None else None,
                                  pass_fds=(ctl_r, status_w, *pass_fds),
-                                 preexec_fn=_child_setup(pdeathsig=True))
+                                 # no parent-death signal here: killed with us, pytest
+                                 # would orphan its children with nothing pointing back
+                                 # to the run; alive, the next sweep ends its whole tree
+                                 preexec_fn=_child_setup(pdeathsig=False))
     except OSError as err:
         for fd in (status_r, ctl_w):
             os.close(fd)
@@ -729,7 +732,10 @@ def _launch_plain(argv, cwd, env, pass_fds, containment, stdout=None) -> Launche
     try:
         popen = subprocess.Popen(argv, cwd=cwd, env=env, pass_fds=pass_fds, stdout=stdout,
                                  stderr=subprocess.STDOUT if stdout is not None else None,
-                                 preexec_fn=_child_setup(pdeathsig=subreaper))
+                                 # no parent-death signal here: killed with us, pytest
+                                 # would orphan its children with nothing pointing back
+                                 # to the run; alive, the next sweep ends its whole tree
+                                 preexec_fn=_child_setup(pdeathsig=False))
     except OSError as err:
         raise TaskError(f"cannot start {argv[0]}: {err.strerror or err}") from None
     return _Plain(containment, popen, before)

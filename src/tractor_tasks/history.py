@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -587,7 +588,8 @@ def load_durations(path: Path) -> dict[str, float]:
     ok = (isinstance(doc, dict) and doc.get("version") == 1
           and isinstance(doc.get("durations"), dict)
           and all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-                  and v >= 0 for k, v in doc["durations"].items()))
+                  and math.isfinite(v) and 0 <= v < 1e6
+                  for k, v in doc["durations"].items()))
     if not ok:
         raise TaskError(f'error: durations file {path} is not {{"version": 1, "durations": '
                         '{nodeid: seconds}}; re-export it', 1)

@@ -29,6 +29,8 @@ def _guard(fn):
             return fn(c, *args, **kwargs)
         except TaskError as err:
             raise Exit(str(err), code=err.code)
+        except KeyboardInterrupt:  # before a run is supervised (venv sync, preflight)
+            raise Exit("interrupted", code=130)
     return body
 
 
@@ -292,8 +294,11 @@ def history(c, patterns=None, limit=None, root=None):
     from .history_view import show_history
     from .options import count
     target = _target(c, root)
+    n = 10 if limit is None else count("--limit", limit)
+    if n < 1:
+        raise usage("error: --limit must be 1 or more")
     for pattern in patterns or [None]:
-        show_history(target, pattern, count("--limit", limit) or 10)
+        show_history(target, pattern, n)
 
 
 @_task(help={"min_runs": "only tests with at least this many runs in a cell (default 3)",
@@ -304,7 +309,10 @@ def flaky(c, min_runs=None, junit=None, cell=None, root=None):
     """Rank tests by how often they flip per cell; print ready-to-paste flaky entries."""
     from .history_view import show_flaky
     from .options import count
-    show_flaky(_target(c, root), count("--min-runs", min_runs) or 3, junit, cell)
+    n = 3 if min_runs is None else count("--min-runs", min_runs)
+    if n < 2:
+        raise usage("error: --min-runs must be 2 or more (a flip needs two runs)")
+    show_flaky(_target(c, root), n, junit, cell)
 
 
 @_task(help={"directory": "where the jobs' artifacts were downloaded",
@@ -338,9 +346,14 @@ def durations(c, out=".tractor-tasks-durations.json", python=None, tpt=None, spa
 
     The median of recent runs per test; commit the file so CI jobs balance their shards
     without a history of their own."""
+    from .command import check_names
     from .history import History
+    from .interpreters import check_minor
     from .rundirs import State
     target = _target(c, root)
+    if python is not None:
+        check_minor(python)
+    check_names(target, RunOptions(tpt=tpt, spawn=spawn))
     path = State(target).history
     if not path.exists():
         raise TaskError("error: no results history yet; run the tests once (invoke test, or "

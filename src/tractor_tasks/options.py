@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 from .errors import usage
@@ -60,14 +61,17 @@ OPTION_NAMES = tuple(o.name for o in RUN_OPTIONS)
 
 
 def seconds(name: str, value, *, allow_zero: bool = False) -> float | None:
-    """A finite positive number of seconds (0 too when `allow_zero`), else usage error."""
-    if value is None or value == "":
+    """A finite positive number of seconds (0 too when `allow_zero`), else usage error.
+    ASCII only; a value so small it rounds to 0 is not 0."""
+    if value is None:
         return None
+    text = str(value).strip()
     try:
-        n = float(value)
+        n = float(text) if text.isascii() and text else math.nan
     except (TypeError, ValueError):
         n = math.nan
-    ok = math.isfinite(n) and (n > 0 or (allow_zero and n == 0))
+    zero = bool(re.fullmatch(r"[+]?0*\.?0*", text)) and any(ch == "0" for ch in text)
+    ok = math.isfinite(n) and (n > 0 or (allow_zero and n == 0 and zero))
     if not ok or isinstance(value, bool):
         need = "0 or a positive" if allow_zero else "a positive"
         raise usage(f"error: {name} must be {need} number of seconds, got {value!r}")
@@ -75,7 +79,7 @@ def seconds(name: str, value, *, allow_zero: bool = False) -> float | None:
 
 
 def count(name: str, value) -> int | None:
-    if value is None or value == "":
+    if value is None:
         return None
     text = str(value)
     if not (text.isascii() and text.isdigit()):
@@ -83,27 +87,31 @@ def count(name: str, value) -> int | None:
     return int(text)
 
 
+MAX_SHARDS = 256  # GitHub's limit of jobs per matrix, and far more than cores
+
+
 def shards(name: str, value) -> int | str | None:
-    """N (1 or more) or 'auto'."""
-    if value is None or value == "":
+    """N (1 to MAX_SHARDS) or 'auto'."""
+    if value is None:
         return None
     text = str(value).strip()
     if text == "auto":
         return "auto"
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise usage(f"error: {name} must be a number of shards (1 or more) or auto, "
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_SHARDS:
+        raise usage(f"error: {name} must be a number of shards (1 to {MAX_SHARDS}) or auto, "
                     f"got {value!r}")
     return int(text)
 
 
 def shard(name: str, value) -> tuple[int, int] | None:
     """I/N with 1 <= I <= N."""
-    if value is None or value == "":
+    if value is None:
         return None
     i, _, n = str(value).partition("/")
     if not (i.isascii() and i.isdigit() and n.isascii() and n.isdigit()) or \
-            not 1 <= int(i) <= int(n):
-        raise usage(f"error: {name} must be I/N with 1 <= I <= N (e.g. 2/4), got {value!r}")
+            not 1 <= int(i) <= int(n) <= MAX_SHARDS:
+        raise usage(f"error: {name} must be I/N with 1 <= I <= N <= {MAX_SHARDS} (e.g. 2/4), "
+                    f"got {value!r}")
     return int(i), int(n)
 
 
@@ -143,10 +151,13 @@ class RunOptions:
         def flag(name):
             return (flag_names or {}).get(name) or "--" + name.replace("_", "-")
         v = {k: values.get(k) for k in OPTION_NAMES}
+        for k in ("k", "tpt", "spawn", "ll", "python", "durations_file"):
+            if v[k] is not None and not str(v[k]).strip():
+                raise usage(f"error: {flag(k)} is empty; give a value or leave it out")
         hangs = count(flag("max_hangs"), v["max_hangs"])
         return cls(
-            k=v["k"] or None, tpt=v["tpt"] or None, spawn=v["spawn"] or None,
-            ll=v["ll"] or None, tpdb=bool(v["tpdb"]), python=v["python"] or None,
+            k=v["k"], tpt=v["tpt"], spawn=v["spawn"],
+            ll=v["ll"], tpdb=bool(v["tpdb"]), python=v["python"],
             timeout=seconds(flag("timeout"), v["timeout"]),
             test_timeout=seconds(flag("test_timeout"), v["test_timeout"], allow_zero=True),
             max_hangs=3 if hangs is None else hangs,
@@ -154,7 +165,7 @@ class RunOptions:
             exitfirst=not v["no_x"], retry_flaky=bool(v["retry_flaky"]),
             contain=not v["no_contain"], fail_on_leak=bool(v["fail_on_leak"]),
             shards=shards(flag("shards"), v["shards"]), shard=shard(flag("shard"), v["shard"]),
-            durations_file=v["durations_file"] or None, extra=list(extra))
+            durations_file=v["durations_file"], extra=list(extra))
 
 
 # -- the nox cell's own posargs ---------------------------------------------------

@@ -40,7 +40,7 @@ def pick_minor(target: Target, requested: str | None = None, env: dict | None = 
     """--python, else the active py<MINOR> venv's, else this interpreter's, else the first
     configured minor with an interpreter on this machine."""
     env = os.environ if env is None else env
-    if requested:
+    if requested is not None:
         minor = check_minor(requested)
         if minor not in target.pythons:
             raise usage(f"error: Python {minor} is not one of the target's minors "
@@ -135,7 +135,9 @@ def plan(target: Target, words, opts: RunOptions, *, cell: Cell | None = None,
         raise usage("error: --shard I/N runs one shard (a CI job); --shards N runs them all "
                     "here: give one of them")
     if opts.durations_file and not Path(opts.durations_file).is_file():
-        raise usage(f"error: --durations-file {opts.durations_file}: no such file")
+        what = "is a directory" if Path(opts.durations_file).is_dir() else "no such file"
+        raise usage(f"error: --durations-file {opts.durations_file}: {what}; give the JSON "
+                    "file `invoke durations` writes")
     containment = contain.detect("auto" if opts.contain else "off")
     timeout = opts.timeout or (target.timeout_file if is_single_file(paths)
                                else target.timeout_full)
@@ -184,46 +186,52 @@ def command(p: Plan, pass_dir: Path, private: str, *, color: bool = False,
 def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResult:
     """Run a checked plan: venv, preflight, passes or shards, results, summary.
     `echo=False` keeps pytest's own output in the pass's file only."""
-    from . import report
     out = out or Output()
     if p.opts.dry_run:
         return dry_run(p, out)
     prepare_venv(p.target, p.minor, out=out)
     preflight(p.target, p.minor, allow_sweep=p.opts.sweep, out=out)
-    state = State(p.target)
-    others = state.running()
-    run_dir = state.new_run(p.slug)
-    if others and p.cell is None:
-        out(f"note: another run of this checkout is going ({others[-1].name}); this one keeps "
-            f"its own files in {run_dir.path}")
-    _write_json(run_dir.path / "run.json", {"cell": p.cell.name if p.cell else None,
-                                            "invocation": p.invocation, "started": time.time(),
-                                            "pid": os.getpid()})
     if p.containment.mode != "namespaces":
         out(f"note: {p.containment.note}")
     t0 = time.monotonic()
-    try:
-        with Signals(p.opts.interactive) as signals:
-            ctx = _Ctx(p, run_dir, signals, t0 + p.timeout, out)
-            if p.opts.shard:
-                from .sharding import run_one_shard
-                result = run_one_shard(ctx)
-            elif p.opts.shards not in (None, 1):
-                from .sharding import run_shards
-                result = run_shards(ctx)
+    with Signals(p.opts.interactive) as signals:
+        ctx = _Ctx(p, None, signals, t0 + p.timeout, out)
+        shard_plan = None
+        if p.opts.shard or p.opts.shards not in (None, 1):
+            from .sharding import make_plan
+            shard_plan = make_plan(ctx)  # checked before anything is kept
+        state = State(p.target)
+        others = state.running()
+        run_dir = ctx.run_dir = state.new_run(p.slug)
+        try:
+            if others and p.cell is None:
+                out(f"note: another run of this checkout is going ({others[-1].name}); this "
+                    f"one keeps its own files in {run_dir.path}")
+            _write_json(run_dir.path / "run.json", {
+                "cell": p.cell.name if p.cell else None, "invocation": p.invocation,
+                "started": time.time(), "pid": os.getpid()})
+            if shard_plan is not None:
+                from .sharding import run_one_shard, run_shards
+                shard_plan.keep(run_dir.path)
+                result = (run_one_shard if p.opts.shard else run_shards)(ctx, shard_plan)
             else:
                 result = ctx.lane(only=None, shard=None, echo=out if echo else None)
             if (p.opts.retry_flaky and result.results and result.results.known_flaky
-                    and result.status in (RunStatus.PASSED, RunStatus.FAILED)):
+                    and result.status in (RunStatus.PASSED, RunStatus.FAILED)
+                    and not signals.count):
                 result.notes += ctx.retry(result.results)
-        result.results.seconds = time.monotonic() - t0
-        result.run_dir = run_dir.path
-        finish(p, result, run_dir, out)
-        for line in report.render(p, result):
-            out(line)
-        return result
-    finally:
-        run_dir.close()
+            if signals.count and result.status is not RunStatus.INTERRUPTED:
+                result.status = RunStatus.INTERRUPTED  # a stop request between passes
+                result.passes.append(PassOutcome(0, run_dir.path, Stop.INTERRUPTED, None, 0.0))
+            result.results.seconds = time.monotonic() - t0
+            result.run_dir = run_dir.path
+            finish(p, result, run_dir, out)
+            from . import report
+            for line in report.render(p, result):
+                out(line)
+            return result
+        finally:
+            run_dir.close()
 
 
 class _Ctx:
@@ -240,9 +248,15 @@ class _Ctx:
         return self.p.target.test_bound(nodeid, self.p.opts.test_timeout)
 
     def one_pass(self, number: int, *, shard: int | None, only, skip, echo,
-                 opts: RunOptions | None = None) -> tuple[PassOutcome, object]:
+                 opts: RunOptions | None = None, extra_args=(), pass_dir: Path | None = None
+                 ) -> tuple[PassOutcome, object]:
+        """One contained, bounded pytest start (the shard plan's `--co` is one too)."""
         p = self.p if opts is None else replace(self.p, opts=opts)
-        pass_dir = self.run_dir.pass_dir(number, shard)
+        pass_dir = pass_dir or self.run_dir.pass_dir(number, shard)
+        if self.signals.count or time.monotonic() >= self.deadline:
+            # stopped between passes: start nothing more
+            stop = Stop.INTERRUPTED if self.signals.count else Stop.TIMEOUT
+            return PassOutcome(number, pass_dir, stop, None, 0.0), read_pass(pass_dir)
         select = None
         if only is not None or skip:
             select = pass_dir / "select.json"
@@ -252,19 +266,28 @@ class _Ctx:
         try:
             argv, env = command(p, pass_dir, str(private), select=select,
                                 color=bool(echo and echo.tty))
+            argv += list(extra_args)
             (pass_dir / "command.txt").write_text(show(argv, env) + "\n")
             marker = RunMarker.parse(env[ENV_RUN])
             if echo is not None:
                 echo(f"$ {show(argv, {})}" if number == 1 else
                      f"$ (pass {number}: the same command, resuming after the hung test)")
-            outcome = run_pass(
-                argv, number=number, cwd=p.target.root, env=env, pass_dir=pass_dir,
-                containment=p.containment, deadline=self.deadline, test_bound=self.test_bound,
-                signals=self.signals, echo=echo, private=private, bindspace=p.target.bindspace,
-                interactive=p.opts.interactive,
-                on_event=lambda line: self.out(("\n" if echo else "") + _label(shard) + line),
-                leftovers=lambda: [proc for proc, _ in ScopeView(
-                    p.target, private_dirs=(str(private),)).leaks(run=marker)])
+            try:
+                outcome = run_pass(
+                    argv, number=number, cwd=p.target.root, env=env, pass_dir=pass_dir,
+                    containment=p.containment, deadline=self.deadline,
+                    test_bound=self.test_bound, signals=self.signals, echo=echo,
+                    private=private, bindspace=p.target.bindspace,
+                    interactive=p.opts.interactive,
+                    on_event=lambda line: self.out(("\n" if echo else "") + _label(shard)
+                                                   + line),
+                    leftovers=lambda: [proc for proc, _ in ScopeView(
+                        p.target, private_dirs=(str(private),)).leaks(run=marker)])
+            except TaskError:
+                if not self.signals.count:
+                    raise
+                # Ctrl-C reached unshare before it could start pytest: nothing ran
+                outcome = PassOutcome(number, pass_dir, Stop.INTERRUPTED, None, 0.0)
             swept = sweep(p.target, run=marker, runtime_dir=private,
                           private_dirs=[private], descendants=outcome.seen, stale_dirs=False)
             kept = keep_tmp_writes(private, pass_dir)
@@ -297,7 +320,8 @@ class _Ctx:
             if stopped is None and log.running and log.exitstatus is None:
                 stopped = TestOutcome.INTERRUPTED  # pytest was killed from elsewhere
             results.add(log, stopped=stopped, where=where, dump=outcome.stacks,
-                        dump_text=_dump_head(outcome.dump_text), bound=outcome.bound)
+                        dump_text=_dump_head(outcome.dump_text), bound=outcome.bound,
+                        running=outcome.running if outcome.stop is Stop.HUNG else None)
             results.leaks.merge(outcome.leaks)
             if outcome.stop is not Stop.HUNG:
                 break
@@ -314,6 +338,9 @@ class _Ctx:
                              f"{len(left)} test(s) did not run")
                 break
             if time.monotonic() >= self.deadline:
+                notes.append(f"the whole-run bound expired after the hang: {len(left)} test(s) "
+                             "did not run")
+                passes.append(PassOutcome(number + 1, outcome.dir, Stop.TIMEOUT, None, 0.0))
                 break
             number += 1
         return RunResult(0, _status(passes, results, opts), results, passes=passes,

@@ -42,8 +42,9 @@ def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> lis
         if t.outcome in (O.INTERRUPTED, O.TIMEOUT):
             lines.append(f"  {t.outcome.upper()} {t.nodeid}  (running when the run stopped)")
     not_run = results.not_run()
-    if not_run and result.status in (RunStatus.PASSED, RunStatus.FAILED) and results.hung:
-        lines.append(f"not run: {len(not_run)} test(s) (see the notes)")
+    if not_run and (results.hung or result.status in (RunStatus.INTERRUPTED,
+                                                      RunStatus.TIMEOUT)):
+        lines.append(f"not run: {len(not_run)} of {len(results.collected)} collected test(s)")
     if results.leaks:
         lines.append(f"LEAK: {results.leaks.line()}"
                      + ("" if p.opts.fail_on_leak else "  (--fail-on-leak makes this fail)"))

@@ -199,9 +199,12 @@ class Results:
     seconds: float = 0.0
 
     def add(self, log: PassLog, *, stopped: O | None = None, where: str = "",
-            dump: Path | None = None, dump_text: str = "", bound: float | None = None) -> None:
+            dump: Path | None = None, dump_text: str = "", bound: float | None = None,
+            running: str | None = None) -> None:
         """Fold one pass in; `stopped` is what the running test gets when the pass was
-        ended from outside (a hang, an interrupt, the whole-run bound)."""
+        ended from outside (a hang, an interrupt, the whole-run bound). `running` is the
+        test the stop was decided on (the hung one): pytest may have moved on since."""
+        running = running or log.running
         if self.lastfailed_before is None and log.session:
             self.lastfailed_before = log.session.get("lastfailed_before") or {}
             self.cachedir = log.session.get("cachedir", "")
@@ -211,13 +214,18 @@ class Results:
                 known.add(nodeid)
                 self.collected.append(nodeid)
         for nodeid, t in log.tests.items():
-            if nodeid == log.running and stopped is not None:
+            if nodeid == running and stopped is not None:
                 continue
             t.where = where
             self.tests[stable_id(nodeid)] = t
-        if log.running and stopped is not None:
-            prev = log.tests.get(log.running)
-            res = TestResult(log.running, stopped, where=where, dump=dump)
+        if stopped is O.INTERRUPTED:  # what the interrupt itself made fail is interrupted
+            for nodeid, t in log.tests.items():
+                if t.outcome.bad and "KeyboardInterrupt" in t.text and nodeid != running:
+                    t.outcome = O.INTERRUPTED
+                    t.message = "INTERRUPTED: failed with the run's KeyboardInterrupt"
+        if running and stopped is not None:
+            prev = log.tests.get(running)
+            res = TestResult(running, stopped, where=where, dump=dump)
             if stopped is O.HUNG:
                 res.message = f"HUNG: no report for {bound:g}s (the per-test bound)"
                 res.text = dump_text
@@ -225,7 +233,7 @@ class Results:
                 res.message = f"{stopped.upper()}: the run was stopped while this test ran"
             if prev is not None:
                 res.duration = prev.duration
-            self.tests[stable_id(log.running)] = res
+            self.tests[stable_id(running)] = res
         for t in self.tests.values():
             if t.outcome.bad and t.flaky is None:
                 t.flaky = classify(self.target, t)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import psutil
 
+from .errors import TaskError
 from .target import Target
 
 KEEP_RUNS = 20
@@ -54,6 +55,15 @@ class State:
 
     def ensure(self) -> Path:
         """Create it whole or not at all (a temp dir renamed into place)."""
+        try:
+            return self._ensure()
+        except OSError as err:
+            raise TaskError(f"error: cannot make {self.path} ({err.strerror or err}); "
+                            "move what is in its way or make the target writable") from None
+
+    def _ensure(self) -> Path:
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(20, "a file is in its place")
         if self.path.is_dir():
             return self.path
         tmp = Path(tempfile.mkdtemp(prefix=".tractor-tasks-", dir=self.path.parent))
@@ -86,7 +96,13 @@ class State:
     @contextmanager
     def venv_lock(self, minor: str):
         """Cells of one minor share one venv: sync it one at a time."""
-        with open(self.ensure() / f"venv-{minor}.lock", "w") as f:
+        path = self.ensure() / f"venv-{minor}.lock"
+        try:
+            f = open(path, "w")
+        except OSError as err:
+            raise TaskError(f"error: cannot write {path} ({err.strerror or err}); make the "
+                            "target writable") from None
+        with f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -104,6 +120,13 @@ class State:
     def new_run(self, slug: str | None = None) -> RunDir:
         """A fresh run dir, locked, and `last` pointed at it."""
         self.ensure()
+        try:
+            return self._new_run(slug)
+        except OSError as err:
+            raise TaskError(f"error: cannot make a run dir in {self.runs} "
+                            f"({err.strerror or err}); make the target writable") from None
+
+    def _new_run(self, slug: str | None) -> RunDir:
         self.runs.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for i in range(1000):

@@ -51,6 +51,7 @@ class LeakKind(Enum):
     ORPHANED = "orphaned"
     DESCENDANT = "descends from pid"
     SEEN_UNDER_PYTEST = "descended from this run's pytest; the run is over"
+    UNDER_LEFTOVER = "descends from a leftover (ended with it)"
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def resolve_word(target: Target, word: str) -> list[str]:
     if Path(word).is_absolute() or word.startswith(".."):
         raise usage(f"error: {word!r} is outside the tests dir {target.tests_dir}/ or does not "
                     "exist; name a test file or a dir under it")
-    if word.endswith(".py"):
+    if word.endswith(".py") and not any(ch in word for ch in "*?["):
         found = sorted(tests.rglob(Path(word).name))
         found = [p for p in found if p.is_file() and "/." not in p.as_posix()]
         if found:

@@ -1,6 +1,7 @@
 """Shards: one request split into N contained runs in parallel, merged into one result.
 
-Collect once (the same pytest arguments plus `--co`), plan N groups balanced by
+Collect once (the same pytest arguments plus `--co`, contained and bounded like any
+pass, before the run dir exists: a bad request writes nothing), plan N groups balanced by
 recorded durations (history, or a durations file CI commits; a module stays in one
 group), run each group as a lane of passes in its own thread (contained runs do
 not see each other: own pids, network, runtime dir), show one progress line per
@@ -9,45 +10,70 @@ shard, and merge: one JUnit file, one lastfailed, one set of counts, history row
 from __future__ import annotations
 
 import os
-import subprocess
+import shutil
+import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import rundirs, shards as planner
+from . import shards as planner
 from .errors import TaskError, usage
 from .progress import Board
-from .results import Results, read_pass, stable_id
+from .results import Results, stable_id
 from .rundirs import State
 from .status import RunStatus, TestOutcome
-from .supervise import Stop
+from .supervise import PassOutcome, Stop
 
-COLLECT_TIMEOUT = 600
+@dataclass
+class ShardPlan:
+    """What a sharded run will do, decided (and checked) before its run dir exists."""
+    ids: list[str]                  # stable ids of the selected tests, pytest's order
+    groups: list[list[str]]
+    known: dict[str, float]
+    collect_dir: Path               # the `--co` pass's files, kept in the run dir later
+    stopped: PassOutcome | None = None   # collection interrupted or out of time
+
+    def keep(self, run_dir: Path) -> None:
+        shutil.move(str(self.collect_dir), str(run_dir / "collect"))
+        self.collect_dir = run_dir / "collect"
 
 
-def collect(ctx) -> list[str]:
-    """The node ids the request selects, in pytest's order (one `--co` run)."""
-    from .pipeline import command
-    p = ctx.p
-    pass_dir = ctx.run_dir.path / "collect"
-    pass_dir.mkdir(exist_ok=True)
-    private = rundirs.make_private_dir(p.target)
+def make_plan(ctx) -> ShardPlan:
+    """Collect once (contained and bounded like any pass, the run's own arguments plus
+    `--co`), then split; bad requests (more shards than tests, none selected) are usage
+    errors raised before anything is kept."""
+    p, out = ctx.p, ctx.out
+    tmp = Path(tempfile.mkdtemp(prefix="tt-collect-"))
+    outcome, log = ctx.one_pass(0, shard=None, only=None, skip=set(), echo=None,
+                                extra_args=["--co", "-q"], pass_dir=tmp)
+    if outcome.stop is not Stop.FINISHED:
+        return ShardPlan([], [], {}, tmp, stopped=outcome)
+    if outcome.returncode not in (0, 5) or log.collected is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TaskError(f"error: collecting the tests failed (pytest exit {outcome.returncode})"
+                        "; run `invoke quick` to see why")
+    ids = list(dict.fromkeys(map(stable_id, log.collected)))
+    if not ids:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise usage("error: no tests were selected; nothing to split into shards")
+    if p.opts.shard:
+        wanted = p.opts.shard[1]
+    else:
+        wanted = auto_shards(len(ids)) if p.opts.shards == "auto" else p.opts.shards
+        if wanted > len(ids):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise usage(f"error: {wanted} shards for {len(ids)} test(s): give -n {len(ids)} "
+                        "or fewer")
     try:
-        argv, env = command(p, pass_dir, str(private))
-        argv += ["--co", "-q"]
-        with open(pass_dir / "output.log", "wb") as log:
-            try:
-                done = subprocess.run(argv, cwd=p.target.root, env=env, stdout=log,
-                                      stderr=subprocess.STDOUT, timeout=COLLECT_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                raise TaskError(f"error: collecting the tests took over {COLLECT_TIMEOUT}s; "
-                                f"see {pass_dir / 'output.log'}")
-    finally:
-        rundirs.remove_private_dir(private)
-    collected = read_pass(pass_dir).collected
-    if done.returncode not in (0, 5) or collected is None:
-        raise TaskError(f"error: collection failed (pytest exit {done.returncode}); see "
-                        f"{pass_dir / 'output.log'}")
-    return list(dict.fromkeys(map(stable_id, collected)))
+        known = durations(p)
+    except TaskError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    groups = planner.plan(ids, known, wanted)
+    if len(groups) < wanted and not p.opts.shard:
+        out(f"note: {len(groups)} shard(s), not {wanted}: the {len(ids)} tests are in "
+            f"{len(groups)} module(s), and a module stays in one shard")
+    return ShardPlan(ids, groups, known, tmp)
 
 
 def auto_shards(tests: int) -> int:
@@ -74,20 +100,21 @@ def durations(p) -> dict[str, float]:
     return History(path).durations(minor=p.minor, tpt=tpt, spawn=spawn)
 
 
-def run_shards(ctx):
+def _stopped(plan: ShardPlan, ctx):
+    from .pipeline import RunResult
+    results = Results(ctx.p.target)
+    status = RunStatus.INTERRUPTED if plan.stopped.stop is Stop.INTERRUPTED else \
+        RunStatus.TIMEOUT
+    return RunResult(0, status, results, passes=[plan.stopped],
+                     notes=["stopped while collecting the tests for the shards"])
+
+
+def run_shards(ctx, plan: ShardPlan):
     from .pipeline import RunResult
     p, out = ctx.p, ctx.out
-    ids = collect(ctx)
-    if not ids:
-        raise usage("error: no tests were selected; nothing to split into shards")
-    wanted = auto_shards(len(ids)) if p.opts.shards == "auto" else p.opts.shards
-    if isinstance(wanted, int) and wanted > len(ids):
-        raise usage(f"error: {wanted} shards for {len(ids)} test(s): give -n {len(ids)} or fewer")
-    known = durations(p)
-    groups = planner.plan(ids, known, wanted)
-    if len(groups) < wanted:
-        out(f"note: {len(groups)} shard(s), not {wanted}: the {len(ids)} tests are in "
-            f"{len(groups)} module(s), and a module stays in one shard")
+    if plan.stopped is not None:
+        return _stopped(plan, ctx)
+    ids, groups, known = plan.ids, plan.groups, plan.known
     for line in planner.describe(groups, known):
         out(line)
     lanes: list[RunResult | None] = [None] * len(groups)
@@ -112,12 +139,15 @@ def run_shards(ctx):
                 t.join(0.5 / len(threads))
     finally:
         board.close()
-    if errors:
+    if errors and not any(lanes):
         raise errors[0]
     merged = Results(p.target)
     merged.collected = list(ids)
     passes, notes = [], []
     for i, res in enumerate(lanes):
+        if res is None:  # this shard could not start; the others' results stand
+            notes.append(f"shard {i + 1}: {errors[0] if errors else 'did not run'}")
+            continue
         merged.tests.update(res.results.tests)
         merged.leaks.merge(res.results.leaks)
         if merged.lastfailed_before is None:
@@ -136,21 +166,21 @@ def run_shards(ctx):
     return RunResult(0, status, merged, passes=passes, notes=notes, shards=len(groups))
 
 
-def run_one_shard(ctx):
+def run_one_shard(ctx, plan: ShardPlan):
     """A CI job's share of a sharded cell: the same plan every job computes (collection
     and the durations file are the same), then only group I of N."""
     from .pipeline import RunResult
+    if plan.stopped is not None:
+        return _stopped(plan, ctx)
     i, n = ctx.p.opts.shard
-    ids = collect(ctx)
-    known = durations(ctx.p)
-    groups = planner.plan(ids, known, n)
-    if i > len(groups):
-        ctx.out(f"note: shard {i}/{n} is empty: the {len(ids)} tests are in {len(groups)} "
-                "module(s), and a module stays in one shard")
+    if i > len(plan.groups):
+        ctx.out(f"note: shard {i}/{n} is empty: the {len(plan.ids)} tests are in "
+                f"{len(plan.groups)} module(s), and a module stays in one shard")
         return RunResult(0, RunStatus.PASSED, Results(ctx.p.target), shards=n)
-    ctx.out(planner.describe(groups, known)[i - 1])
-    result = ctx.lane(only=set(groups[i - 1]), shard=None, echo=ctx.out)
-    result.results.collected = [x for x in result.results.collected if x in set(groups[i - 1])]
+    group = plan.groups[i - 1]
+    ctx.out(planner.describe(plan.groups, plan.known)[i - 1])
+    result = ctx.lane(only=set(group), shard=None, echo=ctx.out)
+    result.results.collected = [x for x in result.results.collected if x in set(group)]
     result.shards = n
     return result
 

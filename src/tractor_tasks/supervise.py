@@ -320,11 +320,10 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
             seen.setdefault((p.pid, p.create_time), p)
 
     next_look = 0.0
-    count0 = signals.count
     while True:
         exited = run.wait(0.1)
         now = time.monotonic()
-        if signals.count != count0:
+        if signals.count:  # any stop request during the run, this pass or before it
             look()
             outcome.stop = Stop.INTERRUPTED
             outcome.running = current_test(pass_dir)[0]

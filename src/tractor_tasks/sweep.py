@@ -11,11 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from . import processes, rundirs
 from .processes import Proc
 from .scope import Leak, LeakKind, RunMarker, ScopeView
 from .sockets import SockFile, bindspace_dirs, socket_files
 from .target import Target
+
+
+def _children(p: Proc) -> list[Proc]:
+    try:
+        kids = p.ps.children(recursive=True) if p.ps else []
+    except psutil.Error:
+        return []
+    return [k for k in map(Proc.of, kids) if k is not None]
 
 
 def unlink_socket(path: Path) -> bool:
@@ -98,6 +108,14 @@ def sweep(target: Target, *, venv: Path | None = None, grace: float = 0.3,
             if ((p.pid, p.create_time) not in seen and p.pid not in pids
                     and p.pid not in view.own and p.alive()):
                 found.append((p, Leak(None, LeakKind.SEEN_UNDER_PYTEST)))
+                pids.add(p.pid)
+        # a leftover's own children go with it: ended first, it would hand them to init,
+        # and a child with its environment wiped and its cwd elsewhere is found by nothing
+        for p, _ in list(found):
+            for kid in _children(p):
+                if kid.pid not in pids and kid.pid not in view.own and not kid.zombie:
+                    found.append((kid, Leak(None, LeakKind.UNDER_LEFTOVER)))
+                    pids.add(kid.pid)
         if not found:
             break
         seen.update((p.pid, p.create_time) for p, _ in found)

@@ -171,6 +171,8 @@ def find_root(shim_dir: Path, root: str | os.PathLike | None = None,
     """The target directory, by the documented resolution order."""
     env = os.environ if env is None else env
     shim_dir = Path(shim_dir).resolve()
+    if root is not None and not str(root).strip():
+        raise usage("error: --root is empty; give the path of a checkout")
     if root:
         chosen, source = Path.cwd() / Path(root).expanduser(), "--root"
     elif env.get(ENV_ROOT):
