@@ -288,7 +288,8 @@ def run_pass(argv: list[str], *, number: int, cwd: Path, env: dict[str, str], pa
         read_fd, write_fd = os.pipe()
     try:
         run = launch(argv, cwd=cwd, env=env, containment=containment, stdout=write_fd,
-                     private_tmp=str(private), keep=[str(cwd), *keep_paths()])
+                     private_tmp=str(private),
+                     keep=[str(cwd), str(pass_dir), *keep_paths()])
     finally:
         if write_fd is not None:
             os.close(write_fd)
