@@ -252,10 +252,15 @@ SUPERVISOR = """
     run = launch([sys.executable, "-c", textwrap.dedent(sys.argv[1])], cwd=os.getcwd(),
                  env=dict(os.environ), containment=detect("namespaces"))
     deadline = time.time() + 30
-    while len(run.members()) < 3 and time.time() < deadline:
-        time.sleep(0.05)
+    members = []
+    while time.time() < deadline:  # the same three for a moment: the middle fork is gone
+        now = sorted(p.pid for p in run.members())
+        if len(now) == 3 and now == members:
+            break
+        members = now
+        time.sleep(0.2)
     init = psutil.Process(run.main_pid).ppid()
-    print(json.dumps({"members": [p.pid for p in run.members()], "main": run.main_pid,
+    print(json.dumps({"members": members, "main": run.main_pid,
                       "init": init, "unshare": psutil.Process(init).ppid()}), flush=True)
     time.sleep(120)
 """
