@@ -159,6 +159,10 @@ def results_with(target, *kinds):
     ([outcome(Stop.HUNG, None), outcome(rc=0)], ("hung-flaky",), {"exitfirst": False}, 0),
     ([outcome(Stop.HUNG, None), outcome(Stop.TIMEOUT, None)], ("hung",), {}, 124),
     ([outcome(Stop.HUNG, None), outcome(Stop.INTERRUPTED, 2)], ("hung",), {}, 130),
+    # a hang's teardown SIGINTs pytest (exit 2): that is not an interrupt of the run
+    ([outcome(Stop.HUNG, 2)], ("hung-flaky",), {"exitfirst": False}, 0),
+    ([outcome(Stop.HUNG, 2)], ("hung",), {"exitfirst": False}, 1),
+    ([outcome(Stop.HUNG, -9)], ("hung-flaky",), {"exitfirst": False}, 0),
 ])
 def test_exit_codes(target, passes, kinds, opts, code):
     assert exit_code(passes, results_with(target, *kinds), RunOptions(**opts)) == code

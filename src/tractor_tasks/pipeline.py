@@ -393,8 +393,10 @@ def exit_code(passes: list[PassOutcome], results: Results, opts: RunOptions) -> 
         return errors.INTERRUPTED
     if Stop.TIMEOUT in stops:
         return errors.TIMEOUT
-    last = passes[-1].returncode if passes else 0
-    rc = last or 0
+    # pytest's own exit status counts only where pytest ended on its own: a pass ended
+    # for a hang exits however our teardown made it (2 after its SIGINT, -9 after SIGKILL)
+    finished = [o for o in passes if o.stop is Stop.FINISHED]
+    rc = (finished[-1].returncode if finished else 0) or 0
     if rc == 2:
         return errors.INTERRUPTED  # pytest itself was interrupted
     if rc == 4:
