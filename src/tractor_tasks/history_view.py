@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import TaskError, usage
+from .errors import usage
 from .history import History, flaky_toml
 from .rundirs import State
 from .target import Target
@@ -69,5 +69,3 @@ def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | Non
     print("\n# ready to paste into [tool.tractor-tasks] of pyproject.toml:\n")
     print(flaky_toml(found, target.tests_dir), end="")
 
-
-__all__ = ["show_history", "show_flaky", "TaskError"]
