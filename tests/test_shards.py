@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from tractor_tasks.shards import describe, estimates, module_of, plan
+from tractor_tasks.shard_plan import describe, estimates, module_of, plan
 
 
 def _suite(seed: int, modules: int = 12, per_module: int = 8):

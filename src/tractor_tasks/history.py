@@ -29,13 +29,15 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import TaskError
+from .status import TestOutcome
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x74727474  # "trtt": marks the file as a tractor-tasks history
-OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "hung",
-            "interrupted", "timeout")
-TIMED = ("passed", "failed", "error")               # outcomes whose duration means something
-PASS, FAIL = {"passed"}, {"failed", "error", "hung", "timeout"}  # what a flip flips between
+# derived from the one vocabulary (status.py)
+OUTCOMES = tuple(o.value for o in TestOutcome)
+TIMED = tuple(o.value for o in TestOutcome if o.timed)   # durations that mean something
+PASS = {o.value for o in TestOutcome if o.flip == "pass"}  # what a flip flips between
+FAIL = {o.value for o in TestOutcome if o.flip == "fail"}
 
 BUSY_SECONDS = 10.0   # sqlite's own wait for a lock, per statement
 LOCK_SECONDS = 60.0   # our retries on top of it, per operation

@@ -12,26 +12,27 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import contain, errors, rundirs
+from . import contain, errors
 from .cells import Cell
-from .command import ENV_SELECT, check_names, pytest_args, run_env, show
+from .command import check_names, show
 from .errors import TaskError, usage
 from .interpreters import check_minor, find_python
 from .options import RunOptions
 from .output import Output
 from .preflight import check_scope
-from .results import Results, read_pass, stable_id
+from .results import Results
 from .rundirs import RunDir, State
-from .scope import ENV_RUN, RunMarker, ScopeView
+from .scope import ENV_RUN
 from .selection import is_single_file, resolve_words
-from .status import RunStatus, TestOutcome
-from .supervise import PassOutcome, Signals, Stop, keep_tmp_writes, run_pass
+from .status import RunStatus, Stop, TestOutcome
+from .passes import PassRunner, RunResult, command
+from .supervise import PassOutcome, Signals
 from .sweep import sweep
 from .target import Target
-from .venv import VenvResult, ensure_venv, venv_python, worktree_check
+from .venv import VenvResult, ensure_venv, worktree_check
 
 
 # -- before the run ------------------------------------------------------------
@@ -145,17 +146,6 @@ def plan(target: Target, words, opts: RunOptions, *, cell: Cell | None = None,
                 cell.cache_dir(target) if cell else None, invocation)
 
 
-@dataclass
-class RunResult:
-    code: int
-    status: RunStatus
-    results: Results | None = None
-    run_dir: Path | None = None
-    passes: list[PassOutcome] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    shards: int = 0
-
-
 def dry_run(p: Plan, out) -> RunResult:
     argv, env = command(p, Path("<run dir>/pass-1"), "<private dir>")
     env.pop(ENV_RUN)
@@ -167,20 +157,6 @@ def dry_run(p: Plan, out) -> RunResult:
         + f" per test; {p.containment.note}; the run also carries {ENV_RUN} to mark its "
         "processes)")
     return RunResult(0, RunStatus.PASSED)
-
-
-def command(p: Plan, pass_dir: Path, private: str, *, color: bool = False,
-            select: Path | None = None) -> tuple[list[str], dict[str, str]]:
-    venv = p.target.venv_dir(p.minor)
-    argv = [str(venv_python(p.target, p.minor)), "-m", "pytest",
-            *pytest_args(p.target, p.paths, p.opts, cache_dir=p.cache_dir, color=color)]
-    # the run's runtime and temp dirs are its own; so is its cache (tractor writes
-    # hung-test dumps under $XDG_CACHE_HOME/tractor): kept with the pass's files
-    extra = {"XDG_RUNTIME_DIR": private, "TMPDIR": private,
-             "XDG_CACHE_HOME": str(pass_dir / "cache")}
-    if select is not None:
-        extra[ENV_SELECT] = str(select)
-    return argv, run_env(p.target, venv, pass_dir, extra=extra)
 
 
 def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResult:
@@ -195,7 +171,7 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
         out(f"note: {p.containment.note}")
     t0 = time.monotonic()
     with Signals(p.opts.interactive) as signals:
-        ctx = _Ctx(p, None, signals, t0 + p.timeout, out)
+        ctx = PassRunner(p, None, signals, t0 + p.timeout, out)
         shard_plan = None
         if p.opts.shard or p.opts.shards not in (None, 1):
             from .sharding import make_plan
@@ -232,156 +208,6 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
             return result
         finally:
             run_dir.close()
-
-
-class _Ctx:
-    """What the passes of one run share."""
-
-    def __init__(self, p: Plan, run_dir: RunDir, signals: Signals, deadline: float, out):
-        self.p = p
-        self.run_dir = run_dir
-        self.signals = signals
-        self.deadline = deadline
-        self.out = out
-
-    def test_bound(self, nodeid: str) -> float | None:
-        return self.p.target.test_bound(nodeid, self.p.opts.test_timeout)
-
-    def one_pass(self, number: int, *, shard: int | None, only, skip, echo,
-                 opts: RunOptions | None = None, extra_args=(), pass_dir: Path | None = None
-                 ) -> tuple[PassOutcome, object]:
-        """One contained, bounded pytest start (the shard plan's `--co` is one too)."""
-        p = self.p if opts is None else replace(self.p, opts=opts)
-        pass_dir = pass_dir or self.run_dir.pass_dir(number, shard)
-        if self.signals.count or time.monotonic() >= self.deadline:
-            # stopped between passes: start nothing more
-            stop = Stop.INTERRUPTED if self.signals.count else Stop.TIMEOUT
-            return PassOutcome(number, pass_dir, stop, None, 0.0), read_pass(pass_dir)
-        select = None
-        if only is not None or skip:
-            select = pass_dir / "select.json"
-            _write_json(select, {"only": sorted(only) if only is not None else None,
-                                 "skip": sorted(skip)})
-        private = rundirs.make_private_dir(p.target)
-        try:
-            argv, env = command(p, pass_dir, str(private), select=select,
-                                color=bool(echo and echo.tty))
-            argv += list(extra_args)
-            (pass_dir / "command.txt").write_text(show(argv, env) + "\n")
-            marker = RunMarker.parse(env[ENV_RUN])
-            if echo is not None:
-                echo(f"$ {show(argv, {})}" if number == 1 else
-                     f"$ (pass {number}: the same command, resuming after the hung test)")
-            try:
-                outcome = run_pass(
-                    argv, number=number, cwd=p.target.root, env=env, pass_dir=pass_dir,
-                    containment=p.containment, deadline=self.deadline,
-                    test_bound=self.test_bound, signals=self.signals, echo=echo,
-                    private=private, bindspace=p.target.bindspace,
-                    interactive=p.opts.interactive,
-                    on_event=lambda line: self.out(("\n" if echo else "") + _label(shard)
-                                                   + line),
-                    leftovers=lambda: [proc for proc, _ in ScopeView(
-                        p.target, private_dirs=(str(private),)).leaks(run=marker)])
-            except TaskError:
-                if not self.signals.count:
-                    raise
-                # Ctrl-C reached unshare before it could start pytest: nothing ran
-                outcome = PassOutcome(number, pass_dir, Stop.INTERRUPTED, None, 0.0)
-            swept = sweep(p.target, run=marker, runtime_dir=private,
-                          private_dirs=[private], descendants=outcome.seen, stale_dirs=False)
-            kept = keep_tmp_writes(private, pass_dir)
-            if kept is not None:
-                outcome.teardown.append(f"what the run wrote to its own /tmp is kept in {kept}")
-        finally:
-            rundirs.remove_private_dir(private)
-        if swept.acted:
-            outcome.teardown += [f"sweep: {line}" for line in swept.lines()]
-        return outcome, read_pass(pass_dir)
-
-    def lane(self, *, only, shard: int | None, echo, opts: RunOptions | None = None
-             ) -> RunResult:
-        """Passes until the selection has run: after a hang, resume with the rest."""
-        p = self.p
-        opts = opts or p.opts
-        results = Results(p.target)
-        passes: list[PassOutcome] = []
-        skip: set[str] = set()
-        notes: list[str] = []
-        hangs = 0
-        number = 1
-        while True:
-            outcome, log = self.one_pass(number, shard=shard, only=only, skip=skip, echo=echo,
-                                         opts=opts)
-            passes.append(outcome)
-            where = f"{_label(shard)}pass {number}".strip()
-            stopped = {Stop.HUNG: TestOutcome.HUNG, Stop.TIMEOUT: TestOutcome.TIMEOUT,
-                       Stop.INTERRUPTED: TestOutcome.INTERRUPTED}.get(outcome.stop)
-            if stopped is None and log.running and log.exitstatus is None:
-                stopped = TestOutcome.INTERRUPTED  # pytest was killed from elsewhere
-            results.add(log, stopped=stopped, where=where, dump=outcome.stacks,
-                        dump_text=_dump_head(outcome.dump_text), bound=outcome.bound,
-                        running=outcome.running if outcome.stop is Stop.HUNG else None)
-            results.leaks.merge(outcome.leaks)
-            if outcome.stop is not Stop.HUNG:
-                break
-            hangs += 1
-            skip |= log.done | {stable_id(outcome.running)}
-            left = [n for n in map(stable_id, log.collected or []) if n not in skip]
-            if opts.exitfirst:
-                notes.append("-x: the run stops at the hung test (--no-x resumes after it)")
-                break
-            if not left:
-                break
-            if hangs >= opts.max_hangs:
-                notes.append(f"hang limit reached ({opts.max_hangs}, --max-hangs): "
-                             f"{len(left)} test(s) did not run")
-                break
-            if time.monotonic() >= self.deadline:
-                notes.append(f"the whole-run bound expired after the hang: {len(left)} test(s) "
-                             "did not run")
-                passes.append(PassOutcome(number + 1, outcome.dir, Stop.TIMEOUT, None, 0.0))
-                break
-            number += 1
-        return RunResult(0, _status(passes, results, opts), results, passes=passes,
-                         notes=notes)
-
-    def retry(self, results: Results) -> list[str]:
-        """Known-flaky failures once more, in a pass of their own; each outcome is
-        reported (the run's result stands)."""
-        ids = [t.nodeid for t in results.known_flaky]
-        opts = replace(self.p.opts, exitfirst=False, last_failed=False,
-                       extra=[a for a in self.p.opts.extra if a not in ("--lf", "--last-failed")])
-        number = len(list(self.run_dir.path.glob("pass-*"))) + 1
-        _, log = self.one_pass(number, shard=None, only=set(ids), skip=set(), echo=None,
-                               opts=opts)
-        lines = [f"retrying {len(ids)} known-flaky failure(s) once (pass {number}):"]
-        again = {stable_id(k): t for k, t in log.tests.items()}
-        for nodeid in ids:
-            t = again.get(stable_id(nodeid))
-            verdict = ("passed on retry" if t and t.outcome is TestOutcome.PASSED else
-                       f"{t.outcome} again" if t else "did not run")
-            lines.append(f"  retry: {nodeid}: {verdict}")
-        return lines
-
-
-def _label(shard: int | None) -> str:
-    return f"shard {shard}: " if shard else ""
-
-
-def _dump_head(text: str, lines: int = 120) -> str:
-    body = text.strip().splitlines()
-    return "\n".join(body[:lines]) + (f"\n... ({len(body) - lines} more lines)"
-                                      if len(body) > lines else "")
-
-
-def _status(passes: list[PassOutcome], results: Results, opts: RunOptions) -> RunStatus:
-    stops = {o.stop for o in passes}
-    if Stop.INTERRUPTED in stops:
-        return RunStatus.INTERRUPTED
-    if Stop.TIMEOUT in stops:
-        return RunStatus.TIMEOUT
-    return RunStatus.FAILED if exit_code(passes, results, opts) else RunStatus.PASSED
 
 
 def exit_code(passes: list[PassOutcome], results: Results, opts: RunOptions) -> int:

@@ -29,11 +29,6 @@ def stable_id(nodeid: str) -> str:
     return _ADDRESS.sub("", nodeid)
 
 
-# how a test's reports combine: the worst wins
-_RANK = {O.PASSED: 0, O.SKIPPED: 1, O.XFAILED: 1, O.XPASSED: 1, O.ERROR: 3, O.FAILED: 4,
-         O.TIMEOUT: 5, O.INTERRUPTED: 5, O.HUNG: 6}
-
-
 @dataclass
 class TestResult:
     __test__ = False  # not a pytest test class
@@ -49,8 +44,8 @@ class TestResult:
     @property
     def signature(self) -> str:
         """Exception type and first message line, for the history and flaky ranking."""
-        if self.outcome in (O.HUNG, O.INTERRUPTED, O.TIMEOUT):
-            return self.outcome.upper()
+        if self.outcome.signature_word:
+            return self.outcome.signature_word
         return self.message.splitlines()[0][:200] if self.message else ""
 
     def short(self, lines: int = 12) -> str:
@@ -102,7 +97,7 @@ def _outcome(recs: list[dict]) -> tuple[O | None, dict | None]:
             new = O.XPASSED if xfail else O.PASSED
         else:
             continue
-        if best is None or _RANK[new] > _RANK[best]:
+        if best is None or new.rank > best.rank:
             best = new
             failing = rec if outcome == "failed" else failing
     return best, failing
@@ -283,7 +278,7 @@ class Results:
         for t in self.tests.values():
             if t.outcome.bad:
                 data[t.nodeid] = True
-            elif t.outcome in (O.PASSED, O.SKIPPED, O.XFAILED, O.XPASSED):
+            elif t.outcome.clean:
                 data.pop(t.nodeid, None)
         path = lastfailed_path(Path(self.cachedir))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -321,18 +316,11 @@ def _classname(nodeid: str) -> tuple[str, str, str]:
     return ".".join([module, *parts[:-1]]), parts[-1], path
 
 
-_ELEMENT = {O.FAILED: "failure", O.ERROR: "error", O.HUNG: "error", O.INTERRUPTED: "error",
-            O.TIMEOUT: "error"}
-
-
 def write_junit(results: Results, path: Path) -> None:
     """One JUnit file for the whole run (every pass and shard), for CI."""
     counts = results.counts()
     suite = ET.Element("testsuite", name="pytest", tests=str(len(results.tests)),
-                       failures=str(counts[O.FAILED]),
-                       errors=str(counts[O.ERROR] + counts[O.HUNG] + counts[O.INTERRUPTED]
-                                  + counts[O.TIMEOUT]),
-                       skipped=str(counts[O.SKIPPED] + counts[O.XFAILED]),
+                       **{k: str(v) for k, v in O.junit_counts(counts).items()},
                        time=f"{results.seconds:.3f}")
     props = ET.SubElement(suite, "properties")
     ET.SubElement(props, "property", name="leaked", value=str(results.leaks.count()))
@@ -342,8 +330,8 @@ def write_junit(results: Results, path: Path) -> None:
         classname, name, file = _classname(t.nodeid)
         case = ET.SubElement(suite, "testcase", classname=classname, name=name, file=file,
                              time=f"{t.duration:.3f}")
-        tag = _ELEMENT.get(t.outcome)
-        if tag:
+        tag = t.outcome.junit
+        if tag in ("failure", "error"):
             el = ET.SubElement(case, tag, message=t.message[:500])
             if t.outcome is not O.FAILED and t.outcome is not O.ERROR:
                 el.set("type", t.outcome.value)

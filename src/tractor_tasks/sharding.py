@@ -16,13 +16,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import shards as planner
+from . import shard_plan as planner
 from .errors import TaskError, usage
 from .progress import Board
 from .results import Results, stable_id
 from .rundirs import State
 from .status import RunStatus, TestOutcome
-from .supervise import PassOutcome, Stop
+from .passes import PassRunner, RunResult
+from .status import Stop
+from .supervise import PassOutcome
 
 @dataclass
 class ShardPlan:
@@ -38,7 +40,7 @@ class ShardPlan:
         self.collect_dir = run_dir / "collect"
 
 
-def make_plan(ctx) -> ShardPlan:
+def make_plan(ctx: PassRunner) -> ShardPlan:
     """Collect once (contained and bounded like any pass, the run's own arguments plus
     `--co`), then split; bad requests (more shards than tests, none selected) are usage
     errors raised before anything is kept."""
@@ -100,17 +102,13 @@ def durations(p) -> dict[str, float]:
     return History(path).durations(minor=p.minor, tpt=tpt, spawn=spawn)
 
 
-def _stopped(plan: ShardPlan, ctx):
-    from .pipeline import RunResult
+def _stopped(plan: ShardPlan, ctx: PassRunner) -> RunResult:
     results = Results(ctx.p.target)
-    status = RunStatus.INTERRUPTED if plan.stopped.stop is Stop.INTERRUPTED else \
-        RunStatus.TIMEOUT
-    return RunResult(0, status, results, passes=[plan.stopped],
+    return RunResult(0, RunStatus.decide([plan.stopped.stop], 0), results, passes=[plan.stopped],
                      notes=["stopped while collecting the tests for the shards"])
 
 
-def run_shards(ctx, plan: ShardPlan):
-    from .pipeline import RunResult
+def run_shards(ctx: PassRunner, plan: ShardPlan) -> RunResult:
     p, out = ctx.p, ctx.out
     if plan.stopped is not None:
         return _stopped(plan, ctx)
@@ -160,16 +158,13 @@ def run_shards(ctx, plan: ShardPlan):
     merged.tests = {n: merged.tests[n] for n in ids if n in merged.tests} | \
         {n: t for n, t in merged.tests.items() if n not in ids}
     notes += _too_slow(merged, len(groups))
-    stops = {o.stop for o in passes}
-    status = (RunStatus.INTERRUPTED if Stop.INTERRUPTED in stops else
-              RunStatus.TIMEOUT if Stop.TIMEOUT in stops else RunStatus.PASSED)
+    status = RunStatus.decide((o.stop for o in passes), 0)
     return RunResult(0, status, merged, passes=passes, notes=notes, shards=len(groups))
 
 
-def run_one_shard(ctx, plan: ShardPlan):
+def run_one_shard(ctx: PassRunner, plan: ShardPlan) -> RunResult:
     """A CI job's share of a sharded cell: the same plan every job computes (collection
     and the durations file are the same), then only group I of N."""
-    from .pipeline import RunResult
     if plan.stopped is not None:
         return _stopped(plan, ctx)
     i, n = ctx.p.opts.shard

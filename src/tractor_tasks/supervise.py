@@ -23,7 +23,6 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Callable
 
@@ -33,15 +32,9 @@ from .contain import Containment, Launched, launch
 from .output import Output, Tee
 from .processes import Proc
 from .results import Leaks, current_test
+from .status import Stop
 
 SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
-
-
-class Stop(StrEnum):
-    FINISHED = "finished"
-    HUNG = "hung"
-    TIMEOUT = "timeout"
-    INTERRUPTED = "interrupted"
 
 
 @dataclass

@@ -1,0 +1,198 @@
+"""The passes of one run: a pass is one contained, bounded pytest start; a lane is
+passes until its selection has run (after a hang, the rest resumes in a fresh pass).
+The pipeline runs one lane, the shard runner one lane per shard, and the verdict's
+confirmation and baseline passes are lanes too: all through `PassRunner`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from . import rundirs
+from .command import ENV_SELECT, pytest_args, run_env, show
+from .errors import TaskError
+from .options import RunOptions
+from .results import Results, read_pass, stable_id
+from .rundirs import RunDir
+from .scope import ENV_RUN, RunMarker, ScopeView
+from .status import RunStatus, Stop, TestOutcome
+from .supervise import PassOutcome, Signals, keep_tmp_writes, run_pass
+from .sweep import sweep
+from .venv import venv_python
+
+
+@dataclass
+class RunResult:
+    """What a lane, the shards or a whole run give back."""
+    code: int
+    status: RunStatus
+    results: Results | None = None
+    run_dir: Path | None = None
+    passes: list[PassOutcome] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    shards: int = 0
+
+
+def command(p, pass_dir: Path, private: str, *, color: bool = False,
+            select: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    venv = p.target.venv_dir(p.minor)
+    argv = [str(venv_python(p.target, p.minor)), "-m", "pytest",
+            *pytest_args(p.target, p.paths, p.opts, cache_dir=p.cache_dir, color=color)]
+    # the run's runtime and temp dirs are its own; so is its cache (tractor writes
+    # hung-test dumps under $XDG_CACHE_HOME/tractor): kept with the pass's files
+    extra = {"XDG_RUNTIME_DIR": private, "TMPDIR": private,
+             "XDG_CACHE_HOME": str(pass_dir / "cache")}
+    if select is not None:
+        extra[ENV_SELECT] = str(select)
+    return argv, run_env(p.target, venv, pass_dir, extra=extra)
+
+
+class PassRunner:
+    """What the passes of one run share: its plan, run dir, signals, deadline, output."""
+
+    def __init__(self, p, run_dir: RunDir | None, signals: Signals, deadline: float,
+                 out: Callable[[str], None]):
+        self.p = p
+        self.run_dir = run_dir
+        self.signals = signals
+        self.deadline = deadline
+        self.out = out
+
+    def test_bound(self, nodeid: str) -> float | None:
+        return self.p.target.test_bound(nodeid, self.p.opts.test_timeout)
+
+    def one_pass(self, number: int, *, shard: int | None, only, skip, echo,
+                 opts: RunOptions | None = None, extra_args=(), pass_dir: Path | None = None
+                 ) -> tuple[PassOutcome, object]:
+        """One contained, bounded pytest start (the shard plan's `--co` is one too)."""
+        p = self.p if opts is None else replace(self.p, opts=opts)
+        pass_dir = pass_dir or self.run_dir.pass_dir(number, shard)
+        if self.signals.count or time.monotonic() >= self.deadline:
+            # stopped between passes: start nothing more
+            stop = Stop.INTERRUPTED if self.signals.count else Stop.TIMEOUT
+            return PassOutcome(number, pass_dir, stop, None, 0.0), read_pass(pass_dir)
+        select = None
+        if only is not None or skip:
+            select = pass_dir / "select.json"
+            _write_json(select, {"only": sorted(only) if only is not None else None,
+                                 "skip": sorted(skip)})
+        private = rundirs.make_private_dir(p.target)
+        try:
+            argv, env = command(p, pass_dir, str(private), select=select,
+                                color=bool(echo and echo.tty))
+            argv += list(extra_args)
+            (pass_dir / "command.txt").write_text(show(argv, env) + "\n")
+            marker = RunMarker.parse(env[ENV_RUN])
+            if echo is not None:
+                echo(f"$ {show(argv, {})}" if number == 1 else
+                     f"$ (pass {number}: the same command, resuming after the hung test)")
+            try:
+                outcome = run_pass(
+                    argv, number=number, cwd=p.target.root, env=env, pass_dir=pass_dir,
+                    containment=p.containment, deadline=self.deadline,
+                    test_bound=self.test_bound, signals=self.signals, echo=echo,
+                    private=private, bindspace=p.target.bindspace,
+                    interactive=p.opts.interactive,
+                    on_event=lambda line: self.out(("\n" if echo else "") + _label(shard)
+                                                   + line),
+                    leftovers=lambda: [proc for proc, _ in ScopeView(
+                        p.target, private_dirs=(str(private),)).leaks(run=marker)])
+            except TaskError:
+                if not self.signals.count:
+                    raise
+                # Ctrl-C reached unshare before it could start pytest: nothing ran
+                outcome = PassOutcome(number, pass_dir, Stop.INTERRUPTED, None, 0.0)
+            swept = sweep(p.target, run=marker, runtime_dir=private,
+                          private_dirs=[private], descendants=outcome.seen, stale_dirs=False)
+            kept = keep_tmp_writes(private, pass_dir)
+            if kept is not None:
+                outcome.teardown.append(f"what the run wrote to its own /tmp is kept in {kept}")
+        finally:
+            rundirs.remove_private_dir(private)
+        if swept.acted:
+            outcome.teardown += [f"sweep: {line}" for line in swept.lines()]
+        return outcome, read_pass(pass_dir)
+
+    def lane(self, *, only, shard: int | None, echo, opts: RunOptions | None = None
+             ) -> RunResult:
+        """Passes until the selection has run: after a hang, resume with the rest."""
+        p = self.p
+        opts = opts or p.opts
+        results = Results(p.target)
+        passes: list[PassOutcome] = []
+        skip: set[str] = set()
+        notes: list[str] = []
+        hangs = 0
+        number = 1
+        while True:
+            outcome, log = self.one_pass(number, shard=shard, only=only, skip=skip, echo=echo,
+                                         opts=opts)
+            passes.append(outcome)
+            where = f"{_label(shard)}pass {number}".strip()
+            stopped = {Stop.HUNG: TestOutcome.HUNG, Stop.TIMEOUT: TestOutcome.TIMEOUT,
+                       Stop.INTERRUPTED: TestOutcome.INTERRUPTED}.get(outcome.stop)
+            if stopped is None and log.running and log.exitstatus is None:
+                stopped = TestOutcome.INTERRUPTED  # pytest was killed from elsewhere
+            results.add(log, stopped=stopped, where=where, dump=outcome.stacks,
+                        dump_text=_dump_head(outcome.dump_text), bound=outcome.bound,
+                        running=outcome.running if outcome.stop is Stop.HUNG else None)
+            results.leaks.merge(outcome.leaks)
+            if outcome.stop is not Stop.HUNG:
+                break
+            hangs += 1
+            skip |= log.done | {stable_id(outcome.running)}
+            left = [n for n in map(stable_id, log.collected or []) if n not in skip]
+            if opts.exitfirst:
+                notes.append("-x: the run stops at the hung test (--no-x resumes after it)")
+                break
+            if not left:
+                break
+            if hangs >= opts.max_hangs:
+                notes.append(f"hang limit reached ({opts.max_hangs}, --max-hangs): "
+                             f"{len(left)} test(s) did not run")
+                break
+            if time.monotonic() >= self.deadline:
+                notes.append(f"the whole-run bound expired after the hang: {len(left)} test(s) "
+                             "did not run")
+                passes.append(PassOutcome(number + 1, outcome.dir, Stop.TIMEOUT, None, 0.0))
+                break
+            number += 1
+        return RunResult(0, RunStatus.decide((o.stop for o in passes), 0), results,
+                         passes=passes, notes=notes)
+
+    def retry(self, results: Results) -> list[str]:
+        """Known-flaky failures once more, in a pass of their own; each outcome is
+        reported (the run's result stands)."""
+        ids = [t.nodeid for t in results.known_flaky]
+        opts = replace(self.p.opts, exitfirst=False, last_failed=False,
+                       extra=[a for a in self.p.opts.extra if a not in ("--lf", "--last-failed")])
+        number = len(list(self.run_dir.path.glob("pass-*"))) + 1
+        _, log = self.one_pass(number, shard=None, only=set(ids), skip=set(), echo=None,
+                               opts=opts)
+        lines = [f"retrying {len(ids)} known-flaky failure(s) once (pass {number}):"]
+        again = {stable_id(k): t for k, t in log.tests.items()}
+        for nodeid in ids:
+            t = again.get(stable_id(nodeid))
+            verdict = ("passed on retry" if t and t.outcome is TestOutcome.PASSED else
+                       f"{t.outcome} again" if t else "did not run")
+            lines.append(f"  retry: {nodeid}: {verdict}")
+        return lines
+
+
+def _label(shard: int | None) -> str:
+    return f"shard {shard}: " if shard else ""
+
+
+def _dump_head(text: str, lines: int = 120) -> str:
+    body = text.strip().splitlines()
+    return "\n".join(body[:lines]) + (f"\n... ({len(body) - lines} more lines)"
+                                      if len(body) > lines else "")
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
