@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Iterator
 from .errors import TaskError
 from .status import TestOutcome
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x74727474  # "trtt": marks the file as a tractor-tasks history
 # derived from the one vocabulary (status.py)
 OUTCOMES = tuple(o.value for o in TestOutcome)
@@ -54,7 +54,8 @@ _SCHEMA = (
         spawn      TEXT NOT NULL DEFAULT '',
         commit_sha TEXT,
         load       REAL,
-        host       TEXT NOT NULL DEFAULT '')""",
+        host       TEXT NOT NULL DEFAULT '',
+        tree       TEXT NOT NULL DEFAULT '')""",
     "CREATE INDEX IF NOT EXISTS runs_started ON runs(started)",
     # minor/tpt/spawn/started are copied from the run: every per-test query is then
     # one index range on this table, no join needed.
@@ -69,11 +70,17 @@ _SCHEMA = (
         outcome   TEXT NOT NULL,
         duration  REAL NOT NULL,
         flaky     TEXT NOT NULL DEFAULT '',
-        signature TEXT NOT NULL DEFAULT '')""",
+        signature TEXT NOT NULL DEFAULT '',
+        verdict   TEXT NOT NULL DEFAULT '')""",
     "CREATE INDEX IF NOT EXISTS results_test ON results(nodeid, started)",
     "CREATE INDEX IF NOT EXISTS results_started ON results(started)",
     "CREATE INDEX IF NOT EXISTS results_run ON results(run_id)",
 )
+# what each version adds to the one before it (an old file is brought up to date in place)
+_MIGRATIONS = {
+    2: ("ALTER TABLE runs ADD COLUMN tree TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE results ADD COLUMN verdict TEXT NOT NULL DEFAULT ''"),
+}
 
 
 @dataclass
@@ -89,6 +96,7 @@ class RunRow:
     commit: str | None = None
     load: float | None = None   # the machine's load during the run
     host: str = ""
+    tree: str = ""         # "" for a clean work tree at `commit`, else a hash of its edits
 
 
 @dataclass
@@ -100,6 +108,7 @@ class TestRow:
     flaky: str = ""        # "" or "known"
     signature: str = ""    # "trio.TooSlowError: deadline exceeded" (type + first message
                            # line; "HUNG" for a hang), "" for passes
+    verdict: str = ""      # a failure's status.Verdict, "" for passes and old rows
 
 
 @dataclass
@@ -119,6 +128,20 @@ class FlakyCandidate:
     def rate(self) -> float:
         """Share of consecutive-run pairs that flipped: 1.0 alternates every run."""
         return self.flips / max(self.runs - 1, 1)
+
+
+@dataclass
+class Past:
+    """One earlier outcome of a test, as the verdict reads it."""
+    outcome: str
+    signature: str
+    commit: str | None
+    tree: str
+    kind: str
+    verdict: str
+    run_id: str
+    started: float
+    host: str
 
 
 class _Corrupt(Exception):
@@ -187,9 +210,14 @@ class History:
         con.execute("BEGIN IMMEDIATE")
         version, app_id, tables = _header(con)  # another process may have won the race
         self._check_foreign(version, app_id, tables)
-        if version != SCHEMA_VERSION:
+        if version == 0:
             for stmt in _SCHEMA:
                 con.execute(stmt)
+        else:
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for stmt in _MIGRATIONS.get(step, ()):
+                    con.execute(stmt)
+        if version != SCHEMA_VERSION:
             con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             con.execute(f"PRAGMA application_id={APPLICATION_ID}")
         con.execute("COMMIT")
@@ -279,12 +307,12 @@ class History:
             con.execute("DELETE FROM results WHERE run_id = ?", (run.run_id,))
             con.execute(
                 "INSERT OR REPLACE INTO runs (run_id, started, finished, kind, cell, minor, "
-                "tpt, spawn, commit_sha, load, host) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "tpt, spawn, commit_sha, load, host, tree) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run.run_id, run.started, run.finished, run.kind, run.cell, run.minor,
-                 run.tpt, run.spawn, run.commit, run.load, run.host))
+                 run.tpt, run.spawn, run.commit, run.load, run.host, run.tree))
             con.executemany(
                 "INSERT INTO results (run_id, nodeid, minor, tpt, spawn, started, outcome, "
-                "duration, flaky, signature) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+                "duration, flaky, signature, verdict) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     # -- reading -------------------------------------------------------------------
 
@@ -339,6 +367,28 @@ class History:
                 keys = ("nodeid", "cell", "minor", "tpt", "spawn", "outcome", "duration",
                         "signature", "flaky", "commit", "time", "run_id")
                 return [dict(zip(keys, row)) for row in cur]
+        return self._guard(query)
+
+    def past(self, nodeids: Iterable[str], *, minor: str, tpt: str, spawn: str,
+             last: int = 20) -> dict[str, list[Past]]:
+        """Per test, its newest `last` rows in this cell (minor, tpt, spawn), newest first,
+        with the commit and work-tree state of each run: what the verdict asks the history."""
+        wanted = list(nodeids)
+
+        def query():
+            with self._conn() as con:
+                out = {}
+                for nodeid in wanted:
+                    cur = con.execute(
+                        "SELECT t.outcome, t.signature, r.commit_sha, r.tree, r.kind, "
+                        "t.verdict, t.run_id, t.started, r.host FROM results t "
+                        "JOIN runs r USING (run_id) WHERE t.nodeid = ? AND t.minor = ? "
+                        "AND t.tpt = ? AND t.spawn = ? ORDER BY t.started DESC, t.id DESC "
+                        "LIMIT ?", (nodeid, minor, tpt, spawn, last))
+                    rows = [Past(*row) for row in cur]
+                    if rows:
+                        out[nodeid] = rows
+                return out
         return self._guard(query)
 
     def flaky(self, min_runs: int = 3, *, last: int = 30) -> list[FlakyCandidate]:
@@ -454,7 +504,7 @@ def _result_row(run: RunRow, t: TestRow) -> tuple:
     if t.outcome not in OUTCOMES:
         raise ValueError(f"outcome {t.outcome!r} of {t.nodeid} is not one of {OUTCOMES}")
     return (run.run_id, t.nodeid, run.minor, run.tpt, run.spawn, run.started, t.outcome,
-            float(t.duration), t.flaky, t.signature)
+            float(t.duration), t.flaky, t.signature, t.verdict)
 
 
 def _last_durations(con, nodeid: str, minor: str, tpt: str, spawn: str, last: int) -> list[float]:

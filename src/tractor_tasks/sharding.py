@@ -116,13 +116,13 @@ def run_shards(ctx: PassRunner, plan: ShardPlan) -> RunResult:
     for line in planner.describe(groups, known):
         out(line)
     lanes: list[RunResult | None] = [None] * len(groups)
-    errors: list[BaseException] = []
+    errors: dict[int, BaseException] = {}
 
     def lane(i: int, group: list[str]) -> None:
         try:
             lanes[i] = ctx.lane(only=set(group), shard=i + 1, echo=None)
         except BaseException as err:  # noqa: BLE001 - reported by the main thread
-            errors.append(err)
+            errors[i] = err
 
     board = Board(out, [(f"shard {i + 1}/{len(groups)}", ctx.run_dir.path / f"shard-{i + 1}",
                          len(g)) for i, g in enumerate(groups)])
@@ -138,14 +138,18 @@ def run_shards(ctx: PassRunner, plan: ShardPlan) -> RunResult:
     finally:
         board.close()
     if errors and not any(lanes):
-        raise errors[0]
+        raise next(iter(errors.values()))
     merged = Results(p.target)
     merged.collected = list(ids)
-    passes, notes = [], []
+    passes, notes, broken, cut = [], [], [], None
     for i, res in enumerate(lanes):
         if res is None:  # this shard could not start; the others' results stand
-            notes.append(f"shard {i + 1}: {errors[0] if errors else 'did not run'}")
+            broken.append(f"shard {i + 1} could not start ({errors.get(i, 'no result')}); "
+                          f"its {len(groups[i])} test(s) did not run")
             continue
+        cut = cut or res.cut
+        broken += [f"shard {i + 1}: {b}" if not b.startswith("shard") else b
+                   for b in res.broken]
         merged.tests.update(res.results.tests)
         merged.leaks.merge(res.results.leaks)
         if merged.lastfailed_before is None:
@@ -159,7 +163,8 @@ def run_shards(ctx: PassRunner, plan: ShardPlan) -> RunResult:
         {n: t for n, t in merged.tests.items() if n not in ids}
     notes += _too_slow(merged, len(groups))
     status = RunStatus.decide((o.stop for o in passes), 0)
-    return RunResult(0, status, merged, passes=passes, notes=notes, shards=len(groups))
+    return RunResult(0, status, merged, passes=passes, notes=notes, shards=len(groups),
+                     cut=cut, broken=broken)
 
 
 def run_one_shard(ctx: PassRunner, plan: ShardPlan) -> RunResult:
