@@ -238,7 +238,8 @@ def _by_history_alone(t: TestResult, rows, ancestry, p) -> None:
     head = ancestry.head if ancestry is not None else None
     here = [r for r in recent if r.commit == head]
     if any(O(r.outcome) is O.PASSED for r in here) and not gitref.edits(p.target.root):
-        _set(t, V.FLAKY, f"{what}, but passed at this same commit in an earlier run")
+        _set(t, V.FLAKY, f"{what}, but passed at this same commit (clean tree) in an "
+             "earlier run: the code did not change")
         return
     sides = [O(r.outcome).flip for r in recent]
     flips = sum(a != b for a, b in zip(sides, sides[1:]))
