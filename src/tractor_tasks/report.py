@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .status import RunStatus, TestOutcome as O
 from .supervise import Stop
+from .trace import FILE
 
 
 def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> list[str]:
@@ -55,4 +56,6 @@ def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> lis
                      "not run (use --no-x to run past them)")
     if result.run_dir is not None:
         lines.append(f"files: {result.run_dir}")
+        if (result.run_dir / FILE).is_file():
+            lines.append(f"timeline: {result.run_dir / FILE} (open in ui.perfetto.dev)")
     return lines
