@@ -91,7 +91,8 @@ class _Builder:
 
     def slice(self, name: str, start: float, end: float, pid: int, tid: int, **fields):
         ev = self.add("X", name, start, pid, tid, **fields)
-        ev["dur"] = max(0.0, end - start)
+        ev["dur"] = max(start, end)  # its end until done(): children end within parents
+        return ev
 
     def meta(self, what: str, pid: int, tid: int, **args):
         self.add("M", what, 0.0, pid, tid, args=args)
@@ -99,10 +100,13 @@ class _Builder:
     def done(self) -> list[dict]:
         """Wall-clock seconds -> microseconds since the first event."""
         t0 = min((e["ts"] for e in self.events if e["ph"] != "M"), default=0.0)
+
+        def us(t: float) -> int:
+            return max(0, round((t - t0) * 1e6))
         for e in self.events:
-            e["ts"] = 0 if e["ph"] == "M" else max(0, round((e["ts"] - t0) * 1e6))
+            e["ts"] = 0 if e["ph"] == "M" else us(e["ts"])
             if "dur" in e:
-                e["dur"] = max(0, round(e["dur"] * 1e6))
+                e["dur"] = max(0, us(e["dur"]) - e["ts"])
         return sorted(self.events, key=lambda e: (e["ph"] != "M", e["ts"]))
 
 
@@ -142,8 +146,8 @@ def build(run_dir: Path, results=None) -> dict:
         start, end, finished = _pass_span(pass_dir, recs)
         if start is None:
             continue
-        b.slice(label, start, end, pid, n, cat="pass",
-                args={"dir": str(pass_dir), "exitstatus": finished})
+        whole = b.slice(label, start, end, pid, n, cat="pass",
+                        args={"dir": str(pass_dir), "exitstatus": finished})
         if pid in prev_hang:
             b.add("i", "resume", start, pid, n, s="t",
                   args={"after": prev_hang.pop(pid), "pass": n})
@@ -172,6 +176,7 @@ def build(run_dir: Path, results=None) -> dict:
             since = _num((_read_json(pass_dir / "current", {}) or {}).get("since")) or start
             stop = dump if dump is not None else end
             _test(b, cut, what, since, stop, pid, n, final, label)
+            whole["args"]["stopped"] = what
             if what == "hung":
                 prev_hang[pid] = cut
                 m = _BOUND.search(t.message) if t is not None else None
@@ -187,8 +192,11 @@ def build(run_dir: Path, results=None) -> dict:
         b.slice("run", begin, finish, RUN_PID, 0, cat="run",
                 args={k: outcome.get(k) for k in ("status", "code", "passes", "shards",
                                                   "counts")})
+    last = None
     for at, load in sorted(set(loads)):
-        b.add("C", "load (1 min)", at, RUN_PID, 0, args={"load": load})
+        if load != last:  # the kernel updates it every 5 s: its changes are enough
+            b.add("C", "load (1 min)", at, RUN_PID, 0, args={"load": load})
+            last = load
     return {"traceEvents": b.done(), "displayTimeUnit": "ms",
             "otherData": {"run": run_dir.name, "status": outcome.get("status"),
                           "cell": run.get("cell")}}
