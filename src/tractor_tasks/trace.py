@@ -159,7 +159,7 @@ def build(run_dir: Path, results=None) -> dict:
             by_test.setdefault(rec["nodeid"], []).append(rec)
             if _num(rec.get("load")) is not None:
                 loads.append((float(rec["at"]), float(rec["load"])))
-        cut = _cut_off(pass_dir, finished)
+        cut = _cut_off(pass_dir)
         for nodeid, trecs in by_test.items():
             if nodeid == cut:
                 continue
@@ -221,11 +221,11 @@ def _pass_span(pass_dir: Path, recs: list[dict]) -> tuple[float | None, float, i
     return start, max([start, *ends]), status if isinstance(status, int) else None
 
 
-def _cut_off(pass_dir: Path, finished: int | None) -> str | None:
-    """The test a stop cut off: running when the pass ended before pytest finished."""
+def _cut_off(pass_dir: Path) -> str | None:
+    """The test a stop cut off: still running when the pass ended (pytest may have
+    finished its session after an interrupt, never that test)."""
     current = _read_json(pass_dir / "current", {})
-    if finished is None and isinstance(current, dict) and isinstance(current.get("nodeid"),
-                                                                      str):
+    if isinstance(current, dict) and isinstance(current.get("nodeid"), str):
         return current["nodeid"]
     return None
 
