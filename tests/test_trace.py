@@ -186,6 +186,16 @@ def test_results_add_the_class_and_an_unsharded_run_uses_the_run_track(tmp_path)
     assert "class" not in bare["args"] and bare["args"]["outcome"] == "failed"
 
 
+def test_a_test_the_whole_run_bound_cut_off_is_a_timeout(tmp_path):
+    (tmp_path / "outcome.json").write_text('{"status": "timeout", "hung": []}')
+    _pass(tmp_path / "pass-1", T, _test("tests/t.py::test_slow", T + 1, 0)[:1],
+          current={"nodeid": "tests/t.py::test_slow", "since": T + 1}, dump=T + 9)
+    events = check_format(trace.build(tmp_path))
+    assert slices_of(events) == {"tests/t.py::test_slow": [("run / pass 1", "timeout")]}
+    assert [(e["name"], e["ts"]) for e in events if e["ph"] == "i"] == [
+        ("dump", 9_000_000), ("timeout", 9_000_000)]
+
+
 def test_a_damaged_or_empty_run_dir_still_gives_a_loadable_trace(tmp_path):
     (tmp_path / "pass-1").mkdir()
     (tmp_path / "pass-1" / "results.jsonl").write_text('[1]\n{"nodeid": 3}\nnot json\n')

@@ -12,7 +12,7 @@ and was dumped), run.json and outcome.json. Tracks:
   pid 1+K "shard K"      tid N: pass N of shard K; its CPU counter
 
 A pass is a slice, each test a slice inside it (name, outcome, class); a hang, a
-dump and a resume (the pass after a hang) are instants. Times are microseconds
+dump, a resume (the pass after a hang), a timeout and an interrupt are instants. Times are microseconds
 since the run's first event.
 """
 from __future__ import annotations
@@ -121,6 +121,8 @@ def build(run_dir: Path, results=None) -> dict:
     outcome = outcome if isinstance(outcome, dict) else {}
     hung = {stable_id(n) for n in outcome.get("hung") or () if isinstance(n, str)}
     final = getattr(results, "tests", None) or {}
+    # what a cut-off test that is not a hang was ended by, without `results` to say
+    stopped = "timeout" if outcome.get("status") == "timeout" else "interrupted"
     b.meta("process_name", RUN_PID, 0, name="run")
     b.meta("process_sort_index", RUN_PID, 0, sort_index=0)
     b.meta("thread_name", RUN_PID, 0, name="run")
@@ -132,59 +134,16 @@ def build(run_dir: Path, results=None) -> dict:
             b.slice("collect (shard plan)", start, end, RUN_PID, 0, cat="pass")
 
     loads: list[tuple[float, float]] = []
-    named: set[int] = set()
-    prev_hang: dict[int, str] = {}   # pid -> the test the lane's last pass hung in
+    hung_in: dict[int, str] = {}   # pid -> the test its lane's last pass hung in
+    named = {RUN_PID}
     for pid, prefix, n, pass_dir in _lanes(run_dir):
-        if pid not in named and pid != RUN_PID:
+        if pid not in named:
             named.add(pid)
             b.meta("process_name", pid, 0, name=prefix.rstrip(": "))
             b.meta("process_sort_index", pid, 0, sort_index=pid)
-        label = f"{prefix}pass {n}"
         b.meta("thread_name", pid, n, name=f"pass {n}")
         b.meta("thread_sort_index", pid, n, sort_index=n)
-        recs = _records(pass_dir)
-        start, end, finished = _pass_span(pass_dir, recs)
-        if start is None:
-            continue
-        whole = b.slice(label, start, end, pid, n, cat="pass",
-                        args={"dir": str(pass_dir), "exitstatus": finished})
-        if pid in prev_hang:
-            b.add("i", "resume", start, pid, n, s="t",
-                  args={"after": prev_hang.pop(pid), "pass": n})
-        dump = _mtime(pass_dir / "stacks.txt")
-        if dump is not None:
-            b.add("i", "dump", dump, pid, n, s="t", args={"file": str(pass_dir / "stacks.txt")})
-        by_test: dict[str, list[dict]] = {}
-        for rec in recs:
-            by_test.setdefault(rec["nodeid"], []).append(rec)
-            if _num(rec.get("load")) is not None:
-                loads.append((float(rec["at"]), float(rec["load"])))
-        cut = _cut_off(pass_dir)
-        for nodeid, trecs in by_test.items():
-            if nodeid == cut:
-                continue
-            got, _ = _outcome(trecs)
-            began = min(_num(r.get("start")) or float(r["at"]) - (_num(r.get("duration")) or 0)
-                        for r in trecs)
-            _test(b, nodeid, got.value if got else "cut off", began,
-                  max(float(r["at"]) for r in trecs), pid, n, final, label)
-        if cut:
-            t = final.get(stable_id(cut))
-            t = t if t is not None and t.where == label else None
-            what = (t.outcome.value if t is not None else
-                    "hung" if stable_id(cut) in hung else "interrupted")
-            since = _num((_read_json(pass_dir / "current", {}) or {}).get("since")) or start
-            stop = dump if dump is not None else end
-            _test(b, cut, what, since, stop, pid, n, final, label)
-            whole["args"]["stopped"] = what
-            if what == "hung":
-                prev_hang[pid] = cut
-                m = _BOUND.search(t.message) if t is not None else None
-                at = min(stop, since + float(m[1])) if m else stop
-                b.add("i", "hang", at, pid, n, s="t", args={"test": cut})
-            elif what in ("timeout", "interrupted"):
-                b.add("i", what, stop, pid, n, s="t", args={"test": cut})
-        _cpu(b, recs, start, end, pid, n)
+        _pass(b, pass_dir, pid, n, f"{prefix}pass {n}", final, hung, stopped, hung_in, loads)
 
     begin = _num(run.get("started"))
     finish = _num(outcome.get("finished"))
@@ -200,6 +159,54 @@ def build(run_dir: Path, results=None) -> dict:
     return {"traceEvents": b.done(), "displayTimeUnit": "ms",
             "otherData": {"run": run_dir.name, "status": outcome.get("status"),
                           "cell": run.get("cell")}}
+
+
+def _pass(b: _Builder, pass_dir: Path, pid: int, n: int, label: str, final: dict,
+          hung: set[str], stopped: str, hung_in: dict[int, str], loads: list) -> None:
+    """One pass's track: its slice, its tests' slices, its instants, its CPU."""
+    recs = _records(pass_dir)
+    start, end, finished = _pass_span(pass_dir, recs)
+    if start is None:
+        return
+    whole = b.slice(label, start, end, pid, n, cat="pass",
+                    args={"dir": str(pass_dir), "exitstatus": finished})
+    if pid in hung_in:
+        b.add("i", "resume", start, pid, n, s="t", args={"after": hung_in.pop(pid), "pass": n})
+    dump = _mtime(pass_dir / "stacks.txt")
+    if dump is not None:
+        b.add("i", "dump", dump, pid, n, s="t", args={"file": str(pass_dir / "stacks.txt")})
+    by_test: dict[str, list[dict]] = {}
+    for rec in recs:
+        by_test.setdefault(rec["nodeid"], []).append(rec)
+        if _num(rec.get("load")) is not None:
+            loads.append((float(rec["at"]), float(rec["load"])))
+    cut = _cut_off(pass_dir)
+    for nodeid, trecs in by_test.items():
+        if nodeid == cut:
+            continue
+        got, _ = _outcome(trecs)
+        began = min(_num(r.get("start")) or float(r["at"]) - (_num(r.get("duration")) or 0)
+                    for r in trecs)
+        _test(b, nodeid, got.value if got else "cut off", began,
+              max(float(r["at"]) for r in trecs), pid, n, final, label)
+    if cut:
+        t = final.get(stable_id(cut))
+        t = t if t is not None and t.where == label else None
+        what = (t.outcome.value if t is not None else
+                "hung" if stable_id(cut) in hung else stopped)
+        since = _num((_read_json(pass_dir / "current", {}) or {}).get("since")) or start
+        stop = dump if dump is not None else end
+        _test(b, cut, what, since, stop, pid, n, final, label)
+        whole["args"]["stopped"] = what
+        if what == "hung":
+            hung_in[pid] = cut
+            # the bound it ran past, as results.Results.add words a hang's message
+            m = _BOUND.search(t.message) if t is not None else None
+            at = min(stop, since + float(m[1])) if m else stop
+            b.add("i", "hang", at, pid, n, s="t", args={"test": cut})
+        elif what in ("timeout", "interrupted"):
+            b.add("i", what, stop, pid, n, s="t", args={"test": cut})
+    _cpu(b, recs, start, end, pid, n)
 
 
 def _pass_span(pass_dir: Path, recs: list[dict]) -> tuple[float | None, float, int | None]:
