@@ -251,13 +251,24 @@ def clean(c, dry_run=False, grace=None, parent=None, root=None):
         raise Exit(code=1)
 
 
-@_task(help={"root": ROOT_HELP})
-def report(c, root=None):
-    """Print the matrix table again from the cells' outcome files on disk."""
+@_task(help={"trace": "print the path of the newest run's timeline (trace.json) instead",
+             "root": ROOT_HELP})
+def report(c, trace=False, root=None):
+    """Print the matrix table again from the cells' outcome files on disk (--trace: the
+    path of the newest run's timeline)."""
     import sys
 
     from .cells import read_rows, table_text
     target = _target(c, root)
+    if trace:
+        from .rundirs import State
+        from .trace import newest
+        path = newest(State(target).runs)
+        if path is None:
+            raise TaskError(f"error: no run with a timeline under {State(target).runs}; "
+                            "run `invoke test` first")
+        print(path)
+        return
     bad: list[str] = []
     rows = read_rows(target, warn=bad.append)
     for line in bad:

@@ -219,6 +219,8 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
             result.results.seconds = time.monotonic() - t0
             result.run_dir = run_dir.path
             finish(p, result, run_dir, out)
+            from . import trace
+            trace.write(run_dir.path, result.results)
             from . import report
             for line in report.render(p, result):
                 out(line)

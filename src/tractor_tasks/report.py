@@ -5,6 +5,7 @@ explained one, hangs with their dumps, leaks, and what to do."""
 from __future__ import annotations
 
 from .status import RunStatus, Stop, TestOutcome as O, Verdict as V
+from .trace import FILE
 
 
 def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> list[str]:
@@ -57,6 +58,8 @@ def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> lis
                      f"accounts for it: {shown}")
     if result.run_dir is not None:
         lines.append(f"files: {result.run_dir}")
+        if (result.run_dir / FILE).is_file():
+            lines.append(f"timeline: {result.run_dir / FILE} (open in ui.perfetto.dev)")
     return lines
 
 

@@ -7,7 +7,10 @@ It observes, and selects only when told to. Into $TRACTOR_TASKS_PROBE_DIR it wri
   current        the running test and since when ({"nodeid", "since"}); between
                  tests {"after": id}: the supervisor's per-test watchdog reads it
   results.jsonl  every test report as it happens: the run's results, even when
-                 pytest is killed before it could write anything else
+                 pytest is killed before it could write anything else; each with
+                 when it was written (`at`), when its test started (`start`), the
+                 machine's 1-minute load and pytest's CPU seconds so far, its own
+                 and its waited-for children's (`load`, `cpu`: the run's timeline)
   finished.json  at session finish: pytest's exit status
   stacks-<pid>.txt  what `kill -USR1 <pytest pid>` dumps (every thread's stack),
                  chained with any SIGUSR1 handler the target installs, before or
@@ -36,6 +39,7 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # as results.stable_id does
 def _key(nodeid):
     return _ADDRESS.sub("", nodeid)
 _SELECT = os.environ.get("TRACTOR_TASKS_SELECT")
+_started = None  # when the running test started (logstart)
 _stacks = None
 _ours = None
 
@@ -134,8 +138,10 @@ def pytest_collection_finish(session):
 
 
 def pytest_runtest_logstart(nodeid, location):
+    global _started
     _chain()
-    _write("current", {"nodeid": nodeid, "since": time.time()})
+    _started = time.time()
+    _write("current", {"nodeid": nodeid, "since": _started})
 
 
 def pytest_runtest_logfinish(nodeid, location):
@@ -152,9 +158,22 @@ def _append(rec):
         pass
 
 
+def _sample():
+    """The machine's load and pytest's CPU seconds (with its reaped children) now."""
+    try:
+        t = os.times()
+        return {"load": round(os.getloadavg()[0], 2),
+                "cpu": round(t.user + t.system + t.children_user + t.children_system, 3)}
+    except OSError:
+        return {}
+
+
 def pytest_runtest_logreport(report):
     rec = {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
            "duration": round(report.duration, 3), "at": round(time.time(), 3)}
+    if _started is not None:
+        rec["start"] = round(_started, 3)
+    rec.update(_sample())
     if hasattr(report, "wasxfail"):
         rec["xfail"] = True
     if report.failed:
