@@ -20,7 +20,6 @@ from .rundirs import State
 from .status import RunStatus
 from .target import Target
 
-KINDS = ("tests", "backends", "smoke")
 _NAME_RE = re.compile(r"(?P<kind>tests|backends|smoke)-(?P<minor>3\.\d+)(?:\((?P<params>.*)\))?")
 _PARAM_RE = re.compile(r"(\w+)='([^']*)'")
 
@@ -45,11 +44,6 @@ class Cell:
         if self.kind == "smoke":
             return f"smoke-{self.minor}"
         return f"{self.kind}-{self.minor}-{self.spawn}-{self.tpt}"
-
-    @property
-    def session(self) -> str:
-        """The nox session function's name (`tests-3.13`), without parameters."""
-        return f"{self.kind}-{self.minor}"
 
     def dir(self, target: Target) -> Path:
         return State(target).cell_dir(self.slug)

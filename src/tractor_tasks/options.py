@@ -17,10 +17,16 @@ from .errors import usage
 class Opt:
     name: str            # the keyword (invoke turns _ into -: no_x -> --no-x)
     help: str
-    default: object = None
-    kind: str = "str"    # str | flag | seconds | bound | count | shards
+    default: object = None    # invoke's default for the keyword
+    kind: str = "str"    # how its value is checked: a key of KINDS
     cell: str | None = None   # the nox cell's own flag for it, when cells take it
     short: str | None = None
+    field: str | None = ""    # the RunOptions field it sets ("": its name; None: none)
+    negate: bool = False      # a flag that turns its field off (--no-x: exitfirst)
+
+    @property
+    def dest(self) -> str | None:
+        return self.name if self.field == "" else self.field
 
 
 RUN_OPTIONS: tuple[Opt, ...] = (
@@ -41,13 +47,14 @@ RUN_OPTIONS: tuple[Opt, ...] = (
     Opt("dry_run", "print the exact command and environment; run nothing", False, "flag"),
     Opt("sweep", "sweep in-scope leftovers before the run (--no-sweep: stop instead)",
         True, "flag"),
-    Opt("no_x", "do not stop at the first failure (drop the default -x)", False, "flag"),
+    Opt("no_x", "do not stop at the first failure (drop the default -x)", False, "flag",
+        field="exitfirst", negate=True),
     Opt("retry_flaky", "rerun known-flaky failures once and report both outcomes", False,
         "flag", cell="--retry-flaky"),
     Opt("no_contain", "run pytest uncontained (no own pid/net/user namespaces)", False,
-        "flag", cell="--no-contain"),
+        "flag", cell="--no-contain", field="contain", negate=True),
     Opt("isolate_net", "kept for old scripts: contained runs already have their own network",
-        False, "flag", cell="--isolate-net"),
+        False, "flag", cell="--isolate-net", field=None),
     Opt("fail_on_leak", "fail the run when it leaves processes, listeners or sockets",
         False, "flag", cell="--fail-on-leak"),
     Opt("shards", "split the tests into N parallel contained runs balanced by recorded "
@@ -57,7 +64,6 @@ RUN_OPTIONS: tuple[Opt, ...] = (
     Opt("durations_file", "durations for shards from this JSON file (what `invoke "
         "durations` writes) instead of the history", None, cell="--durations-file"),
 )
-OPTION_NAMES = tuple(o.name for o in RUN_OPTIONS)
 
 
 def seconds(name: str, value, *, allow_zero: bool = False) -> float | None:
@@ -115,6 +121,30 @@ def shard(name: str, value) -> tuple[int, int] | None:
     return int(i), int(n)
 
 
+def text(name: str, value) -> str | None:
+    """A value that is not empty (or only blanks)."""
+    if value is not None and not str(value).strip():
+        raise usage(f"error: {name} is empty; give a value or leave it out")
+    return value
+
+
+def flag(name: str, value) -> bool | None:
+    return None if value is None else bool(value)
+
+
+# each option kind's check: (flag shown in errors, value) -> the field's value, or None
+# for the field's default
+KINDS = {
+    "str": text,
+    "flag": flag,
+    "seconds": seconds,
+    "bound": lambda name, value: seconds(name, value, allow_zero=True),
+    "count": count,
+    "shards": shards,
+    "shard": shard,
+}
+
+
 @dataclass
 class RunOptions:
     """Everything a run is asked to do besides which tests (the words)."""
@@ -147,25 +177,16 @@ class RunOptions:
 
     @classmethod
     def parse(cls, values: dict, *, extra=(), flag_names: dict | None = None) -> RunOptions:
-        """From invoke keywords or argparse results; every value checked (exit 2)."""
-        def flag(name):
-            return (flag_names or {}).get(name) or "--" + name.replace("_", "-")
-        v = {k: values.get(k) for k in OPTION_NAMES}
-        for k in ("k", "tpt", "spawn", "ll", "python", "durations_file"):
-            if v[k] is not None and not str(v[k]).strip():
-                raise usage(f"error: {flag(k)} is empty; give a value or leave it out")
-        hangs = count(flag("max_hangs"), v["max_hangs"])
-        return cls(
-            k=v["k"], tpt=v["tpt"], spawn=v["spawn"],
-            ll=v["ll"], tpdb=bool(v["tpdb"]), python=v["python"],
-            timeout=seconds(flag("timeout"), v["timeout"]),
-            test_timeout=seconds(flag("test_timeout"), v["test_timeout"], allow_zero=True),
-            max_hangs=3 if hangs is None else hangs,
-            dry_run=bool(v["dry_run"]), sweep=v["sweep"] is not False,
-            exitfirst=not v["no_x"], retry_flaky=bool(v["retry_flaky"]),
-            contain=not v["no_contain"], fail_on_leak=bool(v["fail_on_leak"]),
-            shards=shards(flag("shards"), v["shards"]), shard=shard(flag("shard"), v["shard"]),
-            durations_file=v["durations_file"], extra=list(extra))
+        """From invoke keywords or argparse results: each option's value checked by its
+        declared kind (exit 2); a value left out keeps the field's default."""
+        fields = {}
+        for o in RUN_OPTIONS:
+            shown = (flag_names or {}).get(o.name) or "--" + o.name.replace("_", "-")
+            value = KINDS[o.kind](shown, values.get(o.name))
+            if value is None or o.dest is None:
+                continue
+            fields[o.dest] = (not value) if o.negate else value
+        return cls(**fields, extra=list(extra))
 
 
 # -- the nox cell's own posargs ---------------------------------------------------
