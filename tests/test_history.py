@@ -131,6 +131,7 @@ _WRITER = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("busy", [10.0, 0.001], ids=["busy-timeout", "retries"])
+@pytest.mark.slow
 def test_several_processes_write_at_once_and_no_row_is_lost(tmp_path, busy):
     """Four writers race the schema, then 25 transactions each, all at once. With sqlite's
     own busy wait cut to 1 ms, "database is locked" reaches our retry loop instead."""
@@ -377,6 +378,7 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("family", ["xunit2", "xunit1"])
+@pytest.mark.slow
 def test_a_real_pytest_junit_file_imports_with_exact_ids(hist, junit_files, family):
     root, files = junit_files
     n = hist.import_junit(files[family], minor="3.11", tpt="uds", spawn="trio",

@@ -125,6 +125,7 @@ def test_requires_python_that_admits_no_known_minor(tmp_path):
     assert err.value.code == 2
 
 
+@pytest.mark.slow
 def test_bad_config_through_invoke_exits_2_with_one_line(tmp_path):
     write(tmp_path / "pyproject.toml", '[tool.tractor-tasks]\nspawn_backends = ["trio", "bogus"]\n')
     before = (tmp_path / "pyproject.toml").read_bytes()

@@ -56,7 +56,7 @@ class Cell:
     def parse(cls, name: str, target: Target) -> Cell:
         m = _NAME_RE.fullmatch(name.strip())
         if not m:
-            raise usage(f"error: {name!r} is not a cell name; cells look like "
+            raise usage(f"{name!r} is not a cell name; cells look like "
                         "tests-3.13(tpt='uds') (see `nox --list`)")
         params = dict(_PARAM_RE.findall(m["params"] or ""))
         return cls(m["kind"], m["minor"], params.get("tpt", target.transports[0]),
@@ -81,7 +81,7 @@ class Row:
 def _row(path: Path) -> Row:
     """One cell's outcome.json, checked field by field (a bad file: one line, exit 1)."""
     def bad(why: str) -> TaskError:
-        return TaskError(f"error: {path} is not a cell outcome ({why}); it was left as it is: "
+        return TaskError(f"{path} is not a cell outcome ({why}); it was left as it is: "
                          "rerun the cell to rewrite it")
     try:
         rec = json.loads(path.read_text())

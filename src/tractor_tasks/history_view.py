@@ -46,12 +46,12 @@ def show_history(target: Target, pattern: str | None, limit: int) -> None:
 
 def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | None) -> None:
     if cell and not junit:
-        raise usage("error: --cell names the cell of an imported JUnit file; give --junit FILE")
+        raise usage("--cell names the cell of an imported JUnit file; give --junit FILE")
     if junit:
         from .cells import Cell
         c = Cell.parse(cell, target) if cell else None
         if c is None:
-            raise usage("error: --junit needs --cell \"tests-3.13(tpt='tcp')\" (which cell "
+            raise usage("--junit needs --cell \"tests-3.13(tpt='tcp')\" (which cell "
                         "the file is from)")
         history = _open(target, create=True)
         n = history.import_junit(Path(junit), minor=c.minor, tpt=c.tpt, spawn=c.spawn,

@@ -133,7 +133,7 @@ def _affected(c, values):
     for w in missing:
         print(f"note: {w} (from the change map) does not exist in this checkout; skipped")
     if not words:
-        raise TaskError("error: the changed files map to no test that exists here")
+        raise TaskError("the changed files map to no test that exists here")
     if list_:
         for path in resolve_words(target, words):
             print(path)
@@ -158,13 +158,13 @@ def quick(c, python=None, root=None):
     venv = prepare_venv(target, minor)
     res = ImportProbe(venv.python, target, collect=True).result()
     if not res.imported:
-        raise TaskError(f"error: `import {target.package}` failed in {venv.path.name}: "
+        raise TaskError(f"`import {target.package}` failed in {venv.path.name}: "
                         f"{res.import_error}; fix the import error before running tests")
     print(f"{target.package} imports from {res.import_path} ({res.import_seconds:.1f}s)")
     print("\n".join(ln for ln in res.output.strip().splitlines()[-3:]
                     if not ln.startswith("TT-IMPORT")))
     if not res.collected_ok:
-        raise TaskError("error: collection failed (see above)")
+        raise TaskError("collection failed (see above)")
 
 
 @_task(help={"session": "a nox cell, e.g. \"tests-3.13(tpt='uds')\"",
@@ -238,7 +238,7 @@ def clean(c, dry_run=False, grace=None, parent=None, root=None):
     grace_s = seconds("--grace", grace, allow_zero=True)
     pid = count("--parent", parent)
     if pid is not None and (pid <= 0 or not pid_exists(pid)):
-        raise usage(f"error: --parent {parent}: no such process; give the pid of a live "
+        raise usage(f"--parent {parent}: no such process; give the pid of a live "
                     "process (e.g. a hung pytest)")
     venv = next((target.venv_dir(m) for m in target.pythons if target.venv_dir(m).is_dir()), None)
     report = sweep(target, venv=venv, grace=0.3 if grace_s is None else grace_s,
@@ -278,7 +278,7 @@ def ci_matrix(c, smoke=False, shards=None, root=None):
     from .options import shards as parse_shards
     n = parse_shards("--shards", shards)
     if n == "auto":
-        raise usage("error: --shards for CI must be a number of jobs per cell, not auto")
+        raise usage("--shards for CI must be a number of jobs per cell, not auto")
     print(matrix_json(Path(c.config.tractor_tasks.shim_dir), root=root, smoke=smoke,
                       shards=n or 1))
 
@@ -296,7 +296,7 @@ def history(c, patterns=None, limit=None, root=None):
     target = _target(c, root)
     n = 10 if limit is None else count("--limit", limit)
     if n < 1:
-        raise usage("error: --limit must be 1 or more")
+        raise usage("--limit must be 1 or more")
     for pattern in patterns or [None]:
         show_history(target, pattern, n)
 
@@ -311,7 +311,7 @@ def flaky(c, min_runs=None, junit=None, cell=None, root=None):
     from .options import count
     n = 3 if min_runs is None else count("--min-runs", min_runs)
     if n < 2:
-        raise usage("error: --min-runs must be 2 or more (a flip needs two runs)")
+        raise usage("--min-runs must be 2 or more (a flip needs two runs)")
     show_flaky(_target(c, root), n, junit, cell)
 
 
@@ -356,7 +356,7 @@ def durations(c, out=".tractor-tasks-durations.json", python=None, tpt=None, spa
     check_names(target, RunOptions(tpt=tpt, spawn=spawn))
     path = State(target).history
     if not path.exists():
-        raise TaskError("error: no results history yet; run the tests once (invoke test, or "
+        raise TaskError("no results history yet; run the tests once (invoke test, or "
                         "a nox cell) and try again")
     dest = Path(out) if Path(out).is_absolute() else target.root / out
     n = History(path).export_durations(dest, minor=python or "", tpt=tpt or "",

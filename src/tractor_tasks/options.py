@@ -80,7 +80,7 @@ def seconds(name: str, value, *, allow_zero: bool = False) -> float | None:
     ok = math.isfinite(n) and (n > 0 or (allow_zero and n == 0 and zero))
     if not ok or isinstance(value, bool):
         need = "0 or a positive" if allow_zero else "a positive"
-        raise usage(f"error: {name} must be {need} number of seconds, got {value!r}")
+        raise usage(f"{name} must be {need} number of seconds, got {value!r}")
     return n
 
 
@@ -89,7 +89,7 @@ def count(name: str, value) -> int | None:
         return None
     text = str(value)
     if not (text.isascii() and text.isdigit()):
-        raise usage(f"error: {name} must be a whole number (0 or more), got {value!r}")
+        raise usage(f"{name} must be a whole number (0 or more), got {value!r}")
     return int(text)
 
 
@@ -104,7 +104,7 @@ def shards(name: str, value) -> int | str | None:
     if text == "auto":
         return "auto"
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_SHARDS:
-        raise usage(f"error: {name} must be a number of shards (1 to {MAX_SHARDS}) or auto, "
+        raise usage(f"{name} must be a number of shards (1 to {MAX_SHARDS}) or auto, "
                     f"got {value!r}")
     return int(text)
 
@@ -116,7 +116,7 @@ def shard(name: str, value) -> tuple[int, int] | None:
     i, _, n = str(value).partition("/")
     if not (i.isascii() and i.isdigit() and n.isascii() and n.isdigit()) or \
             not 1 <= int(i) <= int(n) <= MAX_SHARDS:
-        raise usage(f"error: {name} must be I/N with 1 <= I <= N <= {MAX_SHARDS} (e.g. 2/4), "
+        raise usage(f"{name} must be I/N with 1 <= I <= N <= {MAX_SHARDS} (e.g. 2/4), "
                     f"got {value!r}")
     return int(i), int(n)
 
@@ -124,7 +124,7 @@ def shard(name: str, value) -> tuple[int, int] | None:
 def text(name: str, value) -> str | None:
     """A value that is not empty (or only blanks)."""
     if value is not None and not str(value).strip():
-        raise usage(f"error: {name} is empty; give a value or leave it out")
+        raise usage(f"{name} is empty; give a value or leave it out")
     return value
 
 
@@ -197,7 +197,7 @@ ENV_CONTAIN_OFF = "TRACTOR_TASKS_NO_CONTAIN"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        raise usage(f"error: {message} (a cell's own options: "
+        raise usage(f"{message} (a cell's own options: "
                     + ", ".join(o.cell for o in RUN_OPTIONS if o.cell) + ")")
 
 

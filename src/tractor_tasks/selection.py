@@ -37,13 +37,13 @@ def resolve_word(target: Target, word: str) -> list[str]:
     """One word of intent -> test paths relative to the target root."""
     tests = target.tests_path
     if not tests.is_dir():
-        raise usage(f"error: tests dir {tests} does not exist; set tests_dir in "
+        raise usage(f"tests dir {tests} does not exist; set tests_dir in "
                     "[tool.tractor-tasks]")
     if "::" in word:
         file_part, rest = word.split("::", 1)
         files = resolve_word(target, file_part)
         if len(files) != 1 or files[0].endswith("/"):
-            raise usage(f"error: {file_part!r} in node id {word!r} must name one test file")
+            raise usage(f"{file_part!r} in node id {word!r} must name one test file")
         return [f"{files[0]}::{rest}"]
     if word in WHOLE_SUITE or word.rstrip("/") == target.tests_dir:
         return [_rel(target, tests)]
@@ -51,11 +51,11 @@ def resolve_word(target: Target, word: str) -> list[str]:
         path = base / word
         if path.exists():
             if not _inside_tests(target, path):
-                raise usage(f"error: {word!r} is outside the tests dir {target.tests_dir}/; "
+                raise usage(f"{word!r} is outside the tests dir {target.tests_dir}/; "
                             f"name a test file or a dir under it")
             return [_rel(target, path.resolve())]
     if Path(word).is_absolute() or word.startswith(".."):
-        raise usage(f"error: {word!r} is outside the tests dir {target.tests_dir}/ or does not "
+        raise usage(f"{word!r} is outside the tests dir {target.tests_dir}/ or does not "
                     "exist; name a test file or a dir under it")
     if word.endswith(".py") and not any(ch in word for ch in "*?["):
         found = sorted(tests.rglob(Path(word).name))
@@ -64,23 +64,23 @@ def resolve_word(target: Target, word: str) -> list[str]:
             return [_rel(target, p) for p in found]
     pattern = word.rstrip("/").removesuffix(".py").removeprefix("test_")
     if not pattern or "/" in pattern or pattern.strip("*?") == "" or "**" in pattern:
-        raise usage(f"error: {word!r} is not a test file, dir, node id or name pattern under "
+        raise usage(f"{word!r} is not a test file, dir, node id or name pattern under "
                     f"{target.tests_dir}/; give e.g. test_local.py, ipc/ or registrar")
     try:
         found = sorted(p for p in tests.rglob(f"test_*{pattern}*.py") if p.is_file())
     except ValueError:
-        raise usage(f"error: {word!r} is not a usable name pattern; give a part of a test file "
+        raise usage(f"{word!r} is not a usable name pattern; give a part of a test file "
                     "name, e.g. registrar")
     if found:
         return [_rel(target, p) for p in found]
-    raise usage(f"error: no tests match {word!r} under {target.tests_dir}/; give a file "
+    raise usage(f"no tests match {word!r} under {target.tests_dir}/; give a file "
                 "(test_local.py), a dir (ipc/), a node id (file::test) or a pattern")
 
 
 def resolve_words(target: Target, words) -> list[str]:
     """All words -> de-duplicated paths, in the order given; no words = the whole suite."""
     if not target.tests_path.is_dir():
-        raise usage(f"error: tests dir {target.tests_path} does not exist; set tests_dir in "
+        raise usage(f"tests dir {target.tests_path} does not exist; set tests_dir in "
                     "[tool.tractor-tasks]")
     out: list[str] = []
     for word in words or ():
@@ -101,7 +101,7 @@ def _git(root: Path, *args: str) -> list[str]:
     out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
     if out.returncode != 0:
         msg = (out.stderr.strip().splitlines() or ["git failed"])[-1]
-        raise TaskError(f"error: git {' '.join(args)} failed in {root}: {msg}")
+        raise TaskError(f"git {' '.join(args)} failed in {root}: {msg}")
     return [line for line in out.stdout.splitlines() if line.strip()]
 
 
@@ -113,7 +113,7 @@ def changed_files(root: Path, base: str | None = None) -> list[str]:
         try:
             _git(root, "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}")
         except TaskError:
-            raise usage(f"error: --base {base!r} is not a commit in {root}; give a branch, tag "
+            raise usage(f"--base {base!r} is not a commit in {root}; give a branch, tag "
                         "or sha (e.g. origin/main)")
         files += _git(root, "diff", "--name-only", "--relative", f"{base}...HEAD")
     files += _git(root, "diff", "--name-only", "--relative", "--cached")

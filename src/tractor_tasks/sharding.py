@@ -139,7 +139,17 @@ def run_shards(ctx: PassRunner, plan: ShardPlan) -> RunResult:
         board.close()
     if errors and not any(lanes):
         raise errors[0]
-    merged = Results(p.target)
+    result = merge(p.target, lanes, ids, errors=errors, run_dir=ctx.run_dir.path)
+    result.notes += _too_slow(result.results, len(groups))
+    return result
+
+
+def merge(target, lanes: list[RunResult | None], ids: list[str], *, errors=(),
+          run_dir: Path | None = None) -> RunResult:
+    """The shards' lanes -> one result: tests in the plan's order (ids), then any the plan
+    did not know; leaks and passes added up; each shard's notes labelled with it, then
+    where its pytest output is; a shard that could not start (None) is a note."""
+    merged = Results(target)
     merged.collected = list(ids)
     passes, notes = [], []
     for i, res in enumerate(lanes):
@@ -153,13 +163,13 @@ def run_shards(ctx: PassRunner, plan: ShardPlan) -> RunResult:
             merged.cachedir = res.results.cachedir
         passes += res.passes
         notes += [f"shard {i + 1}: {n}" for n in res.notes]
-        logs = sorted((ctx.run_dir.path / f"shard-{i + 1}").glob("pass-*/output.log"))
-        notes.append(f"shard {i + 1} output: {', '.join(str(x) for x in logs)}")
+        if run_dir is not None:
+            logs = sorted((run_dir / f"shard-{i + 1}").glob("pass-*/output.log"))
+            notes.append(f"shard {i + 1} output: {', '.join(str(x) for x in logs)}")
     merged.tests = {n: merged.tests[n] for n in ids if n in merged.tests} | \
         {n: t for n, t in merged.tests.items() if n not in ids}
-    notes += _too_slow(merged, len(groups))
     status = RunStatus.decide((o.stop for o in passes), 0)
-    return RunResult(0, status, merged, passes=passes, notes=notes, shards=len(groups))
+    return RunResult(0, status, merged, passes=passes, notes=notes, shards=len(lanes))
 
 
 def run_one_shard(ctx: PassRunner, plan: ShardPlan) -> RunResult:

@@ -156,13 +156,13 @@ def _read_pyproject(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except tomllib.TOMLDecodeError as err:
-        raise usage(f"error: {path} is not valid TOML ({err}); fix the file and retry")
+        raise usage(f"{path} is not valid TOML ({err}); fix the file and retry")
 
 
 def _tool_table(data: dict, path: Path) -> dict:
     table = data.get("tool", {}).get("tractor-tasks", {})
     if not isinstance(table, dict):
-        raise usage(f"error: [tool.tractor-tasks] in {path} must be a table")
+        raise usage(f"[tool.tractor-tasks] in {path} must be a table")
     return table
 
 
@@ -172,7 +172,7 @@ def find_root(shim_dir: Path, root: str | os.PathLike | None = None,
     env = os.environ if env is None else env
     shim_dir = Path(shim_dir).resolve()
     if root is not None and not str(root).strip():
-        raise usage("error: --root is empty; give the path of a checkout")
+        raise usage("--root is empty; give the path of a checkout")
     if root:
         chosen, source = Path.cwd() / Path(root).expanduser(), "--root"
     elif env.get(ENV_ROOT):
@@ -183,10 +183,10 @@ def find_root(shim_dir: Path, root: str | os.PathLike | None = None,
         if cfg_root is None:
             return shim_dir
         if not isinstance(cfg_root, str) or not cfg_root:
-            raise usage(f"error: [tool.tractor-tasks] root in {pyproject} must be a path string")
+            raise usage(f"[tool.tractor-tasks] root in {pyproject} must be a path string")
         chosen, source = shim_dir / Path(cfg_root).expanduser(), f"root in {pyproject}"
     if not chosen.is_dir():
-        raise usage(f"error: target {chosen} (from {source}) is not a directory; "
+        raise usage(f"target {chosen} (from {source}) is not a directory; "
                     f"point {source} at a checkout")
     return chosen.resolve()
 
@@ -199,7 +199,7 @@ def minors_from_requires(spec: str | None) -> tuple[str, ...]:
     try:
         spec_set = SpecifierSet(spec)
     except InvalidSpecifier:
-        raise usage(f"error: requires-python {spec!r} is not a valid specifier; "
+        raise usage(f"requires-python {spec!r} is not a valid specifier; "
                     "set [tool.tractor-tasks] pythons = [\"3.13\"] instead")
     return tuple(m for m in KNOWN_MINORS
                  if spec_set.contains(f"{m}.0", prereleases=True)
@@ -210,7 +210,7 @@ def _check(table: dict, key: str, checker, where: str):
     ok, allowed = checker
     value = table[key]
     if not ok(value):
-        raise usage(f"error: [tool.tractor-tasks] {key} in {where} must be {allowed}, "
+        raise usage(f"[tool.tractor-tasks] {key} in {where} must be {allowed}, "
                     f"got {value!r}")
     return value
 
@@ -218,31 +218,31 @@ def _check(table: dict, key: str, checker, where: str):
 def _check_names(values: list[str], key: str, known: tuple[str, ...], where: str):
     for v in values:
         if v not in known:
-            raise usage(f"error: [tool.tractor-tasks] {key} in {where} has unknown name {v!r}"
+            raise usage(f"[tool.tractor-tasks] {key} in {where} has unknown name {v!r}"
                         f"{_suggest(v, known)}; allowed: {', '.join(known)}")
 
 
 def _parse_flaky(raw, where: str) -> tuple[FlakyRule, ...]:
     if not isinstance(raw, list):
-        raise usage(f"error: [tool.tractor-tasks] flaky in {where} must be an array of tables "
+        raise usage(f"[tool.tractor-tasks] flaky in {where} must be an array of tables "
                     "([[tool.tractor-tasks.flaky]] with test, error, note)")
     rules = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
-            raise usage(f"error: [tool.tractor-tasks] flaky[{i}] in {where} must be a table")
+            raise usage(f"[tool.tractor-tasks] flaky[{i}] in {where} must be a table")
         extra = set(item) - {"test", "error", "note"}
         if extra:
             bad = sorted(extra)[0]
-            raise usage(f"error: unknown key {bad!r} in [tool.tractor-tasks] flaky[{i}] of {where}"
+            raise usage(f"unknown key {bad!r} in [tool.tractor-tasks] flaky[{i}] of {where}"
                         f"{_suggest(bad, ('test', 'error', 'note'))}; allowed: test, error, note")
         for k in ("test", "error"):
             if not isinstance(item.get(k), str) or not item[k]:
-                raise usage(f"error: [tool.tractor-tasks] flaky[{i}].{k} in {where} must be "
+                raise usage(f"[tool.tractor-tasks] flaky[{i}].{k} in {where} must be "
                             "a non-empty string")
         try:
             re.compile(item["error"])
         except re.error as err:
-            raise usage(f"error: [tool.tractor-tasks] flaky[{i}].error in {where} is not a "
+            raise usage(f"[tool.tractor-tasks] flaky[{i}].error in {where} is not a "
                         f"valid regex ({err})")
         rules.append(FlakyRule(item["test"], item["error"], str(item.get("note", ""))))
     return tuple(rules)
@@ -250,12 +250,12 @@ def _parse_flaky(raw, where: str) -> tuple[FlakyRule, ...]:
 
 def _parse_affected(raw, where: str) -> dict[str, tuple[str, ...]]:
     if not isinstance(raw, dict):
-        raise usage(f"error: [tool.tractor-tasks] affected in {where} must be a table of "
+        raise usage(f"[tool.tractor-tasks] affected in {where} must be a table of "
                     "glob = [test paths]")
     out = {}
     for glob, tests in raw.items():
         if not (isinstance(tests, list) and all(isinstance(t, str) and t for t in tests)):
-            raise usage(f"error: [tool.tractor-tasks] affected.{glob!r} in {where} must be "
+            raise usage(f"[tool.tractor-tasks] affected.{glob!r} in {where} must be "
                         "a list of test paths")
         out[glob] = tuple(tests)
     return out
@@ -274,11 +274,11 @@ ALLOWED_KEYS = tuple(sorted((*_SIMPLE_KEYS, "affected", "flaky", "test_timeouts"
 
 def _parse_test_timeouts(raw, where: str) -> dict[str, float]:
     if not isinstance(raw, dict):
-        raise usage(f"error: [tool.tractor-tasks] test_timeouts in {where} must be a table of "
+        raise usage(f"[tool.tractor-tasks] test_timeouts in {where} must be a table of "
                     "\"test id glob\" = seconds")
     for glob, value in raw.items():
         if not _BOUND[0](value):
-            raise usage(f"error: [tool.tractor-tasks] test_timeouts.{glob!r} in {where} must be "
+            raise usage(f"[tool.tractor-tasks] test_timeouts.{glob!r} in {where} must be "
                         f"{_BOUND[1]}, got {value!r}")
     return {glob: float(v) for glob, v in raw.items()}
 
@@ -291,7 +291,7 @@ def _inside(root: Path, rel: str, key: str, where: str) -> None:
     except (OSError, RuntimeError):
         inside = False
     if not inside or (root / path).resolve() == root:
-        raise usage(f"error: [tool.tractor-tasks] {key} in {where} is {rel!r}, which is not a "
+        raise usage(f"[tool.tractor-tasks] {key} in {where} is {rel!r}, which is not a "
                     "dir inside the target; give a relative path like \"tests\"")
 
 
@@ -306,7 +306,7 @@ def load_target(root: Path, env: dict | None = None) -> Target:
 
     for key in table:
         if key not in ALLOWED_KEYS:
-            raise usage(f"error: unknown key {key!r} in [tool.tractor-tasks] of {where}"
+            raise usage(f"unknown key {key!r} in [tool.tractor-tasks] of {where}"
                         f"{_suggest(key, ALLOWED_KEYS)}; allowed keys: {', '.join(ALLOWED_KEYS)}")
     kw: dict[str, Any] = {}
     for key, checker in _SIMPLE_KEYS.items():
@@ -323,18 +323,18 @@ def load_target(root: Path, env: dict | None = None) -> Target:
     backends = kw.get("spawn_backends", Target.spawn_backends)
     default_backend = kw.get("default_spawn_backend", Target.default_spawn_backend)
     if default_backend not in backends:
-        raise usage(f"error: [tool.tractor-tasks] default_spawn_backend in {where} is "
+        raise usage(f"[tool.tractor-tasks] default_spawn_backend in {where} is "
                     f"{default_backend!r}, not one of spawn_backends: {', '.join(backends)}")
     if "pythons" in kw:
         for m in kw["pythons"]:
             if not re.fullmatch(r"3\.\d{1,2}", m):
-                raise usage(f"error: [tool.tractor-tasks] pythons in {where} has {m!r}; "
+                raise usage(f"[tool.tractor-tasks] pythons in {where} has {m!r}; "
                             "write minors like \"3.13\"")
     else:
         requires = data.get("project", {}).get("requires-python")
         kw["pythons"] = minors_from_requires(requires)
         if not kw["pythons"]:
-            raise usage(f"error: requires-python {requires!r} in {where} admits no Python minor "
+            raise usage(f"requires-python {requires!r} in {where} admits no Python minor "
                         "from 3.8 to 3.15; set [tool.tractor-tasks] pythons = [\"3.13\"]")
     if "tests_dir" in kw:
         _inside(root, kw["tests_dir"], "tests_dir", where)
@@ -348,7 +348,7 @@ def load_target(root: Path, env: dict | None = None) -> Target:
     port_env = env.get(ENV_REGISTRY_PORT)
     if port_env:
         if not (port_env.isascii() and port_env.isdigit() and 0 < int(port_env) < 65536):
-            raise usage(f"error: {ENV_REGISTRY_PORT}={port_env!r} must be a port number 1-65535")
+            raise usage(f"{ENV_REGISTRY_PORT}={port_env!r} must be a port number 1-65535")
         kw["registry_port"] = int(port_env)
 
     return Target(root=root, config_file=pyproject if pyproject.exists() else None, **kw)
