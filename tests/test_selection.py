@@ -227,3 +227,23 @@ def test_affected_with_nothing_changed(tmp_path):
     root = copy_sample(tmp_path / "s", git=True)
     out = invoke("affected", root=root)
     assert out.returncode == 0 and "no changed files" in out.stdout
+
+
+def test_head_commit_read_from_the_git_files_is_what_git_says(tmp_path):
+    """A plain checkout, packed refs, a detached HEAD, a worktree: read without git."""
+    from tractor_tasks.selection import _read_head, head_commit
+    root = copy_sample(tmp_path / "s", git=True)
+
+    def git(*args, cwd=root):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    assert _read_head(root) == git("rev-parse", "HEAD")
+    git("pack-refs", "--all")
+    assert _read_head(root) == git("rev-parse", "HEAD")
+    git("checkout", "-q", "--detach")
+    assert _read_head(root) == git("rev-parse", "HEAD")
+    git("worktree", "add", "-q", str(tmp_path / "wt"), "-b", "other")
+    assert _read_head(tmp_path / "wt") == git("rev-parse", "HEAD", cwd=tmp_path / "wt")
+    assert _read_head(root / "tests") is None  # not the top: git itself is asked
+    assert head_commit(root / "tests") == git("rev-parse", "HEAD")
+    assert head_commit(tmp_path) is None

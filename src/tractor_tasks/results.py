@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -318,6 +317,7 @@ def _classname(nodeid: str) -> tuple[str, str, str]:
 
 def write_junit(results: Results, path: Path) -> None:
     """One JUnit file for the whole run (every pass and shard), for CI."""
+    import xml.etree.ElementTree as ET  # here: `invoke lastfailed` starts without it
     counts = results.counts()
     suite = ET.Element("testsuite", name="pytest", tests=str(len(results.tests)),
                        **{k: str(v) for k, v in O.junit_counts(counts).items()},
@@ -395,10 +395,10 @@ def lastfailed_sources(target: Target, *, session: str | None = None,
     """Which lastfailed caches `invoke lastfailed` reads: a nox cell's own, or the one
     the target's `invoke` runs use (where its last run's pytest said its cache is:
     tractor's `--rootdir=./tests` moves it), plus every cell's with `every`."""
-    from .cells import Cell
     from .rundirs import State
     state = State(target)
     if session:
+        from .cells import Cell
         cell = Cell.parse(session, target)
         if not cell.dir(target).is_dir():
             known = sorted(p.name for p in (state.path / "cells").glob("*")) or ["none"]

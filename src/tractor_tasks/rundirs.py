@@ -32,7 +32,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 
 from .errors import TaskError
 from .target import Target
@@ -209,6 +208,7 @@ class RunDir:
 
 def make_private_dir(target: Target) -> Path:
     """A new private runtime/temp dir for one pytest start, marked as ours."""
+    import psutil  # here: `invoke lastfailed` starts without it
     d = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX))
     me = psutil.Process()
     (d / PRIVATE_MARKER).write_text(json.dumps(
@@ -225,6 +225,7 @@ def _marker(d: Path) -> dict | None:
 
 
 def _supervisor_alive(pid, create_time) -> bool:
+    import psutil
     try:
         p = psutil.Process(int(pid))
         return abs(p.create_time() - float(create_time)) <= 0.01 and \

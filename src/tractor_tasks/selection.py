@@ -10,6 +10,7 @@ nothing, or to a place outside the tests dir, is a usage error.
 from __future__ import annotations
 
 import fnmatch
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,8 +181,51 @@ def existing_words(target: Target, words: list[str]) -> tuple[list[str], list[st
     return ok, missing
 
 
+_SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+
+
+def _read_head(root: Path) -> str | None:
+    """HEAD's commit read from the git dir's files (a checkout's `.git` dir, or a
+    worktree's `.git` file): no process started. None when it is anything else."""
+    dot = root / ".git"
+    try:
+        if dot.is_file():
+            line = dot.read_text().strip()
+            if not line.startswith("gitdir: "):
+                return None
+            gitdir = (root / line[len("gitdir: "):]).resolve()
+        elif dot.is_dir():
+            gitdir = dot
+        else:
+            return None
+        head = (gitdir / "HEAD").read_text().strip()
+        if _SHA.fullmatch(head):
+            return head
+        if not head.startswith("ref: refs/"):
+            return None
+        ref = head[len("ref: "):]
+        common = gitdir
+        if (gitdir / "commondir").is_file():
+            common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
+        for base in (gitdir, common):
+            if (base / ref).is_file():
+                sha = (base / ref).read_text().strip()
+                return sha if _SHA.fullmatch(sha) else None
+        for line in (common / "packed-refs").read_text().splitlines():
+            sha, _, name = line.partition(" ")
+            if name == ref and _SHA.fullmatch(sha):
+                return sha
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
+
+
 def head_commit(root: Path) -> str | None:
-    """The checkout's HEAD commit, for the history (None outside git); read-only."""
+    """The checkout's HEAD commit, for the history (None outside git); read-only. Read
+    from the git dir's files when they are plain (start-up), else from `git rev-parse`."""
+    found = _read_head(root)
+    if found is not None:
+        return found
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10)

@@ -195,6 +195,9 @@ def minors_from_requires(spec: str | None) -> tuple[str, ...]:
     """Python minors a requires-python range admits, e.g. '>=3.13,<3.15' -> 3.13, 3.14."""
     if not spec:
         return (f"{sys.version_info[0]}.{sys.version_info[1]}",)
+    simple = _simple_range(spec)
+    if simple is not None:  # the common case, without importing packaging (start-up)
+        return tuple(m for m in KNOWN_MINORS if simple(m))
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
     try:
         spec_set = SpecifierSet(spec)
@@ -204,6 +207,28 @@ def minors_from_requires(spec: str | None) -> tuple[str, ...]:
     return tuple(m for m in KNOWN_MINORS
                  if spec_set.contains(f"{m}.0", prereleases=True)
                  or spec_set.contains(f"{m}.99", prereleases=True))
+
+
+_CLAUSE = re.compile(r"\s*(>=|<=|>|<)\s*(\d+)\.(\d+)(?:\.(\d+))?\s*")
+_CMP = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+        "<": lambda a, b: a < b}
+
+
+def _simple_range(spec: str):
+    """For a requires-python of only `>=`, `>`, `<=`, `<` bounds on release versions
+    (`>=3.11`, `>=3.13, <3.15`): a test "does minor m admit some release", the same
+    answer packaging gives for m.0 or m.99; None for anything else (packaging decides)."""
+    bounds = []
+    for clause in spec.split(","):
+        m = _CLAUSE.fullmatch(clause)
+        if m is None:
+            return None
+        bounds.append((_CMP[m[1]], (int(m[2]), int(m[3]), int(m[4] or 0))))
+
+    def admits(minor: str) -> bool:
+        major, mi = map(int, minor.split("."))
+        return any(all(ok(v, b) for ok, b in bounds) for v in ((major, mi, 0), (major, mi, 99)))
+    return admits
 
 
 def _check(table: dict, key: str, checker, where: str):
