@@ -19,7 +19,7 @@ from tractor_tasks.errors import TaskError
 from tractor_tasks.history import (
     OUTCOMES, SCHEMA_VERSION, FlakyCandidate, History, RunRow, TestRow, flaky_toml,
     junit_nodeid, load_durations, signature)
-from tractor_tasks.results import glob_to_regex
+from tractor_tasks.target import id_glob as glob_to_regex
 from tractor_tasks.target import load_target
 
 TCP = "tests-3.13(tpt='tcp')"

@@ -145,6 +145,21 @@ def table_text(rows: list[Row]) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in data)
 
 
+def append_step_summary(rows: list[Row], env=None) -> str | None:
+    """The matrix as markdown appended to $GITHUB_STEP_SUMMARY when it is set (nox's
+    report and `invoke ci-report`); a note to print when it could not be."""
+    import os
+    summary = (os.environ if env is None else env).get("GITHUB_STEP_SUMMARY")
+    if not summary:
+        return None
+    try:
+        with open(summary, "a") as f:
+            f.write("\n### tractor-tasks matrix\n\n" + table_markdown(rows))
+    except OSError as err:
+        return f"note: could not append to GITHUB_STEP_SUMMARY ({err.strerror})"
+    return None
+
+
 def table_markdown(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(_COLS) + " |", "|" + "---|" * len(_COLS)]
     lines += ["| " + " | ".join(v.replace("|", "\\|") for v in _cols(r)) + " |" for r in rows]

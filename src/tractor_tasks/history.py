@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Iterator
 
 from .errors import TaskError
 from .status import TestOutcome
+from .target import id_glob_body, under_tests
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x74727474  # "trtt": marks the file as a tractor-tasks history
@@ -327,7 +328,7 @@ class History:
         def query():
             with self._conn() as con:
                 if pattern is not None:
-                    rx = re.compile(r"(?:.*/)?" + _glob_body(pattern) + r"\Z", re.S)
+                    rx = re.compile(r"(?:.*/)?" + id_glob_body(pattern) + r"\Z", re.S)
                     con.create_function("idmatch", 1, lambda s: rx.match(s) is not None,
                                         deterministic=True)
                 where = "WHERE idmatch(t.nodeid)" if pattern is not None else ""
@@ -479,11 +480,6 @@ def _dominant(signatures: tuple[str, ...]) -> str:
     return max(signatures, key=lambda s: (counts[s], -signatures.index(s)))
 
 
-def _glob_body(glob: str) -> str:
-    """A node-id glob as regex: only * and ? are wild, [params] stay literal."""
-    return re.escape(glob).replace(r"\*", ".*").replace(r"\?", ".")
-
-
 # -- helpers: JUnit -------------------------------------------------------------------------
 
 _WRAPPED = re.compile(r'failed on (?:setup|teardown) with "(.*)"\Z', re.S)
@@ -624,8 +620,7 @@ def flaky_toml(candidates: Iterable[FlakyCandidate], tests_dir: str = "tests") -
 
 def _test_glob(nodeid: str, tests_dir: str) -> str:
     """Relative to the tests dir, the [params] part collapsed to *."""
-    prefix = tests_dir.strip("/") + "/"
-    rel = nodeid[len(prefix):] if nodeid.startswith(prefix) else nodeid
+    rel = under_tests(nodeid, tests_dir) or nodeid
     bracket = rel.find("[", max(rel.find("::"), 0))
     if rel.endswith("]") and bracket > 0:
         rel = rel[:bracket] + "*"

@@ -117,6 +117,18 @@ class Plan:
     def slug(self) -> str | None:
         return self.cell.slug if self.cell else None
 
+    @property
+    def tpt(self) -> str:
+        """The run's transport: the one asked for (a cell's own), else the target's
+        first (the plugin's default). outcome.json, the history and the shard plan's
+        durations all use this one."""
+        return self.opts.tpt or self.target.transports[0]
+
+    @property
+    def spawn(self) -> str:
+        """The run's spawn backend: the one asked for (a cell's own), else the default."""
+        return self.opts.spawn or self.target.default_spawn_backend
+
 
 def plan(target: Target, words, opts: RunOptions, *, cell: Cell | None = None,
          invocation: str | None = None, resolved: list[str] | None = None) -> Plan:
@@ -263,8 +275,7 @@ def finish(p: Plan, result: RunResult, run_dir: RunDir, out) -> None:
     counts = results.counts()
     _write_json(run_dir.outcome, {
         "cell": p.cell.name if p.cell else None, "minor": p.minor,
-        "tpt": p.opts.tpt or (p.cell.tpt if p.cell else None),
-        "spawn": p.opts.spawn or (p.cell.spawn if p.cell else None),
+        "tpt": p.tpt, "spawn": p.spawn,
         "status": result.status.value, "code": result.code,
         "seconds": round(results.seconds, 2), "finished": time.time(),
         "invocation": p.invocation, "containment": p.containment.mode,
@@ -294,9 +305,7 @@ def _record_history(p: Plan, result: RunResult, out) -> None:
                      finished=time.time(),
                      kind="cell" if p.cell else ("shard" if result.shards else "run"),
                      cell=p.cell.name if p.cell else "", minor=p.minor,
-                     tpt=p.opts.tpt or (p.cell.tpt if p.cell else "") or p.target.transports[0],
-                     spawn=p.opts.spawn or (p.cell.spawn if p.cell else "")
-                     or p.target.default_spawn_backend,
+                     tpt=p.tpt, spawn=p.spawn,
                      commit=head_commit(p.target.root), load=round(load, 2),
                      host=os.uname().nodename)
         tests = [TestRow(key, t.outcome.value, round(t.duration, 3),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import TaskError, usage
 from .status import TestOutcome as O
-from .target import FlakyRule, Target
+from .target import FlakyRule, Target, id_glob, under_tests
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
@@ -287,19 +287,13 @@ class Results:
         return path
 
 
-def glob_to_regex(glob: str) -> re.Pattern:
-    """A test-id glob where only * and ? are wild ([...] in ids stays literal)."""
-    return re.compile(re.escape(glob).replace(r"\*", ".*").replace(r"\?", ".") + r"\Z")
-
-
 def classify(target: Target, t: TestResult) -> FlakyRule | None:
     """The known-flaky rule a failure matches (id glob AND error signature), if any.
     A hang's signature is `HUNG`, so an entry with error = "HUNG" covers a known hanger."""
-    prefix = target.tests_dir.rstrip("/") + "/"
-    rel = t.nodeid[len(prefix):] if t.nodeid.startswith(prefix) else t.nodeid
+    rel = target.relative_id(t.nodeid)
     haystack = f"{t.signature}\n{t.message}\n{t.text}"
     for rule in target.flaky:
-        pattern = glob_to_regex(rule.test)
+        pattern = id_glob(rule.test)
         if (pattern.match(rel) or pattern.match(t.nodeid)) and re.search(rule.error, haystack):
             return rule
     return None
@@ -383,8 +377,7 @@ def _is_test_id(target: Target, key: str) -> bool:
     rootdir is the tests dir itself (tractor's `--rootdir=./tests`)."""
     if key.startswith("/") or key.startswith(".."):
         return False
-    prefix = target.tests_dir.rstrip("/") + "/"
-    if key.startswith(prefix):
+    if under_tests(key, target.tests_dir) is not None:
         return True
     path = key.partition("::")[0]
     return (target.tests_path / path).exists()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import TaskError, usage
-from .target import Target
+from .target import Target, under_tests
 
 WHOLE_SUITE = ("all", ".")
 
@@ -138,21 +138,51 @@ class Affected:
     mapped: dict[str, list[str]] = field(default_factory=dict)
     fell_back: list[str] = field(default_factory=list)   # files the map does not cover
     fallback: tuple[str, ...] = ()
+    files: list[str] = field(default_factory=list)       # the changed files
+    base: str | None = None
+    words: list[str] = field(default_factory=list)       # the tests that exist here
+    missing: list[str] = field(default_factory=list)     # mapped, but not in this checkout
+
+    def lines(self) -> list[str]:
+        """What `invoke affected` says about the mapping."""
+        if not self.files:
+            return ["no changed files" + (f" since {self.base}" if self.base else "")
+                    + "; nothing to run"]
+        out = [f"{f} -> {' '.join(tests)}" for f, tests in self.mapped.items()]
+        if self.fell_back:
+            out.append(f"not in the change map, so the fallback ({' '.join(self.fallback)}) "
+                       "runs for: " + ", ".join(self.fell_back))
+        out += [f"note: {w} (from the change map) does not exist in this checkout; skipped"
+                for w in self.missing]
+        return out
+
+    def check(self) -> None:
+        if self.files and not self.words:
+            raise TaskError("the changed files map to no test that exists here")
+
+
+def affected(target: Target, base: str | None = None) -> Affected:
+    """The changed files (since `base` too), mapped to the tests that exist here."""
+    files = changed_files(target.root, base)
+    result = map_changes(target, files) if files else Affected()
+    result.files, result.base = files, base
+    result.words, result.missing = existing_words(target, result.tests)
+    return result
 
 
 def map_changes(target: Target, files: list[str]) -> Affected:
     """Changed files -> test words via the change-to-tests map; the rest -> the fallback."""
     result = Affected(fallback=target.affected_fallback or target.smoke)
     pkg = target.package.replace(".", "/") + "/"
-    tests_prefix = target.tests_dir.rstrip("/") + "/"
     for f in files:
         words: list[str] = []
-        if f.startswith(tests_prefix):
+        in_tests = under_tests(f, target.tests_dir)
+        if in_tests is not None:
             name = Path(f).name
             if name.startswith("test_") and name.endswith(".py"):
-                words = [f[len(tests_prefix):]]
+                words = [in_tests]
             elif name == "conftest.py":
-                words = [str(Path(f[len(tests_prefix):]).parent) + "/"]
+                words = [str(Path(in_tests).parent) + "/"]
                 words = ["all"] if words == ["./"] else words
         elif f.startswith(pkg):
             rel = f[len(pkg):]

@@ -97,9 +97,7 @@ def durations(p) -> dict[str, float]:
     path = State(p.target).history
     if not path.exists():
         return {}
-    tpt = p.opts.tpt or (p.cell.tpt if p.cell else "")
-    spawn = p.opts.spawn or (p.cell.spawn if p.cell else "")
-    return History(path).durations(minor=p.minor, tpt=tpt, spawn=spawn)
+    return History(path).durations(minor=p.minor, tpt=p.tpt, spawn=p.spawn)
 
 
 def _stopped(plan: ShardPlan, ctx: PassRunner) -> RunResult:

@@ -119,13 +119,18 @@ class Target:
         first matching `test_timeouts` glob, else `timeout_test`."""
         if override is not None:
             return override or None
-        prefix = self.tests_dir.rstrip("/") + "/"
-        rel = nodeid[len(prefix):] if nodeid.startswith(prefix) else nodeid
+        rel = self.relative_id(nodeid)
         for glob, seconds in self.test_timeouts.items():
-            pattern = _id_glob(glob)
+            pattern = id_glob(glob)
             if pattern.match(rel) or pattern.match(nodeid):
                 return seconds or None
         return self.timeout_test or None
+
+    def relative_id(self, nodeid: str) -> str:
+        """A node id relative to the tests dir (as the config's globs are written), or
+        as it is when it is not under it."""
+        rel = under_tests(nodeid, self.tests_dir)
+        return nodeid if rel is None else rel
 
     @property
     def tests_path(self) -> Path:
@@ -139,10 +144,28 @@ class Target:
     def venv_dir(self, minor: str) -> Path:
         return self.root / ("py" + minor.replace(".", ""))
 
+    def first_venv(self) -> Path | None:
+        """The first configured minor's venv that exists (what `invoke clean` asks about
+        the bindspace), else None."""
+        return next((self.venv_dir(m) for m in self.pythons if self.venv_dir(m).is_dir()),
+                    None)
 
-def _id_glob(glob: str) -> re.Pattern:
-    """A test-id glob where only * and ? are wild ([...] in ids stays literal)."""
-    return re.compile(re.escape(glob).replace(r"\*", ".*").replace(r"\?", ".") + r"\Z")
+
+def id_glob_body(glob: str) -> str:
+    """A test-id glob as a regex: only * and ? are wild ([...] in ids stays literal)."""
+    return re.escape(glob).replace(r"\*", ".*").replace(r"\?", ".")
+
+
+def id_glob(glob: str) -> re.Pattern:
+    """A test-id glob matching a whole id: the one place globs over ids become regexes
+    (the flaky list, per-test bounds, `invoke history`)."""
+    return re.compile(id_glob_body(glob) + r"\Z")
+
+
+def under_tests(path: str, tests_dir: str) -> str | None:
+    """`path` (a node id or a file) relative to the tests dir, None when not under it."""
+    prefix = tests_dir.rstrip("/") + "/"
+    return path[len(prefix):] if path.startswith(prefix) else None
 
 
 def _suggest(word: str, options) -> str:
