@@ -1,6 +1,8 @@
 """Benchmark the run tasks: (a) `invoke lastfailed` vs `pytest --cache-show`,
 (b) the overhead of `invoke test tests/test_local.py` over the same pytest command run directly,
-(c) a contained run vs the same run with --no-contain.
+(c) a contained run vs the same run with --no-contain, (d) the start-up floor (`python -c
+pass`, `import invoke`, `invoke --list`), (e) (a) and (b) again with bytecode cached when
+PYTHONDONTWRITEBYTECODE is set here (the cache goes to the sandbox: PYTHONPYCACHEPREFIX).
 
     python bench/runs.py [--root PATH] [--repeat N]
 """
@@ -27,6 +29,48 @@ def dry_run(sb: Sandbox, argv: list[str]) -> tuple[Path, dict, list[str]]:
             env, cmd = parse_command(lines[i + 1], sb.env)
             return Path(line[3:].strip()), env, cmd
     raise BenchError(f"no `cd <root>` line in the --dry-run output:\n{out}")
+
+
+def floor(sb: Sandbox, repeat: int, env: dict) -> None:
+    """What every `invoke ...` pays before any task of ours runs."""
+    py = sys.executable
+    times = {}
+    for name, argv in (("python -c pass", [py, "-c", "pass"]),
+                       ("import invoke", [py, "-c", "import invoke"]),
+                       ("import tractor_tasks.invoke_tasks",
+                        [py, "-c", "import tractor_tasks.invoke_tasks"]),
+                       ("invoke --list", [py, "-m", "invoke", "--list"])):
+        sb.run(argv, cwd=REPO, env=env)
+        times[name] = med([sb.run(argv, cwd=REPO, env=env) for _ in range(repeat)])
+    print("start-up floor: " + ", ".join(f"{k} {v:.2f}s" for k, v in times.items()),
+          flush=True)
+
+
+def lastfailed_and_test(sb: Sandbox, args, env: dict, label: str = "") -> None:
+    lastfailed = sb.invoke("lastfailed")
+    show = [str(sb.python), "-m", "pytest", "--cache-show", "cache/lastfailed"]
+    xs, ys = compare(args.repeat, lambda: sb.run(lastfailed, cwd=REPO, env=env),
+                     lambda: sb.run(show, env=env))
+    ratio = med(xs) / med(ys)
+    print(f"lastfailed{label}: invoke {med(xs):.2f}s vs pytest --cache-show {med(ys):.2f}s "
+          f"-> ratio {ratio:.2f} (target <= {LASTFAILED_TARGET}: "
+          f"{verdict(ratio <= LASTFAILED_TARGET)})")
+    print(samples("invoke", xs, "pytest", ys), flush=True)
+    test = sb.invoke("test", "tests/test_local.py", python=True)
+    cwd, direct_env, direct = dry_run(sb, test)
+    direct_env = {**direct_env, **{k: v for k, v in env.items()
+                                   if k.startswith("PYTHONPYCACHE")}}
+    if "PYTHONDONTWRITEBYTECODE" not in env:
+        direct_env.pop("PYTHONDONTWRITEBYTECODE", None)
+    sb.run(test, cwd=REPO, env=env)  # warm-up
+    sb.run(direct, cwd=cwd, env=direct_env)
+    xs, ys = compare(args.repeat, lambda: sb.run(test, cwd=REPO, env=env),
+                     lambda: sb.run(direct, cwd=cwd, env=direct_env), warmup=False)
+    over = med(xs) - med(ys)
+    print(f"invoke test tests/test_local.py{label}: invoke {med(xs):.2f}s vs the same pytest "
+          f"command directly {med(ys):.2f}s -> overhead {over:.2f}s (target < "
+          f"{OVERHEAD_TARGET}s: {verdict(over < OVERHEAD_TARGET)})")
+    print(samples("invoke", xs, "pytest", ys), flush=True)
 
 
 def bench(args) -> None:
@@ -78,6 +122,15 @@ def bench(args) -> None:
               f"{med(ys):.2f}s -> overhead {over:+.2f}s (goal < {CONTAIN_TARGET}s: "
               f"{verdict(over < CONTAIN_TARGET)})")
         print(samples("contained", xs, "no-contain", ys), flush=True)
+
+        floor(sb, args.repeat, sb.env)
+        if sb.copied and sb.env.get("PYTHONDONTWRITEBYTECODE"):
+            cached = {k: v for k, v in sb.env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+            cached["PYTHONPYCACHEPREFIX"] = str(sb.base / "pycache")
+            print("PYTHONDONTWRITEBYTECODE is set here: every start compiles the tool (and "
+                  "pytest) from source; the same with bytecode cached, as on most machines:")
+            floor(sb, args.repeat, cached)
+            lastfailed_and_test(sb, args, cached, label=" (bytecode cached)")
 
 
 if __name__ == "__main__":

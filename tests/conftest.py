@@ -15,12 +15,11 @@ from helpers import SAMPLE, Procs, copy_sample, free_port
 _PRIVATE = Path(tempfile.mkdtemp(prefix="ttt-"))  # short: UDS paths are length-capped
 for sub in ("run", "tmp"):
     (_PRIVATE / sub).mkdir(mode=0o700)
+# uv's own cache dir is asked for (a subprocess) only when a slow test is selected, and
+# with the environment as it was before ours was made private: see pytest_collection_finish
+_UV_ENV = dict(os.environ)
 os.environ["XDG_RUNTIME_DIR"] = str(_PRIVATE / "run")
 os.environ["TMPDIR"] = str(_PRIVATE / "tmp")
-if "UV_CACHE_DIR" not in os.environ:  # keep uv's package cache; make ours private
-    from tractor_tasks.interpreters import uv_binary
-    os.environ["UV_CACHE_DIR"] = subprocess.run(
-        [uv_binary(), "cache", "dir"], capture_output=True, text=True).stdout.strip()
 os.environ["XDG_CACHE_HOME"] = str(_PRIVATE / "tmp" / "cache")
 # contained runs get their own /tmp; these tests read what the sample's chaos switches
 # write under their tmp_path, so it stays the real one for them
@@ -32,6 +31,20 @@ os.environ["TRACTOR_TASKS_REGISTRY_PORT"] = str(PORT)
 for var in ("TRACTOR_TASKS_ROOT", "CI", "VIRTUAL_ENV", "SAMPLE_ACTORS_CHAOS",
             "GITHUB_STEP_SUMMARY", "TRACTOR_TASKS_NOX_INVOCATION", "TRACTOR_TASKS_RUN"):
     os.environ.pop(var, None)
+
+
+def pytest_collection_finish(session):
+    """Keep uv's package cache (venvs build from it) while everything else of ours is
+    private: only when a selected test is slow (the fast tier starts no uv, no venv)."""
+    if "UV_CACHE_DIR" in os.environ or session.config.option.collectonly:
+        return
+    if not any(item.get_closest_marker("slow") for item in session.items):
+        return
+    from tractor_tasks.interpreters import uv_binary
+    found = subprocess.run([uv_binary(), "cache", "dir"], capture_output=True, text=True,
+                           env=_UV_ENV).stdout.strip()
+    if found:
+        os.environ["UV_CACHE_DIR"] = found
 
 
 def pytest_sessionfinish(session, exitstatus):

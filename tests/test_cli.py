@@ -4,6 +4,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from helpers import git_state, run_tool
 
 
@@ -24,6 +26,7 @@ def make_checkout(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_init_makes_nox_and_invoke_work_in_a_checkout(tmp_path):
     root = make_checkout(tmp_path)
     before = git_state(root)

@@ -27,6 +27,8 @@ from tractor_tasks.contain import ENV_CONTAIN, MODES, detect, launch
 from tractor_tasks.errors import TaskError
 
 PY = sys.executable
+# real namespaces, inits and process trees, every one
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,11 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from helpers import alive, copy_sample, invoke, port_listening
+
+pytestmark = pytest.mark.slow  # every test here runs `invoke doctor`, most on a real venv
 
 
 def checks_by_name(out):

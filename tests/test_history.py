@@ -19,7 +19,7 @@ from tractor_tasks.errors import TaskError
 from tractor_tasks.history import (
     OUTCOMES, SCHEMA_VERSION, FlakyCandidate, History, RunRow, TestRow, flaky_toml,
     junit_nodeid, load_durations, signature)
-from tractor_tasks.results import glob_to_regex
+from tractor_tasks.target import id_glob as glob_to_regex
 from tractor_tasks.target import load_target
 
 TCP = "tests-3.13(tpt='tcp')"
@@ -131,6 +131,7 @@ _WRITER = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("busy", [10.0, 0.001], ids=["busy-timeout", "retries"])
+@pytest.mark.slow
 def test_several_processes_write_at_once_and_no_row_is_lost(tmp_path, busy):
     """Four writers race the schema, then 25 transactions each, all at once. With sqlite's
     own busy wait cut to 1 ms, "database is locked" reaches our retry loop instead."""
@@ -377,6 +378,7 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("family", ["xunit2", "xunit1"])
+@pytest.mark.slow
 def test_a_real_pytest_junit_file_imports_with_exact_ids(hist, junit_files, family):
     root, files = junit_files
     n = hist.import_junit(files[family], minor="3.11", tpt="uds", spawn="trio",

@@ -59,6 +59,7 @@ def test_missing_and_malformed_minors(monkeypatch):
     assert interpreters.check_minor("py313") == "3.13"
 
 
+@pytest.mark.slow
 def test_invoke_venv_creates_py311_and_is_idempotent(tmp_path):
     root = copy_sample(tmp_path / "s")
     first = invoke("venv", "--python", "3.11", root=root, timeout=600)
@@ -82,6 +83,7 @@ def test_invoke_venv_creates_py311_and_is_idempotent(tmp_path):
     assert stamp["python"].endswith("python3.11") or "3.11" in stamp["python"]
 
 
+@pytest.mark.slow
 def test_venv_for_a_minor_this_machine_lacks(tmp_path):
     root = copy_sample(tmp_path / "s", config='[tool.tractor-tasks]\npythons = ["3.11", "3.99"]\n')
     out = invoke("venv", "--python", "3.99", root=root)

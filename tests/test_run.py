@@ -17,6 +17,8 @@ from helpers import (REPO, alive, copy_sample, bindspace, chaos_pids, command_of
 from tractor_tasks.scope import ScopeView
 from tractor_tasks.target import load_target
 
+pytestmark = pytest.mark.slow  # every test here runs invoke end to end
+
 
 def leftovers(root):
     """Everything of the target's still around: processes in scope and socket files."""

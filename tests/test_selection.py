@@ -6,9 +6,10 @@ import subprocess
 import pytest
 
 from helpers import SAMPLE, copy_sample, git_state, invoke
-from tractor_tasks.command import pytest_args
-from tractor_tasks.options import RunOptions
+from tractor_tasks.command import check_names, pytest_args
 from tractor_tasks.errors import TaskError
+from tractor_tasks.options import KINDS, RUN_OPTIONS, RunOptions, cell_options
+from tractor_tasks.pipeline import pick_minor
 from tractor_tasks.selection import changed_files, map_changes, resolve_words
 from tractor_tasks.target import load_target
 
@@ -82,6 +83,54 @@ def test_unknown_names_are_rejected_before_anything_runs(sample):
     assert err.value.code == 2
 
 
+def test_every_option_declares_a_known_kind_and_a_real_field():
+    fields = set(RunOptions.__dataclass_fields__)
+    for o in RUN_OPTIONS:
+        assert o.kind in KINDS, o.name
+        assert o.dest is None or o.dest in fields, o.name
+    got = RunOptions.parse({"no_x": True, "no_contain": True, "sweep": False, "tpdb": True,
+                            "isolate_net": True, "max_hangs": "0", "test_timeout": "0",
+                            "timeout": "2.5", "shards": "auto", "shard": "2/3", "k": "x"},
+                           extra=["-v"])
+    assert got == RunOptions(k="x", tpdb=True, timeout=2.5, test_timeout=0.0, max_hangs=0,
+                             sweep=False, exitfirst=False, contain=False, shards="auto",
+                             shard=(2, 3), extra=["-v"])
+    assert RunOptions.parse({}) == RunOptions()
+    assert cell_options(["--cell-timeout=30", "--max-hangs", "1", "-k", "y"], env={}) == \
+        RunOptions(timeout=30.0, max_hangs=1, exitfirst=False, extra=["-k", "y"])
+
+
+@pytest.mark.parametrize("values, words, needle", [
+    ({"tpt": "quic"}, [], "unknown transport 'quic'"),
+    ({"spawn": "thread"}, [], "unknown spawn backend 'thread'"),
+    ({}, ["nope_nothing"], "no tests match"),
+    ({}, ["../pyproject.toml"], "outside the tests dir"),
+    ({"python": "3.x"}, [], "not a Python minor"),
+    ({"python": "3.9"}, [], "not one of the target's minors"),
+    ({"timeout": "soon"}, [], "--timeout must be a positive number of seconds"),
+    ({"timeout": "nan"}, [], "positive number of seconds"),
+    ({"timeout": "0"}, [], "positive number of seconds"),
+    ({"test_timeout": "-3"}, [], "--test-timeout must be 0 or a positive number of seconds"),
+    ({"max_hangs": "x"}, [], "--max-hangs must be a whole number"),
+    ({"shards": "0"}, [], "--shards must be a number of shards"),
+    ({"shard": "3/2"}, [], "--shard must be I/N"),
+    ({"k": " "}, [], "--k is empty"),
+    ({}, ["*"], "name pattern"),
+])
+def test_bad_values_are_one_usage_error_line(sample, values, words, needle):
+    """The checks `invoke test` runs before anything (the real-process test with invoke:
+    test_bad_usage_exits_2_with_one_line_and_changes_nothing)."""
+    with pytest.raises(TaskError) as err:
+        opts = RunOptions.parse(values)
+        check_names(sample, opts)
+        pick_minor(sample, opts.python, env={})
+        resolve_words(sample, words)
+    message = str(err.value)
+    assert err.value.code == 2 and needle in message
+    assert message.startswith("error: ") and "\n" not in message
+
+
+@pytest.mark.slow
 def test_dry_run_prints_the_exact_command_and_runs_nothing(tmp_path):
     root = copy_sample(tmp_path / "s")
     out = invoke("test", "test_local.py", "-k", "registry", "--tpt", "uds", "--dry-run",
@@ -114,6 +163,7 @@ def test_dry_run_prints_the_exact_command_and_runs_nothing(tmp_path):
     (["test", "*"], "name pattern"),
     (["test", "--root", "NOPYPROJECT"], "no pyproject.toml"),
 ])
+@pytest.mark.slow
 def test_bad_usage_exits_2_with_one_line_and_changes_nothing(tmp_path, args, needle):
     root = copy_sample(tmp_path / "s")
     if "NOPYPROJECT" in args:  # a dir without pyproject.toml (nor tests): nothing written
@@ -129,6 +179,7 @@ def test_bad_usage_exits_2_with_one_line_and_changes_nothing(tmp_path, args, nee
 
 # -- affected ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_affected_maps_changes_and_says_what_fell_back(tmp_path):
     root = copy_sample(tmp_path / "s", git=True)
     t = load_target(root)
@@ -157,6 +208,7 @@ def test_affected_maps_changes_and_says_what_fell_back(tmp_path):
     assert git_state(root) == before
 
 
+@pytest.mark.slow
 def test_affected_with_base_counts_commits(tmp_path):
     root = copy_sample(tmp_path / "s", git=True)
     (root / "sample_actors" / "_spawn.py").write_text("# changed\n")
@@ -170,7 +222,28 @@ def test_affected_with_base_counts_commits(tmp_path):
     assert bad.returncode == 2 and "not a commit" in bad.stderr
 
 
+@pytest.mark.slow
 def test_affected_with_nothing_changed(tmp_path):
     root = copy_sample(tmp_path / "s", git=True)
     out = invoke("affected", root=root)
     assert out.returncode == 0 and "no changed files" in out.stdout
+
+
+def test_head_commit_read_from_the_git_files_is_what_git_says(tmp_path):
+    """A plain checkout, packed refs, a detached HEAD, a worktree: read without git."""
+    from tractor_tasks.selection import _read_head, head_commit
+    root = copy_sample(tmp_path / "s", git=True)
+
+    def git(*args, cwd=root):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    assert _read_head(root) == git("rev-parse", "HEAD")
+    git("pack-refs", "--all")
+    assert _read_head(root) == git("rev-parse", "HEAD")
+    git("checkout", "-q", "--detach")
+    assert _read_head(root) == git("rev-parse", "HEAD")
+    git("worktree", "add", "-q", str(tmp_path / "wt"), "-b", "other")
+    assert _read_head(tmp_path / "wt") == git("rev-parse", "HEAD", cwd=tmp_path / "wt")
+    assert _read_head(root / "tests") is None  # not the top: git itself is asked
+    assert head_commit(root / "tests") == git("rev-parse", "HEAD")
+    assert head_commit(tmp_path) is None

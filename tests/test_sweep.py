@@ -42,6 +42,7 @@ def dead_socket(path):
     return path
 
 
+@pytest.mark.slow
 def test_clean_ends_in_scope_leaks_and_spares_decoys(checkouts, procs, registry_port):
     a, b, c = checkouts["A"], checkouts["B"], checkouts["C"]
     space = bindspace()
@@ -80,6 +81,7 @@ def test_clean_ends_in_scope_leaks_and_spares_decoys(checkouts, procs, registry_
     assert "kept" in out.stdout and "live@999999.sock (live listener)" in out.stdout
 
 
+@pytest.mark.slow
 def test_descendant_mode_ends_only_the_named_parents_subtree(checkouts, procs):
     a = checkouts["A"]
     script = textwrap.dedent("""
@@ -157,6 +159,7 @@ def _dead_pid() -> int:
     ["--parent", "\u0661\u0662\u0663"],  # Arabic-Indic digits are not a pid
     ["--parent", "DEAD"],
 ])
+@pytest.mark.slow
 def test_bad_clean_arguments_are_usage_errors(checkouts, args):
     a = checkouts["A"]
     args = [str(_dead_pid()) if x == "DEAD" else x for x in args]
@@ -167,6 +170,7 @@ def test_bad_clean_arguments_are_usage_errors(checkouts, args):
     assert not (a / ".tractor-tasks").exists()
 
 
+@pytest.mark.slow
 def test_the_legacy_temp_dir_check_takes_only_this_targets_registry_port(checkouts,
                                                                         registry_port):
     """Another app's `registry@<other port>.sock` in $TMPDIR is not ours to remove."""
@@ -198,6 +202,7 @@ def _dead_run_private_dir(target_root: Path) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_a_sigkilled_runs_private_dir_is_found_and_removed(checkouts, procs):
     a, b = checkouts["A"], checkouts["B"]
     mine, other = _dead_run_private_dir(a), _dead_run_private_dir(b)
@@ -226,6 +231,7 @@ def test_a_sigkilled_runs_private_dir_is_found_and_removed(checkouts, procs):
             shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_the_bindspace_is_the_one_the_targets_own_interpreter_computes(checkouts):
     """Where the target's platformdirs puts its sockets is asked of its venv: a stale
     socket there is found even where ours would not look."""
@@ -245,6 +251,7 @@ def test_the_bindspace_is_the_one_the_targets_own_interpreter_computes(checkouts
     assert invoke("clean", root=a).returncode == 0 and not stale.exists()
 
 
+@pytest.mark.slow
 def test_the_doctor_summarises_many_leftovers(checkouts, procs):
     a = checkouts["A"]
     pids = [procs.orphan(a, f"_subactor[many@{i}]") for i in range(5)]

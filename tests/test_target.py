@@ -7,7 +7,7 @@ import pytest
 
 from helpers import REPO, SAMPLE, invoke
 from tractor_tasks.errors import TaskError
-from tractor_tasks.target import find_root, load_target, minors_from_requires
+from tractor_tasks.target import KNOWN_MINORS, find_root, load_target, minors_from_requires
 
 TRACTOR_PYPROJECT = """
 [project]
@@ -54,6 +54,16 @@ def test_defaults_match_tractor_exactly(tmp_path, monkeypatch):
 def test_minors_come_from_requires_python(spec, minors):
     assert minors_from_requires(spec) == minors
 
+
+
+@pytest.mark.parametrize("spec", [">=3.11", ">3.11", "<=3.13", "<3.12.5", ">=3.10.2, <3.14",
+                                  " > 3.12 , < 3.14 ", ">=3.9,<4", ">=3.11,!=3.12.*", "<3"])
+def test_the_fast_path_for_simple_ranges_agrees_with_packaging(spec):
+    from packaging.specifiers import SpecifierSet
+    s = SpecifierSet(spec)
+    assert minors_from_requires(spec) == tuple(
+        m for m in KNOWN_MINORS
+        if s.contains(f"{m}.0", prereleases=True) or s.contains(f"{m}.99", prereleases=True))
 
 def test_resolution_order(tmp_path, monkeypatch):
     shim = tmp_path / "shim"
@@ -125,6 +135,7 @@ def test_requires_python_that_admits_no_known_minor(tmp_path):
     assert err.value.code == 2
 
 
+@pytest.mark.slow
 def test_bad_config_through_invoke_exits_2_with_one_line(tmp_path):
     write(tmp_path / "pyproject.toml", '[tool.tractor-tasks]\nspawn_backends = ["trio", "bogus"]\n')
     before = (tmp_path / "pyproject.toml").read_bytes()

@@ -20,7 +20,6 @@ from .rundirs import State
 from .status import RunStatus
 from .target import Target
 
-KINDS = ("tests", "backends", "smoke")
 _NAME_RE = re.compile(r"(?P<kind>tests|backends|smoke)-(?P<minor>3\.\d+)(?:\((?P<params>.*)\))?")
 _PARAM_RE = re.compile(r"(\w+)='([^']*)'")
 
@@ -46,11 +45,6 @@ class Cell:
             return f"smoke-{self.minor}"
         return f"{self.kind}-{self.minor}-{self.spawn}-{self.tpt}"
 
-    @property
-    def session(self) -> str:
-        """The nox session function's name (`tests-3.13`), without parameters."""
-        return f"{self.kind}-{self.minor}"
-
     def dir(self, target: Target) -> Path:
         return State(target).cell_dir(self.slug)
 
@@ -62,7 +56,7 @@ class Cell:
     def parse(cls, name: str, target: Target) -> Cell:
         m = _NAME_RE.fullmatch(name.strip())
         if not m:
-            raise usage(f"error: {name!r} is not a cell name; cells look like "
+            raise usage(f"{name!r} is not a cell name; cells look like "
                         "tests-3.13(tpt='uds') (see `nox --list`)")
         params = dict(_PARAM_RE.findall(m["params"] or ""))
         return cls(m["kind"], m["minor"], params.get("tpt", target.transports[0]),
@@ -87,7 +81,7 @@ class Row:
 def _row(path: Path) -> Row:
     """One cell's outcome.json, checked field by field (a bad file: one line, exit 1)."""
     def bad(why: str) -> TaskError:
-        return TaskError(f"error: {path} is not a cell outcome ({why}); it was left as it is: "
+        return TaskError(f"{path} is not a cell outcome ({why}); it was left as it is: "
                          "rerun the cell to rewrite it")
     try:
         rec = json.loads(path.read_text())
@@ -149,6 +143,21 @@ def table_text(rows: list[Row]) -> str:
     data = [list(_COLS)] + [_cols(r) for r in rows]
     widths = [max(len(r[i]) for r in data) for i in range(len(_COLS))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in data)
+
+
+def append_step_summary(rows: list[Row], env=None) -> str | None:
+    """The matrix as markdown appended to $GITHUB_STEP_SUMMARY when it is set (nox's
+    report and `invoke ci-report`); a note to print when it could not be."""
+    import os
+    summary = (os.environ if env is None else env).get("GITHUB_STEP_SUMMARY")
+    if not summary:
+        return None
+    try:
+        with open(summary, "a") as f:
+            f.write("\n### tractor-tasks matrix\n\n" + table_markdown(rows))
+    except OSError as err:
+        return f"note: could not append to GITHUB_STEP_SUMMARY ({err.strerror})"
+    return None
 
 
 def table_markdown(rows: list[Row]) -> str:

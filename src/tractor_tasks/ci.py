@@ -23,7 +23,7 @@ def nox_sessions(shim_dir: Path, root: str | None = None) -> list[dict]:
                          cwd=shim_dir, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise TaskError(f"error: `nox --list --json` failed in {shim_dir}: {tail}")
+        raise TaskError(f"`nox --list --json` failed in {shim_dir}: {tail}")
     return json.loads(out.stdout)
 
 
@@ -80,10 +80,10 @@ def report_dir(directory: Path, *, durations_out: Path | None = None, warn=print
     """The final CI job: the jobs' artifacts (each a cell's `last/` dir with outcome.json
     and junit.xml) -> the matrix rows; optionally a durations file from their JUnit."""
     if not directory.is_dir():
-        raise TaskError(f"error: {directory} is not a directory of job artifacts", 2)
+        raise TaskError(f"{directory} is not a directory of job artifacts", 2)
     outcomes = sorted(directory.rglob("outcome.json"))
     if not outcomes:
-        raise TaskError(f"error: no outcome.json under {directory}; upload each job's "
+        raise TaskError(f"no outcome.json under {directory}; upload each job's "
                         "`.tractor-tasks/cells/*/last/` as an artifact", 1)
     rows = merge_outcomes(outcomes, warn)
     if durations_out is not None:

@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .errors import TaskError, usage
+
 SHIMS = {
     "noxfile.py": '''"""nox sessions for this checkout's test matrix, from tractor-tasks (see `nox --list`)."""
 from tractor_tasks.nox_sessions import register
@@ -21,13 +23,11 @@ ns = collection(__file__)
 
 def init(path: Path, force: bool = False) -> int:
     if not path.is_dir():
-        print(f"error: {path} is not a directory; give the checkout to set up", file=sys.stderr)
-        return 2
+        raise usage(f"{path} is not a directory; give the checkout to set up")
     existing = [name for name in SHIMS if (path / name).exists()]
     if existing and not force:
-        print(f"error: {', '.join(existing)} already exist in {path}; nothing written "
-              "(use --force to overwrite)", file=sys.stderr)
-        return 2
+        raise usage(f"{', '.join(existing)} already exist in {path}; nothing written "
+                    "(use --force to overwrite)")
     for name, text in SHIMS.items():
         (path / name).write_text(text)
         print(f"wrote {path / name}")
@@ -46,8 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     p_init.add_argument("path", nargs="?", default=".", help="the checkout (default: .)")
     p_init.add_argument("--force", action="store_true", help="overwrite existing shims")
     args = parser.parse_args(argv)
-    if args.command == "init":
-        return init(Path(args.path).resolve(), args.force)
+    try:
+        if args.command == "init":
+            return init(Path(args.path).resolve(), args.force)
+    except TaskError as err:
+        print(err, file=sys.stderr)
+        return err.code
     return 2
 
 

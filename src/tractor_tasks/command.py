@@ -18,10 +18,10 @@ ENV_SELECT = "TRACTOR_TASKS_SELECT"
 
 def check_names(target: Target, opts: RunOptions) -> None:
     if opts.tpt is not None and opts.tpt not in target.transports:
-        raise usage(f"error: unknown transport {opts.tpt!r}; allowed: "
+        raise usage(f"unknown transport {opts.tpt!r}; allowed: "
                     f"{', '.join(target.transports)}")
     if opts.spawn is not None and opts.spawn not in target.spawn_backends:
-        raise usage(f"error: unknown spawn backend {opts.spawn!r}; allowed: "
+        raise usage(f"unknown spawn backend {opts.spawn!r}; allowed: "
                     f"{', '.join(target.spawn_backends)}")
 
 

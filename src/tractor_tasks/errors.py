@@ -12,11 +12,15 @@ TIMEOUT = 124
 INTERRUPTED = 130
 
 
+PREFIX = "error: "
+
+
 class TaskError(Exception):
-    """A problem a person can act on: `str(err)` is the whole message."""
+    """A problem a person can act on: `str(err)` is the whole message, one line that
+    starts with `error: ` (added here when the message does not carry it)."""
 
     def __init__(self, message: str, code: int = PROBLEM):
-        super().__init__(message)
+        super().__init__(message if message.startswith(PREFIX) else PREFIX + message)
         self.code = code
 
 

@@ -26,12 +26,12 @@ def git(root: Path, *args: str, check: bool = True, timeout: float = 30) -> str 
                              timeout=timeout, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
     except (OSError, subprocess.TimeoutExpired) as err:
         if check:
-            raise TaskError(f"error: git {' '.join(args)} failed in {root}: {err}") from None
+            raise TaskError(f"git {' '.join(args)} failed in {root}: {err}") from None
         return None
     if out.returncode != 0:
         if check:
             msg = (out.stderr.strip().splitlines() or ["git failed"])[-1]
-            raise TaskError(f"error: git {' '.join(args)} failed in {root}: {msg}")
+            raise TaskError(f"git {' '.join(args)} failed in {root}: {msg}")
         return None
     return out.stdout.strip()
 
@@ -149,14 +149,14 @@ def choose(root: Path, requested: str | None) -> Choice:
     decides). A REF that does not exist, or any REF outside git, is a usage error."""
     if requested is not None:
         if not requested.strip():
-            raise usage("error: --baseline is empty; give a commit or branch, e.g. main")
+            raise usage("--baseline is empty; give a commit or branch, e.g. main")
         if not is_repo(root):
-            raise usage(f"error: --baseline needs a git checkout; {root} is not one: drop "
+            raise usage(f"--baseline needs a git checkout; {root} is not one: drop "
                         "--baseline")
         commit = commit_of(root, requested)
         if commit is None:
             shallow = git(root, "rev-parse", "--is-shallow-repository", check=False) == "true"
-            raise usage(f"error: --baseline {requested}: no such commit in this clone"
+            raise usage(f"--baseline {requested}: no such commit in this clone"
                         + ("; it is shallow: `git fetch --unshallow` brings the history"
                            if shallow else "; give a ref `git rev-parse` knows"))
         return Choice(Baseline(commit, requested, "asked for"))
@@ -204,7 +204,7 @@ def export(root: Path, commit: str, dest: Path) -> Path:
             tar.extractall(tmp, filter="data")
         err = proc.stderr.read().decode(errors="replace").strip()
         if proc.wait() != 0:
-            raise TaskError(f"error: git archive {commit[:10]} failed in {root}: "
+            raise TaskError(f"git archive {commit[:10]} failed in {root}: "
                             f"{err.splitlines()[-1] if err else 'no output'}")
         (tmp / ".tt-export-complete").write_text(commit + "\n")
         _read_only(tmp)

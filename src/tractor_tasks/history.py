@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Iterator
 
 from .errors import TaskError
 from .status import TestOutcome
+from .target import id_glob_body, under_tests
 
 SCHEMA_VERSION = 2
 APPLICATION_ID = 0x74727474  # "trtt": marks the file as a tractor-tasks history
@@ -165,12 +166,12 @@ class History:
 
     def _open(self) -> None:
         if self.path.is_dir():
-            raise TaskError(f"error: history {self.path} is a directory, not a database file; "
+            raise TaskError(f"history {self.path} is a directory, not a database file; "
                             "move it away or point the history elsewhere", 1)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise TaskError(f"error: cannot create the history's dir {self.path.parent} "
+            raise TaskError(f"cannot create the history's dir {self.path.parent} "
                             f"({err.strerror or err})", 1)
         ident = _ident(self.path)
         try:
@@ -182,12 +183,12 @@ class History:
             try:
                 self._move_aside(why)
             except OSError as err:
-                raise TaskError(f"error: history {self.path} is unreadable ({why}) and could "
+                raise TaskError(f"history {self.path} is unreadable ({why}) and could "
                                 f"not be moved aside ({err.strerror or err})", 1) from None
         try:
             self._guard(self._init_schema)
         except _Corrupt as err:
-            raise TaskError(f"error: history {self.path} is unreadable even after moving the "
+            raise TaskError(f"history {self.path} is unreadable even after moving the "
                             f"old file aside ({err})", 1) from None
 
     def _init_schema(self) -> None:
@@ -224,11 +225,11 @@ class History:
 
     def _check_foreign(self, version: int, app_id: int, tables: int) -> None:
         if version > SCHEMA_VERSION and app_id == APPLICATION_ID:
-            raise TaskError(f"error: history {self.path} has schema version {version}, newer "
+            raise TaskError(f"history {self.path} has schema version {version}, newer "
                             f"than this tractor-tasks knows ({SCHEMA_VERSION}); upgrade "
                             "tractor-tasks or point the history elsewhere", 1)
         if tables and app_id != APPLICATION_ID:
-            raise TaskError(f"error: {self.path} is an SQLite file but not a tractor-tasks "
+            raise TaskError(f"{self.path} is an SQLite file but not a tractor-tasks "
                             "history; left as it is: point the history elsewhere", 1)
 
     def _move_aside(self, why: str) -> None:
@@ -281,9 +282,9 @@ class History:
                 return fn(*args)
             except sqlite3.OperationalError as err:
                 if not _locked(err):
-                    raise TaskError(f"error: history {self.path}: {err}", 1) from None
+                    raise TaskError(f"history {self.path}: {err}", 1) from None
                 if time.monotonic() > deadline:
-                    raise TaskError(f"error: history {self.path} stayed locked for "
+                    raise TaskError(f"history {self.path} stayed locked for "
                                     f"{LOCK_SECONDS:.0f}s by another writer; try again",
                                     1) from None
                 time.sleep(delay * (1 + random.random()))
@@ -291,7 +292,7 @@ class History:
             except (_Corrupt, TaskError):
                 raise
             except sqlite3.DatabaseError as err:
-                raise TaskError(f"error: history {self.path} is damaged ({err}); move it "
+                raise TaskError(f"history {self.path} is damaged ({err}); move it "
                                 "aside and the next run starts a fresh one", 1) from None
 
     # -- writing -------------------------------------------------------------------
@@ -355,7 +356,7 @@ class History:
         def query():
             with self._conn() as con:
                 if pattern is not None:
-                    rx = re.compile(r"(?:.*/)?" + _glob_body(pattern) + r"\Z", re.S)
+                    rx = re.compile(r"(?:.*/)?" + id_glob_body(pattern) + r"\Z", re.S)
                     con.create_function("idmatch", 1, lambda s: rx.match(s) is not None,
                                         deterministic=True)
                 where = "WHERE idmatch(t.nodeid)" if pattern is not None else ""
@@ -439,12 +440,12 @@ class History:
             data = path.read_bytes()
             tree = ET.ElementTree(ET.fromstring(data))
         except OSError as err:
-            raise TaskError(f"error: cannot read JUnit file {path} ({err.strerror or err})", 1)
+            raise TaskError(f"cannot read JUnit file {path} ({err.strerror or err})", 1)
         except ET.ParseError as err:
-            raise TaskError(f"error: {path} is not valid JUnit XML ({err}); nothing recorded", 1)
+            raise TaskError(f"{path} is not valid JUnit XML ({err}); nothing recorded", 1)
         top = tree.getroot()
         if top.tag not in ("testsuites", "testsuite"):
-            raise TaskError(f"error: {path} is XML but not JUnit (root <{top.tag}>); "
+            raise TaskError(f"{path} is XML but not JUnit (root <{top.tag}>); "
                             "nothing recorded", 1)
         tests = [_junit_test(case, root) for case in top.iter("testcase")]
         started, finished, host = _junit_times(top, path)
@@ -465,7 +466,7 @@ class History:
             os.replace(tmp, path)  # a reader never sees half a file
         except OSError as err:
             tmp.unlink(missing_ok=True)
-            raise TaskError(f"error: cannot write durations file {path} "
+            raise TaskError(f"cannot write durations file {path} "
                             f"({err.strerror or err})", 1) from None
         return len(found)
 
@@ -527,11 +528,6 @@ def _dominant(signatures: tuple[str, ...]) -> str:
         return ""
     counts = Counter(signatures)
     return max(signatures, key=lambda s: (counts[s], -signatures.index(s)))
-
-
-def _glob_body(glob: str) -> str:
-    """A node-id glob as regex: only * and ? are wild, [params] stay literal."""
-    return re.escape(glob).replace(r"\*", ".*").replace(r"\?", ".")
 
 
 # -- helpers: JUnit -------------------------------------------------------------------------
@@ -633,9 +629,9 @@ def load_durations(path: Path) -> dict[str, float]:
     try:
         doc = json.loads(path.read_text())
     except OSError as err:
-        raise TaskError(f"error: cannot read durations file {path} ({err.strerror or err})", 1)
+        raise TaskError(f"cannot read durations file {path} ({err.strerror or err})", 1)
     except ValueError as err:
-        raise TaskError(f"error: durations file {path} is not valid JSON ({err}); "
+        raise TaskError(f"durations file {path} is not valid JSON ({err}); "
                         "re-export it", 1)
     ok = (isinstance(doc, dict) and doc.get("version") == 1
           and isinstance(doc.get("durations"), dict)
@@ -674,8 +670,7 @@ def flaky_toml(candidates: Iterable[FlakyCandidate], tests_dir: str = "tests") -
 
 def _test_glob(nodeid: str, tests_dir: str) -> str:
     """Relative to the tests dir, the [params] part collapsed to *."""
-    prefix = tests_dir.strip("/") + "/"
-    rel = nodeid[len(prefix):] if nodeid.startswith(prefix) else nodeid
+    rel = under_tests(nodeid, tests_dir) or nodeid
     bracket = rel.find("[", max(rel.find("::"), 0))
     if rel.endswith("]") and bracket > 0:
         rel = rel[:bracket] + "*"

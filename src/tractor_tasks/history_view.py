@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import usage
+from .errors import TaskError, usage
 from .history import History, flaky_toml
 from .rundirs import State
 from .target import Target
@@ -18,6 +18,26 @@ def _open(target: Target, create: bool = False) -> History | None:
     if create:
         State(target).ensure()
     return History(path, warn=lambda line: print(line, file=sys.stderr))
+
+
+def export_durations(target: Target, out: Path, *, minor: str | None = None,
+                     tpt: str | None = None, spawn: str | None = None) -> tuple[int, Path]:
+    """`invoke durations`: the names checked, then the history's durations (of one cell's
+    fields when given) written to `out` (relative to the target); (tests, file)."""
+    from .command import check_names
+    from .interpreters import check_minor
+    from .options import RunOptions
+    if minor is not None:
+        check_minor(minor)
+    check_names(target, RunOptions(tpt=tpt, spawn=spawn))
+    path = State(target).history
+    if not path.exists():
+        raise TaskError("no results history yet; run the tests once (invoke test, or "
+                        "a nox cell) and try again")
+    dest = out if out.is_absolute() else target.root / out
+    n = History(path).export_durations(dest, minor=minor or "", tpt=tpt or "",
+                                       spawn=spawn or "")
+    return n, dest
 
 
 def show_history(target: Target, pattern: str | None, limit: int) -> None:
@@ -46,12 +66,12 @@ def show_history(target: Target, pattern: str | None, limit: int) -> None:
 
 def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | None) -> None:
     if cell and not junit:
-        raise usage("error: --cell names the cell of an imported JUnit file; give --junit FILE")
+        raise usage("--cell names the cell of an imported JUnit file; give --junit FILE")
     if junit:
         from .cells import Cell
         c = Cell.parse(cell, target) if cell else None
         if c is None:
-            raise usage("error: --junit needs --cell \"tests-3.13(tpt='tcp')\" (which cell "
+            raise usage("--junit needs --cell \"tests-3.13(tpt='tcp')\" (which cell "
                         "the file is from)")
         history = _open(target, create=True)
         n = history.import_junit(Path(junit), minor=c.minor, tpt=c.tpt, spawn=c.spawn,

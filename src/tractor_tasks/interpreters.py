@@ -39,7 +39,7 @@ def check_minor(minor: str) -> str:
     if minor.startswith("py") and minor[2:].isdigit():  # accept py313
         minor = f"{minor[2]}.{minor[3:]}"
     if not _MINOR_RE.fullmatch(minor):
-        raise usage(f"error: {minor!r} is not a Python minor; write it like 3.13")
+        raise usage(f"{minor!r} is not a Python minor; write it like 3.13")
     return minor
 
 
@@ -146,7 +146,7 @@ def require_python(minor: str) -> Interpreter:
     found = find_python(check_minor(minor))
     if found is None:
         raise TaskError(
-            f"error: no Python {minor} interpreter on this machine (looked at PATH, "
+            f"no Python {minor} interpreter on this machine (looked at PATH, "
             f"{_pyenv_root()}/versions and uv); get one with `uv python install {minor}` "
             f"or `pyenv install {minor}`")
     return found
@@ -167,5 +167,5 @@ def _uv_binary() -> str | None:
 def uv_binary() -> str:
     exe = _uv_binary()
     if not exe:
-        raise TaskError("error: uv is not installed; run `python -m pip install uv`")
+        raise TaskError("uv is not installed; run `python -m pip install uv`")
     return exe

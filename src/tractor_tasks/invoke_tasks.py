@@ -116,29 +116,20 @@ rerun = _run_task("rerun", "Rerun the last failures (pytest --lf), same options 
 
 
 def _affected(c, values):
-    from .selection import changed_files, existing_words, map_changes, resolve_words
+    from .selection import affected, resolve_words
     target = _target(c, values.get("root"))
     base, list_ = values.pop("base"), values.pop("list_")
-    files = changed_files(target.root, base)
-    if not files:
-        print("no changed files" + (f" since {base}" if base else "") + "; nothing to run")
+    aff = affected(target, base)
+    for line in aff.lines():
+        print(line)
+    if not aff.files:
         return None
-    aff = map_changes(target, files)
-    words, missing = existing_words(target, aff.tests)
-    for f, tests in aff.mapped.items():
-        print(f"{f} -> {' '.join(tests)}")
-    if aff.fell_back:
-        print(f"not in the change map, so the fallback ({' '.join(aff.fallback)}) runs for: "
-              + ", ".join(aff.fell_back))
-    for w in missing:
-        print(f"note: {w} (from the change map) does not exist in this checkout; skipped")
-    if not words:
-        raise TaskError("error: the changed files map to no test that exists here")
+    aff.check()
     if list_:
-        for path in resolve_words(target, words):
+        for path in resolve_words(target, aff.words):
             print(path)
         return None
-    return words
+    return aff.words
 
 
 affected = _run_task("affected", "Run the tests that the changed files map to (spec section 6).",
@@ -158,13 +149,12 @@ def quick(c, python=None, root=None):
     venv = prepare_venv(target, minor)
     res = ImportProbe(venv.python, target, collect=True).result()
     if not res.imported:
-        raise TaskError(f"error: `import {target.package}` failed in {venv.path.name}: "
+        raise TaskError(f"`import {target.package}` failed in {venv.path.name}: "
                         f"{res.import_error}; fix the import error before running tests")
     print(f"{target.package} imports from {res.import_path} ({res.import_seconds:.1f}s)")
-    print("\n".join(ln for ln in res.output.strip().splitlines()[-3:]
-                    if not ln.startswith("TT-IMPORT")))
+    print("\n".join(res.tail_lines(3)))
     if not res.collected_ok:
-        raise TaskError("error: collection failed (see above)")
+        raise TaskError("collection failed (see above)")
 
 
 @_task(help={"session": "a nox cell, e.g. \"tests-3.13(tpt='uds')\"",
@@ -238,10 +228,9 @@ def clean(c, dry_run=False, grace=None, parent=None, root=None):
     grace_s = seconds("--grace", grace, allow_zero=True)
     pid = count("--parent", parent)
     if pid is not None and (pid <= 0 or not pid_exists(pid)):
-        raise usage(f"error: --parent {parent}: no such process; give the pid of a live "
+        raise usage(f"--parent {parent}: no such process; give the pid of a live "
                     "process (e.g. a hung pytest)")
-    venv = next((target.venv_dir(m) for m in target.pythons if target.venv_dir(m).is_dir()), None)
-    report = sweep(target, venv=venv, grace=0.3 if grace_s is None else grace_s,
+    report = sweep(target, venv=target.first_venv(), grace=0.3 if grace_s is None else grace_s,
                    dry_run=dry_run, parent=pid)
     for line in report.lines():
         print(line)
@@ -265,7 +254,7 @@ def report(c, trace=False, root=None):
         from .trace import newest
         path = newest(State(target).runs)
         if path is None:
-            raise TaskError(f"error: no run with a timeline under {State(target).runs}; "
+            raise TaskError(f"no run with a timeline under {State(target).runs}; "
                             "run `invoke test` first")
         print(path)
         return
@@ -289,7 +278,7 @@ def ci_matrix(c, smoke=False, shards=None, root=None):
     from .options import shards as parse_shards
     n = parse_shards("--shards", shards)
     if n == "auto":
-        raise usage("error: --shards for CI must be a number of jobs per cell, not auto")
+        raise usage("--shards for CI must be a number of jobs per cell, not auto")
     print(matrix_json(Path(c.config.tractor_tasks.shim_dir), root=root, smoke=smoke,
                       shards=n or 1))
 
@@ -307,7 +296,7 @@ def history(c, patterns=None, limit=None, root=None):
     target = _target(c, root)
     n = 10 if limit is None else count("--limit", limit)
     if n < 1:
-        raise usage("error: --limit must be 1 or more")
+        raise usage("--limit must be 1 or more")
     for pattern in patterns or [None]:
         show_history(target, pattern, n)
 
@@ -322,7 +311,7 @@ def flaky(c, min_runs=None, junit=None, cell=None, root=None):
     from .options import count
     n = 3 if min_runs is None else count("--min-runs", min_runs)
     if n < 2:
-        raise usage("error: --min-runs must be 2 or more (a flip needs two runs)")
+        raise usage("--min-runs must be 2 or more (a flip needs two runs)")
     show_flaky(_target(c, root), n, junit, cell)
 
 
@@ -333,17 +322,14 @@ def ci_report(c, directory, durations_out=None, root=None):
     """CI's last job: the jobs' outcomes, shards added up, as the matrix table.
 
     Also appended to $GITHUB_STEP_SUMMARY when set."""
-    import os
-
-    from .cells import table_markdown, table_text
+    from .cells import append_step_summary, table_text
     from .ci import report_dir
     rows = report_dir(Path(directory), warn=print,
                       durations_out=Path(durations_out) if durations_out else None)
     print(table_text(rows))
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        with open(summary, "a") as f:
-            f.write("\n### tractor-tasks matrix\n\n" + table_markdown(rows))
+    note = append_step_summary(rows)
+    if note:
+        print(note)
     if any(r.status.value not in ("passed", "skipped") for r in rows):
         raise Exit(code=1)
 
@@ -357,21 +343,9 @@ def durations(c, out=".tractor-tasks-durations.json", python=None, tpt=None, spa
 
     The median of recent runs per test; commit the file so CI jobs balance their shards
     without a history of their own."""
-    from .command import check_names
-    from .history import History
-    from .interpreters import check_minor
-    from .rundirs import State
+    from .history_view import export_durations
     target = _target(c, root)
-    if python is not None:
-        check_minor(python)
-    check_names(target, RunOptions(tpt=tpt, spawn=spawn))
-    path = State(target).history
-    if not path.exists():
-        raise TaskError("error: no results history yet; run the tests once (invoke test, or "
-                        "a nox cell) and try again")
-    dest = Path(out) if Path(out).is_absolute() else target.root / out
-    n = History(path).export_durations(dest, minor=python or "", tpt=tpt or "",
-                                       spawn=spawn or "")
+    n, dest = export_durations(target, Path(out), minor=python, tpt=tpt, spawn=spawn)
     print(f"wrote durations of {n} test(s) to {dest}")
 
 

@@ -9,17 +9,40 @@ except the cell's own options (options.RUN_OPTIONS, parsed with argparse:
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
-from .cells import Cell, read_rows, table_markdown, table_text
+from .cells import Cell, append_step_summary, read_rows, table_text
 from .errors import TaskError
 from .status import RunStatus
 from .target import Target, resolve
 
 ENV_INVOCATION = "TRACTOR_TASKS_NOX_INVOCATION"
+
+
+@dataclass(frozen=True)
+class NoxArgs:
+    """What nox's own command line says about this process (read once)."""
+    worker: bool     # a parallel worker (nox starts them with --parallel-worker)
+    listing: bool    # nox -l / --list: define the sessions, run nothing
+    parallel: bool   # -j/--parallel (or NOX_PARALLEL)
+
+    @classmethod
+    def parse(cls, argv: list[str], env) -> NoxArgs:
+        return cls(worker="--parallel-worker" in argv,
+                   listing="-l" in argv or "--list" in argv,
+                   parallel=any(a in ("-j", "--parallel")
+                                or a.startswith(("--parallel=", "-j")) and a != "-j1"
+                                for a in argv) or bool(env.get("NOX_PARALLEL")))
+
+
+@functools.cache
+def nox_args() -> NoxArgs:
+    return NoxArgs.parse(sys.argv, os.environ)
 
 
 def _missing_interpreter(minor: str) -> Exception:
@@ -38,7 +61,7 @@ def _missing_interpreter(minor: str) -> Exception:
 def _follow_parent() -> None:
     """A parallel worker (its own session, its stdout a pipe to nox) hears nothing when
     nox itself dies: ask the kernel for a SIGHUP then, so the cell stops its run."""
-    if "--parallel-worker" not in sys.argv:
+    if not nox_args().worker:
         return
     from .contain import set_parent_death_signal
     import signal
@@ -55,7 +78,7 @@ def run_cell(session, target: Target, cell: Cell) -> None:
 
     if find_python(cell.minor) is None:
         raise _missing_interpreter(cell.minor)
-    worker = "--parallel-worker" in sys.argv
+    worker = nox_args().worker
     try:
         opts = cell_options(list(session.posargs))
         words = target.smoke if cell.kind == "smoke" else ()
@@ -145,19 +168,9 @@ def _report(target: Target, invocation: str, stop_progress) -> None:
     if not rows:
         return
     out.line("\n" + table_text(rows))
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        try:
-            with open(summary, "a") as f:
-                f.write("\n### tractor-tasks matrix\n\n" + table_markdown(rows))
-        except OSError as err:
-            out.line(f"note: could not append to GITHUB_STEP_SUMMARY ({err.strerror})")
-
-
-def _parallel() -> bool:
-    args = sys.argv
-    return any(a in ("-j", "--parallel") or a.startswith(("--parallel=", "-j")) and a != "-j1"
-               for a in args) or bool(os.environ.get("NOX_PARALLEL"))
+    note = append_step_summary(rows)
+    if note:
+        out.line(note)
 
 
 def register(shim_file: str) -> Target:
@@ -171,11 +184,11 @@ def register(shim_file: str) -> Target:
         raise SystemExit(err.code)
     for minor in target.pythons:
         _define(nox, target, minor)
-    if "--parallel-worker" not in sys.argv and "-l" not in sys.argv and \
-            "--list" not in sys.argv:
+    args = nox_args()
+    if not args.worker and not args.listing:
         invocation = os.environ.setdefault(ENV_INVOCATION, uuid.uuid4().hex)
         stop = None
-        if _parallel() and not sys.stdout.isatty():
+        if args.parallel and not sys.stdout.isatty():
             from .output import Output
             from .progress import watch_cells
             from .rundirs import State

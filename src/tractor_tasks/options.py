@@ -17,10 +17,16 @@ from .errors import usage
 class Opt:
     name: str            # the keyword (invoke turns _ into -: no_x -> --no-x)
     help: str
-    default: object = None
-    kind: str = "str"    # str | flag | seconds | bound | count | shards
+    default: object = None    # invoke's default for the keyword
+    kind: str = "str"    # how its value is checked: a key of KINDS
     cell: str | None = None   # the nox cell's own flag for it, when cells take it
     short: str | None = None
+    field: str | None = ""    # the RunOptions field it sets ("": its name; None: none)
+    negate: bool = False      # a flag that turns its field off (--no-x: exitfirst)
+
+    @property
+    def dest(self) -> str | None:
+        return self.name if self.field == "" else self.field
 
 
 RUN_OPTIONS: tuple[Opt, ...] = (
@@ -41,13 +47,14 @@ RUN_OPTIONS: tuple[Opt, ...] = (
     Opt("dry_run", "print the exact command and environment; run nothing", False, "flag"),
     Opt("sweep", "sweep in-scope leftovers before the run (--no-sweep: stop instead)",
         True, "flag"),
-    Opt("no_x", "do not stop at the first failure (drop the default -x)", False, "flag"),
+    Opt("no_x", "do not stop at the first failure (drop the default -x)", False, "flag",
+        field="exitfirst", negate=True),
     Opt("retry_flaky", "rerun known-flaky failures once and report both outcomes", False,
         "flag", cell="--retry-flaky"),
     Opt("no_contain", "run pytest uncontained (no own pid/net/user namespaces)", False,
-        "flag", cell="--no-contain"),
+        "flag", cell="--no-contain", field="contain", negate=True),
     Opt("isolate_net", "kept for old scripts: contained runs already have their own network",
-        False, "flag", cell="--isolate-net"),
+        False, "flag", cell="--isolate-net", field=None),
     Opt("fail_on_leak", "fail the run when it leaves processes, listeners or sockets",
         False, "flag", cell="--fail-on-leak"),
     Opt("shards", "split the tests into N parallel contained runs balanced by recorded "
@@ -60,14 +67,13 @@ RUN_OPTIONS: tuple[Opt, ...] = (
         "quarantined) alone this many times after the run (default 1)", None, "count",
         cell="--confirm"),
     Opt("no_confirm", "no confirmation re-runs: failures are judged on their one outcome",
-        False, "flag", cell="--no-confirm"),
+        False, "flag", cell="--no-confirm", field="no_confirm"),
     Opt("baseline", "compare failures with this commit or branch (default: where the branch "
         "left the default branch when there are changes; none on an unchanged default "
         "branch, where the history decides)", None, cell="--baseline"),
     Opt("strict", "every failure fails the run (pre-existing, flaky, known-flaky and "
         "quarantined ones too)", False, "flag", cell="--strict"),
 )
-OPTION_NAMES = tuple(o.name for o in RUN_OPTIONS)
 
 
 def seconds(name: str, value, *, allow_zero: bool = False) -> float | None:
@@ -84,7 +90,7 @@ def seconds(name: str, value, *, allow_zero: bool = False) -> float | None:
     ok = math.isfinite(n) and (n > 0 or (allow_zero and n == 0 and zero))
     if not ok or isinstance(value, bool):
         need = "0 or a positive" if allow_zero else "a positive"
-        raise usage(f"error: {name} must be {need} number of seconds, got {value!r}")
+        raise usage(f"{name} must be {need} number of seconds, got {value!r}")
     return n
 
 
@@ -93,7 +99,7 @@ def count(name: str, value) -> int | None:
         return None
     text = str(value)
     if not (text.isascii() and text.isdigit()):
-        raise usage(f"error: {name} must be a whole number (0 or more), got {value!r}")
+        raise usage(f"{name} must be a whole number (0 or more), got {value!r}")
     return int(text)
 
 
@@ -108,7 +114,7 @@ def shards(name: str, value) -> int | str | None:
     if text == "auto":
         return "auto"
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_SHARDS:
-        raise usage(f"error: {name} must be a number of shards (1 to {MAX_SHARDS}) or auto, "
+        raise usage(f"{name} must be a number of shards (1 to {MAX_SHARDS}) or auto, "
                     f"got {value!r}")
     return int(text)
 
@@ -120,9 +126,33 @@ def shard(name: str, value) -> tuple[int, int] | None:
     i, _, n = str(value).partition("/")
     if not (i.isascii() and i.isdigit() and n.isascii() and n.isdigit()) or \
             not 1 <= int(i) <= int(n) <= MAX_SHARDS:
-        raise usage(f"error: {name} must be I/N with 1 <= I <= N <= {MAX_SHARDS} (e.g. 2/4), "
+        raise usage(f"{name} must be I/N with 1 <= I <= N <= {MAX_SHARDS} (e.g. 2/4), "
                     f"got {value!r}")
     return int(i), int(n)
+
+
+def text(name: str, value) -> str | None:
+    """A value that is not empty (or only blanks)."""
+    if value is not None and not str(value).strip():
+        raise usage(f"{name} is empty; give a value or leave it out")
+    return value
+
+
+def flag(name: str, value) -> bool | None:
+    return None if value is None else bool(value)
+
+
+# each option kind's check: (flag shown in errors, value) -> the field's value, or None
+# for the field's default
+KINDS = {
+    "str": text,
+    "flag": flag,
+    "seconds": seconds,
+    "bound": lambda name, value: seconds(name, value, allow_zero=True),
+    "count": count,
+    "shards": shards,
+    "shard": shard,
+}
 
 
 @dataclass
@@ -160,31 +190,22 @@ class RunOptions:
 
     @classmethod
     def parse(cls, values: dict, *, extra=(), flag_names: dict | None = None) -> RunOptions:
-        """From invoke keywords or argparse results; every value checked (exit 2)."""
-        def flag(name):
-            return (flag_names or {}).get(name) or "--" + name.replace("_", "-")
-        v = {k: values.get(k) for k in OPTION_NAMES}
-        for k in ("k", "tpt", "spawn", "ll", "python", "durations_file", "baseline"):
-            if v[k] is not None and not str(v[k]).strip():
-                raise usage(f"error: {flag(k)} is empty; give a value or leave it out")
-        hangs = count(flag("max_hangs"), v["max_hangs"])
-        confirm = count(flag("confirm"), v["confirm"])
-        if v["no_confirm"] and confirm:
-            raise usage(f"error: {flag('confirm')} and {flag('no_confirm')} contradict each "
-                        "other; give one of them")
-        return cls(
-            k=v["k"], tpt=v["tpt"], spawn=v["spawn"],
-            ll=v["ll"], tpdb=bool(v["tpdb"]), python=v["python"],
-            timeout=seconds(flag("timeout"), v["timeout"]),
-            test_timeout=seconds(flag("test_timeout"), v["test_timeout"], allow_zero=True),
-            max_hangs=3 if hangs is None else hangs,
-            dry_run=bool(v["dry_run"]), sweep=v["sweep"] is not False,
-            exitfirst=not v["no_x"], retry_flaky=bool(v["retry_flaky"]),
-            contain=not v["no_contain"], fail_on_leak=bool(v["fail_on_leak"]),
-            shards=shards(flag("shards"), v["shards"]), shard=shard(flag("shard"), v["shard"]),
-            durations_file=v["durations_file"],
-            confirm=0 if v["no_confirm"] else (1 if confirm is None else confirm),
-            baseline=v["baseline"], strict=bool(v["strict"]), extra=list(extra))
+        """From invoke keywords or argparse results: each option's value checked by its
+        declared kind (exit 2); a value left out keeps the field's default."""
+        fields = {}
+        for o in RUN_OPTIONS:
+            shown = (flag_names or {}).get(o.name) or "--" + o.name.replace("_", "-")
+            value = KINDS[o.kind](shown, values.get(o.name))
+            if value is None or o.dest is None:
+                continue
+            fields[o.dest] = (not value) if o.negate else value
+        if fields.pop("no_confirm", False):  # --no-confirm is --confirm 0
+            if fields.get("confirm"):
+                raise usage(f"{(flag_names or {}).get('confirm') or '--confirm'} and "
+                            f"{(flag_names or {}).get('no_confirm') or '--no-confirm'} "
+                            "contradict each other; give one of them")
+            fields["confirm"] = 0
+        return cls(**fields, extra=list(extra))
 
 
 # -- the nox cell's own posargs ---------------------------------------------------
@@ -195,7 +216,7 @@ ENV_CONTAIN_OFF = "TRACTOR_TASKS_NO_CONTAIN"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        raise usage(f"error: {message} (a cell's own options: "
+        raise usage(f"{message} (a cell's own options: "
                     + ", ".join(o.cell for o in RUN_OPTIONS if o.cell) + ")")
 
 

@@ -43,7 +43,7 @@ def pick_minor(target: Target, requested: str | None = None, env: dict | None = 
     if requested is not None:
         minor = check_minor(requested)
         if minor not in target.pythons:
-            raise usage(f"error: Python {minor} is not one of the target's minors "
+            raise usage(f"Python {minor} is not one of the target's minors "
                         f"({', '.join(target.pythons)}); pick one of those or set "
                         "[tool.tractor-tasks] pythons")
         return minor
@@ -58,7 +58,7 @@ def pick_minor(target: Target, requested: str | None = None, env: dict | None = 
     for minor in target.pythons:
         if find_python(minor):
             return minor
-    raise TaskError(f"error: none of the target's Python minors ({', '.join(target.pythons)}) "
+    raise TaskError(f"none of the target's Python minors ({', '.join(target.pythons)}) "
                     f"is installed here; get one with `uv python install {target.pythons[-1]}`")
 
 
@@ -74,7 +74,7 @@ def preflight(target: Target, minor: str, *, allow_sweep: bool, out) -> None:
     """The cheap worktree check, then leftovers of earlier runs (swept, or stop)."""
     wt = worktree_check(target, minor, None)  # spec case C, the cheap half (no import)
     if wt and wt.status == "fail":
-        raise TaskError(f"error: {wt.detail}; run `{wt.fix}`")
+        raise TaskError(f"{wt.detail}; run `{wt.fix}`")
     pre = check_scope(target, target.venv_dir(minor))
     for lst in pre.of("foreign"):
         out(f"preflight: warning: registry {lst.describe()}, outside this checkout; tests that "
@@ -91,7 +91,7 @@ def preflight(target: Target, minor: str, *, allow_sweep: bool, out) -> None:
     for d in pre.stale_dirs:
         out(f"preflight: private dir of a run that is over: {d}")
     if not allow_sweep:
-        raise TaskError("error: leftovers from an earlier run are in scope (listed above); "
+        raise TaskError("leftovers from an earlier run are in scope (listed above); "
                         "run `invoke clean`, or drop --no-sweep to sweep them first")
     for line in sweep(target, venv=target.venv_dir(minor)).lines():
         out(f"preflight: {line}")
@@ -119,22 +119,22 @@ class Plan:
 
     @property
     def tpt(self) -> str:
-        """The run's transport: asked for, the cell's, else the target's first."""
-        return self.opts.tpt or (self.cell.tpt if self.cell else "") or \
-            self.target.transports[0]
+        """The run's transport: the one asked for (a cell's own), else the target's
+        first (the plugin's default). outcome.json, the history and the shard plan's
+        durations all use this one."""
+        return self.opts.tpt or self.target.transports[0]
 
     @property
     def spawn(self) -> str:
-        """The run's spawn backend: asked for, the cell's, else the target's default."""
-        return self.opts.spawn or (self.cell.spawn if self.cell else "") or \
-            self.target.default_spawn_backend
+        """The run's spawn backend: the one asked for (a cell's own), else the default."""
+        return self.opts.spawn or self.target.default_spawn_backend
 
 
 def plan(target: Target, words, opts: RunOptions, *, cell: Cell | None = None,
          invocation: str | None = None, resolved: list[str] | None = None) -> Plan:
     """Check the whole request; raise a one-line TaskError before anything is written."""
     if target.config_file is None:
-        raise usage(f"error: {target.root} has no pyproject.toml, so it is no project whose "
+        raise usage(f"{target.root} has no pyproject.toml, so it is no project whose "
                     "venv and tests can run; point --root at a checkout")
     if cell is not None:  # a cell is its transport and backend
         opts = replace(opts, tpt=cell.tpt, spawn=cell.spawn)
@@ -142,14 +142,14 @@ def plan(target: Target, words, opts: RunOptions, *, cell: Cell | None = None,
     paths = resolved if resolved is not None else resolve_words(target, words)
     minor = cell.minor if cell else pick_minor(target, opts.python)
     if (opts.shards not in (None, 1) or opts.shard) and opts.interactive:
-        raise usage("error: a debugger (--tpdb, --pdb) needs the terminal: it cannot run in "
+        raise usage("a debugger (--tpdb, --pdb) needs the terminal: it cannot run in "
                     "shards; drop --shards/-n")
     if opts.shards not in (None, 1) and opts.shard:
-        raise usage("error: --shard I/N runs one shard (a CI job); --shards N runs them all "
+        raise usage("--shard I/N runs one shard (a CI job); --shards N runs them all "
                     "here: give one of them")
     if opts.durations_file and not Path(opts.durations_file).is_file():
         what = "is a directory" if Path(opts.durations_file).is_dir() else "no such file"
-        raise usage(f"error: --durations-file {opts.durations_file}: {what}; give the JSON "
+        raise usage(f"--durations-file {opts.durations_file}: {what}; give the JSON "
                     "file `invoke durations` writes")
     choice = gitref.choose(target.root, opts.baseline) if not opts.dry_run else None
     containment = contain.detect("auto" if opts.contain else "off")

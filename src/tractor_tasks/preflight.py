@@ -100,10 +100,14 @@ class ProbeResult:
     output: str
     seconds: float
 
-    def tail(self, n: int) -> str:
+    def tail_lines(self, n: int) -> list[str]:
+        """The last n lines of pytest's output (our own TT-IMPORT lines left out)."""
         lines = [ln for ln in self.output.strip().splitlines() if ln.strip()
                  and not ln.startswith("TT-IMPORT")]
-        return " | ".join(lines[-n:])
+        return lines[-n:]
+
+    def tail(self, n: int) -> str:
+        return " | ".join(self.tail_lines(n))
 
 
 class ImportProbe:

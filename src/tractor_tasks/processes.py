@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import psutil
 
 _ATTRS = ["pid", "ppid", "name", "cmdline", "cwd", "status", "create_time"]
-_UNSET: dict = {}
 
 
 @dataclass(eq=False)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import TaskError, usage
 from .status import TestOutcome as O, Verdict
-from .target import FlakyRule, Target
+from .target import FlakyRule, Target, id_glob, under_tests
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
@@ -297,19 +296,13 @@ class Results:
         return path
 
 
-def glob_to_regex(glob: str) -> re.Pattern:
-    """A test-id glob where only * and ? are wild ([...] in ids stays literal)."""
-    return re.compile(re.escape(glob).replace(r"\*", ".*").replace(r"\?", ".") + r"\Z")
-
-
 def classify(target: Target, t: TestResult) -> FlakyRule | None:
     """The known-flaky rule a failure matches (id glob AND error signature), if any.
     A hang's signature is `HUNG`, so an entry with error = "HUNG" covers a known hanger."""
-    prefix = target.tests_dir.rstrip("/") + "/"
-    rel = t.nodeid[len(prefix):] if t.nodeid.startswith(prefix) else t.nodeid
+    rel = target.relative_id(t.nodeid)
     haystack = f"{t.signature}\n{t.message}\n{t.text}"
     for rule in target.flaky:
-        pattern = glob_to_regex(rule.test)
+        pattern = id_glob(rule.test)
         if (pattern.match(rel) or pattern.match(t.nodeid)) and re.search(rule.error, haystack):
             return rule
     return None
@@ -325,7 +318,8 @@ def _classname(nodeid: str) -> tuple[str, str, str]:
     return ".".join([module, *parts[:-1]]), parts[-1], path
 
 
-def _failure_element(parent: ET.Element, tag: str, t: TestResult) -> ET.Element:
+def _failure_element(parent, tag: str, t: TestResult):
+    import xml.etree.ElementTree as ET
     el = ET.SubElement(parent, tag, message=t.message[:500])
     if t.outcome is not O.FAILED and t.outcome is not O.ERROR:
         el.set("type", t.outcome.value)
@@ -333,10 +327,11 @@ def _failure_element(parent: ET.Element, tag: str, t: TestResult) -> ET.Element:
     return el
 
 
-def _testcase(suite: ET.Element, t: TestResult, written: dict) -> None:
+def _testcase(suite, t: TestResult, written: dict) -> None:
     """One testcase: a failure explained as flaky (it passed alone) is written as
     nextest does, `<flakyFailure>` with no `<failure>`; a failure that failed again
     alone keeps its element, each failing re-run a `<rerunFailure>`."""
+    import xml.etree.ElementTree as ET
     classname, name, file = _classname(t.nodeid)
     case = ET.SubElement(suite, "testcase", classname=classname, name=name, file=file,
                          time=f"{t.duration:.3f}")
@@ -373,6 +368,7 @@ def _testcase(suite: ET.Element, t: TestResult, written: dict) -> None:
 
 def write_junit(results: Results, path: Path) -> None:
     """One JUnit file for the whole run (every pass and shard), for CI."""
+    import xml.etree.ElementTree as ET  # here: `invoke lastfailed` starts without it
     suite = ET.Element("testsuite", name="pytest", tests=str(len(results.tests)),
                        failures="0", errors="0", skipped="0", time=f"{results.seconds:.3f}")
     props = ET.SubElement(suite, "properties")
@@ -402,19 +398,19 @@ def read_lastfailed(target: Target, path: Path) -> list[str] | None:
     except FileNotFoundError:
         return None
     except IsADirectoryError:
-        raise TaskError(f"error: {path} is a directory, not pytest's lastfailed file; it was "
+        raise TaskError(f"{path} is a directory, not pytest's lastfailed file; it was "
                         "left as it is: remove it or rerun the tests")
     except OSError as err:
-        raise TaskError(f"error: cannot read {path} ({err.strerror}); it was left as it is")
+        raise TaskError(f"cannot read {path} ({err.strerror}); it was left as it is")
     try:
         data = json.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as err:
         reason = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else \
             f"not valid JSON ({err.args[0]})"
-        raise TaskError(f"error: {path} is {reason}; it was left as it is: delete it or "
+        raise TaskError(f"{path} is {reason}; it was left as it is: delete it or "
                         "rerun the tests to rewrite it")
     if not isinstance(data, dict):
-        raise TaskError(f"error: {path} is not a lastfailed mapping; it was left as it is: "
+        raise TaskError(f"{path} is not a lastfailed mapping; it was left as it is: "
                         "delete it or rerun the tests to rewrite it")
     return sorted(k for k in data if isinstance(k, str) and _is_test_id(target, k))
 
@@ -424,8 +420,7 @@ def _is_test_id(target: Target, key: str) -> bool:
     rootdir is the tests dir itself (tractor's `--rootdir=./tests`)."""
     if key.startswith("/") or key.startswith(".."):
         return False
-    prefix = target.tests_dir.rstrip("/") + "/"
-    if key.startswith(prefix):
+    if under_tests(key, target.tests_dir) is not None:
         return True
     path = key.partition("::")[0]
     return (target.tests_path / path).exists()
@@ -436,14 +431,14 @@ def lastfailed_sources(target: Target, *, session: str | None = None,
     """Which lastfailed caches `invoke lastfailed` reads: a nox cell's own, or the one
     the target's `invoke` runs use (where its last run's pytest said its cache is:
     tractor's `--rootdir=./tests` moves it), plus every cell's with `every`."""
-    from .cells import Cell
     from .rundirs import State
     state = State(target)
     if session:
+        from .cells import Cell
         cell = Cell.parse(session, target)
         if not cell.dir(target).is_dir():
             known = sorted(p.name for p in (state.path / "cells").glob("*")) or ["none"]
-            raise usage(f"error: no runs recorded for cell {cell.name!r}; cells run so far: "
+            raise usage(f"no runs recorded for cell {cell.name!r}; cells run so far: "
                         + ", ".join(known))
         return [(cell.name, lastfailed_path(cell.cache_dir(target)))]
     cache = target.root / ".pytest_cache"

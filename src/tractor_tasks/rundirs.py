@@ -32,7 +32,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 
 from .errors import TaskError
 from .target import Target
@@ -58,7 +57,7 @@ class State:
         try:
             return self._ensure()
         except OSError as err:
-            raise TaskError(f"error: cannot make {self.path} ({err.strerror or err}); "
+            raise TaskError(f"cannot make {self.path} ({err.strerror or err}); "
                             "move what is in its way or make the target writable") from None
 
     def _ensure(self) -> Path:
@@ -100,7 +99,7 @@ class State:
         try:
             f = open(path, "w")
         except OSError as err:
-            raise TaskError(f"error: cannot write {path} ({err.strerror or err}); make the "
+            raise TaskError(f"cannot write {path} ({err.strerror or err}); make the "
                             "target writable") from None
         with f:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -123,7 +122,7 @@ class State:
         try:
             return self._new_run(slug)
         except OSError as err:
-            raise TaskError(f"error: cannot make a run dir in {self.runs} "
+            raise TaskError(f"cannot make a run dir in {self.runs} "
                             f"({err.strerror or err}); make the target writable") from None
 
     def _new_run(self, slug: str | None) -> RunDir:
@@ -214,6 +213,7 @@ class RunDir:
 
 def make_private_dir(target: Target) -> Path:
     """A new private runtime/temp dir for one pytest start, marked as ours."""
+    import psutil  # here: `invoke lastfailed` starts without it
     d = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX))
     me = psutil.Process()
     (d / PRIVATE_MARKER).write_text(json.dumps(
@@ -230,6 +230,7 @@ def _marker(d: Path) -> dict | None:
 
 
 def _supervisor_alive(pid, create_time) -> bool:
+    import psutil
     try:
         p = psutil.Process(int(pid))
         return abs(p.create_time() - float(create_time)) <= 0.01 and \

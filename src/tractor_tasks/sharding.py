@@ -52,19 +52,19 @@ def make_plan(ctx: PassRunner) -> ShardPlan:
         return ShardPlan([], [], {}, tmp, stopped=outcome)
     if outcome.returncode not in (0, 5) or log.collected is None:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise TaskError(f"error: collecting the tests failed (pytest exit {outcome.returncode})"
+        raise TaskError(f"collecting the tests failed (pytest exit {outcome.returncode})"
                         "; run `invoke quick` to see why")
     ids = list(dict.fromkeys(map(stable_id, log.collected)))
     if not ids:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise usage("error: no tests were selected; nothing to split into shards")
+        raise usage("no tests were selected; nothing to split into shards")
     if p.opts.shard:
         wanted = p.opts.shard[1]
     else:
         wanted = auto_shards(len(ids)) if p.opts.shards == "auto" else p.opts.shards
         if wanted > len(ids):
             shutil.rmtree(tmp, ignore_errors=True)
-            raise usage(f"error: {wanted} shards for {len(ids)} test(s): give -n {len(ids)} "
+            raise usage(f"{wanted} shards for {len(ids)} test(s): give -n {len(ids)} "
                         "or fewer")
     try:
         known = durations(p)
@@ -97,9 +97,7 @@ def durations(p) -> dict[str, float]:
     path = State(p.target).history
     if not path.exists():
         return {}
-    tpt = p.opts.tpt or (p.cell.tpt if p.cell else "")
-    spawn = p.opts.spawn or (p.cell.spawn if p.cell else "")
-    return History(path).durations(minor=p.minor, tpt=tpt, spawn=spawn)
+    return History(path).durations(minor=p.minor, tpt=p.tpt, spawn=p.spawn)
 
 
 def _stopped(plan: ShardPlan, ctx: PassRunner) -> RunResult:
@@ -139,13 +137,25 @@ def run_shards(ctx: PassRunner, plan: ShardPlan) -> RunResult:
         board.close()
     if errors and not any(lanes):
         raise next(iter(errors.values()))
-    merged = Results(p.target)
+    result = merge(p.target, lanes, ids, errors=errors, run_dir=ctx.run_dir.path)
+    result.notes += _too_slow(result.results, len(groups))
+    return result
+
+
+def merge(target, lanes: list[RunResult | None], ids: list[str], *,
+          errors: dict | None = None, run_dir: Path | None = None) -> RunResult:
+    """The shards' lanes -> one result: tests in the plan's order (ids), then any the plan
+    did not know; leaks and passes added up; each shard's notes labelled with it, then
+    where its pytest output is; a shard that could not start (None) is a broken part of
+    the run (its tests never ran, and the run fails naming it)."""
+    errors = errors or {}
+    merged = Results(target)
     merged.collected = list(ids)
     passes, notes, broken, cut = [], [], [], None
     for i, res in enumerate(lanes):
         if res is None:  # this shard could not start; the others' results stand
             broken.append(f"shard {i + 1} could not start ({errors.get(i, 'no result')}); "
-                          f"its {len(groups[i])} test(s) did not run")
+                          "its tests did not run")
             continue
         cut = cut or res.cut
         broken += [f"shard {i + 1}: {b}" if not b.startswith("shard") else b
@@ -157,13 +167,13 @@ def run_shards(ctx: PassRunner, plan: ShardPlan) -> RunResult:
             merged.cachedir = res.results.cachedir
         passes += res.passes
         notes += [f"shard {i + 1}: {n}" for n in res.notes]
-        logs = sorted((ctx.run_dir.path / f"shard-{i + 1}").glob("pass-*/output.log"))
-        notes.append(f"shard {i + 1} output: {', '.join(str(x) for x in logs)}")
+        if run_dir is not None:
+            logs = sorted((run_dir / f"shard-{i + 1}").glob("pass-*/output.log"))
+            notes.append(f"shard {i + 1} output: {', '.join(str(x) for x in logs)}")
     merged.tests = {n: merged.tests[n] for n in ids if n in merged.tests} | \
         {n: t for n, t in merged.tests.items() if n not in ids}
-    notes += _too_slow(merged, len(groups))
     status = RunStatus.decide((o.stop for o in passes), 0)
-    return RunResult(0, status, merged, passes=passes, notes=notes, shards=len(groups),
+    return RunResult(0, status, merged, passes=passes, notes=notes, shards=len(lanes),
                      cut=cut, broken=broken)
 
 

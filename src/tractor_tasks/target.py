@@ -120,13 +120,18 @@ class Target:
         first matching `test_timeouts` glob, else `timeout_test`."""
         if override is not None:
             return override or None
-        prefix = self.tests_dir.rstrip("/") + "/"
-        rel = nodeid[len(prefix):] if nodeid.startswith(prefix) else nodeid
+        rel = self.relative_id(nodeid)
         for glob, seconds in self.test_timeouts.items():
-            pattern = _id_glob(glob)
+            pattern = id_glob(glob)
             if pattern.match(rel) or pattern.match(nodeid):
                 return seconds or None
         return self.timeout_test or None
+
+    def relative_id(self, nodeid: str) -> str:
+        """A node id relative to the tests dir (as the config's globs are written), or
+        as it is when it is not under it."""
+        rel = under_tests(nodeid, self.tests_dir)
+        return nodeid if rel is None else rel
 
     @property
     def tests_path(self) -> Path:
@@ -140,10 +145,28 @@ class Target:
     def venv_dir(self, minor: str) -> Path:
         return self.root / ("py" + minor.replace(".", ""))
 
+    def first_venv(self) -> Path | None:
+        """The first configured minor's venv that exists (what `invoke clean` asks about
+        the bindspace), else None."""
+        return next((self.venv_dir(m) for m in self.pythons if self.venv_dir(m).is_dir()),
+                    None)
 
-def _id_glob(glob: str) -> re.Pattern:
-    """A test-id glob where only * and ? are wild ([...] in ids stays literal)."""
-    return re.compile(re.escape(glob).replace(r"\*", ".*").replace(r"\?", ".") + r"\Z")
+
+def id_glob_body(glob: str) -> str:
+    """A test-id glob as a regex: only * and ? are wild ([...] in ids stays literal)."""
+    return re.escape(glob).replace(r"\*", ".*").replace(r"\?", ".")
+
+
+def id_glob(glob: str) -> re.Pattern:
+    """A test-id glob matching a whole id: the one place globs over ids become regexes
+    (the flaky list, per-test bounds, `invoke history`)."""
+    return re.compile(id_glob_body(glob) + r"\Z")
+
+
+def under_tests(path: str, tests_dir: str) -> str | None:
+    """`path` (a node id or a file) relative to the tests dir, None when not under it."""
+    prefix = tests_dir.rstrip("/") + "/"
+    return path[len(prefix):] if path.startswith(prefix) else None
 
 
 def _suggest(word: str, options) -> str:
@@ -157,13 +180,13 @@ def _read_pyproject(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except tomllib.TOMLDecodeError as err:
-        raise usage(f"error: {path} is not valid TOML ({err}); fix the file and retry")
+        raise usage(f"{path} is not valid TOML ({err}); fix the file and retry")
 
 
 def _tool_table(data: dict, path: Path) -> dict:
     table = data.get("tool", {}).get("tractor-tasks", {})
     if not isinstance(table, dict):
-        raise usage(f"error: [tool.tractor-tasks] in {path} must be a table")
+        raise usage(f"[tool.tractor-tasks] in {path} must be a table")
     return table
 
 
@@ -173,7 +196,7 @@ def find_root(shim_dir: Path, root: str | os.PathLike | None = None,
     env = os.environ if env is None else env
     shim_dir = Path(shim_dir).resolve()
     if root is not None and not str(root).strip():
-        raise usage("error: --root is empty; give the path of a checkout")
+        raise usage("--root is empty; give the path of a checkout")
     if root:
         chosen, source = Path.cwd() / Path(root).expanduser(), "--root"
     elif env.get(ENV_ROOT):
@@ -184,10 +207,10 @@ def find_root(shim_dir: Path, root: str | os.PathLike | None = None,
         if cfg_root is None:
             return shim_dir
         if not isinstance(cfg_root, str) or not cfg_root:
-            raise usage(f"error: [tool.tractor-tasks] root in {pyproject} must be a path string")
+            raise usage(f"[tool.tractor-tasks] root in {pyproject} must be a path string")
         chosen, source = shim_dir / Path(cfg_root).expanduser(), f"root in {pyproject}"
     if not chosen.is_dir():
-        raise usage(f"error: target {chosen} (from {source}) is not a directory; "
+        raise usage(f"target {chosen} (from {source}) is not a directory; "
                     f"point {source} at a checkout")
     return chosen.resolve()
 
@@ -196,22 +219,47 @@ def minors_from_requires(spec: str | None) -> tuple[str, ...]:
     """Python minors a requires-python range admits, e.g. '>=3.13,<3.15' -> 3.13, 3.14."""
     if not spec:
         return (f"{sys.version_info[0]}.{sys.version_info[1]}",)
+    simple = _simple_range(spec)
+    if simple is not None:  # the common case, without importing packaging (start-up)
+        return tuple(m for m in KNOWN_MINORS if simple(m))
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
     try:
         spec_set = SpecifierSet(spec)
     except InvalidSpecifier:
-        raise usage(f"error: requires-python {spec!r} is not a valid specifier; "
+        raise usage(f"requires-python {spec!r} is not a valid specifier; "
                     "set [tool.tractor-tasks] pythons = [\"3.13\"] instead")
     return tuple(m for m in KNOWN_MINORS
                  if spec_set.contains(f"{m}.0", prereleases=True)
                  or spec_set.contains(f"{m}.99", prereleases=True))
 
 
+_CLAUSE = re.compile(r"\s*(>=|<=|>|<)\s*(\d+)\.(\d+)(?:\.(\d+))?\s*")
+_CMP = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+        "<": lambda a, b: a < b}
+
+
+def _simple_range(spec: str):
+    """For a requires-python of only `>=`, `>`, `<=`, `<` bounds on release versions
+    (`>=3.11`, `>=3.13, <3.15`): a test "does minor m admit some release", the same
+    answer packaging gives for m.0 or m.99; None for anything else (packaging decides)."""
+    bounds = []
+    for clause in spec.split(","):
+        m = _CLAUSE.fullmatch(clause)
+        if m is None:
+            return None
+        bounds.append((_CMP[m[1]], (int(m[2]), int(m[3]), int(m[4] or 0))))
+
+    def admits(minor: str) -> bool:
+        major, mi = map(int, minor.split("."))
+        return any(all(ok(v, b) for ok, b in bounds) for v in ((major, mi, 0), (major, mi, 99)))
+    return admits
+
+
 def _check(table: dict, key: str, checker, where: str):
     ok, allowed = checker
     value = table[key]
     if not ok(value):
-        raise usage(f"error: [tool.tractor-tasks] {key} in {where} must be {allowed}, "
+        raise usage(f"[tool.tractor-tasks] {key} in {where} must be {allowed}, "
                     f"got {value!r}")
     return value
 
@@ -219,7 +267,7 @@ def _check(table: dict, key: str, checker, where: str):
 def _check_names(values: list[str], key: str, known: tuple[str, ...], where: str):
     for v in values:
         if v not in known:
-            raise usage(f"error: [tool.tractor-tasks] {key} in {where} has unknown name {v!r}"
+            raise usage(f"[tool.tractor-tasks] {key} in {where} has unknown name {v!r}"
                         f"{_suggest(v, known)}; allowed: {', '.join(known)}")
 
 
@@ -228,27 +276,27 @@ def _parse_flaky(raw, where: str, key: str = "flaky") -> tuple[FlakyRule, ...]:
     [[tool.tractor-tasks.quarantine]] (error optional: any failure of the test)."""
     need = ("test", "error") if key == "flaky" else ("test",)
     if not isinstance(raw, list):
-        raise usage(f"error: [tool.tractor-tasks] {key} in {where} must be an array of tables "
+        raise usage(f"[tool.tractor-tasks] {key} in {where} must be an array of tables "
                     f"([[tool.tractor-tasks.{key}]] with test, error, note)")
     rules = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
-            raise usage(f"error: [tool.tractor-tasks] {key}[{i}] in {where} must be a table")
+            raise usage(f"[tool.tractor-tasks] {key}[{i}] in {where} must be a table")
         extra = set(item) - {"test", "error", "note"}
         if extra:
             bad = sorted(extra)[0]
-            raise usage(f"error: unknown key {bad!r} in [tool.tractor-tasks] {key}[{i}] of "
+            raise usage(f"unknown key {bad!r} in [tool.tractor-tasks] {key}[{i}] of "
                         f"{where}{_suggest(bad, ('test', 'error', 'note'))}; allowed: test, "
                         "error, note")
         for k in ("test", "error"):
             if (k in need or k in item) and (not isinstance(item.get(k), str) or not item[k]):
-                raise usage(f"error: [tool.tractor-tasks] {key}[{i}].{k} in {where} must be "
+                raise usage(f"[tool.tractor-tasks] {key}[{i}].{k} in {where} must be "
                             "a non-empty string")
         error = item.get("error", "")
         try:
             re.compile(error)
         except re.error as err:
-            raise usage(f"error: [tool.tractor-tasks] {key}[{i}].error in {where} is not a "
+            raise usage(f"[tool.tractor-tasks] {key}[{i}].error in {where} is not a "
                         f"valid regex ({err})")
         rules.append(FlakyRule(item["test"], error, str(item.get("note", ""))))
     return tuple(rules)
@@ -256,12 +304,12 @@ def _parse_flaky(raw, where: str, key: str = "flaky") -> tuple[FlakyRule, ...]:
 
 def _parse_affected(raw, where: str) -> dict[str, tuple[str, ...]]:
     if not isinstance(raw, dict):
-        raise usage(f"error: [tool.tractor-tasks] affected in {where} must be a table of "
+        raise usage(f"[tool.tractor-tasks] affected in {where} must be a table of "
                     "glob = [test paths]")
     out = {}
     for glob, tests in raw.items():
         if not (isinstance(tests, list) and all(isinstance(t, str) and t for t in tests)):
-            raise usage(f"error: [tool.tractor-tasks] affected.{glob!r} in {where} must be "
+            raise usage(f"[tool.tractor-tasks] affected.{glob!r} in {where} must be "
                         "a list of test paths")
         out[glob] = tuple(tests)
     return out
@@ -280,11 +328,11 @@ ALLOWED_KEYS = tuple(sorted((*_SIMPLE_KEYS, "affected", "flaky", "quarantine", "
 
 def _parse_test_timeouts(raw, where: str) -> dict[str, float]:
     if not isinstance(raw, dict):
-        raise usage(f"error: [tool.tractor-tasks] test_timeouts in {where} must be a table of "
+        raise usage(f"[tool.tractor-tasks] test_timeouts in {where} must be a table of "
                     "\"test id glob\" = seconds")
     for glob, value in raw.items():
         if not _BOUND[0](value):
-            raise usage(f"error: [tool.tractor-tasks] test_timeouts.{glob!r} in {where} must be "
+            raise usage(f"[tool.tractor-tasks] test_timeouts.{glob!r} in {where} must be "
                         f"{_BOUND[1]}, got {value!r}")
     return {glob: float(v) for glob, v in raw.items()}
 
@@ -297,7 +345,7 @@ def _inside(root: Path, rel: str, key: str, where: str) -> None:
     except (OSError, RuntimeError):
         inside = False
     if not inside or (root / path).resolve() == root:
-        raise usage(f"error: [tool.tractor-tasks] {key} in {where} is {rel!r}, which is not a "
+        raise usage(f"[tool.tractor-tasks] {key} in {where} is {rel!r}, which is not a "
                     "dir inside the target; give a relative path like \"tests\"")
 
 
@@ -312,7 +360,7 @@ def load_target(root: Path, env: dict | None = None) -> Target:
 
     for key in table:
         if key not in ALLOWED_KEYS:
-            raise usage(f"error: unknown key {key!r} in [tool.tractor-tasks] of {where}"
+            raise usage(f"unknown key {key!r} in [tool.tractor-tasks] of {where}"
                         f"{_suggest(key, ALLOWED_KEYS)}; allowed keys: {', '.join(ALLOWED_KEYS)}")
     kw: dict[str, Any] = {}
     for key, checker in _SIMPLE_KEYS.items():
@@ -329,18 +377,18 @@ def load_target(root: Path, env: dict | None = None) -> Target:
     backends = kw.get("spawn_backends", Target.spawn_backends)
     default_backend = kw.get("default_spawn_backend", Target.default_spawn_backend)
     if default_backend not in backends:
-        raise usage(f"error: [tool.tractor-tasks] default_spawn_backend in {where} is "
+        raise usage(f"[tool.tractor-tasks] default_spawn_backend in {where} is "
                     f"{default_backend!r}, not one of spawn_backends: {', '.join(backends)}")
     if "pythons" in kw:
         for m in kw["pythons"]:
             if not re.fullmatch(r"3\.\d{1,2}", m):
-                raise usage(f"error: [tool.tractor-tasks] pythons in {where} has {m!r}; "
+                raise usage(f"[tool.tractor-tasks] pythons in {where} has {m!r}; "
                             "write minors like \"3.13\"")
     else:
         requires = data.get("project", {}).get("requires-python")
         kw["pythons"] = minors_from_requires(requires)
         if not kw["pythons"]:
-            raise usage(f"error: requires-python {requires!r} in {where} admits no Python minor "
+            raise usage(f"requires-python {requires!r} in {where} admits no Python minor "
                         "from 3.8 to 3.15; set [tool.tractor-tasks] pythons = [\"3.13\"]")
     if "tests_dir" in kw:
         _inside(root, kw["tests_dir"], "tests_dir", where)
@@ -356,7 +404,7 @@ def load_target(root: Path, env: dict | None = None) -> Target:
     port_env = env.get(ENV_REGISTRY_PORT)
     if port_env:
         if not (port_env.isascii() and port_env.isdigit() and 0 < int(port_env) < 65536):
-            raise usage(f"error: {ENV_REGISTRY_PORT}={port_env!r} must be a port number 1-65535")
+            raise usage(f"{ENV_REGISTRY_PORT}={port_env!r} must be a port number 1-65535")
         kw["registry_port"] = int(port_env)
 
     return Target(root=root, config_file=pyproject if pyproject.exists() else None, **kw)

@@ -94,7 +94,7 @@ def ensure_venv(target: Target, minor: str, *, force: bool = False,
         tail = out.stdout.strip().splitlines()[-1:] or ["(no output)"]
         hint = ("; the lock file is out of date: run `uv lock` in the target"
                 if "--locked" in cmd and "lock" in out.stdout.lower() else "")
-        raise TaskError(f"error: `{shell_command(target, minor)}` failed in {target.root}: "
+        raise TaskError(f"`{shell_command(target, minor)}` failed in {target.root}: "
                         f"{tail[0]}{hint}")
     (vdir / STAMP).write_text(json.dumps({"fingerprint": _fingerprint(target, interp),
                                           "python": str(interp.path)}))
