@@ -59,7 +59,7 @@ def test_the_summary_of_a_resumed_run_with_a_hang_a_failure_and_a_leak(target):
                           teardown=["ended 2 process(es)"]),
               PassOutcome(2, Path("/run/pass-2"), Stop.FINISHED, 1, 1.0)]
     result = RunResult(1, RunStatus.FAILED, r, run_dir=Path("/run"), passes=passes,
-                       notes=["a note"])
+                       notes=["a note"], cut="--max-hangs")
     lines = render(result)
     assert lines[0] == "teardown (pass 1): ended 2 process(es)"
     assert lines[1] == ("results: 1 passed, 2 failed, 1 hung in 12.3s (2 passes)")
@@ -92,12 +92,24 @@ def test_the_summary_of_stops_and_a_killed_pytest(target):
     assert not any(line.startswith("files:") for line in lines)
 
 
+def test_tests_that_never_ran_unaccounted_are_named(target):
+    r = results_of(target, TestResult("tests/test_a.py::test_ok", O.PASSED),
+                   collected=["tests/test_a.py::test_never"])
+    lines = render(RunResult(1, RunStatus.FAILED, r, passes=[],
+                             broken=["pass 1: pytest ended (exit status 0) without finishing "
+                                     "its session, during tests/test_a.py::test_exit"]))
+    assert "NOT RUN: pass 1: pytest ended (exit status 0) without finishing its session, " \
+           "during tests/test_a.py::test_exit" in lines
+    assert "NOT RUN: 1 selected test(s) never ran and nothing accounts for it: " \
+           "tests/test_a.py::test_never" in lines
+
+
 def test_the_summary_says_when_x_cut_a_known_flaky_run_short(target):
     t = TestResult("tests/test_k.py::test_f", O.FAILED, message="Timeout",
                    flaky=FlakyRule("test_k.py::*", "Timeout", ""))
-    r = results_of(target, t)
-    lines = render(RunResult(1, RunStatus.FAILED, r, passes=[]), exitfirst=True)
-    assert lines[-1].startswith("only known-flaky failures, but -x stopped the run there")
+    r = results_of(target, t, collected=["tests/test_k.py::test_later"])
+    lines = render(RunResult(1, RunStatus.FAILED, r, passes=[], cut="-x"), exitfirst=True)
+    assert lines[-1].startswith("only explained failures, but -x stopped the run at one")
     assert "  FAILED tests/test_k.py::test_f  [known flaky (Timeout)]" in lines
     lines = render(RunResult(0, RunStatus.PASSED, r, passes=[]), exitfirst=False,
                    fail_on_leak=True)

@@ -23,6 +23,7 @@ class Opt:
     short: str | None = None
     field: str | None = ""    # the RunOptions field it sets ("": its name; None: none)
     negate: bool = False      # a flag that turns its field off (--no-x: exitfirst)
+    sets: object = None       # a flag that sets its field to this (--no-confirm: confirm 0)
 
     @property
     def dest(self) -> str | None:
@@ -67,7 +68,7 @@ RUN_OPTIONS: tuple[Opt, ...] = (
         "quarantined) alone this many times after the run (default 1)", None, "count",
         cell="--confirm"),
     Opt("no_confirm", "no confirmation re-runs: failures are judged on their one outcome",
-        False, "flag", cell="--no-confirm", field="no_confirm"),
+        False, "flag", cell="--no-confirm", field="confirm", sets=0),
     Opt("baseline", "compare failures with this commit or branch (default: where the branch "
         "left the default branch when there are changes; none on an unchanged default "
         "branch, where the history decides)", None, cell="--baseline"),
@@ -198,13 +199,16 @@ class RunOptions:
             value = KINDS[o.kind](shown, values.get(o.name))
             if value is None or o.dest is None:
                 continue
-            fields[o.dest] = (not value) if o.negate else value
-        if fields.pop("no_confirm", False):  # --no-confirm is --confirm 0
-            if fields.get("confirm"):
-                raise usage(f"{(flag_names or {}).get('confirm') or '--confirm'} and "
-                            f"{(flag_names or {}).get('no_confirm') or '--no-confirm'} "
-                            "contradict each other; give one of them")
-            fields["confirm"] = 0
+            if o.sets is not None:
+                if not value:
+                    continue
+                if fields.get(o.dest) not in (None, o.sets):
+                    raise usage(f"{shown} contradicts the {o.dest} given with it; give one "
+                                "of them")
+                value = o.sets
+            elif o.negate:
+                value = not value
+            fields[o.dest] = value
         return cls(**fields, extra=list(extra))
 
 

@@ -172,8 +172,7 @@ class PassRunner:
             outcome, log = self.one_pass(number, shard=shard, only=only, skip=skip, echo=echo,
                                          opts=opts, phase=phase, at=at)
             passes.append(outcome)
-            where = " ".join(filter(None, (_label(shard).strip(" :"), phase,
-                                           f"pass {number}")))
+            where = f"{_label(shard)}{phase + ' ' if phase else ''}pass {number}"
             stopped = {Stop.HUNG: TestOutcome.HUNG, Stop.TIMEOUT: TestOutcome.TIMEOUT,
                        Stop.INTERRUPTED: TestOutcome.INTERRUPTED}.get(outcome.stop)
             if stopped is None and log.exitstatus is None and outcome.stop is Stop.FINISHED:

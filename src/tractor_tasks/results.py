@@ -299,11 +299,18 @@ class Results:
 def classify(target: Target, t: TestResult) -> FlakyRule | None:
     """The known-flaky rule a failure matches (id glob AND error signature), if any.
     A hang's signature is `HUNG`, so an entry with error = "HUNG" covers a known hanger."""
+    return match_rule(target.flaky, target, t)
+
+
+def match_rule(rules, target: Target, t: TestResult) -> FlakyRule | None:
+    """The first rule (flaky or quarantine) whose test glob matches the failure and whose
+    error regex, when it has one, is found in its signature, message or traceback."""
     rel = target.relative_id(t.nodeid)
     haystack = f"{t.signature}\n{t.message}\n{t.text}"
-    for rule in target.flaky:
+    for rule in rules:
         pattern = id_glob(rule.test)
-        if (pattern.match(rel) or pattern.match(t.nodeid)) and re.search(rule.error, haystack):
+        if (pattern.match(rel) or pattern.match(t.nodeid)) and \
+                (not rule.error or re.search(rule.error, haystack)):
             return rule
     return None
 

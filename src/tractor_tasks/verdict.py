@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import gitref
-from .results import Results, TestResult, glob_to_regex, stable_id
+from .results import Results, TestResult, match_rule, stable_id
 from .shard_plan import module_of
 from .status import TestOutcome as O, Verdict as V
 
@@ -64,31 +64,12 @@ def normalize(signature: str) -> str:
 
 # -- rules from the config ----------------------------------------------------------------
 
-def test_rel(target, nodeid: str) -> str:
-    """A node id relative to the tests dir (tractor's rootdir is the tests dir itself)."""
-    prefix = target.tests_dir.rstrip("/") + "/"
-    return nodeid[len(prefix):] if nodeid.startswith(prefix) else nodeid
-
-
 def test_file(target, nodeid: str) -> str:
     """The test's file, relative to the target root."""
     path = nodeid.partition("::")[0]
     if (target.root / path).is_file() or path.startswith(target.tests_dir.rstrip("/") + "/"):
         return path
     return f"{target.tests_dir.rstrip('/')}/{path}"
-
-
-def match_rule(rules, target, t: TestResult):
-    """The rule a failure matches: its test glob, and its error regex (when the rule
-    has one) against the signature, message and traceback."""
-    rel = test_rel(target, t.nodeid)
-    haystack = f"{t.signature}\n{t.message}\n{t.text}"
-    for rule in rules:
-        pattern = glob_to_regex(rule.test)
-        if (pattern.match(rel) or pattern.match(t.nodeid)) and \
-                (not rule.error or re.search(rule.error, haystack)):
-            return rule
-    return None
 
 
 # -- the judgement ---------------------------------------------------------------------------
@@ -444,14 +425,16 @@ def _in_traceback(path: str, text: str) -> bool:
 def _mapped(target, changed: str, test_path: str) -> str | None:
     """The change-map entry that ties the changed file to the test's file."""
     from .selection import _glob_match
-    rel = test_rel(target, test_path)
+    pkg = target.package.replace(".", "/") + "/"
+    if not changed.startswith(pkg):
+        return None
+    rel = target.relative_id(test_path)
     for glob, tests in target.affected.items():
-        if not _glob_match(changed, glob):
+        if not _glob_match(changed[len(pkg):], glob):
             continue
         for word in tests:
             w = word.rstrip("/")
-            w = w[len(target.tests_dir.rstrip("/")) + 1:] if \
-                w.startswith(target.tests_dir.rstrip("/") + "/") else w
+            w = target.relative_id(w)
             if rel == w or rel.startswith(w + "/") or Path(rel).name == w:
                 return glob
     return None
