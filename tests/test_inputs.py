@@ -1,0 +1,115 @@
+"""Bad inputs and faults (issue 17 item 5): each is one line, the right exit code and
+nothing changed outside what the tool owns. Fast tests use the modules directly; the
+end-to-end ones (`slow`) run invoke as a user would."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from helpers import copy_sample, invoke
+from tractor_tasks.errors import TaskError
+from tractor_tasks.rundirs import KEEP_RUNS, State
+from tractor_tasks.target import load_target
+
+
+@pytest.fixture
+def target(tmp_path):
+    root = tmp_path / "repo"
+    (root / "tests").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("[project]\nname = 'tractor'\n")
+    return load_target(root)
+
+
+def _unrelated(base, n=25):
+    """Dirs that are not ours, some named like run dirs, some with a lock file."""
+    base.mkdir(parents=True, exist_ok=True)
+    made = []
+    for i in range(n):
+        d = base / (f"20260101-0000{i:02d}-1-0" if i % 2 else f"photos-{i:02d}")
+        d.mkdir()
+        (d / "keep.txt").write_text("precious")
+        if i % 3 == 0:
+            (d / "lock").write_text("")
+        made.append(d)
+    return made
+
+
+# -- HIGH: never write or delete through a link in the state dir ---------------------
+
+@pytest.mark.parametrize("linked", [".tractor-tasks", ".tractor-tasks/runs",
+                                    ".tractor-tasks/cells", "cell"])
+def test_a_symlinked_state_dir_is_refused_and_nothing_is_written(target, tmp_path, linked):
+    elsewhere = tmp_path / "elsewhere"
+    made = _unrelated(elsewhere)
+    state = State(target)
+    slug = "tests-3.11-trio-tcp"
+    if linked == ".tractor-tasks":
+        state.path.symlink_to(elsewhere)
+    else:
+        state.ensure()
+        link = state.cell_dir(slug) if linked == "cell" else target.root / linked
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(elsewhere)
+    before = sorted(p.name for p in elsewhere.iterdir())
+    with pytest.raises(TaskError) as err:
+        state.new_run(slug)
+    assert "is a symlink" in str(err.value) and "\n" not in str(err.value)
+    assert err.value.code == 1
+    assert sorted(p.name for p in elsewhere.iterdir()) == before
+    assert all((d / "keep.txt").read_text() == "precious" for d in made)
+
+
+def test_prune_removes_only_provable_run_dirs(target, tmp_path):
+    state = State(target)
+    state.ensure()
+    state.runs.mkdir()
+    foreign = _unrelated(state.runs)  # not ours: no run.json, some without a lock
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("precious")
+    (state.runs / "20250101-000000-1-0").symlink_to(outside)  # a link named like a run
+    ours = []
+    for i in range(KEEP_RUNS + 5):  # one second, one pid: -10 sorts after -9
+        d = state.runs / f"20261201-000000-7-{i}"
+        d.mkdir()
+        (d / "run.json").write_text("{}")
+        ours.append(d)
+    provable = {d for d in foreign if not d.name.startswith("photos") and (d / "lock").exists()}
+    state.prune()
+    left = [p for p in ours if p.exists()]
+    assert left == ours[-KEEP_RUNS:]
+    # named like a run and with a run's lock file: provably a run dir, old, pruned;
+    # every other name, and a run-like name with none of a run's files, stays
+    for d in foreign:
+        assert d.exists() == (d not in provable), d
+    assert (outside / "keep.txt").read_text() == "precious"
+    assert (state.runs / "20250101-000000-1-0").is_symlink()
+
+
+def test_a_last_replaced_by_a_directory_is_named(target):
+    state = State(target)
+    state.ensure()
+    state.last_link().mkdir()
+    with pytest.raises(TaskError) as err:
+        state.new_run()
+    assert str(state.last_link()) in str(err.value) and "runs" not in str(err.value)
+    assert not state.runs.exists() or not any(state.runs.iterdir())
+
+
+@pytest.mark.slow
+def test_invoke_test_refuses_a_symlinked_state_dir(tmp_path):
+    root = copy_sample(tmp_path / "sample")
+    elsewhere = tmp_path / "elsewhere"
+    made = _unrelated(elsewhere)
+    (root / ".tractor-tasks").symlink_to(elsewhere)
+    r = invoke("test", root=root)
+    assert r.returncode == 1, r.stdout + r.stderr
+    err = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and ".tractor-tasks is a symlink" in err[0], r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert sorted(elsewhere.iterdir()) == sorted(made)
+    assert not list(root.glob("py3*"))  # nothing made, not even the venv
