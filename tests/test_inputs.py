@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
+import stat
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +113,81 @@ def test_invoke_test_refuses_a_symlinked_state_dir(tmp_path):
     assert "Traceback" not in r.stderr
     assert sorted(elsewhere.iterdir()) == sorted(made)
     assert not list(root.glob("py3*"))  # nothing made, not even the venv
+
+
+# -- HIGH: a destination that is not a regular file is refused, never replaced ----------
+
+def _specials(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link"
+    link.symlink_to("/proc/self/fd/1")
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    d = tmp_path / "adir"
+    d.mkdir()
+    return {"fifo": fifo, "symlink": link, "dangling symlink": dangling, "dir": d,
+            "char device": "/dev/null"}
+
+
+def test_atomic_write_refuses_what_is_not_a_regular_file(tmp_path):
+    from tractor_tasks.fsutil import atomic_write
+    for what, path in _specials(tmp_path).items():
+        path = Path(path)
+        before = os.lstat(path)
+        with pytest.raises(TaskError) as err:
+            atomic_write(path, "{}")
+        assert err.value.code == 2 and str(path) in str(err.value), what
+        after = os.lstat(path)
+        assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode), what
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    ok = tmp_path / "ok.json"
+    atomic_write(ok, "{}")
+    atomic_write(ok, '{"a": 1}')
+    assert json.loads(ok.read_text()) == {"a": 1}
+    assert oct(ok.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_export_durations_refuses_a_fifo_or_link(tmp_path):
+    from tractor_tasks.history import History
+    h = History(tmp_path / "h.sqlite")
+    for what, path in _specials(tmp_path).items():
+        before = os.lstat(path)
+        with pytest.raises(TaskError) as err:
+            h.export_durations(Path(path))
+        assert err.value.code == 2, what
+        assert os.lstat(path).st_ino == before.st_ino, what
+
+
+@pytest.mark.slow
+def test_durations_out_and_ci_report_durations_out_never_replace_a_fifo(tmp_path, target):
+    from tractor_tasks.history import History
+    History(State(target).history)  # an empty history: `invoke durations` has one to read
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "out-link"
+    link.symlink_to("/proc/self/fd/1")
+    for dest in (fifo, link):
+        r = invoke("durations", "--out", str(dest), root=target.root)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert r.stderr.strip().count("\n") == 0 and str(dest) in r.stderr
+        assert os.lstat(dest).st_mode == os.lstat(dest).st_mode and \
+            (dest.is_symlink() if dest == link else stat.S_ISFIFO(os.lstat(dest).st_mode))
+    arts = tmp_path / "arts"
+    (arts / "job1").mkdir(parents=True)
+    (arts / "job1" / "outcome.json").write_text(json.dumps(_outcome()))
+    r = invoke("ci-report", str(arts), "--durations-out", str(fifo), root=target.root)
+    assert r.returncode == 2 and "FIFO" in r.stderr, r.stdout + r.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def _outcome(cell="tests-3.11(tpt='tcp')", status="passed", **kw):
+    return {"cell": cell, "minor": "3.11", "tpt": "tcp", "spawn": "trio", "status": status,
+            "seconds": 1.0, "summary": {"passed": 1, "new_failures": 0, "known_flaky": 0,
+                                        "hung": 0, "skipped": 0, "leaked": 0}, **kw}

@@ -81,6 +81,9 @@ def report_dir(directory: Path, *, durations_out: Path | None = None, warn=print
     and junit.xml) -> the matrix rows; optionally a durations file from their JUnit."""
     if not directory.is_dir():
         raise TaskError(f"error: {directory} is not a directory of job artifacts", 2)
+    if durations_out is not None:
+        from .fsutil import check_destination
+        check_destination(durations_out)  # refused before anything is read or printed
     outcomes = sorted(directory.rglob("outcome.json"))
     if not outcomes:
         raise TaskError(f"error: no outcome.json under {directory}; upload each job's "

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import TaskError
+from .fsutil import atomic_write
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x74727474  # "trtt": marks the file as a tractor-tasks history
@@ -407,12 +408,9 @@ class History:
         found = self.durations(**cell)
         doc = {"version": 1, "durations": {k: round(v, 3) for k, v in sorted(found.items())}}
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-            os.replace(tmp, path)  # a reader never sees half a file
+        try:  # a reader never sees half a file; a FIFO, device or link is refused
+            atomic_write(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise TaskError(f"error: cannot write durations file {path} "
                             f"({err.strerror or err})", 1) from None
         return len(found)

@@ -359,6 +359,8 @@ def durations(c, out=".tractor-tasks-durations.json", python=None, tpt=None, spa
         raise TaskError("error: no results history yet; run the tests once (invoke test, or "
                         "a nox cell) and try again")
     dest = Path(out) if Path(out).is_absolute() else target.root / out
+    from .fsutil import check_destination
+    check_destination(dest)  # a FIFO, a device, a link: refused, never replaced
     n = History(path).export_durations(dest, minor=python or "", tpt=tpt or "",
                                        spawn=spawn or "")
     print(f"wrote durations of {n} test(s) to {dest}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import TaskError, usage
+from .fsutil import atomic_write
 from .status import TestOutcome as O
 from .target import FlakyRule, Target
 
@@ -287,9 +288,7 @@ class Results:
                 data.pop(t.nodeid, None)
         path = lastfailed_path(Path(self.cachedir))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".lastfailed.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(data, indent=2, sort_keys=True))
         return path
 
 
@@ -354,9 +353,7 @@ def write_junit(results: Results, path: Path) -> None:
         if t.flaky is not None:
             ET.SubElement(case, "properties").append(
                 ET.Element("property", name="known-flaky", value=t.flaky.note or t.flaky.error))
-    tmp = path.with_name(f".{path.name}.tmp")
-    ET.ElementTree(suite).write(tmp, encoding="utf-8", xml_declaration=True)
-    tmp.replace(path)
+    atomic_write(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True))
 
 
 # -- lastfailed ---------------------------------------------------------------
