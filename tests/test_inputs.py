@@ -191,3 +191,110 @@ def _outcome(cell="tests-3.11(tpt='tcp')", status="passed", **kw):
     return {"cell": cell, "minor": "3.11", "tpt": "tcp", "spawn": "trio", "status": status,
             "seconds": 1.0, "summary": {"passed": 1, "new_failures": 0, "known_flaky": 0,
                                         "hung": 0, "skipped": 0, "leaked": 0}, **kw}
+
+
+# -- HIGH: an artifact that is a FIFO, a device or a link is never waited on or followed ---
+
+def _finishes(fn, *args, **kw):
+    """fn's result; a hang guard (a FIFO read blocks forever when the fix is broken)."""
+    import threading
+    out = {}
+
+    def go():
+        try:
+            out["value"] = fn(*args, **kw)
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            out["error"] = err
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), f"{fn.__name__} never returned (blocked on a FIFO?)"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_read_bounded_refuses_fifo_device_link_and_big_files(tmp_path):
+    from tractor_tasks.fsutil import NotRegular, read_bounded
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero"
+    zero.symlink_to("/dev/zero")
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 2048)
+    for path in (fifo, zero, Path("/dev/zero")):
+        with pytest.raises(NotRegular):
+            _finishes(read_bounded, path)
+    with pytest.raises(NotRegular, match="symlink"):
+        read_bounded(zero)
+    with pytest.raises(NotRegular, match="1 MiB|over"):
+        read_bounded(big, limit=1024)
+    assert read_bounded(big) == b"x" * 2048
+
+
+def test_ci_report_skips_a_fifo_and_a_dev_zero_outcome_and_reports_the_rest(tmp_path):
+    from tractor_tasks.ci import report_dir
+    arts = tmp_path / "arts"
+    for job in ("good", "fifo", "zero", "link"):
+        (arts / job).mkdir(parents=True)
+    (arts / "good" / "outcome.json").write_text(json.dumps(_outcome()))
+    os.mkfifo(arts / "fifo" / "outcome.json")
+    (arts / "zero" / "outcome.json").symlink_to("/dev/zero")
+    (arts / "link" / "outcome.json").symlink_to(arts / "good" / "outcome.json")
+    os.mkfifo(arts / "good" / "junit.xml")
+    lines = []
+    rows = _finishes(report_dir, arts, durations_out=tmp_path / "d.json", warn=lines.append)
+    assert [r.cell for r in rows] == ["tests-3.11(tpt='tcp')"] and rows[0].passed == 1
+    text = "\n".join(lines)
+    assert "fifo/outcome.json" in text and "FIFO" in text
+    assert "zero/outcome.json" in text and "link/outcome.json" in text and "symlink" in text
+    assert "skipped: JUnit file" in text and "junit.xml" in text
+    assert json.loads((tmp_path / "d.json").read_text())["durations"] == {}
+
+
+def test_invoke_report_never_blocks_on_a_fifo_outcome_nor_follows_last_outside(target, tmp_path):
+    from tractor_tasks.cells import read_rows
+    state = State(target)
+    good = state.new_run("tests-3.11-trio-tcp")
+    (good.path / "outcome.json").write_text(json.dumps(_outcome()))
+    good.close()
+    bad = state.new_run("tests-3.11-trio-uds")
+    os.mkfifo(bad.path / "outcome.json")
+    bad.close()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "outcome.json").write_text(json.dumps(_outcome(cell="tests-3.11(tpt='x')")))
+    (state.path / "cells" / "smoke-3.11").mkdir()
+    (state.path / "cells" / "smoke-3.11" / "last").symlink_to(outside)
+    warns = []
+    rows = _finishes(read_rows, target, warn=warns.append)
+    assert [r.cell for r in rows] == ["tests-3.11(tpt='tcp')"]
+    assert any("FIFO" in w for w in warns) and any("smoke-3.11" in w for w in warns), warns
+
+
+_JUNIT = ('<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" tests="1">'
+          '<testcase classname="tests.test_a" name="test_x" time="{t}"/></testsuite></testsuites>')
+
+
+@pytest.mark.slow
+def test_ci_report_with_a_truncated_junit_still_gives_table_durations_and_summary(tmp_path):
+    arts = tmp_path / "arts"
+    for i, cell in enumerate(("tests-3.11(tpt='tcp')", "tests-3.11(tpt='uds')")):
+        (arts / f"job{i}").mkdir(parents=True)
+        (arts / f"job{i}" / "outcome.json").write_text(json.dumps(_outcome(cell=cell)))
+        (arts / f"job{i}" / "junit.xml").write_text(_JUNIT.format(t="1.5"))
+    (arts / "job1" / "junit.xml").write_text(_JUNIT.format(t="1.5")[:70])  # cut short
+    summary = tmp_path / "summary.md"
+    out = tmp_path / "durations.json"
+    r = invoke("ci-report", str(arts), "--durations-out", str(out),
+               env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert r.returncode == 0, r.stdout + r.stderr   # both cells passed
+    assert "skipped:" in r.stdout and "job1/junit.xml" in r.stdout
+    assert "tests-3.11(tpt='uds')" in r.stdout and "Traceback" not in r.stderr
+    assert json.loads(out.read_text())["durations"] == {"tests/test_a.py::test_x": 1.5}
+    assert "tests-3.11(tpt='tcp')" in summary.read_text()
+    # a bad outcome.json: its cell's result is unknown, so the report fails (rule in README)
+    (arts / "job1" / "outcome.json").write_text('{"cell": "x", "minor": ["list"]}')
+    r = invoke("ci-report", str(arts), "--durations-out", str(out))
+    assert r.returncode == 1 and "job1/outcome.json" in r.stdout and "minor" in r.stdout
+    assert "damaged" not in r.stdout + r.stderr and "tests-3.11(tpt='tcp')" in r.stdout

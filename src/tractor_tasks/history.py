@@ -376,17 +376,21 @@ class History:
 
     def import_junit(self, path: Path, *, minor: str = "", tpt: str = "", spawn: str = "",
                      cell: str = "", commit: str | None = None,
-                     root: Path | None = None) -> int:
+                     root: Path | None = None, follow: bool = True) -> int:
         """Record a pytest JUnit file (e.g. a CI artifact) as one run; returns the test count.
 
         The run id is a hash of the file and the cell, so importing the same file twice
         replaces, not doubles. `root` (the dir pytest ran in) makes node ids exact when the
-        file has no `file` attributes (pytest's default xunit2 family has none).
+        file has no `file` attributes (pytest's default xunit2 family has none). The file
+        is read bounded (fsutil.read_bounded: a regular file, a symlink only with `follow`).
         """
+        from .fsutil import NotRegular, read_bounded
         path = Path(path)
         try:
-            data = path.read_bytes()
+            data = read_bounded(path, follow=follow)
             tree = ET.ElementTree(ET.fromstring(data))
+        except NotRegular as err:
+            raise TaskError(f"error: JUnit file {path} is {err.strerror}; nothing recorded", 1)
         except OSError as err:
             raise TaskError(f"error: cannot read JUnit file {path} ({err.strerror or err})", 1)
         except ET.ParseError as err:
@@ -575,9 +579,10 @@ def _junit_times(top: ET.Element, path: Path) -> tuple[float, float, str]:
 
 def load_durations(path: Path) -> dict[str, float]:
     """The durations file export_durations() wrote; a bad file is one line, code 1."""
+    from .fsutil import read_text_bounded
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(read_text_bounded(path, follow=True))
     except OSError as err:
         raise TaskError(f"error: cannot read durations file {path} ({err.strerror or err})", 1)
     except ValueError as err:

@@ -55,7 +55,7 @@ def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | Non
                         "the file is from)")
         history = _open(target, create=True)
         n = history.import_junit(Path(junit), minor=c.minor, tpt=c.tpt, spawn=c.spawn,
-                                 cell=c.name, root=target.root)
+                                 cell=c.name, root=target.root, follow=True)
         print(f"imported {n} test result(s) from {junit} as {c.name}")
     history = _open(target)
     found = history.flaky(min_runs=min_runs) if history else []

@@ -321,19 +321,27 @@ def flaky(c, min_runs=None, junit=None, cell=None, root=None):
 def ci_report(c, directory, durations_out=None, root=None):
     """CI's last job: the jobs' outcomes, shards added up, as the matrix table.
 
-    Also appended to $GITHUB_STEP_SUMMARY when set."""
+    Also appended to $GITHUB_STEP_SUMMARY when set. A bad artifact is named in one line
+    and skipped: a bad junit.xml costs only its durations, a bad outcome.json (its
+    cell's result unknown) makes the exit code 1 as a failed cell does."""
     import os
 
     from .cells import table_markdown, table_text
     from .ci import report_dir
-    rows = report_dir(Path(directory), warn=print,
+    unknown = []
+
+    def warn(line: str) -> None:
+        if line.startswith("error:"):
+            unknown.append(line)
+        print(line)
+    rows = report_dir(Path(directory), warn=warn,
                       durations_out=Path(durations_out) if durations_out else None)
     print(table_text(rows))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a") as f:
             f.write("\n### tractor-tasks matrix\n\n" + table_markdown(rows))
-    if any(r.status.value not in ("passed", "skipped") for r in rows):
+    if unknown or any(r.status.value not in ("passed", "skipped") for r in rows):
         raise Exit(code=1)
 
 

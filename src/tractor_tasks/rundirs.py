@@ -178,16 +178,14 @@ class State:
         return run
 
     def resolve_last(self, link: Path) -> Path | None:
-        """Where a `last` link we made points, when that is a run dir inside our runs/
-        dir; None for anything else (a dangling link, one leading outside)."""
-        if not link.is_symlink():
-            return None
+        """Where a `last` link points, when that is a dir inside this state dir (a run
+        dir of ours); None for anything else (a dangling link, one leading outside)."""
         try:
             dest = link.resolve(strict=True)
-            runs = self.runs.resolve(strict=True)
+            base = self.path.resolve(strict=True)
         except (OSError, RuntimeError):
             return None
-        return dest if dest.parent == runs and dest.is_dir() else None
+        return dest if dest.is_relative_to(base) and dest != base and dest.is_dir() else None
 
     def prune(self, keep: int = KEEP_RUNS) -> None:
         """Drop old run dirs: only what is provably one of ours (named as we name run dirs,
