@@ -298,3 +298,63 @@ def test_ci_report_with_a_truncated_junit_still_gives_table_durations_and_summar
     r = invoke("ci-report", str(arts), "--durations-out", str(out))
     assert r.returncode == 1 and "job1/outcome.json" in r.stdout and "minor" in r.stdout
     assert "damaged" not in r.stdout + r.stderr and "tests-3.11(tpt='tcp')" in r.stdout
+
+
+# -- control characters from a test's id or message ------------------------------------
+
+NASTY = "\x1b[2J\x07\x00\x08\u202e"  # screen clear, BEL, NUL, backspace, RTL override
+RAW = "\x1b\x07\x00\x08\u202e"
+
+
+def _nasty_results(target):
+    from tractor_tasks.results import Results, TestResult
+    from tractor_tasks.status import TestOutcome as O
+    r = Results(target)
+    nodeid = f"tests/test_a.py::test_x[{NASTY}]"
+    r.tests[nodeid] = TestResult(nodeid, O.FAILED, 1.0, message=f"AssertionError: {NASTY}",
+                                 text=f"E   AssertionError: {NASTY}\nline two")
+    r.collected = [nodeid]
+    return r, nodeid
+
+
+def test_junit_is_well_formed_whatever_a_test_id_or_message_holds(target, tmp_path):
+    import xml.etree.ElementTree as ET
+    r, nodeid = _nasty_results(target)
+    path = tmp_path / "junit.xml"
+    r.write_junit(path)
+    case = ET.parse(path).getroot().find("testcase")  # raised ParseError before the fix
+    assert "\\x1b[2J\\x07\\x00\\x08" in case.get("name")
+    assert "\\x1b" in case.find("failure").get("message") and "line two" in case.find(
+        "failure").text
+    from tractor_tasks.history import History
+    h = History(tmp_path / "h.sqlite")
+    assert h.import_junit(path) == 1  # what flaky --junit and ci-report read
+
+
+def test_the_summary_and_history_show_control_characters_escaped(target, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from tractor_tasks import report
+    from tractor_tasks.history import History, RunRow, TestRow
+    from tractor_tasks.history_view import show_history
+    from tractor_tasks.options import RunOptions
+    from tractor_tasks.status import RunStatus
+    r, nodeid = _nasty_results(target)
+    result = SimpleNamespace(results=r, passes=[], shards=0, notes=[], code=1, run_dir=None,
+                             status=RunStatus.FAILED)
+    text = "\n".join(report.render(SimpleNamespace(opts=RunOptions()), result))
+    assert "test_x[\\x1b[2J\\x07\\x00\\x08\\u202e]" in text
+    assert not any(c in text for c in RAW)
+    h = History(State(target).history)
+    h.record(RunRow("r1", 1.0, 2.0, "run", minor="3.11", tpt="tcp", spawn="trio"),
+             [TestRow(nodeid, "failed", 1.0, signature=f"Boom: {NASTY}")])
+    show_history(target, None, 10)
+    out = capsys.readouterr().out
+    assert "\\x1b[2J" in out and "\\u202e" in out and not any(c in out for c in RAW)
+
+
+def test_shown_and_xml_text_keep_tab_and_newline():
+    from tractor_tasks.fsutil import shown, xml_text
+    assert shown("a\tb\nc\x1bd\x9be") == "a\tb\nc\\x1bd\\x9be"
+    assert xml_text("a\tb\r\nc\x01\ufffe") == "a\tb\r\nc\\x01\\ufffe"
+    assert xml_text("ok \u202e é 𝄞") == "ok \u202e é 𝄞"  # allowed in XML: kept

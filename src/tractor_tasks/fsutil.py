@@ -149,6 +149,16 @@ def xml_text(text: str) -> str:
     return _XML_BAD.sub(lambda m: _escape(m.group()), text) if text else text
 
 
+def xml_clean(element) -> None:
+    """xml_text() over every attribute, text and tail of an ElementTree element and its
+    children, in place: what it then writes is well-formed XML 1.0."""
+    for el in element.iter():
+        for key, value in el.attrib.items():
+            el.set(key, xml_text(value))
+        el.text = xml_text(el.text) if el.text else el.text
+        el.tail = xml_text(el.tail) if el.tail else el.tail
+
+
 def shown(text: str) -> str:
     """`text` for a terminal: control characters (ESC, BEL, ...), and the bidi overrides
     that reorder a line (U+202E), as visible escapes; tab and newline kept."""

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from .errors import usage
+from .fsutil import shown
 from .history import History, flaky_toml
 from .rundirs import State
 from .target import Target
@@ -35,13 +36,14 @@ def show_history(target: Target, pattern: str | None, limit: int) -> None:
         trail = "".join("." if r["outcome"] == "passed" else
                         "s" if r["outcome"] in ("skipped", "xfailed") else
                         "H" if r["outcome"] == "hung" else "F" for r in reversed(runs))
-        print(f"{nodeid}  {trail}  (oldest -> newest)")
+        print(shown(f"{nodeid}  {trail}  (oldest -> newest)"))
         for r in runs:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["time"]))
             cell = r["cell"] or f"{r['minor']} {r['tpt']} {r['spawn']}".strip()
             sig = f"  {r['signature']}" if r["signature"] else ""
             commit = (r["commit"] or "")[:9]
-            print(f"  {when}  {cell:32}  {r['outcome']:8} {r['duration']:7.2f}s  {commit}{sig}")
+            print(shown(f"  {when}  {cell:32}  {r['outcome']:8} {r['duration']:7.2f}s  "
+                        f"{commit}{sig}"))
 
 
 def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | None) -> None:
@@ -64,8 +66,8 @@ def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | Non
               "runs per cell)")
         return
     for c in found:
-        print(f"{c.rate:4.0%}  {c.flips}/{c.runs - 1} flips  {c.cell:32}  {c.nodeid}"
-              + (f"  [{c.signature}]" if c.signature else ""))
+        print(shown(f"{c.rate:4.0%}  {c.flips}/{c.runs - 1} flips  {c.cell:32}  {c.nodeid}"
+                    + (f"  [{c.signature}]" if c.signature else "")))
     print("\n# ready to paste into [tool.tractor-tasks] of pyproject.toml:\n")
     print(flaky_toml(found, target.tests_dir), end="")
 

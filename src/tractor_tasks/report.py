@@ -2,6 +2,7 @@
 with its class and short traceback, hangs with their dumps, leaks, and what to do."""
 from __future__ import annotations
 
+from .fsutil import shown
 from .status import RunStatus, TestOutcome as O
 from .supervise import Stop
 
@@ -55,4 +56,4 @@ def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> lis
                      "not run (use --no-x to run past them)")
     if result.run_dir is not None:
         lines.append(f"files: {result.run_dir}")
-    return lines
+    return [shown(ln) for ln in lines]  # ids and messages: no raw ESC/BEL/bidi to a terminal

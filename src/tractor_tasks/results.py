@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import TaskError, usage
-from .fsutil import atomic_write
+from .fsutil import atomic_write, xml_clean
 from .status import TestOutcome as O
 from .target import FlakyRule, Target
 
@@ -353,6 +353,7 @@ def write_junit(results: Results, path: Path) -> None:
         if t.flaky is not None:
             ET.SubElement(case, "properties").append(
                 ET.Element("property", name="known-flaky", value=t.flaky.note or t.flaky.error))
+    xml_clean(suite)  # a test's id or message may hold ESC, BEL, NUL: XML 1.0 forbids them
     atomic_write(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True))
 
 
