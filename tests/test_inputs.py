@@ -358,3 +358,62 @@ def test_shown_and_xml_text_keep_tab_and_newline():
     assert shown("a\tb\nc\x1bd\x9be") == "a\tb\nc\\x1bd\\x9be"
     assert xml_text("a\tb\r\nc\x01\ufffe") == "a\tb\r\nc\\x01\\ufffe"
     assert xml_text("ok \u202e é 𝄞") == "ok \u202e é 𝄞"  # allowed in XML: kept
+
+
+# -- JUnit import, the history view ---------------------------------------------------
+
+def test_junit_import_skips_nameless_cases_and_absurd_times_and_readers_survive_old_rows(
+        target, tmp_path, capsys):
+    from tractor_tasks.history import History, RunRow, TestRow, load_durations
+    from tractor_tasks.history_view import show_history
+    junit = tmp_path / "j.xml"
+    junit.write_text(
+        '<testsuites><testsuite name="pytest" tests="3" time="1e300">'
+        '<testcase classname="" name=""/>'
+        '<testcase classname="tests.test_a" name="big" time="1e20"/>'
+        '<testcase classname="tests.test_a" name="huge" time="1e300"/>'
+        '<testcase classname="tests.test_a" name="ok" time="2.5"/></testsuite></testsuites>')
+    notes = []
+    h = History(State(target).history, warn=notes.append)
+    assert h.import_junit(junit, root=target.root) == 3  # ValueError before the fix
+    assert any("no classname and no name" in n for n in notes)
+    assert any("counted as 0" in n for n in notes)
+    # a row stored before imports were checked
+    h.record(RunRow("old", -1e20, 1.0, "import"), [TestRow("tests/test_a.py::old", "passed", 1e300)])
+    show_history(target, None, 10)  # OverflowError before the fix
+    assert "tests/test_a.py::old" in capsys.readouterr().out
+    out = tmp_path / "d.json"
+    h.export_durations(out)
+    assert load_durations(out) == {"tests/test_a.py::ok": 2.5, "tests/test_a.py::big": 0.0,
+                                   "tests/test_a.py::huge": 0.0}
+
+
+def test_history_limit_is_rows_per_test_and_a_bare_name_is_a_substring(target, capsys):
+    from tractor_tasks.history import History, RunRow, TestRow
+    from tractor_tasks.history_view import show_history
+    h = History(State(target).history)
+    busy = [f"tests/test_many.py::test_{i:02d}" for i in range(48)]
+    for run in range(8):  # 48 tests x 8 runs, then one test with 4 older runs
+        h.record(RunRow(f"r{run}", 100.0 + run, 101.0 + run, "run"),
+                 [TestRow(n, "passed", 0.1) for n in busy])
+    for run in range(4):
+        h.record(RunRow(f"o{run}", 10.0 + run, 11.0 + run, "run"),
+                 [TestRow("tests/test_cancellation.py::test_parent_cancels[tcp]", "failed", 1.0)])
+    show_history(target, None, 3)
+    out = capsys.readouterr().out
+    heads = [ln for ln in out.splitlines() if not ln.startswith("  ")]
+    assert len(heads) == 49
+    per_test = {}
+    current = None
+    for ln in out.splitlines():
+        if ln.startswith("  "):
+            per_test[current] += 1
+        else:
+            current = ln.split()[0]
+            per_test[current] = 0
+    assert set(per_test.values()) == {3}, per_test
+    show_history(target, "test_parent_cancels", 10)
+    out = capsys.readouterr().out
+    assert "test_parent_cancels[tcp]" in out and out.count("failed") == 4
+    show_history(target, "test_parent", 10)  # a part of a name too
+    assert "test_parent_cancels[tcp]" in capsys.readouterr().out

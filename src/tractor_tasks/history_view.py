@@ -23,7 +23,7 @@ def _open(target: Target, create: bool = False) -> History | None:
 
 def show_history(target: Target, pattern: str | None, limit: int) -> None:
     history = _open(target)
-    rows = history.recent(pattern, limit=limit * 50) if history else []
+    rows = history.recent(pattern, per_test=limit) if history else []
     if not rows:
         print("no results recorded" + (f" for {pattern!r}" if pattern else "")
               + "; runs and nox cells record them as they finish")
@@ -38,12 +38,21 @@ def show_history(target: Target, pattern: str | None, limit: int) -> None:
                         "H" if r["outcome"] == "hung" else "F" for r in reversed(runs))
         print(shown(f"{nodeid}  {trail}  (oldest -> newest)"))
         for r in runs:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["time"]))
+            when = _when(r["time"])
             cell = r["cell"] or f"{r['minor']} {r['tpt']} {r['spawn']}".strip()
             sig = f"  {r['signature']}" if r["signature"] else ""
             commit = (r["commit"] or "")[:9]
             print(shown(f"  {when}  {cell:32}  {r['outcome']:8} {r['duration']:7.2f}s  "
                         f"{commit}{sig}"))
+
+
+def _when(stamp) -> str:
+    """A row's time as local time; "????-??-?? ??:??" for one no clock can show (a row
+    imported before times were checked)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
+    except (OverflowError, OSError, ValueError, TypeError):
+        return "????-??-?? ??:??"
 
 
 def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | None) -> None:
