@@ -417,3 +417,36 @@ def test_history_limit_is_rows_per_test_and_a_bare_name_is_a_substring(target, c
     assert "test_parent_cancels[tcp]" in out and out.count("failed") == 4
     show_history(target, "test_parent", 10)  # a part of a name too
     assert "test_parent_cancels[tcp]" in capsys.readouterr().out
+
+
+# -- a closed stdout --------------------------------------------------------------------
+
+def test_a_closed_stdout_gets_dev_null_before_anything_is_opened(tmp_path):
+    """The front end's guard, in a child whose fd 1 is closed (as `>&-` leaves it)."""
+    import subprocess
+    import sys
+    code = ("import os, sys; from tractor_tasks.output import guard_std_fds, Output; "
+            "guard_std_fds(); f = open(os.devnull); "
+            "Output()('hello'); print('x'); print(f.fileno(), file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=False,
+                       stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
+    assert r.returncode == 0, r.stderr
+    note, fd = r.stderr.strip().splitlines()
+    assert note.startswith("note: stdout is closed") and int(fd) > 2
+
+
+@pytest.mark.slow
+def test_invoke_test_with_stdout_closed_runs_whole_and_says_so_once(sample_repo):
+    import subprocess
+    import sys
+
+    from helpers import REPO, last_run
+    before = last_run(sample_repo)
+    r = subprocess.run([sys.executable, "-m", "invoke", "test", "test_local.py", "--root",
+                        str(sample_repo)], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                       preexec_fn=lambda: os.close(1), timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.count("stdout is closed") == 1, r.stderr
+    run = last_run(sample_repo)
+    assert run != before and (run / "outcome.json").is_file() and (run / "junit.xml").is_file()
+    assert json.loads((run / "outcome.json").read_text())["status"] == "passed"

@@ -25,6 +25,8 @@ def _guard(fn):
     """TaskError -> one line and its exit code."""
     @functools.wraps(fn)
     def body(c, *args, **kwargs):
+        from .output import guard_std_fds
+        guard_std_fds()  # `invoke test >&-`: /dev/null in place of a closed stdout
         try:
             return fn(c, *args, **kwargs)
         except TaskError as err:

@@ -12,11 +12,37 @@ import threading
 from pathlib import Path
 
 
+def guard_std_fds() -> None:
+    """A front end started with stdout (or stdin/stderr) closed (`invoke test >&-`): put
+    /dev/null on the closed fd before anything is opened, so no file of ours (a lock, a
+    log) lands on fd 1 and no child writes into it; the run goes on, its output going
+    nowhere, with one note on stderr when stderr is open."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            closed.append(fd)
+    if 1 in closed or sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+        if 2 not in closed and sys.stderr is not None:
+            print("note: stdout is closed: the run goes on and writes nothing there; its "
+                  "results are in .tractor-tasks/last (`invoke report`)", file=sys.stderr)
+    if 2 in closed or sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
+    if 0 in closed or sys.stdin is None:
+        sys.stdin = open(0, "r", closefd=False)
+
+
 class Output:
     def __init__(self, stream=None, *, quiet: bool = False):
         self.stream = stream or sys.stdout
         self.quiet = quiet
-        self.broken = False
+        self.broken = self.stream is None  # no stdout at all: write nothing, never fail
         self._lock = threading.RLock()
         self._status = 0  # lines of the status block drawn last (terminal only)
 
