@@ -450,3 +450,13 @@ def test_invoke_test_with_stdout_closed_runs_whole_and_says_so_once(sample_repo)
     run = last_run(sample_repo)
     assert run != before and (run / "outcome.json").is_file() and (run / "junit.xml").is_file()
     assert json.loads((run / "outcome.json").read_text())["status"] == "passed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", ["../../..", "/etc"])
+def test_doctor_with_a_path_for_bindspace_is_the_one_line_config_error(tmp_path, value):
+    root = copy_sample(tmp_path / "s", config=f'[tool.tractor-tasks]\nbindspace = "{value}"\n')
+    r = invoke("doctor", root=root)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert r.stderr.strip().startswith("error: [tool.tractor-tasks] bindspace") and \
+        r.stderr.strip().count("\n") == 0, r.stderr

@@ -338,6 +338,10 @@ def load_target(root: Path, env: dict | None = None) -> Target:
                         "from 3.8 to 3.15; set [tool.tractor-tasks] pythons = [\"3.13\"]")
     if "tests_dir" in kw:
         _inside(root, kw["tests_dir"], "tests_dir", where)
+    if "bindspace" in kw and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", kw["bindspace"]):
+        raise usage(f"error: [tool.tractor-tasks] bindspace in {where} is {kw['bindspace']!r}; "
+                    "it is the app name tractor gives platformdirs (one name, no \"/\" and "
+                    "no \"..\"), like \"tractor\"")
     if "test_timeouts" in table:
         kw["test_timeouts"] = _parse_test_timeouts(table["test_timeouts"], where)
     if "affected" in table:
