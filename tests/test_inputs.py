@@ -20,7 +20,8 @@ from tractor_tasks.target import load_target
 def target(tmp_path):
     root = tmp_path / "repo"
     (root / "tests").mkdir(parents=True)
-    (root / "pyproject.toml").write_text("[project]\nname = 'tractor'\n")
+    (root / "pyproject.toml").write_text("[project]\nname = 'tractor'\n"
+                                         "[tool.tractor-tasks]\npythons = ['3.11']\n")
     return load_target(root)
 
 
@@ -460,3 +461,26 @@ def test_doctor_with_a_path_for_bindspace_is_the_one_line_config_error(tmp_path,
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
     assert r.stderr.strip().startswith("error: [tool.tractor-tasks] bindspace") and \
         r.stderr.strip().count("\n") == 0, r.stderr
+
+
+# -- flaky --junit --cell: a cell of the matrix only -----------------------------------------
+
+@pytest.mark.parametrize("name", ["tests-3.11(tpt='bogus')", "tests-3.99(tpt='tcp')",
+                                  "backends-3.11(spawn='../../x', tpt='tcp')",
+                                  "smoke-3.11(tpt='uds')", "backends-3.11(spawn='trio', tpt='tcp')",
+                                  "tests-3.11(tpt='tcp', spawn='mp_spawn')"])
+def test_flaky_junit_refuses_a_cell_not_in_the_matrix(target, tmp_path, name):
+    from tractor_tasks.history_view import show_flaky
+    junit = tmp_path / "j.xml"
+    junit.write_text(_JUNIT.format(t="1"))
+    with pytest.raises(TaskError) as err:
+        show_flaky(target, 3, str(junit), name)
+    assert err.value.code == 2 and "not a cell of this target's matrix" in str(err.value)
+    assert not State(target).history.exists()  # nothing recorded
+
+
+def test_the_matrix_cells_are_accepted(target):
+    from tractor_tasks.cells import Cell, matrix_cells
+    for cell in matrix_cells(target):
+        assert Cell.of_matrix(cell.name, target) == cell
+    assert Cell.of_matrix("smoke-3.11", target).tpt == target.transports[0]

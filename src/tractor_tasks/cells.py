@@ -69,6 +69,33 @@ class Cell:
         return cls(m["kind"], m["minor"], params.get("tpt", target.transports[0]),
                    params.get("spawn", target.default_spawn_backend))
 
+    @classmethod
+    def of_matrix(cls, name: str, target: Target) -> Cell:
+        """A cell of this target's matrix (what its nox sessions define), by its name;
+        anything else (an unknown transport, minor or backend, a smoke cell with
+        parameters) is a one-line usage error listing the cells."""
+        cell = cls.parse(name, target)
+        m = _NAME_RE.fullmatch(name.strip())
+        keys = set(dict(_PARAM_RE.findall(m["params"] or "")))
+        wanted = {"smoke": set(), "tests": {"tpt"}, "backends": {"spawn", "tpt"}}[cell.kind]
+        cells = matrix_cells(target)
+        if keys != wanted or cell not in cells:
+            shown = ", ".join(c.name for c in cells[:6]) + (", ..." if len(cells) > 6 else "")
+            raise usage(f"error: {name!r} is not a cell of this target's matrix; its cells: "
+                        f"{shown} (see `nox --list`)")
+        return cell
+
+
+def matrix_cells(target: Target) -> list[Cell]:
+    """Every cell the nox sessions define for the target (nox_sessions._define)."""
+    out = []
+    others = [s for s in target.spawn_backends if s != target.default_spawn_backend]
+    for minor in target.pythons:
+        out += [Cell("tests", minor, t, target.default_spawn_backend) for t in target.transports]
+        out += [Cell("backends", minor, t, s) for s in others for t in target.transports]
+        out.append(Cell("smoke", minor, target.transports[0], target.default_spawn_backend))
+    return out
+
 
 # -- the matrix report ----------------------------------------------------------
 

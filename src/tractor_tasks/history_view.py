@@ -60,7 +60,7 @@ def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | Non
         raise usage("error: --cell names the cell of an imported JUnit file; give --junit FILE")
     if junit:
         from .cells import Cell
-        c = Cell.parse(cell, target) if cell else None
+        c = Cell.of_matrix(cell, target) if cell else None
         if c is None:
             raise usage("error: --junit needs --cell \"tests-3.13(tpt='tcp')\" (which cell "
                         "the file is from)")
