@@ -484,3 +484,23 @@ def test_the_matrix_cells_are_accepted(target):
     for cell in matrix_cells(target):
         assert Cell.of_matrix(cell.name, target) == cell
     assert Cell.of_matrix("smoke-3.11", target).tpt == target.transports[0]
+
+
+def test_a_foreign_or_newer_history_says_what_can_be_done(tmp_path):
+    import sqlite3
+
+    from tractor_tasks.history import APPLICATION_ID, History
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as con:
+        con.execute("CREATE TABLE t (x)")
+    newer = tmp_path / "newer.sqlite"
+    with sqlite3.connect(newer) as con:
+        con.execute("CREATE TABLE t (x)")
+        con.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        con.execute("PRAGMA user_version=99")
+    d = tmp_path / "dir.sqlite"
+    d.mkdir()
+    for path in (foreign, newer, d):
+        with pytest.raises(TaskError) as err:
+            History(path)
+        assert "move it aside" in str(err.value) and "elsewhere" not in str(err.value)

@@ -143,7 +143,7 @@ class History:
     def _open(self) -> None:
         if self.path.is_dir():
             raise TaskError(f"error: history {self.path} is a directory, not a database file; "
-                            "move it away or point the history elsewhere", 1)
+                            "move it aside (the next run starts a fresh one)", 1)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -198,10 +198,10 @@ class History:
         if version > SCHEMA_VERSION and app_id == APPLICATION_ID:
             raise TaskError(f"error: history {self.path} has schema version {version}, newer "
                             f"than this tractor-tasks knows ({SCHEMA_VERSION}); upgrade "
-                            "tractor-tasks or point the history elsewhere", 1)
+                            "tractor-tasks, or move it aside (the next run starts a fresh one)", 1)
         if tables and app_id != APPLICATION_ID:
             raise TaskError(f"error: {self.path} is an SQLite file but not a tractor-tasks "
-                            "history; left as it is: point the history elsewhere", 1)
+                            "history; left as it is: move it aside (the next run starts a fresh one)", 1)
 
     def _move_aside(self, why: str) -> None:
         """Rename the unreadable file (and any -wal/-shm of it); never overwrite or delete."""
