@@ -504,3 +504,29 @@ def test_a_foreign_or_newer_history_says_what_can_be_done(tmp_path):
         with pytest.raises(TaskError) as err:
             History(path)
         assert "move it aside" in str(err.value) and "elsewhere" not in str(err.value)
+
+
+# -- ci-matrix: GitHub's 256-job limit ------------------------------------------------------
+
+def test_ci_matrix_past_githubs_job_limit_is_refused_with_what_fits(monkeypatch, tmp_path):
+    """nox --list is stood in for by a fixed session list (the slow test below asks nox)."""
+    from tractor_tasks import ci
+    root = copy_sample(tmp_path / "s")
+    sessions = [{"session": f"tests-3.11(tpt='{t}')"} for t in ("tcp", "uds")] + \
+        [{"session": "smoke-3.11"}]
+    monkeypatch.setattr(ci, "nox_sessions", lambda shim, root=None: sessions)
+    assert len(ci.matrix(root, str(root), shards=128)["include"]) == 256
+    with pytest.raises(TaskError) as err:
+        ci.matrix(root, str(root), shards=129)
+    assert err.value.code == 2 and "258 jobs" in str(err.value) and "256" in str(err.value)
+    assert "--shards 128" in str(err.value)
+    with pytest.raises(TaskError) as err:
+        ci.matrix(root, str(root), smoke=True, shards=128)  # the smoke cell is one more job
+    assert "--shards 127" in str(err.value)
+
+
+@pytest.mark.slow
+def test_invoke_ci_matrix_with_256_shards_is_one_line_exit_2():
+    r = invoke("ci-matrix", "--shards", "256")
+    assert r.returncode == 2 and not r.stdout.strip(), r.stdout + r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "limit of 256 jobs" in r.stderr, r.stderr

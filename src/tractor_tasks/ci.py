@@ -27,6 +27,9 @@ def nox_sessions(shim_dir: Path, root: str | None = None) -> list[dict]:
     return json.loads(out.stdout)
 
 
+GITHUB_MAX_JOBS = 256  # jobs a GitHub Actions matrix may generate per workflow run
+
+
 def matrix(shim_dir: Path, root: str | None = None, smoke: bool = False,
            shards: int = 1) -> dict:
     from .target import resolve
@@ -41,7 +44,18 @@ def matrix(shim_dir: Path, root: str | None = None, smoke: bool = False,
             include += [{**row, "shard": i, "of": shards} for i in range(1, shards + 1)]
         else:
             include.append(row)
+    if len(include) > GITHUB_MAX_JOBS:
+        raise TaskError(f"error: {len(include)} jobs, past GitHub Actions' limit of "
+                        f"{GITHUB_MAX_JOBS} jobs per matrix; pass --shards {_fitting(include, shards)} "
+                        "or fewer", 2)
     return {"include": include}
+
+
+def _fitting(include: list[dict], shards: int) -> int:
+    """The most shards per cell whose matrix stays within GitHub's job limit."""
+    sharded = len({r["session"] for r in include if "shard" in r})
+    single = len(include) - sharded * shards
+    return max((GITHUB_MAX_JOBS - single) // max(sharded, 1), 1)
 
 
 def matrix_json(shim_dir: Path, root: str | None = None, smoke: bool = False,
