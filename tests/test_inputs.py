@@ -530,3 +530,44 @@ def test_invoke_ci_matrix_with_256_shards_is_one_line_exit_2():
     r = invoke("ci-matrix", "--shards", "256")
     assert r.returncode == 2 and not r.stdout.strip(), r.stdout + r.stderr
     assert r.stderr.strip().count("\n") == 0 and "limit of 256 jobs" in r.stderr, r.stderr
+
+
+# -- output.log cap -------------------------------------------------------------------------
+
+def test_output_log_keeps_head_and_tail_past_its_cap_and_says_what_was_cut(tmp_path):
+    from tractor_tasks.output import Tee
+    r, w = os.pipe()
+    log = tmp_path / "output.log"
+    seen = []
+    out = type("Out", (), {"write_bytes": lambda self, b: seen.append(b)})()
+    tee = Tee(r, log, out, max_bytes=1000)
+    tee.start()
+    data = b"".join(b"%06d\n" % i for i in range(20000))  # 140 kB, in many reads
+    for i in range(0, len(data), 4096):
+        os.write(w, data[i:i + 4096])
+    os.close(w)
+    tee.join(60)
+    text = log.read_bytes()
+    head, _, rest = text.partition(b"\n[tractor-tasks: ")
+    note, _, tail = rest.partition(b"]\n")
+    assert head == data[:500] and tail == data[-500:]
+    assert note.startswith(b"%d bytes of output cut here" % (len(data) - 1000))
+    assert b"".join(seen) == data  # the user's copy is whole
+    r, w = os.pipe()  # under the cap: the log is the output, no note
+    small = tmp_path / "small.log"
+    tee = Tee(r, small, None, max_bytes=1000)
+    tee.start()
+    os.write(w, data[:999])
+    os.close(w)
+    tee.join(60)
+    assert small.read_bytes() == data[:999]
+
+
+def test_output_log_max_mb_is_a_config_key(tmp_path):
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "pyproject.toml").write_text("[tool.tractor-tasks]\noutput_log_max_mb = 5\n")
+    assert load_target(root).output_log_max_mb == 5
+    (root / "pyproject.toml").write_text("[tool.tractor-tasks]\noutput_log_max_mb = 0\n")
+    with pytest.raises(TaskError, match="output_log_max_mb"):
+        load_target(root)

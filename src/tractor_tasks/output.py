@@ -128,15 +128,24 @@ class Tee(threading.Thread):
     """Copy pytest's output (a pipe) to a log file and, when `echo`, to the user.
 
     The pipe is always drained, so pytest never blocks on a full pipe and never sees
-    our stdout go away."""
+    our stdout go away. With `max_bytes`, the log keeps the first half of that as it
+    comes and the last half (held in memory, written at the end), with one line saying
+    how much was cut between them; the user's copy (`out`) is never cut."""
 
-    def __init__(self, fd: int, log: Path, out: Output | None):
+    def __init__(self, fd: int, log: Path, out: Output | None, max_bytes: int | None = None):
         super().__init__(daemon=True, name=f"tee-{log.parent.name}")
         self.fd = fd
         self.log = log
         self.out = out
+        self.max_bytes = max_bytes
+        self.cut = 0  # bytes left out of the log
 
     def run(self) -> None:
+        import collections
+        head_room = self.max_bytes // 2 if self.max_bytes else None
+        tail_room = self.max_bytes - head_room if self.max_bytes else 0
+        tail: collections.deque[bytes] = collections.deque()
+        held = 0
         with open(self.log, "ab") as f:
             while True:
                 try:
@@ -145,10 +154,33 @@ class Tee(threading.Thread):
                     break
                 if not chunk:
                     break
-                f.write(chunk)
-                f.flush()
                 if self.out is not None:
                     self.out.write_bytes(chunk)
+                if head_room is None:
+                    f.write(chunk)
+                    f.flush()
+                    continue
+                if head_room:
+                    part, chunk = chunk[:head_room], chunk[head_room:]
+                    head_room -= len(part)
+                    f.write(part)
+                    f.flush()
+                if chunk:
+                    tail.append(chunk)
+                    held += len(chunk)
+                    while held - len(tail[0]) >= tail_room:
+                        held -= len(tail[0])
+                        self.cut += len(tail.popleft())
+            if held > tail_room:  # the oldest kept chunk, trimmed to the room left
+                extra = held - tail_room
+                tail[0] = tail[0][extra:]
+                self.cut += extra
+            if self.cut:
+                f.write(f"\n[tractor-tasks: {self.cut} bytes of output cut here: output.log "
+                        f"keeps its first and last {self.max_bytes // 2} bytes "
+                        "(output_log_max_mb)]\n".encode())
+            for part in tail:
+                f.write(part)
         try:
             os.close(self.fd)
         except OSError:

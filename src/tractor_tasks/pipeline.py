@@ -278,7 +278,7 @@ class _Ctx:
                     containment=p.containment, deadline=self.deadline,
                     test_bound=self.test_bound, signals=self.signals, echo=echo,
                     private=private, bindspace=p.target.bindspace,
-                    interactive=p.opts.interactive,
+                    interactive=p.opts.interactive, log_max=int(p.target.output_log_max_mb * 2**20),
                     on_event=lambda line: self.out(("\n" if echo else "") + _label(shard)
                                                    + line),
                     leftovers=lambda: [proc for proc, _ in ScopeView(
