@@ -571,3 +571,27 @@ def test_output_log_max_mb_is_a_config_key(tmp_path):
     (root / "pyproject.toml").write_text("[tool.tractor-tasks]\noutput_log_max_mb = 0\n")
     with pytest.raises(TaskError, match="output_log_max_mb"):
         load_target(root)
+
+
+def test_outcome_fields_of_the_wrong_type_name_the_file_as_malformed(tmp_path):
+    from tractor_tasks.cells import read_outcome
+    from tractor_tasks.ci import read_outcomes
+    bad = tmp_path / "a" / "outcome.json"
+    bad.parent.mkdir()
+    bad.write_text(json.dumps(_outcome(minor=["list"])))
+    good = tmp_path / "b" / "outcome.json"
+    good.parent.mkdir()
+    good.write_text(json.dumps(_outcome()))
+    with pytest.raises(TaskError, match="minor is \\['list'\\], not a string"):
+        read_outcome(bad)
+    warns = []
+    assert [p for p, _ in read_outcomes([bad, good], warns.append)] == [good]
+    assert len(warns) == 1 and str(bad) in warns[0] and "damaged" not in warns[0]
+
+
+def test_a_durations_file_that_is_a_fifo_is_one_line_not_a_hang(tmp_path):
+    from tractor_tasks.history import load_durations
+    fifo = tmp_path / "d.json"
+    os.mkfifo(fifo)
+    with pytest.raises(TaskError, match="FIFO"):
+        _finishes(load_durations, fifo)
