@@ -75,8 +75,8 @@ class State:
                                 "in real directories inside the target: remove the link "
                                 f"(`rm {path}`) and rerun")
             if not stat.S_ISDIR(st.st_mode):
-                raise TaskError(f"error: {path} is not a directory; move it out of the way "
-                                "and rerun")
+                raise TaskError(f"error: cannot make {path} (a file is in its place); move "
+                                "what is in its way and rerun")
 
     def ensure(self, slug: str | None = None) -> Path:
         """Create it whole or not at all (a temp dir renamed into place)."""
