@@ -107,7 +107,10 @@ def test_recent_globs_over_ids_with_params_newest_first(hist):
                                                            (ids[1], 1.0)]
     assert {n for n, _ in found("*::test_p[?cp-1]")} == {ids[0], ids[3]}
     assert {n for n, _ in found("test_b.py::*")} == {ids[3]}  # a tail after a "/"
-    assert found("test_p[tcp-1]") == []                       # not a tail after a "/"
+    assert found("ests/test_a.py::test_p") == []              # not a tail after a "/"
+    # a bare name (no * ?, no :: or /) is found anywhere in an id
+    assert {n for n, _ in found("test_p[tcp-1]")} == {ids[0], ids[3]}
+    assert {n for n, _ in found("test_q")} == {ids[2]}
     assert found("tests/test_a.py::test_[pq]") == []
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,33 @@ class Cell:
         return cls(m["kind"], m["minor"], params.get("tpt", target.transports[0]),
                    params.get("spawn", target.default_spawn_backend))
 
+    @classmethod
+    def of_matrix(cls, name: str, target: Target) -> Cell:
+        """A cell of this target's matrix (what its nox sessions define), by its name;
+        anything else (an unknown transport, minor or backend, a smoke cell with
+        parameters) is a one-line usage error listing the cells."""
+        cell = cls.parse(name, target)
+        m = _NAME_RE.fullmatch(name.strip())
+        keys = set(dict(_PARAM_RE.findall(m["params"] or "")))
+        wanted = {"smoke": set(), "tests": {"tpt"}, "backends": {"spawn", "tpt"}}[cell.kind]
+        cells = matrix_cells(target)
+        if keys != wanted or cell not in cells:
+            shown = ", ".join(c.name for c in cells[:6]) + (", ..." if len(cells) > 6 else "")
+            raise usage(f"error: {name!r} is not a cell of this target's matrix; its cells: "
+                        f"{shown} (see `nox --list`)")
+        return cell
+
+
+def matrix_cells(target: Target) -> list[Cell]:
+    """Every cell the nox sessions define for the target (nox_sessions._define)."""
+    out = []
+    others = [s for s in target.spawn_backends if s != target.default_spawn_backend]
+    for minor in target.pythons:
+        out += [Cell("tests", minor, t, target.default_spawn_backend) for t in target.transports]
+        out += [Cell("backends", minor, t, s) for s in others for t in target.transports]
+        out.append(Cell("smoke", minor, target.transports[0], target.default_spawn_backend))
+    return out
+
 
 # -- the matrix report ----------------------------------------------------------
 
@@ -78,21 +106,39 @@ class Row:
     seconds: float
 
 
-def _row(path: Path) -> Row:
-    """One cell's outcome.json, checked field by field (a bad file: one line, exit 1)."""
+def read_outcome(path: Path) -> dict:
+    """One cell's outcome.json, read bounded (a FIFO, a device, a symlink or a huge file
+    is refused, never waited on) and checked field by field; a bad file is a TaskError
+    (one line, exit 1) naming it."""
+    from .fsutil import NotRegular, read_text_bounded
+
     def bad(why: str) -> TaskError:
         return TaskError(f"{path} is not a cell outcome ({why}); it was left as it is: "
                          "rerun the cell to rewrite it")
     try:
-        rec = json.loads(path.read_text())
+        rec = json.loads(read_text_bounded(path))
     except IsADirectoryError:
         raise bad("a directory")
+    except NotRegular as err:
+        raise bad(err.strerror)
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise bad(f"not JSON: {err}")
     if not isinstance(rec, dict):
         raise bad(f"a {type(rec).__name__}, not an object")
     if not isinstance(rec.get("cell"), str) or not rec["cell"]:
         raise bad("no 'cell' name")
+    for key in ("minor", "tpt", "spawn", "invocation"):
+        if rec.get(key) is not None and not isinstance(rec[key], str):
+            raise bad(f"{key} is {rec[key]!r}, not a string")
+    return rec
+
+
+def _row(path: Path, rec: dict | None = None) -> Row:
+    """One cell's outcome.json as a matrix row (a bad file: one line, exit 1)."""
+    def bad(why: str) -> TaskError:
+        return TaskError(f"error: {path} is not a cell outcome ({why}); it was left as it is: "
+                         "rerun the cell to rewrite it")
+    rec = read_outcome(path) if rec is None else rec
     try:
         status = RunStatus(rec.get("status"))
     except ValueError:
@@ -116,14 +162,21 @@ def read_rows(target: Target, invocation: str | None = None,
     """The latest outcome of every cell (of one nox invocation when given); a bad
     file is one warning line and is left out."""
     rows = []
-    for path in sorted(State(target).path.glob("cells/*/last/outcome.json")):
+    state = State(target)
+    for link in sorted(state.path.glob("cells/*/last")):
+        run = state.resolve_last(link)  # only a link of ours, to a run dir of ours
+        if run is None:
+            if os.path.lexists(link / "outcome.json"):
+                warn(f"skipped: {link} does not lead to a run dir inside {state.path}")
+            continue
+        path = link / "outcome.json"  # `last` is followed (checked above), outcome.json not
+        if not os.path.lexists(path):
+            continue
         try:
-            if invocation and json.loads(path.read_text()).get("invocation") != invocation:
+            rec = read_outcome(path)
+            if invocation and rec.get("invocation") != invocation:
                 continue
-        except (OSError, ValueError, AttributeError):
-            pass
-        try:
-            rows.append(_row(path))
+            rows.append(_row(path, rec))
         except TaskError as err:
             warn(str(err))
     return rows

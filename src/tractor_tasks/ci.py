@@ -27,6 +27,9 @@ def nox_sessions(shim_dir: Path, root: str | None = None) -> list[dict]:
     return json.loads(out.stdout)
 
 
+GITHUB_MAX_JOBS = 256  # jobs a GitHub Actions matrix may generate per workflow run
+
+
 def matrix(shim_dir: Path, root: str | None = None, smoke: bool = False,
            shards: int = 1) -> dict:
     from .target import resolve
@@ -41,7 +44,18 @@ def matrix(shim_dir: Path, root: str | None = None, smoke: bool = False,
             include += [{**row, "shard": i, "of": shards} for i in range(1, shards + 1)]
         else:
             include.append(row)
+    if len(include) > GITHUB_MAX_JOBS:
+        raise TaskError(f"error: {len(include)} jobs, past GitHub Actions' limit of "
+                        f"{GITHUB_MAX_JOBS} jobs per matrix; pass --shards {_fitting(include, shards)} "
+                        "or fewer", 2)
     return {"include": include}
+
+
+def _fitting(include: list[dict], shards: int) -> int:
+    """The most shards per cell whose matrix stays within GitHub's job limit."""
+    sharded = len({r["session"] for r in include if "shard" in r})
+    single = len(include) - sharded * shards
+    return max((GITHUB_MAX_JOBS - single) // max(sharded, 1), 1)
 
 
 def matrix_json(shim_dir: Path, root: str | None = None, smoke: bool = False,
@@ -54,18 +68,31 @@ def matrix_json(shim_dir: Path, root: str | None = None, smoke: bool = False,
 _WORST = ("interrupted", "timeout", "error", "failed", "skipped", "passed")
 
 
-def merge_outcomes(paths: list[Path], warn=lambda line: None):
+def read_outcomes(paths: list[Path], warn=lambda line: None) -> list[tuple[Path, dict]]:
+    """The outcome files that are good, each checked (cells.read_outcome); a bad one is
+    one warn() line naming it, and left out."""
+    from .cells import _row, read_outcome
+    good = []
+    for path in sorted(paths):
+        try:
+            rec = read_outcome(path)
+            _row(path, rec)
+        except TaskError as err:
+            warn(str(err))
+            continue
+        good.append((path, rec))
+    return good
+
+
+def merge_outcomes(paths: list[Path], warn=lambda line: None, *,
+                   outcomes: list[tuple[Path, dict]] | None = None):
     """Rows of the matrix with a cell's shards added up (counts summed, the worst status,
     the longest shard's time: they ran side by side)."""
     from .cells import Row, _row
     from .status import RunStatus
     cells: dict[str, list[Row]] = {}
-    for path in sorted(paths):
-        try:
-            row = _row(path)
-        except TaskError as err:
-            warn(str(err))
-            continue
+    for path, rec in read_outcomes(paths, warn) if outcomes is None else outcomes:
+        row = _row(path, rec)
         cells.setdefault(row.cell, []).append(row)
     out = []
     for name, rows in cells.items():
@@ -80,28 +107,32 @@ def report_dir(directory: Path, *, durations_out: Path | None = None, warn=print
     """The final CI job: the jobs' artifacts (each a cell's `last/` dir with outcome.json
     and junit.xml) -> the matrix rows; optionally a durations file from their JUnit."""
     if not directory.is_dir():
-        raise TaskError(f"{directory} is not a directory of job artifacts", 2)
+        raise TaskError(f"error: {directory} is not a directory of job artifacts", 2)
+    if durations_out is not None:
+        from .fsutil import check_destination
+        check_destination(durations_out)  # refused before anything is read or printed
     outcomes = sorted(directory.rglob("outcome.json"))
     if not outcomes:
         raise TaskError(f"no outcome.json under {directory}; upload each job's "
                         "`.tractor-tasks/cells/*/last/` as an artifact", 1)
-    rows = merge_outcomes(outcomes, warn)
+    good = read_outcomes(outcomes, warn)
+    rows = merge_outcomes(outcomes, warn, outcomes=good)
     if durations_out is not None:
         import tempfile
 
         from .history import History
         with tempfile.TemporaryDirectory() as tmp:
             history = History(Path(tmp) / "h.sqlite")
-            for outcome in outcomes:
+            for outcome, rec in good:
                 junit = outcome.with_name("junit.xml")
-                try:
-                    rec = json.loads(outcome.read_text())
-                except (OSError, ValueError):
+                if not os.path.lexists(junit):
                     continue
-                if junit.is_file() and isinstance(rec, dict):
+                try:  # a bad JUnit file costs its durations only, not the report
                     history.import_junit(junit, minor=rec.get("minor") or "",
                                          tpt=rec.get("tpt") or "", spawn=rec.get("spawn") or "",
-                                         cell=rec.get("cell") or "")
+                                         cell=rec.get("cell") or "", follow=False)
+                except TaskError as err:
+                    warn(f"skipped: {str(err).removeprefix('error: ')}")
             n = history.export_durations(durations_out)
         warn(f"wrote durations of {n} test(s) to {durations_out}")
     return rows

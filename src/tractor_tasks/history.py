@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Iterator
 from .errors import TaskError
 from .status import TestOutcome
 from .target import id_glob_body, under_tests
+from .fsutil import atomic_write
 
 SCHEMA_VERSION = 2
 APPLICATION_ID = 0x74727474  # "trtt": marks the file as a tractor-tasks history
@@ -40,6 +41,7 @@ TIMED = tuple(o.value for o in TestOutcome if o.timed)   # durations that mean s
 PASS = {o.value for o in TestOutcome if o.flip == "pass"}  # what a flip flips between
 FAIL = {o.value for o in TestOutcome if o.flip == "fail"}
 
+MAX_SECONDS = 1e6     # a test duration past this (11 days) is junk: what a durations file refuses
 BUSY_SECONDS = 10.0   # sqlite's own wait for a lock, per statement
 LOCK_SECONDS = 60.0   # our retries on top of it, per operation
 
@@ -166,8 +168,8 @@ class History:
 
     def _open(self) -> None:
         if self.path.is_dir():
-            raise TaskError(f"history {self.path} is a directory, not a database file; "
-                            "move it away or point the history elsewhere", 1)
+            raise TaskError(f"error: history {self.path} is a directory, not a database file; "
+                            "move it aside (the next run starts a fresh one)", 1)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -227,10 +229,10 @@ class History:
         if version > SCHEMA_VERSION and app_id == APPLICATION_ID:
             raise TaskError(f"history {self.path} has schema version {version}, newer "
                             f"than this tractor-tasks knows ({SCHEMA_VERSION}); upgrade "
-                            "tractor-tasks or point the history elsewhere", 1)
+                            "tractor-tasks, or move it aside (the next run starts a fresh one)", 1)
         if tables and app_id != APPLICATION_ID:
-            raise TaskError(f"{self.path} is an SQLite file but not a tractor-tasks "
-                            "history; left as it is: point the history elsewhere", 1)
+            raise TaskError(f"error: {self.path} is an SQLite file but not a tractor-tasks "
+                            "history; left as it is: move it aside (the next run starts a fresh one)", 1)
 
     def _move_aside(self, why: str) -> None:
         """Rename the unreadable file (and any -wal/-shm of it); never overwrite or delete."""
@@ -346,25 +348,38 @@ class History:
                 return out
         return self._guard(query)
 
-    def recent(self, pattern: str | None = None, limit: int = 10) -> list[dict]:
-        """Recent outcomes of the tests matching `pattern`, across cells, newest first.
+    def recent(self, pattern: str | None = None, limit: int = 10, *,
+               per_test: int | None = None) -> list[dict]:
+        """Recent outcomes of the tests matching `pattern`, across cells, newest first:
+        at most `limit` rows in all, or with `per_test` at most that many rows of each test.
 
         The pattern is a glob over node ids where only * and ? are wild ([params] stay
         literal); it matches the whole id or a tail of it after a "/" (so
-        "test_x.py::test_y*" finds "tests/test_x.py::test_y[tcp]").
+        "test_x.py::test_y*" finds "tests/test_x.py::test_y[tcp]"). A bare name (no * ?,
+        no "::" or "/") matches anywhere in the id: "test_parent_cancels" finds
+        "tests/test_cancellation.py::test_parent_cancels[tcp]".
         """
         def query():
             with self._conn() as con:
                 if pattern is not None:
-                    rx = re.compile(r"(?:.*/)?" + id_glob_body(pattern) + r"\Z", re.S)
+                    bare = not re.search(r"[*?/]|::", pattern)
+                    rx = re.compile(r".*" + re.escape(pattern) if bare else
+                                    r"(?:.*/)?" + id_glob_body(pattern) + r"\Z", re.S)
                     con.create_function("idmatch", 1, lambda s: rx.match(s) is not None,
                                         deterministic=True)
                 where = "WHERE idmatch(t.nodeid)" if pattern is not None else ""
-                cur = con.execute(
-                    "SELECT t.nodeid, r.cell, t.minor, t.tpt, t.spawn, t.outcome, t.duration, "
-                    "t.signature, t.flaky, r.commit_sha, t.started, t.run_id "
-                    f"FROM results t JOIN runs r USING (run_id) {where} "
-                    "ORDER BY t.started DESC, t.id DESC LIMIT ?", (limit,))
+                cols = ("t.nodeid, r.cell, t.minor, t.tpt, t.spawn, t.outcome, t.duration, "
+                        "t.signature, t.flaky, r.commit_sha, t.started, t.run_id")
+                if per_test is None:
+                    cur = con.execute(f"SELECT {cols} FROM results t JOIN runs r USING (run_id) "
+                                      f"{where} ORDER BY t.started DESC, t.id DESC LIMIT ?",
+                                      (limit,))
+                else:  # the newest `per_test` rows of every matching test
+                    cur = con.execute(
+                        f"SELECT * FROM (SELECT {cols}, ROW_NUMBER() OVER (PARTITION BY "
+                        "t.nodeid ORDER BY t.started DESC, t.id DESC) AS n, t.id AS i "
+                        f"FROM results t JOIN runs r USING (run_id) {where}) WHERE n <= ? "
+                        "ORDER BY started DESC, i DESC", (per_test,))
                 keys = ("nodeid", "cell", "minor", "tpt", "spawn", "outcome", "duration",
                         "signature", "flaky", "commit", "time", "run_id")
                 return [dict(zip(keys, row)) for row in cur]
@@ -428,17 +443,21 @@ class History:
 
     def import_junit(self, path: Path, *, minor: str = "", tpt: str = "", spawn: str = "",
                      cell: str = "", commit: str | None = None,
-                     root: Path | None = None) -> int:
+                     root: Path | None = None, follow: bool = True) -> int:
         """Record a pytest JUnit file (e.g. a CI artifact) as one run; returns the test count.
 
         The run id is a hash of the file and the cell, so importing the same file twice
         replaces, not doubles. `root` (the dir pytest ran in) makes node ids exact when the
-        file has no `file` attributes (pytest's default xunit2 family has none).
+        file has no `file` attributes (pytest's default xunit2 family has none). The file
+        is read bounded (fsutil.read_bounded: a regular file, a symlink only with `follow`).
         """
+        from .fsutil import NotRegular, read_bounded
         path = Path(path)
         try:
-            data = path.read_bytes()
+            data = read_bounded(path, follow=follow)
             tree = ET.ElementTree(ET.fromstring(data))
+        except NotRegular as err:
+            raise TaskError(f"error: JUnit file {path} is {err.strerror}; nothing recorded", 1)
         except OSError as err:
             raise TaskError(f"cannot read JUnit file {path} ({err.strerror or err})", 1)
         except ET.ParseError as err:
@@ -447,7 +466,17 @@ class History:
         if top.tag not in ("testsuites", "testsuite"):
             raise TaskError(f"{path} is XML but not JUnit (root <{top.tag}>); "
                             "nothing recorded", 1)
-        tests = [_junit_test(case, root) for case in top.iter("testcase")]
+        cases = list(top.iter("testcase"))
+        named = [c for c in cases if (c.get("classname") or "").strip(". ")
+                 or (c.get("name") or "").strip(". ")]
+        if len(named) < len(cases):
+            self.warn(f"note: {len(cases) - len(named)} testcase(s) of {path} have no classname "
+                      "and no name; skipped")
+        bad_times = sum(_seconds(c.get("time")) != _float(c.get("time")) for c in named)
+        if bad_times:
+            self.warn(f"note: {bad_times} testcase time(s) of {path} are not a number of "
+                      f"seconds under {MAX_SECONDS:g}; counted as 0")
+        tests = [_junit_test(case, root) for case in named]
         started, finished, host = _junit_times(top, path)
         run_id = hashlib.sha256(data + repr((minor, tpt, spawn, cell, commit)).encode())
         self.record(RunRow(run_id.hexdigest()[:32], started, finished, "import", cell=cell,
@@ -460,13 +489,10 @@ class History:
         found = self.durations(**cell)
         doc = {"version": 1, "durations": {k: round(v, 3) for k, v in sorted(found.items())}}
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-            os.replace(tmp, path)  # a reader never sees half a file
+        try:  # a reader never sees half a file; a FIFO, device or link is refused
+            atomic_write(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
         except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise TaskError(f"cannot write durations file {path} "
+            raise TaskError(f"error: cannot write durations file {path} "
                             f"({err.strerror or err})", 1) from None
         return len(found)
 
@@ -515,7 +541,7 @@ def _last_durations(con, nodeid: str, minor: str, tpt: str, spawn: str, last: in
         "AND (? = '' OR minor = ?) AND (? = '' OR tpt = ?) AND (? = '' OR spawn = ?) "
         "ORDER BY started DESC, id DESC LIMIT ?",
         (nodeid, *TIMED, minor, minor, tpt, tpt, spawn, spawn, last))
-    return [r[0] for r in cur]
+    return [r[0] for r in cur if sane_seconds(r[0])]
 
 
 def _cell_label(minor: str, tpt: str, spawn: str) -> str:
@@ -595,13 +621,25 @@ def _module_cut(parts: list[str], root: Path | None) -> int:
     return len(parts)
 
 
-def _seconds(value: str | None) -> float:
-    """A JUnit time attribute; a missing or garbled one counts as 0, not as a bad file."""
+def _float(value: str | None) -> float | None:
     try:
-        seconds = float(value or 0)
+        return float(value or 0)
     except ValueError:
-        return 0.0
-    return seconds if seconds >= 0 and seconds != float("inf") else 0.0
+        return None
+
+
+def _seconds(value: str | None) -> float:
+    """A JUnit time attribute; a missing, garbled or absurd one (negative, not finite,
+    MAX_SECONDS or more: what a durations file refuses) counts as 0, not as a bad file."""
+    seconds = _float(value)
+    return seconds if seconds is not None and 0 <= seconds < MAX_SECONDS else 0.0
+
+
+def sane_seconds(value) -> bool:
+    """A duration the history keeps and exports (rows stored before imports were checked
+    may hold 1e300)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value) and 0 <= value < MAX_SECONDS
 
 
 def _junit_times(top: ET.Element, path: Path) -> tuple[float, float, str]:
@@ -611,9 +649,11 @@ def _junit_times(top: ET.Element, path: Path) -> tuple[float, float, str]:
     stamps = []
     for s in suites:
         try:
-            stamps.append(datetime.fromisoformat(s.get("timestamp") or "").timestamp())
-        except ValueError:
-            pass
+            stamp = datetime.fromisoformat(s.get("timestamp") or "").timestamp()
+        except (ValueError, OverflowError, OSError):
+            continue
+        if 0 <= stamp < 1e11:  # within years 1970..5138: else junk, the mtime stands
+            stamps.append(stamp)
     host = next((s.get("hostname") for s in suites if s.get("hostname")), "")
     if stamps:
         return min(stamps), min(stamps) + seconds, host
@@ -625,9 +665,10 @@ def _junit_times(top: ET.Element, path: Path) -> tuple[float, float, str]:
 
 def load_durations(path: Path) -> dict[str, float]:
     """The durations file export_durations() wrote; a bad file is one line, code 1."""
+    from .fsutil import read_text_bounded
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(read_text_bounded(path, follow=True))
     except OSError as err:
         raise TaskError(f"cannot read durations file {path} ({err.strerror or err})", 1)
     except ValueError as err:
@@ -635,9 +676,7 @@ def load_durations(path: Path) -> dict[str, float]:
                         "re-export it", 1)
     ok = (isinstance(doc, dict) and doc.get("version") == 1
           and isinstance(doc.get("durations"), dict)
-          and all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-                  and math.isfinite(v) and 0 <= v < 1e6
-                  for k, v in doc["durations"].items()))
+          and all(isinstance(k, str) and sane_seconds(v) for k, v in doc["durations"].items()))
     if not ok:
         raise TaskError(f'error: durations file {path} is not {{"version": 1, "durations": '
                         '{nodeid: seconds}}; re-export it', 1)

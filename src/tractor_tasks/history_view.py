@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from .errors import TaskError, usage
+from .fsutil import shown
 from .history import History, flaky_toml
 from .rundirs import State
 from .target import Target
@@ -35,6 +36,8 @@ def export_durations(target: Target, out: Path, *, minor: str | None = None,
         raise TaskError("no results history yet; run the tests once (invoke test, or "
                         "a nox cell) and try again")
     dest = out if out.is_absolute() else target.root / out
+    from .fsutil import check_destination
+    check_destination(dest)  # a FIFO, a device, a link: refused, never replaced
     n = History(path).export_durations(dest, minor=minor or "", tpt=tpt or "",
                                        spawn=spawn or "")
     return n, dest
@@ -42,7 +45,7 @@ def export_durations(target: Target, out: Path, *, minor: str | None = None,
 
 def show_history(target: Target, pattern: str | None, limit: int) -> None:
     history = _open(target)
-    rows = history.recent(pattern, limit=limit * 50) if history else []
+    rows = history.recent(pattern, per_test=limit) if history else []
     if not rows:
         print("no results recorded" + (f" for {pattern!r}" if pattern else "")
               + "; runs and nox cells record them as they finish")
@@ -55,13 +58,23 @@ def show_history(target: Target, pattern: str | None, limit: int) -> None:
         trail = "".join("." if r["outcome"] == "passed" else
                         "s" if r["outcome"] in ("skipped", "xfailed") else
                         "H" if r["outcome"] == "hung" else "F" for r in reversed(runs))
-        print(f"{nodeid}  {trail}  (oldest -> newest)")
+        print(shown(f"{nodeid}  {trail}  (oldest -> newest)"))
         for r in runs:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["time"]))
+            when = _when(r["time"])
             cell = r["cell"] or f"{r['minor']} {r['tpt']} {r['spawn']}".strip()
             sig = f"  {r['signature']}" if r["signature"] else ""
             commit = (r["commit"] or "")[:9]
-            print(f"  {when}  {cell:32}  {r['outcome']:8} {r['duration']:7.2f}s  {commit}{sig}")
+            print(shown(f"  {when}  {cell:32}  {r['outcome']:8} {r['duration']:7.2f}s  "
+                        f"{commit}{sig}"))
+
+
+def _when(stamp) -> str:
+    """A row's time as local time; "????-??-?? ??:??" for one no clock can show (a row
+    imported before times were checked)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
+    except (OverflowError, OSError, ValueError, TypeError):
+        return "????-??-?? ??:??"
 
 
 def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | None) -> None:
@@ -69,13 +82,13 @@ def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | Non
         raise usage("--cell names the cell of an imported JUnit file; give --junit FILE")
     if junit:
         from .cells import Cell
-        c = Cell.parse(cell, target) if cell else None
+        c = Cell.of_matrix(cell, target) if cell else None
         if c is None:
             raise usage("--junit needs --cell \"tests-3.13(tpt='tcp')\" (which cell "
                         "the file is from)")
         history = _open(target, create=True)
         n = history.import_junit(Path(junit), minor=c.minor, tpt=c.tpt, spawn=c.spawn,
-                                 cell=c.name, root=target.root)
+                                 cell=c.name, root=target.root, follow=True)
         print(f"imported {n} test result(s) from {junit} as {c.name}")
     history = _open(target)
     found = history.flaky(min_runs=min_runs) if history else []
@@ -84,8 +97,8 @@ def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | Non
               "runs per cell)")
         return
     for c in found:
-        print(f"{c.rate:4.0%}  {c.flips}/{c.runs - 1} flips  {c.cell:32}  {c.nodeid}"
-              + (f"  [{c.signature}]" if c.signature else ""))
+        print(shown(f"{c.rate:4.0%}  {c.flips}/{c.runs - 1} flips  {c.cell:32}  {c.nodeid}"
+                    + (f"  [{c.signature}]" if c.signature else "")))
     print("\n# ready to paste into [tool.tractor-tasks] of pyproject.toml:\n")
     print(flaky_toml(found, target.tests_dir), end="")
 

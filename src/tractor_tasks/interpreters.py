@@ -124,10 +124,9 @@ def _verified(path: Path, minor: str) -> bool:
     known[key] = minor
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        tmp.replace(cache)
-    except OSError:
+        from .fsutil import atomic_write
+        atomic_write(cache, json.dumps(known))
+    except (OSError, TaskError):
         pass
     return True
 

@@ -25,6 +25,8 @@ def _guard(fn):
     """TaskError -> one line and its exit code."""
     @functools.wraps(fn)
     def body(c, *args, **kwargs):
+        from .output import guard_std_fds
+        guard_std_fds()  # `invoke test >&-`: /dev/null in place of a closed stdout
         try:
             return fn(c, *args, **kwargs)
         except TaskError as err:
@@ -321,16 +323,24 @@ def flaky(c, min_runs=None, junit=None, cell=None, root=None):
 def ci_report(c, directory, durations_out=None, root=None):
     """CI's last job: the jobs' outcomes, shards added up, as the matrix table.
 
-    Also appended to $GITHUB_STEP_SUMMARY when set."""
+    Also appended to $GITHUB_STEP_SUMMARY when set. A bad artifact is named in one line
+    and skipped: a bad junit.xml costs only its durations, a bad outcome.json (its
+    cell's result unknown) makes the exit code 1 as a failed cell does."""
     from .cells import append_step_summary, table_text
     from .ci import report_dir
-    rows = report_dir(Path(directory), warn=print,
+    unknown = []
+
+    def warn(line: str) -> None:
+        if line.startswith("error:"):
+            unknown.append(line)
+        print(line)
+    rows = report_dir(Path(directory), warn=warn,
                       durations_out=Path(durations_out) if durations_out else None)
     print(table_text(rows))
     note = append_step_summary(rows)
     if note:
         print(note)
-    if any(r.status.value not in ("passed", "skipped") for r in rows):
+    if unknown or any(r.status.value not in ("passed", "skipped") for r in rows):
         raise Exit(code=1)
 
 

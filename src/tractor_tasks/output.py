@@ -12,11 +12,37 @@ import threading
 from pathlib import Path
 
 
+def guard_std_fds() -> None:
+    """A front end started with stdout (or stdin/stderr) closed (`invoke test >&-`): put
+    /dev/null on the closed fd before anything is opened, so no file of ours (a lock, a
+    log) lands on fd 1 and no child writes into it; the run goes on, its output going
+    nowhere, with one note on stderr when stderr is open."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            closed.append(fd)
+    if 1 in closed or sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+        if 2 not in closed and sys.stderr is not None:
+            print("note: stdout is closed: the run goes on and writes nothing there; its "
+                  "results are in .tractor-tasks/last (`invoke report`)", file=sys.stderr)
+    if 2 in closed or sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
+    if 0 in closed or sys.stdin is None:
+        sys.stdin = open(0, "r", closefd=False)
+
+
 class Output:
     def __init__(self, stream=None, *, quiet: bool = False):
         self.stream = stream or sys.stdout
         self.quiet = quiet
-        self.broken = False
+        self.broken = self.stream is None  # no stdout at all: write nothing, never fail
         self._lock = threading.RLock()
         self._status = 0  # lines of the status block drawn last (terminal only)
 
@@ -102,15 +128,24 @@ class Tee(threading.Thread):
     """Copy pytest's output (a pipe) to a log file and, when `echo`, to the user.
 
     The pipe is always drained, so pytest never blocks on a full pipe and never sees
-    our stdout go away."""
+    our stdout go away. With `max_bytes`, the log keeps the first half of that as it
+    comes and the last half (held in memory, written at the end), with one line saying
+    how much was cut between them; the user's copy (`out`) is never cut."""
 
-    def __init__(self, fd: int, log: Path, out: Output | None):
+    def __init__(self, fd: int, log: Path, out: Output | None, max_bytes: int | None = None):
         super().__init__(daemon=True, name=f"tee-{log.parent.name}")
         self.fd = fd
         self.log = log
         self.out = out
+        self.max_bytes = max_bytes
+        self.cut = 0  # bytes left out of the log
 
     def run(self) -> None:
+        import collections
+        head_room = self.max_bytes // 2 if self.max_bytes else None
+        tail_room = self.max_bytes - head_room if self.max_bytes else 0
+        tail: collections.deque[bytes] = collections.deque()
+        held = 0
         with open(self.log, "ab") as f:
             while True:
                 try:
@@ -119,10 +154,33 @@ class Tee(threading.Thread):
                     break
                 if not chunk:
                     break
-                f.write(chunk)
-                f.flush()
                 if self.out is not None:
                     self.out.write_bytes(chunk)
+                if head_room is None:
+                    f.write(chunk)
+                    f.flush()
+                    continue
+                if head_room:
+                    part, chunk = chunk[:head_room], chunk[head_room:]
+                    head_room -= len(part)
+                    f.write(part)
+                    f.flush()
+                if chunk:
+                    tail.append(chunk)
+                    held += len(chunk)
+                    while held - len(tail[0]) >= tail_room:
+                        held -= len(tail[0])
+                        self.cut += len(tail.popleft())
+            if held > tail_room:  # the oldest kept chunk, trimmed to the room left
+                extra = held - tail_room
+                tail[0] = tail[0][extra:]
+                self.cut += extra
+            if self.cut:
+                f.write(f"\n[tractor-tasks: {self.cut} bytes of output cut here: output.log "
+                        f"keeps its first and last {self.max_bytes // 2} bytes "
+                        "(output_log_max_mb)]\n".encode())
+            for part in tail:
+                f.write(part)
         try:
             os.close(self.fd)
         except OSError:

@@ -133,6 +133,7 @@ class PassRunner:
                     test_bound=self.test_bound, signals=self.signals, echo=echo,
                     private=private, bindspace=p.target.bindspace,
                     interactive=p.opts.interactive,
+                    log_max=int(p.target.output_log_max_mb * 2**20),
                     on_event=lambda line: self.out(("\n" if echo else "") + _label(shard)
                                                    + line),
                     leftovers=lambda: [proc for proc, _ in ScopeView(
@@ -244,6 +245,5 @@ def _dump_head(text: str, lines: int = 120) -> str:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    from .fsutil import atomic_write
+    atomic_write(path, json.dumps(data, indent=1))

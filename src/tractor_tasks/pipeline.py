@@ -283,9 +283,8 @@ def exit_code(result: RunResult, opts: RunOptions) -> int:
 # -- after the run ----------------------------------------------------------------
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    from .fsutil import atomic_write
+    atomic_write(path, json.dumps(data, indent=1))
 
 
 def finish(p: Plan, result: RunResult, run_dir: RunDir, out) -> None:

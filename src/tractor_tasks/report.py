@@ -4,6 +4,7 @@ that fail the run with their tracebacks and likely causes, then one line for eac
 explained one, hangs with their dumps, leaks, and what to do."""
 from __future__ import annotations
 
+from .fsutil import shown
 from .status import RunStatus, Stop, TestOutcome as O, Verdict as V
 from .trace import FILE
 
@@ -52,15 +53,15 @@ def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> lis
         lines.append(f"NOT RUN: {why}")
     missing = result.unaccounted()
     if missing:
-        shown = ", ".join(missing[:10]) + (f", ... (+{len(missing) - 10})"
+        listed = ", ".join(missing[:10]) + (f", ... (+{len(missing) - 10})"
                                            if len(missing) > 10 else "")
         lines.append(f"NOT RUN: {len(missing)} selected test(s) never ran and nothing "
-                     f"accounts for it: {shown}")
+                     f"accounts for it: {listed}")
     if result.run_dir is not None:
         lines.append(f"files: {result.run_dir}")
         if (result.run_dir / FILE).is_file():
             lines.append(f"timeline: {result.run_dir / FILE} (open in ui.perfetto.dev)")
-    return lines
+    return [shown(ln) for ln in lines]  # ids and messages: no raw ESC/BEL/bidi to a terminal
 
 
 def _tag(t) -> str:

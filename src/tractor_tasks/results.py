@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import TaskError, usage
+from .fsutil import atomic_write, xml_clean
 from .status import TestOutcome as O, Verdict
 from .target import FlakyRule, Target, id_glob, under_tests
 
@@ -290,9 +291,7 @@ class Results:
                 data.pop(t.nodeid, None)
         path = lastfailed_path(Path(self.cachedir))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".lastfailed.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(data, indent=2, sort_keys=True))
         return path
 
 
@@ -386,9 +385,8 @@ def write_junit(results: Results, path: Path) -> None:
     for t in results.tests.values():
         _testcase(suite, t, written)
     suite.attrib.update({k: str(v) for k, v in written.items()})
-    tmp = path.with_name(f".{path.name}.tmp")
-    ET.ElementTree(suite).write(tmp, encoding="utf-8", xml_declaration=True)
-    tmp.replace(path)
+    xml_clean(suite)  # a test's id or message may hold ESC, BEL, NUL: XML 1.0 forbids them
+    atomic_write(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True))
 
 
 # -- lastfailed ---------------------------------------------------------------

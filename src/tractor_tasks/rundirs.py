@@ -25,7 +25,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -37,6 +39,7 @@ from .errors import TaskError
 from .target import Target
 
 KEEP_RUNS = 20
+RUN_ID = re.compile(r"\d{8}-\d{6}-\d+-\d+")   # YYYYMMDD-HHMMSS-PID-N, as _new_run names them
 PRIVATE_PREFIX = "tt-"
 PRIVATE_MARKER = ".tractor-tasks-run"
 _README = """This directory is made by tractor-tasks: run results, per-cell pytest caches and
@@ -52,8 +55,31 @@ class State:
         self.target = target
         self.path = target.state_dir
 
-    def ensure(self) -> Path:
+    def check(self, slug: str | None = None) -> None:
+        """The state dir and the dirs in it we write to are real dirs of the target, never
+        links: a run would write through one and its prune delete what is behind it.
+        Refused with one line before anything is written."""
+        paths = [self.path, self.runs, self.path / "cells"]
+        if slug:
+            paths += [self.cell_dir(slug), self.cell_dir(slug) / "pytest-cache"]
+        for path in paths:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise TaskError(f"error: cannot look at {path} ({err.strerror or err})") from None
+            if stat.S_ISLNK(st.st_mode):
+                raise TaskError(f"error: {path} is a symlink; tractor-tasks keeps its state only "
+                                "in real directories inside the target: remove the link "
+                                f"(`rm {path}`) and rerun")
+            if not stat.S_ISDIR(st.st_mode):
+                raise TaskError(f"error: cannot make {path} (a file is in its place); move "
+                                "what is in its way and rerun")
+
+    def ensure(self, slug: str | None = None) -> Path:
         """Create it whole or not at all (a temp dir renamed into place)."""
+        self.check(slug)
         try:
             return self._ensure()
         except OSError as err:
@@ -118,7 +144,11 @@ class State:
 
     def new_run(self, slug: str | None = None) -> RunDir:
         """A fresh run dir, locked, and `last` pointed at it."""
-        self.ensure()
+        self.ensure(slug)
+        link = self.last_link(slug)
+        if os.path.lexists(link) and not link.is_symlink():
+            raise TaskError(f"error: {link} is not the symlink tractor-tasks keeps there "
+                            "(something replaced it); move it out of the way and rerun")
         try:
             return self._new_run(slug)
         except OSError as err:
@@ -146,17 +176,47 @@ class State:
         self.prune()
         return run
 
+    def resolve_last(self, link: Path) -> Path | None:
+        """Where a `last` link points, when that is a dir inside this state dir (a run
+        dir of ours); None for anything else (a dangling link, one leading outside)."""
+        try:
+            dest = link.resolve(strict=True)
+            base = self.path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        return dest if dest.is_relative_to(base) and dest != base and dest.is_dir() else None
+
     def prune(self, keep: int = KEEP_RUNS) -> None:
-        """Drop old run dirs: never a running one, never one a `last` link points at."""
+        """Drop old run dirs: only what is provably one of ours (named as we name run dirs,
+        a real dir with its lock or run.json in it), never a symlink, never through one,
+        never a running one, never one a `last` link points at."""
+        try:
+            self.check()
+        except TaskError:
+            return
         if not self.runs.is_dir():
             return
         pointed = {p.resolve() for p in [self.last_link(), *self.path.glob("cells/*/last")]
                    if p.is_symlink()}
-        dirs = sorted(self.runs.iterdir())
+        dirs = sorted((d for d in self.runs.iterdir() if _is_run_dir(d)),
+                      key=lambda d: tuple(int(x) for x in d.name.split("-")))  # -10 after -9
         for d in dirs[:-keep] if keep else dirs:
             if d.resolve() in pointed or _locked(d / "lock"):
                 continue
             shutil.rmtree(d, ignore_errors=True)
+
+
+def _is_run_dir(d: Path) -> bool:
+    """A dir this tool made for a run: its name, a real dir, a run's own file in it."""
+    if not RUN_ID.fullmatch(d.name):
+        return False
+    try:
+        if not stat.S_ISDIR(os.lstat(d).st_mode):
+            return False
+        return any(stat.S_ISREG(os.lstat(d / name).st_mode)
+                   for name in ("lock", "run.json") if os.path.lexists(d / name))
+    except OSError:
+        return False
 
 
 def _locked(lock: Path) -> bool:

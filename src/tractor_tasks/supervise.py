@@ -273,8 +273,11 @@ def run_pass(argv: list[str], *, number: int, cwd: Path, env: dict[str, str], pa
              test_bound: Callable[[str], float | None], signals: Signals,
              echo: Output | None, private: Path, bindspace: str, grace: float = 8.0,
              interactive: bool = False, on_event: Callable[[str], None] = lambda s: None,
-             leftovers: Callable[[], list[Proc]] = list) -> PassOutcome:
-    """Run pytest once; return how it ended. Never leaves a process of the run alive."""
+             leftovers: Callable[[], list[Proc]] = list,
+             log_max: int | None = None) -> PassOutcome:
+    """Run pytest once; return how it ended. Never leaves a process of the run alive.
+    pytest's output goes to the pass's output.log, capped at `log_max` bytes (its head
+    and tail kept, the cut said in it)."""
     t0 = time.monotonic()
     read_fd = write_fd = None
     if not interactive:  # a debugger REPL needs the real terminal
@@ -288,7 +291,7 @@ def run_pass(argv: list[str], *, number: int, cwd: Path, env: dict[str, str], pa
             os.close(write_fd)
     tee = None
     if read_fd is not None:
-        tee = Tee(read_fd, pass_dir / "output.log", echo)
+        tee = Tee(read_fd, pass_dir / "output.log", echo, max_bytes=log_max)
         tee.start()
     seen: dict[tuple[int, float], Proc] = {}
     outcome = PassOutcome(number, pass_dir, Stop.FINISHED, None, 0.0)

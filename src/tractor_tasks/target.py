@@ -86,6 +86,8 @@ _BOUND = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
           and math.isfinite(v) and v >= 0, "0 (off) or a positive number of seconds")
 _NONEMPTY = (lambda v: isinstance(v, list) and len(v) > 0
              and all(isinstance(x, str) and x for x in v), "a non-empty list of strings")
+_MB = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+       and math.isfinite(v) and v >= 1, "a number of megabytes, 1 or more")
 _FLAG = (lambda v: isinstance(v, str), "a pytest flag string (\"\" for none)")
 
 
@@ -113,6 +115,7 @@ class Target:
     timeout_test: float = 120.0
     test_timeouts: dict[str, float] = field(default_factory=dict)  # id glob -> seconds
     stackscope_flag: str = "--enable-stackscope"
+    output_log_max_mb: float = 50.0   # a pass's output.log keeps its head and tail past this
     config_file: Path | None = None
 
     def test_bound(self, nodeid: str, override: float | None = None) -> float | None:
@@ -321,7 +324,7 @@ _SIMPLE_KEYS = {
     "pythons": _NONEMPTY, "bindspace": _STR, "process_markers": _STRS,
     "capsys_backends": _STRS, "smoke": _STRS, "affected_fallback": _STRS,
     "timeout_full": _SECONDS, "timeout_file": _SECONDS, "timeout_test": _BOUND,
-    "stackscope_flag": _FLAG,
+    "stackscope_flag": _FLAG, "output_log_max_mb": _MB,
 }
 ALLOWED_KEYS = tuple(sorted((*_SIMPLE_KEYS, "affected", "flaky", "quarantine", "test_timeouts")))
 
@@ -392,6 +395,10 @@ def load_target(root: Path, env: dict | None = None) -> Target:
                         "from 3.8 to 3.15; set [tool.tractor-tasks] pythons = [\"3.13\"]")
     if "tests_dir" in kw:
         _inside(root, kw["tests_dir"], "tests_dir", where)
+    if "bindspace" in kw and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", kw["bindspace"]):
+        raise usage(f"error: [tool.tractor-tasks] bindspace in {where} is {kw['bindspace']!r}; "
+                    "it is the app name tractor gives platformdirs (one name, no \"/\" and "
+                    "no \"..\"), like \"tractor\"")
     if "test_timeouts" in table:
         kw["test_timeouts"] = _parse_test_timeouts(table["test_timeouts"], where)
     if "affected" in table:
