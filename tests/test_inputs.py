@@ -339,10 +339,10 @@ def test_the_summary_and_history_show_control_characters_escaped(target, tmp_pat
     from tractor_tasks.history import History, RunRow, TestRow
     from tractor_tasks.history_view import show_history
     from tractor_tasks.options import RunOptions
+    from tractor_tasks.passes import RunResult
     from tractor_tasks.status import RunStatus
     r, nodeid = _nasty_results(target)
-    result = SimpleNamespace(results=r, passes=[], shards=0, notes=[], code=1, run_dir=None,
-                             status=RunStatus.FAILED)
+    result = RunResult(1, RunStatus.FAILED, r)
     text = "\n".join(report.render(SimpleNamespace(opts=RunOptions()), result))
     assert "test_x[\\x1b[2J\\x07\\x00\\x08\\u202e]" in text
     assert not any(c in text for c in RAW)
