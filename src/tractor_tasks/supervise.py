@@ -275,12 +275,7 @@ def census(run: Launched, private: Path, bindspace: str, seen: dict,
     leaks = Leaks()
     members = run.members()
     found = {p.pid: p for p in _procs(members)}
-    own_shm = run.shm_root()
-    if own_shm is not None:
-        leaks.shm = [(s.name, s.size) for _, s in sorted(shm.segments(own_shm).items())]
-    elif pass_dir is not None and (pass_dir / shm.BEFORE).exists():
-        leaks.shm = [(s.name, s.size) for s, _ in
-                     shm.appeared(pass_dir, own={p.pid for p in members})]
+    leaks.shm = shm_left(run, pass_dir, members)
     if run.containment.mode != "namespaces":
         for p in [*seen.values(), *leftovers()]:
             if p.pid not in found and p.pid != run.main_pid and p.alive():
@@ -294,6 +289,19 @@ def census(run: Launched, private: Path, bindspace: str, seen: dict,
     except OSError:
         pass
     return leaks
+
+
+def shm_left(run: Launched, pass_dir: Path | None, members=None) -> list[tuple[str, int]]:
+    """(name, bytes) of the shared memory the run has left: all of its own /dev/shm, or
+    what appeared in the host's that nobody outside the run holds (recorded, shm.py)."""
+    own_shm = run.shm_root()
+    if own_shm is not None:
+        return [(s.name, s.size) for _, s in sorted(shm.segments(own_shm).items())]
+    if pass_dir is not None and (pass_dir / shm.BEFORE).exists():
+        members = run.members() if members is None else members
+        return [(s.name, s.size) for s, _ in
+                shm.appeared(pass_dir, own={p.pid for p in members})]
+    return []
 
 
 def run_pass(argv: list[str], *, number: int, cwd: Path, env: dict[str, str], pass_dir: Path,
@@ -354,7 +362,9 @@ def _cpu_samples(members: list[psutil.Process]) -> list[tuple[int, float, str, f
             with m.oneshot():
                 t = m.cpu_times()
                 title = " ".join((" ".join(m.cmdline()) or m.name()).split())
-                out.append((m.pid, m.create_time(), title, t.user + t.system))
+                started = stalls.start_time(m.pid)
+                if started is not None:
+                    out.append((m.pid, started, title, t.user + t.system))
         except psutil.Error:
             continue
     return out
@@ -368,8 +378,8 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
         for p in _procs(members):
             seen.setdefault((p.pid, p.create_time), p)
         if runaways is not None and runaways.on:
-            for r in runaways.update(time.time(), current_test(pass_dir),
-                                     _cpu_samples(members)):
+            runaways.read_reports(pass_dir / "results.jsonl")
+            for r in runaways.update(time.time(), _cpu_samples(members)):
                 on_event(f"RUNAWAY: {results_runaway_text(r)}")
 
     next_look = 0.0
@@ -380,6 +390,7 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
             look()
             outcome.stop = Stop.INTERRUPTED
             outcome.running = current_test(pass_dir)[0]
+            outcome.leaks.shm = shm_left(run, pass_dir)
             outcome.teardown += _interrupt(run, signals, grace)
             outcome.returncode = run.poll()
             return
@@ -394,7 +405,7 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
             next_look = now + 0.5
         nodeid, since = current_test(pass_dir)
         if runaways is not None and runaways.on:
-            runaways.note_test(time.time(), (nodeid, since))
+            runaways.note_test(nodeid, since)
         bound = test_bound(nodeid) if nodeid else None
         if bound and since and time.time() - since > bound:
             look()
@@ -403,6 +414,7 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
                      "this pass")
             outcome.stacks, outcome.dump_text = dump_stacks(_procs(run.members()), pass_dir,
                                                             run.tmp_root(), run.main_pid)
+            outcome.leaks.shm = shm_left(run, pass_dir)
             outcome.teardown += run.end(grace=0.3)
             outcome.returncode = run.poll()
             return
@@ -413,6 +425,7 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
                      + ": the whole-run bound expired: dumping stacks, tearing the run down")
             outcome.stacks, outcome.dump_text = dump_stacks(_procs(run.members()), pass_dir,
                                                             run.tmp_root(), run.main_pid)
+            outcome.leaks.shm = shm_left(run, pass_dir)
             outcome.teardown += _stop_pytest(run, signals, grace)
             outcome.returncode = run.poll()
             return
