@@ -11,7 +11,7 @@ import json
 import signal
 from dataclasses import asdict, dataclass, field
 
-from . import contain
+from . import contain, shm
 from .interpreters import find_python
 from .preflight import ImportProbe, check_scope
 from .status import Check as S
@@ -93,6 +93,7 @@ def run_checks(target: Target, minor: str, *, collect: bool = True, slow: bool =
                         if procs
                         else "no leaked actor processes of this checkout",
                         "invoke clean" if procs else "", procs))
+    checks.append(_shm(target, verbose))
 
     import_path = None
     if probe is None:
@@ -121,6 +122,23 @@ def run_checks(target: Target, minor: str, *, collect: bool = True, slow: bool =
         checks.append(Check("worktree (C)", S.FAIL if wt.status == "fail" else S(wt.status),
                             wt.detail, wt.fix))
     return checks
+
+
+def _shm(target: Target, verbose: bool) -> Check:
+    """Shared memory in the host's /dev/shm that no process holds: this checkout's
+    orphans (appeared during its recorded runs: `invoke clean --shm` removes them) and
+    everyone else's (reported, never removed). A warning: they cost memory, not runs."""
+    census = shm.orphans(target.state_dir)
+    ours = [f"{s.describe()}: appeared during a run of this checkout" for s in census.ours]
+    others = [f"{s.describe()}: held by no process, not shown to be this checkout's"
+              for s in census.others]
+    if not ours and not others:
+        return Check("shm", S.OK, "no shared memory segment in /dev/shm without a holder")
+    fix = ("invoke clean --shm" if ours else
+           "not this checkout's to remove: remove them yourself if they are yours")
+    return Check("shm", S.WARN, _listed(ours + others, verbose,
+                                         [s.describe() for s in census.ours + census.others]),
+                 fix, ours + others)
 
 
 def _containment() -> Check:
