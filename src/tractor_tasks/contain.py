@@ -2,7 +2,8 @@
 
 Three modes, best first:
   namespaces  the command runs in its own user, pid, network and mount namespaces with a
-              private /proc, under `_tt_init.py` as pid 1. Runs can share fixed ports,
+              private /proc (and its own /tmp overlay and /dev/shm tmpfs when asked),
+              under `_tt_init.py` as pid 1. Runs can share fixed ports,
               cannot see (or kill) anyone else's processes, and cannot outlive us: when
               the init exits, the kernel SIGKILLs everything left in the namespace.
   subreaper   we become a child subreaper, so the run's orphans come back to us instead
