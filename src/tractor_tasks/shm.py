@@ -8,8 +8,9 @@ is counted as a leak and goes with the namespace. A run on the host's /dev/shm
 
   before   `shm-before.json` in the pass dir when pytest starts: the time, and every
            segment there was (name -> inode).
-  after    `shm.json` in the pass dir when pytest exited: the segments that appeared
-           (not there before, same name and inode) and which processes hold them.
+  after    `shm.json` in the pass dir when pytest exited: the segments of ours that
+           appeared (not there before with that name and inode) that no process
+           outside the run holds, and which processes of the run hold them.
 
 A segment *appeared during a run* of this target when it is not in a pass's before
 list and its change time lies between that pass's start and its end (`shm.json`'s
@@ -129,8 +130,9 @@ def appeared(pass_dir: Path, root: Path = HOST, *, own: set[int] = frozenset()
         return []
     start = float(before.get("start") or 0)
     old = before.get("segments") or {}
+    uid = os.geteuid()
     new = [s for n, s in segments(root).items()
-           if old.get(n) != s.ino and s.ctime >= start - 1]
+           if old.get(n) != s.ino and s.ctime >= start - 1 and s.uid == uid]
     held = holders([s.name for s in new], root)
     out = [(s, held.get(s.name, [])) for s in sorted(new, key=lambda s: s.name)]
     mine = [(s, pids) for s, pids in out if set(pids) <= own]
