@@ -224,10 +224,15 @@ def _leaked_property(root) -> int:
 @pytest.mark.slow
 def test_a_subactor_flooding_a_pipe_nobody_drains_is_named_in_the_hang(sample_repo,
                                                                        monkeypatch):
-    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "flood")
-    out = invoke("test", "test_spawning.py::test_flood", "--test-timeout", "4",
-                 root=sample_repo, timeout=300)
+    """... and what the hung pass left in its own /dev/shm is still counted."""
+    name = f"ttt_{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "flood,shm_leak")
+    monkeypatch.setenv("SAMPLE_ACTORS_SHM_NAME", name)
+    out = invoke("test", "test_spawning.py::test_shm_leak", "test_spawning.py::test_flood",
+                 "--test-timeout", "4", root=sample_repo, timeout=300)
     assert out.returncode == 1, out.stdout + out.stderr
+    assert _outcome(sample_repo)["leaks"]["shm"] == [{"name": name, "size": 25000}]
+    assert not _host_has(name)
     stall = next(line.strip() for line in out.stdout.splitlines() if "STALL:" in line)
     assert "(_subactor[flooder@" in stall and "is blocked writing to fd 2" in stall, stall
     assert "a pipe that pytest (pid" in stall and "nobody is draining" in stall, stall
