@@ -162,7 +162,8 @@ def healthy(checks: list[Check]) -> bool:
 
 
 def needs(checks: list[Check]) -> set[str]:
-    """What `--fix` may do about the failures: 'venv' (sync it) and 'sweep'."""
+    """What `--fix` may do about the failures: 'venv' (sync it), 'sweep', and 'shm'
+    (remove this checkout's orphan segments, as `invoke clean --shm`)."""
     names = {c.name for c in checks if c.status in (S.FAIL, S.WARN)}
     out = set()
     if names & {"venv", "import", "collection"} or any(n.startswith("active") for n in names):
@@ -170,12 +171,14 @@ def needs(checks: list[Check]) -> set[str]:
     if names & {"sockets", "processes"} or any(c.name == "registry" and c.fix == "invoke clean"
                                                for c in checks if c.status == S.FAIL):
         out.add("sweep")
+    if any(c.name == "shm" and c.fix == "invoke clean --shm" for c in checks):
+        out.add("shm")
     return out
 
 
 def fix(target: Target, minor: str, checks: list[Check], out) -> None:
     """The safe fixes: sync the venv; sweep this checkout's leftovers (never a holder
-    outside it)."""
+    outside it); remove its orphan shared memory segments."""
     from .pipeline import prepare_venv
     todo = needs(checks)
     if "venv" in todo:
@@ -183,6 +186,9 @@ def fix(target: Target, minor: str, checks: list[Check], out) -> None:
     if "sweep" in todo:
         venv = target.venv_dir(minor)
         for line in sweep(target, venv=venv if venv.exists() else None).lines():
+            out(f"fix: {line}")
+    if "shm" in todo:
+        for line in shm.remove(target.state_dir):
             out(f"fix: {line}")
 
 
