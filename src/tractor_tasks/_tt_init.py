@@ -2,11 +2,12 @@
 
 Run by `unshare` as
 `python -I -S _tt_init.py --ctl FD --status FD [--hold S] [--private-tmp DIR --keep PATHS]
- -- ARGV...`,
+ [--private-shm SIZE] -- ARGV...`,
 so standard library only: it must not import tractor_tasks or psutil.
 
   status pipe (we write):  `started <ns pid>`, `exited <status>` (Popen-style: negative
-                           signal number), or `error <message>` when nothing could start.
+                           signal number), or `error <message>` when nothing could start;
+                           before `started`, `shm private` or `shm shared <why>`.
   control pipe (we read):  `go` or EOF ends us at once; the kernel then SIGKILLs whatever
                            is left in the namespace. EOF means the supervisor is gone.
 
@@ -192,16 +193,33 @@ def private_tmp(base: str, keep: list[str]) -> None:
         os.close(fd)
 
 
+def private_shm(size: str) -> None:
+    """The run's own /dev/shm: a fresh tmpfs of `size` (tmpfs syntax: "25%", "512m")
+    mounted over the host's in our mount namespace. POSIX shared memory the run makes
+    (shm_open, multiprocessing.shared_memory) lands there, never on the host, and goes
+    with the namespace; the supervisor reads what is left through /proc/<our pid>/root."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.makedirs("/dev/shm", exist_ok=True)
+    data = f"size={size},mode=1777".encode()
+    if libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV, data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount /dev/shm: {os.strerror(err)}")
+
+
+MS_NOSUID, MS_NODEV = 0x2, 0x4
+
+
 def parse(argv: list[str]):
     opts, cmd = argv[: argv.index("--")], argv[argv.index("--") + 1:]
     got = dict(zip(opts[::2], opts[1::2]))
     keep = [k for k in got.get("--keep", "").split(os.pathsep) if k]
     return (int(got["--ctl"]), int(got["--status"]), float(got.get("--hold", 30)),
-            got.get("--private-tmp"), keep, cmd)
+            got.get("--private-tmp"), keep, got.get("--private-shm"), cmd)
 
 
 def main(argv: list[str]) -> None:
-    ctl, status, hold, tmp, keep, cmd = parse(argv)
+    ctl, status, hold, tmp, keep, shm, cmd = parse(argv)
     for fd in (ctl, status):   # the command must not hold them: EOF means "supervisor gone"
         os.set_inheritable(fd, False)
     init = Init(ctl, status, hold)
@@ -212,6 +230,12 @@ def main(argv: list[str]) -> None:
         loopback_up()
         if tmp:
             private_tmp(tmp, [tmp, *keep])
+        if shm:
+            try:
+                private_shm(shm)
+                init.report("shm private")
+            except OSError as err:   # the run still goes, on the host's /dev/shm
+                init.report(f"shm shared {err.strerror or err}")
         drop_ambient_caps()
     except OSError as err:
         init.report(f"error cannot set up the namespace: {err}")

@@ -2,7 +2,8 @@
 
 Three modes, best first:
   namespaces  the command runs in its own user, pid, network and mount namespaces with a
-              private /proc, under `_tt_init.py` as pid 1. Runs can share fixed ports,
+              private /proc (and its own /tmp overlay and /dev/shm tmpfs when asked),
+              under `_tt_init.py` as pid 1. Runs can share fixed ports,
               cannot see (or kill) anyone else's processes, and cannot outlive us: when
               the init exits, the kernel SIGKILLs everything left in the namespace.
   subreaper   we become a child subreaper, so the run's orphans come back to us instead
@@ -353,6 +354,11 @@ class Launched:
         """The run's own /tmp seen from here (contained with a private /tmp), else None."""
         return None
 
+    def shm_root(self) -> Path | None:
+        """The run's own /dev/shm seen from here (contained with a private one, while its
+        namespace lives), else None: the run uses the host's /dev/shm."""
+        return None
+
     def signal_command(self, sig: int) -> bool:
         """Signal the command by host pid; False when it is gone (never a reused pid)."""
         return self._main is not None and _send(self._main, sig)
@@ -397,6 +403,8 @@ class _Contained(Launched):
         self._error: str | None = None
         self._ns_main: int | None = None
         self._init: psutil.Process | None = None
+        self.shm_private = False          # the init mounted the run's own /dev/shm
+        self.shm_note = ""                # why not, when it was asked for and failed
 
     # the status pipe
 
@@ -423,6 +431,9 @@ class _Contained(Launched):
                 self._status = int(rest)
             elif word == "error":
                 self._error = rest
+            elif word == "shm":
+                self.shm_private = rest == "private"
+                self.shm_note = rest.removeprefix("shared").strip()
 
     def _started(self) -> None:
         """Wait for the init's first word; find its host pid and the command's."""
@@ -494,6 +505,11 @@ class _Contained(Launched):
     def tmp_root(self) -> Path | None:
         tmp = getattr(self, "_tmp", None)
         return tmp if tmp is not None and tmp.is_dir() else None
+
+    def shm_root(self) -> Path | None:
+        if not self.shm_private or self._init is None or not _live(self._init):
+            return None
+        return Path(f"/proc/{self._init.pid}/root/dev/shm")
 
     def end(self, grace: float = 0.3) -> list[str]:
         notes = _end_ladder(self.members, grace)
@@ -670,13 +686,15 @@ def set_parent_death_signal(sig: int) -> None:
 
 def launch(argv: list[str], *, cwd, env: dict, containment: Containment,
            pass_fds=(), stdout: int | None = None, private_tmp: str | None = None,
-           keep=()) -> Launched:
+           keep=(), private_shm: str | None = None) -> Launched:
     """Start `argv` in `cwd` with exactly `env` (plus its launch key), contained as
     `containment` says; `stdout` (an fd) takes the command's stdout and stderr.
 
     `private_tmp` (contained only; the run's private dir): the run gets its own /tmp, an
     overlay over the real one whose writes land in `private_tmp`/.tmp/upper (that is
     `tmp_root()`); the dirs in `keep` (and `private_tmp`) stay the real ones.
+    `private_shm` (contained only; a tmpfs size such as "25%"): the run gets its own
+    /dev/shm of that size (`shm_root()`), gone with its namespace.
     """
     if not argv:
         raise usage("nothing to launch: empty command")
@@ -686,7 +704,7 @@ def launch(argv: list[str], *, cwd, env: dict, containment: Containment,
     env = {**env, ENV_LAUNCH: key}
     if containment.mode == "namespaces":
         run = _launch_contained(list(argv), cwd, env, tuple(pass_fds), containment, stdout,
-                                private_tmp, keep)
+                                private_tmp, keep, private_shm)
     else:
         run = _launch_plain(list(argv), cwd, env, tuple(pass_fds), containment, stdout)
     run.key = key
@@ -694,11 +712,13 @@ def launch(argv: list[str], *, cwd, env: dict, containment: Containment,
 
 
 def _launch_contained(argv, cwd, env, pass_fds, containment, stdout=None,
-                      private_tmp=None, keep=()) -> Launched:
+                      private_tmp=None, keep=(), private_shm=None) -> Launched:
     status_r, status_w = os.pipe()   # both ends close-on-exec: only what we pass is passed
     ctl_r, ctl_w = os.pipe()
     tmp = (["--private-tmp", str(private_tmp), "--keep", os.pathsep.join(map(str, keep))]
            if private_tmp is not None else [])
+    if private_shm:
+        tmp += ["--private-shm", str(private_shm)]
     wrapped = [shutil.which("unshare") or "unshare", *UNSHARE_FLAGS, sys.executable, "-I",
                "-S", str(INIT), "--ctl", str(ctl_r), "--status", str(status_w),
                "--hold", str(HOLD), *tmp, "--", *argv]

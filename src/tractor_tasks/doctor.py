@@ -11,7 +11,7 @@ import json
 import signal
 from dataclasses import asdict, dataclass, field
 
-from . import contain
+from . import contain, shm
 from .interpreters import find_python
 from .preflight import ImportProbe, check_scope
 from .status import Check as S
@@ -93,6 +93,7 @@ def run_checks(target: Target, minor: str, *, collect: bool = True, slow: bool =
                         if procs
                         else "no leaked actor processes of this checkout",
                         "invoke clean" if procs else "", procs))
+    checks.append(_shm(target, verbose))
 
     import_path = None
     if probe is None:
@@ -123,6 +124,23 @@ def run_checks(target: Target, minor: str, *, collect: bool = True, slow: bool =
     return checks
 
 
+def _shm(target: Target, verbose: bool) -> Check:
+    """Shared memory in the host's /dev/shm that no process holds: this checkout's
+    orphans (appeared during its recorded runs: `invoke clean --shm` removes them) and
+    everyone else's (reported, never removed). A warning: they cost memory, not runs."""
+    census = shm.orphans(target.state_dir)
+    ours = [f"{s.describe()}: appeared during a run of this checkout" for s in census.ours]
+    others = [f"{s.describe()}: held by no process, not shown to be this checkout's"
+              for s in census.others]
+    if not ours and not others:
+        return Check("shm", S.OK, "no shared memory segment in /dev/shm without a holder")
+    fix = ("invoke clean --shm" if ours else
+           "not this checkout's to remove: remove them yourself if they are yours")
+    return Check("shm", S.WARN, _listed(ours + others, verbose,
+                                         [s.describe() for s in census.ours + census.others]),
+                 fix, ours + others)
+
+
 def _containment() -> Check:
     c = contain.detect()
     return Check("containment", S.OK if c.mode == "namespaces" else S.WARN, c.note,
@@ -144,7 +162,8 @@ def healthy(checks: list[Check]) -> bool:
 
 
 def needs(checks: list[Check]) -> set[str]:
-    """What `--fix` may do about the failures: 'venv' (sync it) and 'sweep'."""
+    """What `--fix` may do about the failures: 'venv' (sync it), 'sweep', and 'shm'
+    (remove this checkout's orphan segments, as `invoke clean --shm`)."""
     names = {c.name for c in checks if c.status in (S.FAIL, S.WARN)}
     out = set()
     if names & {"venv", "import", "collection"} or any(n.startswith("active") for n in names):
@@ -152,12 +171,14 @@ def needs(checks: list[Check]) -> set[str]:
     if names & {"sockets", "processes"} or any(c.name == "registry" and c.fix == "invoke clean"
                                                for c in checks if c.status == S.FAIL):
         out.add("sweep")
+    if any(c.name == "shm" and c.fix == "invoke clean --shm" for c in checks):
+        out.add("shm")
     return out
 
 
 def fix(target: Target, minor: str, checks: list[Check], out) -> None:
     """The safe fixes: sync the venv; sweep this checkout's leftovers (never a holder
-    outside it)."""
+    outside it); remove its orphan shared memory segments."""
     from .pipeline import prepare_venv
     todo = needs(checks)
     if "venv" in todo:
@@ -165,6 +186,9 @@ def fix(target: Target, minor: str, checks: list[Check], out) -> None:
     if "sweep" in todo:
         venv = target.venv_dir(minor)
         for line in sweep(target, venv=venv if venv.exists() else None).lines():
+            out(f"fix: {line}")
+    if "shm" in todo:
+        for line in shm.remove(target.state_dir):
             out(f"fix: {line}")
 
 

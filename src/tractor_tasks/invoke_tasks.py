@@ -220,8 +220,10 @@ def doctor(c, python=None, json=False, fix=False, collect=True, fast=False, verb
 @_task(help={"dry_run": "show what would be ended/removed; change nothing",
              "grace": "seconds between SIGINT and SIGKILL (default 0.3)",
              "parent": "also end the descendants of this live pid (e.g. a hung pytest)",
+             "shm": "also remove /dev/shm segments this checkout's runs left that no "
+                    "process holds (see README: shared memory)",
              "root": ROOT_HELP})
-def clean(c, dry_run=False, grace=None, parent=None, root=None):
+def clean(c, dry_run=False, grace=None, parent=None, shm=False, root=None):
     """Sweep: SIGINT, grace, SIGKILL this checkout's leaked actors; remove stale sockets."""
     from .options import count, seconds
     from .processes import pid_exists
@@ -236,9 +238,15 @@ def clean(c, dry_run=False, grace=None, parent=None, root=None):
                    dry_run=dry_run, parent=pid)
     for line in report.lines():
         print(line)
+    shm_ok = True
+    if shm:
+        from . import shm as shm_mod
+        for line in shm_mod.remove(target.state_dir, dry_run=dry_run):
+            print(line)
+            shm_ok = shm_ok and not line.startswith(("could not", "kept shared memory /"))
     if not dry_run:
-        print("clean" if report.clean else "NOT clean: see above")
-    if not report.clean and not dry_run:
+        print("clean" if report.clean and shm_ok else "NOT clean: see above")
+    if (not report.clean or not shm_ok) and not dry_run:
         raise Exit(code=1)
 
 

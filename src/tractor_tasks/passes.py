@@ -137,7 +137,9 @@ class PassRunner:
                     on_event=lambda line: self.out(("\n" if echo else "") + _label(shard)
                                                    + line),
                     leftovers=lambda: [proc for proc, _ in ScopeView(
-                        p.target, private_dirs=(str(private),)).leaks(run=marker)])
+                        p.target, private_dirs=(str(private),)).leaks(run=marker)],
+                    shm_size=p.target.shm_size or None,
+                    runaway=(p.target.runaway_cpu, p.target.runaway_seconds))
             except TaskError:
                 if not self.signals.count:
                     raise

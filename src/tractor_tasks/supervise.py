@@ -12,7 +12,10 @@ reaches it and its actors directly, as when pytest runs bare; a signal sent to u
 alone (SIGTERM from nox, SIGHUP from a closed terminal) is acted on here.
 
 When pytest exits, and before anything is torn down, what the run left is counted
-(processes, listeners, socket files): leaks are an outcome, not a silent sweep.
+(processes, listeners, socket files, shared memory): leaks are an outcome, not a
+silent sweep. While it runs, processes that keep a core busy after their test ended
+are runaways (stalls.py), and a hang's dump starts with the stalls /proc shows (a
+writer blocked on a pipe nobody drains).
 """
 from __future__ import annotations
 
@@ -28,10 +31,11 @@ from typing import Callable
 
 import psutil
 
+from . import shm, stalls
 from .contain import Containment, Launched, launch
 from .output import Output, Tee
 from .processes import Proc
-from .results import Leaks, current_test
+from .results import Leaks, current_test, runaway_text as results_runaway_text
 from .status import Stop
 
 SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
@@ -158,8 +162,8 @@ def _files(root: Path | None) -> dict[Path, int]:
     return out
 
 
-def dump_stacks(procs: list[Proc], pass_dir: Path, tmp: Path | None = None
-                ) -> tuple[Path, str]:
+def dump_stacks(procs: list[Proc], pass_dir: Path, tmp: Path | None = None,
+                main_pid: int | None = None) -> tuple[Path, str]:
     """Python stacks of every process of the run, into `stacks.txt` (and returned).
 
     py-spy by host pid when installed; else wchan and kernel stacks. Then SIGUSR1 to
@@ -168,10 +172,17 @@ def dump_stacks(procs: list[Proc], pass_dir: Path, tmp: Path | None = None
     is read back from the probe's file, pytest's capture files, and new files in the
     run's own /tmp (`tmp`: tractor writes its stackscope dumps to /tmp/tractor-stackscope-
     <pid>.log).
+
+    The text starts with the stalls read off /proc before anything is signalled (a
+    process blocked writing to a pipe nobody drains: see stalls.py), one `STALL:` line
+    each; `main_pid` is pytest's.
     """
     report = pass_dir / "stacks.txt"
     pyspy = shutil.which("py-spy")
     parts, asked = [], []
+    found = stalls.diagnose([p.pid for p in procs], main_pid)
+    if found:
+        parts.append("\n".join(found))
     for p in procs:
         ns = _ns_pid(p.pid)
         head = f"=== pid {p.pid}{f' (pid {ns} in the run)' if ns else ''} ppid {p.ppid}: {p.title}"
@@ -245,14 +256,18 @@ def keep_tmp_writes(private: Path, pass_dir: Path) -> Path | None:
 
 
 def census(run: Launched, private: Path, bindspace: str, seen: dict,
-           leftovers: Callable[[], list[Proc]]) -> Leaks:
+           leftovers: Callable[[], list[Proc]], pass_dir: Path | None = None) -> Leaks:
     """What is left of the run right after pytest exited, before any teardown.
 
-    Contained, that is everything still in its namespace. Otherwise the run's own tree
-    plus what escaped it that we can still tell: processes seen under pytest, and the
-    target's leftovers by the scope rules (`leftovers`)."""
+    Contained, that is everything still in its namespace (its own /dev/shm included).
+    Otherwise the run's own tree plus what escaped it that we can still tell: processes
+    seen under pytest, the target's leftovers by the scope rules (`leftovers`), and the
+    segments that appeared in the host's /dev/shm that nobody outside the run holds
+    (recorded in `pass_dir`, see shm.py)."""
     leaks = Leaks()
-    found = {p.pid: p for p in _procs(run.members())}
+    members = run.members()
+    found = {p.pid: p for p in _procs(members)}
+    leaks.shm = shm_left(run, pass_dir, members)
     if run.containment.mode != "namespaces":
         for p in [*seen.values(), *leftovers()]:
             if p.pid not in found and p.pid != run.main_pid and p.alive():
@@ -268,37 +283,62 @@ def census(run: Launched, private: Path, bindspace: str, seen: dict,
     return leaks
 
 
+def shm_left(run: Launched, pass_dir: Path | None, members=None) -> list[tuple[str, int]]:
+    """(name, bytes) of the shared memory the run has left: all of its own /dev/shm, or
+    what appeared in the host's that nobody outside the run holds (recorded, shm.py)."""
+    own_shm = run.shm_root()
+    if own_shm is not None:
+        return [(s.name, s.size) for _, s in sorted(shm.segments(own_shm).items())]
+    if pass_dir is not None and (pass_dir / shm.BEFORE).exists():
+        members = run.members() if members is None else members
+        return [(s.name, s.size) for s, _ in
+                shm.appeared(pass_dir, own={p.pid for p in members})]
+    return []
+
+
 def run_pass(argv: list[str], *, number: int, cwd: Path, env: dict[str, str], pass_dir: Path,
              containment: Containment, deadline: float,
              test_bound: Callable[[str], float | None], signals: Signals,
              echo: Output | None, private: Path, bindspace: str, grace: float = 8.0,
              interactive: bool = False, on_event: Callable[[str], None] = lambda s: None,
-             leftovers: Callable[[], list[Proc]] = list,
+             leftovers: Callable[[], list[Proc]] = list, shm_size: str | None = "25%",
+             runaway: tuple[float, float] = (0.8, 10.0),
              log_max: int | None = None) -> PassOutcome:
     """Run pytest once; return how it ended. Never leaves a process of the run alive.
     pytest's output goes to the pass's output.log, capped at `log_max` bytes (its head
-    and tail kept, the cut said in it)."""
+    and tail kept, the cut said in it).
+
+    `shm_size`: contained, the size of the run's own /dev/shm (None: the host's).
+    `runaway`: (fraction of a core, seconds) past which a process still busy after its
+    test ended is a runaway (seconds 0: not watched)."""
     t0 = time.monotonic()
     read_fd = write_fd = None
     if not interactive:  # a debugger REPL needs the real terminal
         read_fd, write_fd = os.pipe()
+    shm.record_before(pass_dir)   # dropped below when the run gets its own /dev/shm
     try:
         run = launch(argv, cwd=cwd, env=env, containment=containment, stdout=write_fd,
                      private_tmp=str(private),
-                     keep=[str(cwd), str(pass_dir), *keep_paths()])
+                     keep=[str(cwd), str(pass_dir), *keep_paths()], private_shm=shm_size)
     finally:
         if write_fd is not None:
             os.close(write_fd)
+    if getattr(run, "shm_private", False):
+        (pass_dir / shm.BEFORE).unlink(missing_ok=True)
+    elif getattr(run, "shm_note", ""):
+        on_event(f"note: the run uses the host's /dev/shm ({run.shm_note})")
     tee = None
     if read_fd is not None:
         tee = Tee(read_fd, pass_dir / "output.log", echo, max_bytes=log_max)
         tee.start()
     seen: dict[tuple[int, float], Proc] = {}
     outcome = PassOutcome(number, pass_dir, Stop.FINISHED, None, 0.0)
+    watch = stalls.RunawayWatch(*runaway, main_pid=run.main_pid)
     try:
         _watch(run, outcome, seen, t0=t0, deadline=deadline, test_bound=test_bound,
                signals=signals, pass_dir=pass_dir, private=private, bindspace=bindspace,
-               grace=grace, on_event=on_event, leftovers=leftovers)
+               grace=grace, on_event=on_event, leftovers=leftovers, runaways=watch)
+        outcome.leaks.runaway += watch.found
     finally:
         if run.poll() is None or run.members():
             outcome.teardown += run.end(grace=0.2)
@@ -310,11 +350,32 @@ def run_pass(argv: list[str], *, number: int, cwd: Path, env: dict[str, str], pa
     return outcome
 
 
+def _cpu_samples(members: list[psutil.Process]) -> list[tuple[int, float, str, float]]:
+    out = []
+    for m in members:
+        try:
+            with m.oneshot():
+                t = m.cpu_times()
+                title = " ".join((" ".join(m.cmdline()) or m.name()).split())
+                started = stalls.start_time(m.pid)
+                if started is not None:
+                    out.append((m.pid, started, title, t.user + t.system))
+        except psutil.Error:
+            continue
+    return out
+
+
 def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, test_bound,
-           signals, pass_dir, private, bindspace, grace, on_event, leftovers) -> None:
+           signals, pass_dir, private, bindspace, grace, on_event, leftovers,
+           runaways: stalls.RunawayWatch | None = None) -> None:
     def look():
-        for p in _procs(run.members()):
+        members = run.members()
+        for p in _procs(members):
             seen.setdefault((p.pid, p.create_time), p)
+        if runaways is not None and runaways.on:
+            runaways.read_reports(pass_dir / "results.jsonl")
+            for r in runaways.update(time.time(), _cpu_samples(members)):
+                on_event(f"RUNAWAY: {results_runaway_text(r)}")
 
     next_look = 0.0
     while True:
@@ -324,19 +385,22 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
             look()
             outcome.stop = Stop.INTERRUPTED
             outcome.running = current_test(pass_dir)[0]
+            outcome.leaks.shm = shm_left(run, pass_dir)
             outcome.teardown += _interrupt(run, signals, grace)
             outcome.returncode = run.poll()
             return
         if exited:
             look()
             outcome.returncode = run.poll()
-            outcome.leaks = census(run, private, bindspace, seen, leftovers)
+            outcome.leaks = census(run, private, bindspace, seen, leftovers, pass_dir)
             outcome.teardown += run.end(grace=0.3)
             return
         if now >= next_look:
             look()
             next_look = now + 0.5
         nodeid, since = current_test(pass_dir)
+        if runaways is not None and runaways.on:
+            runaways.note_test(nodeid, since)
         bound = test_bound(nodeid) if nodeid else None
         if bound and since and time.time() - since > bound:
             look()
@@ -344,7 +408,8 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
             on_event(f"HUNG: {nodeid} ran past its {bound:g}s bound: dumping stacks, ending "
                      "this pass")
             outcome.stacks, outcome.dump_text = dump_stacks(_procs(run.members()), pass_dir,
-                                                            run.tmp_root())
+                                                            run.tmp_root(), run.main_pid)
+            outcome.leaks.shm = shm_left(run, pass_dir)
             outcome.teardown += run.end(grace=0.3)
             outcome.returncode = run.poll()
             return
@@ -354,7 +419,8 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
             on_event("TIMEOUT" + (f" in {nodeid}" if nodeid else "")
                      + ": the whole-run bound expired: dumping stacks, tearing the run down")
             outcome.stacks, outcome.dump_text = dump_stacks(_procs(run.members()), pass_dir,
-                                                            run.tmp_root())
+                                                            run.tmp_root(), run.main_pid)
+            outcome.leaks.shm = shm_left(run, pass_dir)
             outcome.teardown += _stop_pytest(run, signals, grace)
             outcome.returncode = run.poll()
             return

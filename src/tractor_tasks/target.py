@@ -89,6 +89,13 @@ _NONEMPTY = (lambda v: isinstance(v, list) and len(v) > 0
 _MB = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
        and math.isfinite(v) and v >= 1, "a number of megabytes, 1 or more")
 _FLAG = (lambda v: isinstance(v, str), "a pytest flag string (\"\" for none)")
+_CORE = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+         and math.isfinite(v) and 0 < v <= 1, "a fraction of one core, above 0 and at most 1")
+_TMPFS_SIZE = (lambda v: isinstance(v, str) and re.fullmatch(r"[1-9]\d{0,5}%|[1-9]\d{0,15}[kmg]?",
+                                                             v) is not None
+               and (not v.endswith("%") or int(v[:-1]) <= 100),
+               "a tmpfs size: a percentage of RAM like \"25%\", or bytes like \"512m\" "
+               "or \"2g\" (\"\" for the host's /dev/shm)")
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,9 @@ class Target:
     test_timeouts: dict[str, float] = field(default_factory=dict)  # id glob -> seconds
     stackscope_flag: str = "--enable-stackscope"
     output_log_max_mb: float = 50.0   # a pass's output.log keeps its head and tail past this
+    shm_size: str = "25%"          # a contained run's own /dev/shm ("": the host's)
+    runaway_cpu: float = 0.8       # a core's share a finished test's process may not keep
+    runaway_seconds: float = 10.0  # ... for this long (0: runaways are not watched)
     config_file: Path | None = None
 
     def test_bound(self, nodeid: str, override: float | None = None) -> float | None:
@@ -324,9 +334,11 @@ _SIMPLE_KEYS = {
     "pythons": _NONEMPTY, "bindspace": _STR, "process_markers": _STRS,
     "capsys_backends": _STRS, "smoke": _STRS, "affected_fallback": _STRS,
     "timeout_full": _SECONDS, "timeout_file": _SECONDS, "timeout_test": _BOUND,
-    "stackscope_flag": _FLAG, "output_log_max_mb": _MB,
+    "stackscope_flag": _FLAG, "output_log_max_mb": _MB, "runaway_cpu": _CORE,
+    "runaway_seconds": _BOUND,
 }
-ALLOWED_KEYS = tuple(sorted((*_SIMPLE_KEYS, "affected", "flaky", "quarantine", "test_timeouts")))
+ALLOWED_KEYS = tuple(sorted((*_SIMPLE_KEYS, "affected", "flaky", "quarantine", "test_timeouts",
+                             "shm_size")))
 
 
 def _parse_test_timeouts(raw, where: str) -> dict[str, float]:
@@ -396,9 +408,15 @@ def load_target(root: Path, env: dict | None = None) -> Target:
     if "tests_dir" in kw:
         _inside(root, kw["tests_dir"], "tests_dir", where)
     if "bindspace" in kw and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", kw["bindspace"]):
-        raise usage(f"error: [tool.tractor-tasks] bindspace in {where} is {kw['bindspace']!r}; "
+        raise usage(f"[tool.tractor-tasks] bindspace in {where} is {kw['bindspace']!r}; "
                     "it is the app name tractor gives platformdirs (one name, no \"/\" and "
                     "no \"..\"), like \"tractor\"")
+    if "shm_size" in table:
+        value = table["shm_size"]
+        if value != "" and not _TMPFS_SIZE[0](value):
+            raise usage(f"[tool.tractor-tasks] shm_size in {where} must be "
+                        f"{_TMPFS_SIZE[1]}, got {value!r}")
+        kw["shm_size"] = value
     if "test_timeouts" in table:
         kw["test_timeouts"] = _parse_test_timeouts(table["test_timeouts"], where)
     if "affected" in table:

@@ -1,7 +1,9 @@
 """
-Spawning child actors: lifecycles, nesting, supervision - plus three
-chaos tests, ``test_daemon_leak`` (flags 'leak', 'ignore_sigint'),
-``test_strays`` (flag 'stray') and ``test_hang`` (flag 'hang').
+Spawning child actors: lifecycles, nesting, supervision - plus chaos
+tests, ``test_daemon_leak`` (flags 'leak', 'ignore_sigint'),
+``test_strays`` (flag 'stray'), ``test_shm_leak`` (flag 'shm_leak'),
+``test_flood`` (flag 'flood'), ``test_runaway`` and
+``test_runaway_outlived`` (flag 'runaway') and ``test_hang`` (flag 'hang').
 
 """
 import logging
@@ -12,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from typing import NoReturn
 
 import pytest
@@ -225,6 +228,85 @@ def test_strays(chaos, tmp_path):
         Path(chaos_dir, 'strays.pid').write_text(
             f"{(tmp_path / 'stray.pid').read_text()} {child.pid}\n")
     child.returncode = 0  # left running on purpose: keep Popen from warning about it
+
+
+def make_segment(name: str, size: int) -> str:
+    '''Runs in the 'shmleaker' actor: create POSIX shared memory the way
+    `shm_open` does (a file in /dev/shm), fill it, and never unlink it: what
+    an actor leaves when it dies with multiprocessing's resource tracker off,
+    as tractor runs.'''
+    fd = os.open(f'/dev/shm/{name}', os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.write(fd, b'\x5a' * size)
+    finally:
+        os.close(fd)
+    return name
+
+
+@sample_test
+async def test_shm_leak(chaos):
+    '''Chaos 'shm_leak': an actor leaves a 25 KB shared memory segment
+    (`$SAMPLE_ACTORS_SHM_NAME`, else `sample_actors_<random>`); its name goes
+    to `$SAMPLE_ACTORS_CHAOS_DIR/shm.name`.'''
+    if 'shm_leak' not in chaos:
+        return
+    name = os.environ.get('SAMPLE_ACTORS_SHM_NAME') or f'sample_actors_{uuid.uuid4().hex[:12]}'
+    async with sa.open_nursery() as an:
+        portal = await an.start_actor('shmleaker')
+        assert await portal.run(make_segment, name=name, size=25_000) == name
+        if chaos_dir := os.environ.get('SAMPLE_ACTORS_CHAOS_DIR'):
+            Path(chaos_dir, 'shm.name').write_text(f'{name}\n')
+        assert await portal.cancel_actor()
+
+
+_FLOOD = """
+import os, setproctitle
+setproctitle.setproctitle(f'_subactor[flooder@{os.getpid()}]')
+frame = ('Traceback (most recent call last):\\n  File "_runtime.py", line 1, in _invoke\\n'
+         'sample_actors.RemoteActorError: cancelled while cancelling\\n').encode()
+for _ in range(100_000):  # far more than a pipe holds (64 KB)
+    os.write(2, frame)
+"""
+
+
+def test_flood(chaos):
+    '''Chaos 'flood': a child floods its stderr, a pipe this test holds and
+    never reads (the error-log burst of a cancel cascade): the child blocks in
+    write(), the test waits for it forever.'''
+    if 'flood' not in chaos:
+        return
+    child = subprocess.Popen([sys.executable, '-c', _FLOOD], stderr=subprocess.PIPE)
+    child.wait()
+
+
+_SPIN = """
+import os, sys, time, setproctitle
+setproctitle.setproctitle(f'_subactor[spinner@{os.getpid()}]')
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    pass
+"""
+
+
+def test_runaway(chaos):
+    '''Chaos 'runaway': leave a child that keeps a core busy for a few
+    seconds (`$SAMPLE_ACTORS_SPIN_SECONDS`, default 4) after this test
+    ended, then exits on its own.'''
+    if 'runaway' not in chaos:
+        return
+    spin = os.environ.get('SAMPLE_ACTORS_SPIN_SECONDS', '4')
+    child = subprocess.Popen([sys.executable, '-c', _SPIN, spin])
+    time.sleep(0.3)  # the rest of the test: talking to it, as a real one would
+    if chaos_dir := os.environ.get('SAMPLE_ACTORS_CHAOS_DIR'):
+        Path(chaos_dir, 'spinner.pid').write_text(f'{child.pid}\n')
+    child.returncode = 0  # left running on purpose: keep Popen from warning about it
+
+
+def test_runaway_outlived(chaos):
+    '''Chaos 'runaway': the next test takes a while, so the spinner runs on
+    while pytest is still going (what a supervisor can see).'''
+    if 'runaway' in chaos:
+        time.sleep(float(os.environ.get('SAMPLE_ACTORS_SPIN_SECONDS', '4')) + 2)
 
 
 def test_hang(chaos, reg_addr, start_method):
