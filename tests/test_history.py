@@ -50,7 +50,7 @@ def test_record_then_read_back_every_field(hist):
     hist.record(run, [
         TestRow("tests/test_a.py::test_ok", "passed", 1.5),
         TestRow("tests/test_a.py::test_bad[tcp]", "failed", 2.5, flaky="known",
-                signature="TooSlowError: deadline exceeded"),
+                signature="TooSlowError: deadline exceeded", verdict="known-flaky"),
     ])
     rows = hist.recent()
     assert [r["nodeid"] for r in rows] == ["tests/test_a.py::test_bad[tcp]",
@@ -60,6 +60,7 @@ def test_record_then_read_back_every_field(hist):
         "nodeid": "tests/test_a.py::test_bad[tcp]", "cell": TCP, "minor": "3.13", "tpt": "tcp",
         "spawn": "trio", "outcome": "failed", "duration": 2.5, "flaky": "known",
         "signature": "TooSlowError: deadline exceeded", "commit": "abc123", "time": 1000.0,
+        "verdict": "known-flaky", "kind": run.kind,
         "run_id": None}
     assert hist.durations() == {"tests/test_a.py::test_ok": 1.5,
                                 "tests/test_a.py::test_bad[tcp]": 2.5}

@@ -432,3 +432,47 @@ def test_a_failure_only_under_parallel_load_is_load_sensitive(scratch, tmp_path)
     serial = invoke("test", "tests/test_load_a.py", "tests/test_load_b.py", "--no-x",
                     root=scratch, env=env)
     assert serial.returncode == 0 and verdicts(scratch) == {}
+
+
+# -- where the class shows: history, quarantine entries, the matrix table -----------------------
+
+def test_invoke_history_shows_each_runs_class(tmp_path, capsys):
+    from tractor_tasks.history import History, RunRow, TestRow
+    from tractor_tasks.history_view import show_history
+    from tractor_tasks.rundirs import State
+    target = load_target(tiny_repo(tmp_path / "r"))
+    h = History(State(target).history)
+    h.record(RunRow("r1", 1.0, 2.0, "run", minor="3.11", tpt="tcp", spawn="trio", commit="a" * 40),
+             [TestRow("tests/test_core.py::test_x", "failed", 1.0, signature="boom",
+                      verdict="pre-existing")])
+    h.record(RunRow("r1-baseline", 3.0, 4.0, "baseline", minor="3.11", tpt="tcp", spawn="trio",
+                    commit="b" * 40), [TestRow("tests/test_core.py::test_x", "passed", 1.0)])
+    show_history(target, "test_x", 10)
+    out = capsys.readouterr().out
+    assert "[pre-existing]" in out and "bbbbbbbbb (baseline)" in out
+
+
+def test_quarantine_entries_from_the_history_are_ready_to_paste(tmp_path):
+    import tomllib
+
+    from tractor_tasks.history import FlakyCandidate, flaky_toml
+    from tractor_tasks.target import _parse_flaky
+    c = FlakyCandidate("tests/test_core.py::test_x[tcp]", "tests-3.13(tpt='tcp')", "3.13",
+                       "tcp", "trio", 3, 5, "trio.TooSlowError", ("trio.TooSlowError",) * 2)
+    text = flaky_toml([c], "tests", table="quarantine")
+    assert text.startswith("[[tool.tractor-tasks.quarantine]]")
+    rules = _parse_flaky(tomllib.loads(text)["tool"]["tractor-tasks"]["quarantine"], "x",
+                         "quarantine")
+    assert rules[0].test == "test_core.py::test_x*" and rules[0].error == "TooSlowError"
+
+
+def test_the_matrix_table_has_the_verdicts_columns(tmp_path):
+    from tractor_tasks.cells import Row, table_text
+    row = Row.of(tmp_path / "o.json", {"cell": "tests-3.13(tpt='tcp')", "status": "passed",
+                                       "seconds": 9.0, "summary": {
+                                           "passed": 400, "new_failures": 0, "known_flaky": 2,
+                                           "hung": 0, "skipped": 5, "leaked": 0,
+                                           "pre_existing": 21, "flaky": 4}})
+    head, line = table_text([row]).splitlines()
+    assert head.split()[3:6] == ["failed", "pre-existing", "flaky"]
+    assert line.split()[2:7] == ["400", "0", "21", "4", "2"]

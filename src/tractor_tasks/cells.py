@@ -104,6 +104,14 @@ class Row:
     skipped: int
     leaked: int
     seconds: float
+    pre_existing: int = 0   # explained failures (the verdict): they do not fail the cell
+    flaky: int = 0          # flaky and load-sensitive: passed when re-run alone
+
+    @classmethod
+    def of(cls, path: Path, rec: dict | None = None) -> Row:
+        """One cell's outcome.json (outcome.Outcome's fields) as a matrix row (a bad
+        file: one line, exit 1)."""
+        return _row(path, rec)
 
 
 def read_outcome(path: Path) -> dict:
@@ -154,7 +162,8 @@ def _row(path: Path, rec: dict | None = None) -> Row:
         raise bad("no 'summary'")
     cell = rec["cell"].encode("unicode_escape").decode("ascii")  # no escapes to the terminal
     return Row(cell, status, num("passed"), num("new_failures"), num("known_flaky"),
-               num("hung"), num("skipped"), num("leaked"), num("seconds", whole=False))
+               num("hung"), num("skipped"), num("leaked"), num("seconds", whole=False),
+               num("pre_existing"), num("flaky"))
 
 
 def read_rows(target: Target, invocation: str | None = None,
@@ -176,20 +185,20 @@ def read_rows(target: Target, invocation: str | None = None,
             rec = read_outcome(path)
             if invocation and rec.get("invocation") != invocation:
                 continue
-            rows.append(_row(path, rec))
+            rows.append(Row.of(path, rec))
         except TaskError as err:
             warn(str(err))
     return rows
 
 
-_COLS = ("cell", "status", "passed", "failed", "known-flaky", "hung", "skipped", "leaked",
-         "duration")
+_COLS = ("cell", "status", "passed", "failed", "pre-existing", "flaky", "known-flaky", "hung",
+         "skipped", "leaked", "duration")
 
 
 def _cols(row: Row) -> list[str]:
     return [row.cell, row.status.value, str(row.passed), str(row.failed),
-            str(row.known_flaky), str(row.hung), str(row.skipped), str(row.leaked),
-            f"{row.seconds:.1f}s"]
+            str(row.pre_existing), str(row.flaky), str(row.known_flaky), str(row.hung),
+            str(row.skipped), str(row.leaked), f"{row.seconds:.1f}s"]
 
 
 def table_text(rows: list[Row]) -> str:

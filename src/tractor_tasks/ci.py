@@ -71,12 +71,12 @@ _WORST = ("interrupted", "timeout", "error", "failed", "skipped", "passed")
 def read_outcomes(paths: list[Path], warn=lambda line: None) -> list[tuple[Path, dict]]:
     """The outcome files that are good, each checked (cells.read_outcome); a bad one is
     one warn() line naming it, and left out."""
-    from .cells import _row, read_outcome
+    from .cells import Row, read_outcome
     good = []
     for path in sorted(paths):
         try:
             rec = read_outcome(path)
-            _row(path, rec)
+            Row.of(path, rec)
         except TaskError as err:
             warn(str(err))
             continue
@@ -88,18 +88,19 @@ def merge_outcomes(paths: list[Path], warn=lambda line: None, *,
                    outcomes: list[tuple[Path, dict]] | None = None):
     """Rows of the matrix with a cell's shards added up (counts summed, the worst status,
     the longest shard's time: they ran side by side)."""
-    from .cells import Row, _row
+    from .cells import Row
     from .status import RunStatus
     cells: dict[str, list[Row]] = {}
     for path, rec in read_outcomes(paths, warn) if outcomes is None else outcomes:
-        row = _row(path, rec)
+        row = Row.of(path, rec)
         cells.setdefault(row.cell, []).append(row)
     out = []
     for name, rows in cells.items():
         worst = min((r.status.value for r in rows), key=_WORST.index)
         out.append(Row(name, RunStatus(worst), *(sum(getattr(r, k) for r in rows) for k in (
             "passed", "failed", "known_flaky", "hung", "skipped", "leaked")),
-            max(r.seconds for r in rows)))
+            max(r.seconds for r in rows),
+            *(sum(getattr(r, k) for r in rows) for k in ("pre_existing", "flaky"))))
     return out
 
 

@@ -369,7 +369,8 @@ class History:
                                         deterministic=True)
                 where = "WHERE idmatch(t.nodeid)" if pattern is not None else ""
                 cols = ("t.nodeid, r.cell, t.minor, t.tpt, t.spawn, t.outcome, t.duration, "
-                        "t.signature, t.flaky, r.commit_sha, t.started, t.run_id")
+                        "t.signature, t.flaky, r.commit_sha, t.started, t.run_id, t.verdict, "
+                        "r.kind")
                 if per_test is None:
                     cur = con.execute(f"SELECT {cols} FROM results t JOIN runs r USING (run_id) "
                                       f"{where} ORDER BY t.started DESC, t.id DESC LIMIT ?",
@@ -381,7 +382,7 @@ class History:
                         f"FROM results t JOIN runs r USING (run_id) {where}) WHERE n <= ? "
                         "ORDER BY started DESC, i DESC", (per_test,))
                 keys = ("nodeid", "cell", "minor", "tpt", "spawn", "outcome", "duration",
-                        "signature", "flaky", "commit", "time", "run_id")
+                        "signature", "flaky", "commit", "time", "run_id", "verdict", "kind")
                 return [dict(zip(keys, row)) for row in cur]
         return self._guard(query)
 
@@ -683,7 +684,8 @@ def load_durations(path: Path) -> dict[str, float]:
     return {k: float(v) for k, v in doc["durations"].items()}
 
 
-def flaky_toml(candidates: Iterable[FlakyCandidate], tests_dir: str = "tests") -> str:
+def flaky_toml(candidates: Iterable[FlakyCandidate], tests_dir: str = "tests", *,
+               table: str = "flaky") -> str:
     """Ready-to-paste [[tool.tractor-tasks.flaky]] entries, one per (test glob, error).
 
     Param variants of one test share an entry; a test flipping in several cells gets one
@@ -702,7 +704,7 @@ def flaky_toml(candidates: Iterable[FlakyCandidate], tests_dir: str = "tests") -
             entries[key].append(note)
     out = []
     for (test, error), notes in entries.items():
-        out += ["[[tool.tractor-tasks.flaky]]", f"test = {_toml_str(test)}",
+        out += [f"[[tool.tractor-tasks.{table}]]", f"test = {_toml_str(test)}",
                 f"error = {_toml_str(error)}", f"note = {_toml_str('; '.join(notes))}", ""]
     return "\n".join(out + skipped).rstrip("\n") + "\n" if out or skipped else ""
 

@@ -63,9 +63,10 @@ def show_history(target: Target, pattern: str | None, limit: int) -> None:
             when = _when(r["time"])
             cell = r["cell"] or f"{r['minor']} {r['tpt']} {r['spawn']}".strip()
             sig = f"  {r['signature']}" if r["signature"] else ""
-            commit = (r["commit"] or "")[:9]
-            print(shown(f"  {when}  {cell:32}  {r['outcome']:8} {r['duration']:7.2f}s  "
-                        f"{commit}{sig}"))
+            commit = (r["commit"] or "")[:9] + (" (baseline)" if r["kind"] == "baseline" else "")
+            verdict = f"[{r['verdict']}]" if r["verdict"] else ""
+            print(shown(f"  {when}  {cell:32}  {r['outcome']:8} {verdict:16} "
+                        f"{r['duration']:7.2f}s  {commit}{sig}"))
 
 
 def _when(stamp) -> str:
@@ -77,7 +78,11 @@ def _when(stamp) -> str:
         return "????-??-?? ??:??"
 
 
-def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | None) -> None:
+def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | None, *,
+               quarantine: bool = False) -> None:
+    """Tests ranked by how often they flip, with ready-to-paste entries: known-flaky
+    ones (test glob and error), or with `quarantine` quarantine ones (the test runs and
+    is reported, and never fails the run)."""
     if cell and not junit:
         raise usage("--cell names the cell of an imported JUnit file; give --junit FILE")
     if junit:
@@ -100,5 +105,6 @@ def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | Non
         print(shown(f"{c.rate:4.0%}  {c.flips}/{c.runs - 1} flips  {c.cell:32}  {c.nodeid}"
                     + (f"  [{c.signature}]" if c.signature else "")))
     print("\n# ready to paste into [tool.tractor-tasks] of pyproject.toml:\n")
-    print(flaky_toml(found, target.tests_dir), end="")
+    print(flaky_toml(found, target.tests_dir, table="quarantine" if quarantine else "flaky"),
+          end="")
 

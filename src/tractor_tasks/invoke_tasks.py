@@ -314,15 +314,18 @@ def history(c, patterns=None, limit=None, root=None):
 @_task(help={"min_runs": "only tests with at least this many runs in a cell (default 3)",
              "junit": "first import a JUnit file (e.g. a CI artifact) into the history",
              "cell": "the cell the imported JUnit file belongs to, e.g. \"tests-3.13(tpt='tcp')\"",
+             "quarantine": "write [[tool.tractor-tasks.quarantine]] entries instead (they run "
+                           "and are reported, and never fail the run)",
              "root": ROOT_HELP})
-def flaky(c, min_runs=None, junit=None, cell=None, root=None):
-    """Rank tests by how often they flip per cell; print ready-to-paste flaky entries."""
+def flaky(c, min_runs=None, junit=None, cell=None, quarantine=False, root=None):
+    """Rank tests by how often they flip per cell; print ready-to-paste flaky (or
+    --quarantine) entries."""
     from .history_view import show_flaky
     from .options import count
     n = 3 if min_runs is None else count("--min-runs", min_runs)
     if n < 2:
         raise usage("--min-runs must be 2 or more (a flip needs two runs)")
-    show_flaky(_target(c, root), n, junit, cell)
+    show_flaky(_target(c, root), n, junit, cell, quarantine=quarantine)
 
 
 @_task(help={"directory": "where the jobs' artifacts were downloaded",
