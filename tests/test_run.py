@@ -647,3 +647,24 @@ def test_help_for_a_task_with_words(sample_repo):
     for flag in ("--help", "-h"):
         out = invoke("test", flag, root=sample_repo)
         assert out.returncode == 0 and "--test-timeout" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_tests_that_never_ran_are_never_a_pass(tmp_path):
+    """A test that calls os._exit(0) ends pytest part-way with status 0: the run fails,
+    names the pass that ended early and lists the tests that never ran."""
+    from tractor_tasks.pipeline import prepare_venv
+    repo = copy_sample(tmp_path / "exit", git=True)
+    (repo / "tests" / "test_exit.py").write_text(
+        "import os\n\n\ndef test_a():\n    pass\n\n\ndef test_b():\n    os._exit(0)\n\n\n"
+        "def test_c():\n    pass\n")
+    prepare_venv(load_target(repo), "3.11", out=lambda line: None)
+    out = invoke("test", "tests/test_exit.py", "--no-x", "--no-confirm", root=repo)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "NOT RUN: pass 1: pytest ended (exit status 0) without finishing its session, " \
+           "during tests/test_exit.py::test_b" in out.stdout
+    assert "NOT RUN: 1 selected test(s) never ran and nothing accounts for it: " \
+           "tests/test_exit.py::test_c" in out.stdout
+    rec = outcome_of(repo)
+    assert rec["status"] == "failed" and rec["not_run"] == ["tests/test_exit.py::test_c"]
+    assert rec["summary"]["not_run"] == 1
