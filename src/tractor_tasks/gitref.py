@@ -9,7 +9,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +195,7 @@ def export(root: Path, commit: str, dest: Path) -> Path:
     if (dest / ".tt-export-complete").is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    import tarfile  # here: only a baseline export needs it (start-up)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=dest.parent))
     try:
         proc = subprocess.Popen(["git", "archive", "--format=tar", commit], cwd=root,
