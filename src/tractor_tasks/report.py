@@ -102,8 +102,7 @@ def _failures(results, judgement, traceback_lines: int, dump_lines: int, *,
             body = t.short(traceback_lines).splitlines()
         lines += [f"      {ln}" for ln in body]
     if judged and judgement is not None and judgement.confirmed:
-        absorbed = sum(1 for t in fails if t.verdict in (V.FLAKY, V.LOAD_SENSITIVE)
-                       and t.reruns)
+        absorbed = sum(1 for t in fails if any(r.outcome is O.PASSED for r in t.reruns))
         lines.append(f"verdict: {judgement.confirmed} failure(s) re-run alone in "
                      f"{judgement.confirm_seconds:.1f}s ({absorbed} passed)"
                      + (f"; {judgement.at_baseline} run at {judgement.baseline.name} in "
