@@ -5,7 +5,7 @@ explained one, hangs with their dumps, leaks, and what to do."""
 from __future__ import annotations
 
 from .fsutil import shown
-from .status import RunStatus, Stop, TestOutcome as O, Verdict as V
+from .status import RunStatus, Stop, TestOutcome as O
 from .trace import FILE
 
 
