@@ -476,3 +476,25 @@ def test_the_matrix_table_has_the_verdicts_columns(tmp_path):
     head, line = table_text([row]).splitlines()
     assert head.split()[3:6] == ["failed", "pre-existing", "flaky"]
     assert line.split()[2:7] == ["400", "0", "21", "4", "2"]
+
+
+def test_a_target_below_its_repositorys_top_sees_its_own_paths(tmp_path):
+    """The bundled sample sits in examples/ of this repo: edits, changed files and the
+    baseline export are the target's own, relative to it."""
+    top = tmp_path / "top"
+    tiny_repo(top / "sub")
+    subprocess.run(["rm", "-rf", str(top / "sub" / ".git")], check=True)
+    (top / "README").write_text("top\n")
+    git(top, "init", "-q", "-b", "main")
+    git(top, "add", "-A")
+    git(top, "commit", "-qm", "base")
+    root = top / "sub"
+    base = git(root, "rev-parse", "HEAD")
+    (top / "README").write_text("changed outside the target\n")
+    assert gitref.edits(root) == []
+    (root / "pkg" / "core.py").write_text("X = 2\n")
+    (root / "new.txt").write_text("n")
+    assert sorted(gitref.edits(root)) == ["new.txt", "pkg/core.py"]
+    assert gitref.changed_since(root, base) == ["new.txt", "pkg/core.py"]
+    dest = gitref.export(root, base, tmp_path / "exp" / base)
+    assert (dest / "pkg" / "core.py").read_text() == "X = 1\n" and not (dest / "README").exists()

@@ -18,8 +18,10 @@ from .errors import TaskError, usage
 SHIM_MARK = "tractor-tasks"  # the shims `tractor-tasks init` writes carry it
 
 
-def git(root: Path, *args: str, check: bool = True, timeout: float = 30) -> str | None:
-    """A read-only git query's stdout (stripped), or None when it fails and not `check`."""
+def git(root: Path, *args: str, check: bool = True, timeout: float = 30,
+        strip: bool = True) -> str | None:
+    """A read-only git query's stdout (stripped unless not `strip`), or None when it
+    fails and not `check`."""
     try:
         out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
                              timeout=timeout, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
@@ -32,7 +34,7 @@ def git(root: Path, *args: str, check: bool = True, timeout: float = 30) -> str 
             msg = (out.stderr.strip().splitlines() or ["git failed"])[-1]
             raise TaskError(f"git {' '.join(args)} failed in {root}: {msg}")
         return None
-    return out.stdout.strip()
+    return out.stdout.strip() if strip else out.stdout
 
 
 def is_repo(root: Path) -> bool:
@@ -53,14 +55,31 @@ def default_branch(root: Path) -> str | None:
     return None
 
 
+def prefix(root: Path) -> str:
+    """Where the target sits inside its repository ("" at the top, "sub/dir/" below)."""
+    return git(root, "rev-parse", "--show-prefix", check=False) or ""
+
+
 def edits(root: Path) -> list[str]:
-    """The work tree's changes against HEAD (staged, unstaged, untracked), minus the shims
-    `tractor-tasks init` writes (noxfile.py, tasks.py carrying our mark)."""
-    out = git(root, "status", "--porcelain", "--untracked-files=all", check=False) or ""
+    """The target's changes against HEAD (staged, unstaged, untracked; only under the
+    target when it is a subdirectory of its repository), relative to the target, minus
+    the shims `tractor-tasks init` writes (noxfile.py, tasks.py carrying our mark)."""
+    out = git(root, "status", "--porcelain", "-z", "--untracked-files=all", "--", ".",
+              check=False, strip=False) or ""
+    cut = prefix(root)
     files = []
-    for line in out.splitlines():
-        path = line[3:].split(" -> ")[-1].strip('"')
-        if line.startswith("??") and path in ("noxfile.py", "tasks.py") and _is_shim(root / path):
+    entries = out.split("\0")
+    i = 0
+    while i < len(entries):
+        entry = entries[i]
+        i += 1
+        if len(entry) < 4:
+            continue
+        if entry[0] in "RC":
+            i += 1  # a rename's source path follows it
+        path = entry[3:].removeprefix(cut)
+        if entry.startswith("??") and path in ("noxfile.py", "tasks.py") and \
+                _is_shim(root / path):
             continue
         files.append(path)
     return files
@@ -80,7 +99,7 @@ def tree_state(root: Path) -> str:
     if not files:
         return ""
     h = hashlib.sha256()
-    h.update((git(root, "diff", "HEAD", "--binary", check=False) or "").encode())
+    h.update((git(root, "diff", "HEAD", "--binary", "--relative", check=False) or "").encode())
     for rel in sorted(files):
         p = root / rel
         if p.is_file() and not p.is_symlink():
@@ -94,7 +113,8 @@ def tree_state(root: Path) -> str:
 def changed_since(root: Path, commit: str) -> list[str]:
     """Files that differ between `commit` and the work tree (commits since it, staged,
     unstaged), plus untracked files; paths relative to the repository root."""
-    files = (git(root, "diff", "--name-only", commit, check=False) or "").splitlines()
+    files = (git(root, "diff", "--name-only", "--relative", commit, check=False)
+             or "").splitlines()
     files += (git(root, "ls-files", "--others", "--exclude-standard", check=False)
               or "").splitlines()
     return sorted({f for f in files
@@ -198,7 +218,8 @@ def export(root: Path, commit: str, dest: Path) -> Path:
     import tarfile  # here: only a baseline export needs it (start-up)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=dest.parent))
     try:
-        proc = subprocess.Popen(["git", "archive", "--format=tar", commit], cwd=root,
+        tree = f"{commit}:{prefix(root)}" if prefix(root) else commit  # the target's subtree
+        proc = subprocess.Popen(["git", "archive", "--format=tar", tree], cwd=root,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             tar.extractall(tmp, filter="data")
