@@ -218,8 +218,8 @@ def export(root: Path, commit: str, dest: Path) -> Path:
     import tarfile  # here: only a baseline export needs it (start-up)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=dest.parent))
     try:
-        tree = f"{commit}:{prefix(root)}" if prefix(root) else commit  # the target's subtree
-        proc = subprocess.Popen(["git", "archive", "--format=tar", tree], cwd=root,
+        # run in a subdirectory of its repository, git archive takes only that subtree
+        proc = subprocess.Popen(["git", "archive", "--format=tar", commit], cwd=root,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             tar.extractall(tmp, filter="data")
