@@ -229,6 +229,9 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
             run_dir.close()
 
 
+VERDICT_SHARE = 0.25  # of the whole-run bound, for the verdict's own passes
+
+
 def _judge(p: Plan, runner: PassRunner, result: RunResult, *, parallel: bool, out):
     """The verdict on the run's failures (verdict.py); its own passes join the run's."""
     from . import verdict
@@ -238,11 +241,15 @@ def _judge(p: Plan, runner: PassRunner, result: RunResult, *, parallel: bool, ou
         history = History(State(p.target).history, warn=out)
     except TaskError as err:
         out(f"note: the verdict runs without the results history: {err}")
+    # the verdict's passes get time of their own past the run's bound (a quarter of it):
+    # a suite that used up its bound still has its failures judged, and running out of
+    # that time leaves failures unconfirmed, it does not make the run a timeout
+    runner.deadline = max(runner.deadline, time.monotonic() + p.timeout * VERDICT_SHARE)
     j = verdict.judge(runner, result.results, history=history, choice=p.choice,
                       confirm=p.opts.confirm, parallel=parallel)
     for o in j.passes:
-        if o.stop in (Stop.INTERRUPTED, Stop.TIMEOUT):
-            result.passes.append(o)  # a stop during the verdict's passes stops the run
+        if o.stop is Stop.INTERRUPTED:
+            result.passes.append(o)  # a Ctrl-C during the verdict's passes stops the run
     return j
 
 

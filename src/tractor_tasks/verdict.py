@@ -87,6 +87,16 @@ class Judgement:
     passes: list = field(default_factory=list)   # the PassOutcomes of its own passes
     changed: list[str] = field(default_factory=list)
     strict: bool = False
+    confirm: int = 1            # re-runs asked for (0: --no-confirm)
+    stopped: bool = False       # a stop or the verdict's time cut its passes short
+
+    def what(self, t: TestResult) -> str:
+        """What confirmation said of a failure, for its reason."""
+        if _ran(t):
+            return "failed again when re-run alone"
+        if self.stopped:
+            return "not re-run (the verdict's time ran out or the run was stopped)"
+        return "not re-run (--no-confirm)" if not self.confirm else "not re-run"
 
     def as_dict(self) -> dict:
         return {"baseline": ({"commit": self.baseline.commit, "label": self.baseline.label,
@@ -95,6 +105,11 @@ class Judgement:
                 "at_baseline": self.at_baseline,
                 "baseline_seconds": round(self.baseline_seconds, 2),
                 "known_at_baseline": self.known_at_baseline, "strict": self.strict}
+
+
+def _ran(t: TestResult) -> list[TestResult]:
+    """Its re-runs that ran to an outcome of their own (not cut by a stop)."""
+    return [r for r in t.reruns if not r.outcome.cut]
 
 
 def _set(t: TestResult, verdict: V, why: str) -> None:
@@ -106,7 +121,8 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
     """Give every failure of `results` its verdict (see the module's docstring)."""
     p = runner.p
     target = p.target
-    j = Judgement(baseline=choice.baseline if choice else None, strict=p.opts.strict)
+    j = Judgement(baseline=choice.baseline if choice else None, strict=p.opts.strict,
+                  confirm=confirm)
     if choice and choice.note:
         j.notes.append(choice.note)
     fails = results.failures
@@ -148,6 +164,7 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
         _confirm(runner, todo, confirm, j)
         j.confirm_seconds = time.monotonic() - t0
         j.confirmed = len(todo)
+    j.stopped = j.stopped or any(r.outcome.cut for t in todo for r in t.reruns)
     for t in todo:
         if any(r.outcome is O.PASSED for r in t.reruns):
             if getattr(t, "parallel", False):
@@ -164,10 +181,10 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
             j.baseline_seconds = time.monotonic() - t0
             j.at_baseline = len(unknown)
         for t in todo:
-            _by_baseline(t, at_base.get(stable_id(t.nodeid)), base)
+            _by_baseline(t, at_base.get(stable_id(t.nodeid)), base, j.what(t))
     elif todo:
         for t in todo:
-            _by_history_alone(t, past.get(stable_id(t.nodeid), []), ancestry, p)
+            _by_history_alone(t, past.get(stable_id(t.nodeid), []), ancestry, p, j.what(t))
     if base is not None and any(t.verdict in (V.REGRESSION, V.NEW) for t in fails):
         j.changed = gitref.changed_since(target.root, base.commit)
         for t in fails:
@@ -210,15 +227,21 @@ def _preexisting_by_history(t: TestResult, rows, ancestry, p) -> str:
     return ""
 
 
-def _by_history_alone(t: TestResult, rows, ancestry, p) -> None:
-    """No baseline: what still fails after confirmation is flaky when it passed at this
-    very commit (clean tree) before or flips in its history, else new."""
-    what = "failed again when re-run alone" if t.reruns else "not re-run (--no-confirm)"
+def _by_history_alone(t: TestResult, rows, ancestry, p, what: str) -> None:
+    """No baseline (an unchanged default branch): the code is the code of earlier runs
+    at this very commit, so what still fails after confirmation is flaky when it passed
+    here before, pre-existing when it failed here before (however it failed), flaky
+    when it flips in its history, else new."""
     recent = (_clean_ancestor_rows(rows, ancestry, os.uname().nodename)[:RECENT * 2]
               if ancestry is not None else [])
     head = ancestry.head if ancestry is not None else None
     here = [r for r in recent if r.commit == head]
-    if any(O(r.outcome) is O.PASSED for r in here) and not gitref.edits(p.target.root):
+    unchanged = bool(here) and not gitref.edits(p.target.root)
+    if unchanged and O(here[0].outcome).bad:
+        _set(t, V.PRE_EXISTING, f"{what}; failed at this same commit in its last run here "
+             f"too ({here[0].signature or here[0].outcome}): the code did not change")
+        return
+    if unchanged and any(O(r.outcome) is O.PASSED for r in here):
         _set(t, V.FLAKY, f"{what}, but passed at this same commit (clean tree) in an "
              "earlier run: the code did not change")
         return
@@ -231,8 +254,7 @@ def _by_history_alone(t: TestResult, rows, ancestry, p) -> None:
     _set(t, V.NEW, f"{what}; no baseline to compare with")
 
 
-def _by_baseline(t: TestResult, there: TestResult | None, base) -> None:
-    what = "failed again alone" if t.reruns else "not re-run (--no-confirm)"
+def _by_baseline(t: TestResult, there: TestResult | None, base, what: str) -> None:
     t.baseline = there
     if there is None:
         _set(t, V.NEW, f"{what}; not in {base.name} (a new test, or not collected there)")
@@ -272,6 +294,7 @@ def _confirm(runner, tests: list[TestResult], times: int, j: Judgement) -> None:
         for module, group in groups.items():
             if runner.stopped():
                 j.notes.append("verdict: stopped before every failure was re-run")
+                j.stopped = True
                 return
             n += 1
             lane = runner.lane(only={stable_id(t.nodeid) for t in group}, shard=None,
