@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import TaskError, usage
 
 SHIM_MARK = "tractor-tasks"  # the shims `tractor-tasks init` writes carry it
+STATE = ".tractor-tasks"     # the target's state dir (rundirs.State), never an edit
 
 
 def git(root: Path, *args: str, check: bool = True, timeout: float = 30,
@@ -78,9 +79,9 @@ def edits(root: Path) -> list[str]:
         if entry[0] in "RC":
             i += 1  # a rename's source path follows it
         path = entry[3:].removeprefix(cut)
-        if entry.startswith("??") and path in ("noxfile.py", "tasks.py") and \
-                _is_shim(root / path):
-            continue
+        if path.startswith(STATE + "/") or entry.startswith("??") and \
+                path in ("noxfile.py", "tasks.py") and _is_shim(root / path):
+            continue  # our own state dir and shims are no edits of the target
         files.append(path)
     return files
 
@@ -117,8 +118,8 @@ def changed_since(root: Path, commit: str) -> list[str]:
              or "").splitlines()
     files += (git(root, "ls-files", "--others", "--exclude-standard", check=False)
               or "").splitlines()
-    return sorted({f for f in files
-                   if f and not (f in ("noxfile.py", "tasks.py") and _is_shim(root / f))})
+    return sorted({f for f in files if f and not f.startswith(STATE + "/")
+                   and not (f in ("noxfile.py", "tasks.py") and _is_shim(root / f))})
 
 
 class Ancestry:
