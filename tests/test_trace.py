@@ -186,6 +186,24 @@ def test_results_add_the_class_and_an_unsharded_run_uses_the_run_track(tmp_path)
     assert "class" not in bare["args"] and bare["args"]["outcome"] == "failed"
 
 
+def test_the_verdicts_passes_have_a_track_of_their_own(tmp_path):
+    """Confirmation re-runs and the baseline pass: the `verdict` process, a thread each."""
+    run = tmp_path / "run"
+    _pass(run / "pass-1", T, _test("tests/t.py::test_x", T + 1, 1.0, "failed"),
+          current={"after": "tests/t.py::test_x"})
+    _pass(run / "confirm-1" / "pass-1", T + 5, _test("tests/t.py::test_x", T + 6, 1.0, "failed"),
+          current={"after": "tests/t.py::test_x"})
+    _pass(run / "baseline" / "pass-1", T + 9, _test("tests/t.py::test_x", T + 10, 1.0),
+          current={"after": "tests/t.py::test_x"})
+    events = check_format(trace.build(run))
+    assert set(tracks(events).values()) == {"run / run", "run / pass 1",
+                                            "verdict / confirm-1 pass 1",
+                                            "verdict / baseline pass 1"}
+    assert sorted(slices_of(events)["tests/t.py::test_x"]) == [
+        ("run / pass 1", "failed"), ("verdict / baseline pass 1", "passed"),
+        ("verdict / confirm-1 pass 1", "failed")]
+
+
 def test_a_test_the_whole_run_bound_cut_off_is_a_timeout(tmp_path):
     (tmp_path / "outcome.json").write_text('{"status": "timeout", "hung": []}')
     _pass(tmp_path / "pass-1", T, _test("tests/t.py::test_slow", T + 1, 0)[:1],

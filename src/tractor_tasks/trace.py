@@ -66,18 +66,26 @@ def _short(nodeid: str) -> str:
     return path.rsplit("/", 1)[-1] + sep + rest
 
 
-def _lanes(run_dir: Path) -> list[tuple[int, str, int, Path]]:
-    """(pid, label prefix, pass number, pass dir) of every pass, in order."""
+VERDICT_PID = 900  # the verdict's own passes (confirmation, baseline): one process track
+
+
+def _lanes(run_dir: Path) -> list[tuple[int, str, int, Path, int]]:
+    """(pid, label prefix, pass number, pass dir, tid) of every pass, in order."""
     def number(d: Path) -> int:
         tail = d.name.partition("-")[2]
         return int(tail) if tail.isdigit() else 0
-    out = [(RUN_PID, "", number(d), d) for d in run_dir.glob("pass-*") if number(d)]
+    out = [(RUN_PID, "", number(d), d, number(d)) for d in run_dir.glob("pass-*") if number(d)]
     for shard in run_dir.glob("shard-*"):
         k = number(shard)
         if k:
-            out += [(RUN_PID + k, f"shard {k}: ", number(d), d)
+            out += [(RUN_PID + k, f"shard {k}: ", number(d), d, number(d))
                     for d in shard.glob("pass-*") if number(d)]
-    return sorted(out, key=lambda x: (x[0], x[2]))
+    phases = sorted(run_dir.glob("confirm-*"), key=number) + \
+        [d for d in (run_dir / "baseline",) if d.is_dir()]
+    for k, phase in enumerate(phases, 1):
+        out += [(VERDICT_PID, f"{phase.name} ", number(d), d, k * 1000 + number(d))
+                for d in phase.glob("pass-*") if number(d)]
+    return sorted(out, key=lambda x: (x[0], x[4]))
 
 
 class _Builder:
@@ -136,14 +144,15 @@ def build(run_dir: Path, results=None) -> dict:
     loads: list[tuple[float, float]] = []
     hung_in: dict[int, str] = {}   # pid -> the test its lane's last pass hung in
     named = {RUN_PID}
-    for pid, prefix, n, pass_dir in _lanes(run_dir):
+    for pid, prefix, n, pass_dir, tid in _lanes(run_dir):
         if pid not in named:
             named.add(pid)
-            b.meta("process_name", pid, 0, name=prefix.rstrip(": "))
+            b.meta("process_name", pid, 0, name="verdict" if pid == VERDICT_PID
+                   else prefix.rstrip(": "))
             b.meta("process_sort_index", pid, 0, sort_index=pid)
-        b.meta("thread_name", pid, n, name=f"pass {n}")
-        b.meta("thread_sort_index", pid, n, sort_index=n)
-        _pass(b, pass_dir, pid, n, f"{prefix}pass {n}", final, hung, stopped, hung_in, loads)
+        b.meta("thread_name", pid, tid, name=f"{prefix if pid == VERDICT_PID else ''}pass {n}")
+        b.meta("thread_sort_index", pid, tid, sort_index=tid)
+        _pass(b, pass_dir, pid, tid, f"{prefix}pass {n}", final, hung, stopped, hung_in, loads)
 
     begin = _num(run.get("started"))
     finish = _num(outcome.get("finished"))
