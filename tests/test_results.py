@@ -214,3 +214,15 @@ def test_a_leak_fails_the_run_only_with_fail_on_leak(target):
     assert exit_code(run_of([outcome(rc=0)], r), RunOptions()) == 0
     assert exit_code(run_of([outcome(rc=0)], r), RunOptions(fail_on_leak=True)) == 1
     assert r.leaks.line() == "1 process(es): _subactor[x@123]"
+
+
+def test_the_probes_file_names_are_the_pass_dirs():
+    """The probe keeps its own literals (it is loaded into the target's pytest, without
+    this package): they are the names PassDir owns."""
+    from tractor_tasks.command import PROBE_DIR
+    from tractor_tasks.rundirs import PassDir
+    src = (PROBE_DIR / "_tractor_tasks_probe.py").read_text()
+    for name in (PassDir.SESSION, PassDir.COLLECTED, PassDir.RESULTS, PassDir.CURRENT,
+                 PassDir.FINISHED):
+        assert f'"{name}"' in src, name
+    assert 'f"stacks-{os.getpid()}.txt"' in src and PassDir.PROBE_STACKS == "stacks-*.txt"

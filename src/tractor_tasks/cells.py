@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TaskError, usage
-from .rundirs import State
+from .rundirs import RunDir, State
 from .status import RunStatus
 from .target import Target
 
@@ -175,10 +175,10 @@ def read_rows(target: Target, invocation: str | None = None,
     for link in sorted(state.path.glob("cells/*/last")):
         run = state.resolve_last(link)  # only a link of ours, to a run dir of ours
         if run is None:
-            if os.path.lexists(link / "outcome.json"):
+            if os.path.lexists(link / RunDir.OUTCOME):
                 warn(f"skipped: {link} does not lead to a run dir inside {state.path}")
             continue
-        path = link / "outcome.json"  # `last` is followed (checked above), outcome.json not
+        path = link / RunDir.OUTCOME  # `last` is followed (checked above), outcome.json not
         if not os.path.lexists(path):
             continue
         try:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .cells import Cell
 from .errors import TaskError
+from .rundirs import RunDir
 
 
 def nox_sessions(shim_dir: Path, root: str | None = None) -> list[dict]:
@@ -112,7 +113,7 @@ def report_dir(directory: Path, *, durations_out: Path | None = None, warn=print
     if durations_out is not None:
         from .fsutil import check_destination
         check_destination(durations_out)  # refused before anything is read or printed
-    outcomes = sorted(directory.rglob("outcome.json"))
+    outcomes = sorted(directory.rglob(RunDir.OUTCOME))
     if not outcomes:
         raise TaskError(f"no outcome.json under {directory}; upload each job's "
                         "`.tractor-tasks/cells/*/last/` as an artifact", 1)

@@ -18,7 +18,7 @@ from .command import ENV_SELECT, pytest_args, run_env, show
 from .errors import TaskError
 from .options import RunOptions
 from .results import Results, read_pass, stable_id
-from .rundirs import RunDir
+from .rundirs import PassDir, RunDir, pass_dirs
 from .scope import ENV_RUN, RunMarker, ScopeView
 from .status import RunStatus, Stop, TestOutcome
 from .supervise import PassOutcome, Signals, keep_tmp_writes, run_pass
@@ -113,7 +113,7 @@ class PassRunner:
             return PassOutcome(number, pass_dir, stop, None, 0.0), read_pass(pass_dir)
         select = None
         if only is not None or skip:
-            select = pass_dir / "select.json"
+            select = PassDir(pass_dir).select
             _write_json(select, {"only": sorted(only) if only is not None else None,
                                  "skip": sorted(skip)})
         private = rundirs.make_private_dir(p.target)
@@ -121,7 +121,7 @@ class PassRunner:
             argv, env = command(p, pass_dir, str(private), select=select,
                                 color=bool(echo and echo.tty), at=at)
             argv += list(extra_args)
-            (pass_dir / "command.txt").write_text(show(argv, env) + "\n")
+            PassDir(pass_dir).command.write_text(show(argv, env) + "\n")
             marker = RunMarker.parse(env[ENV_RUN])
             if echo is not None:
                 echo(f"$ {show(argv, {})}" if number == 1 else
@@ -154,6 +154,10 @@ class PassRunner:
             rundirs.remove_private_dir(private)
         if swept.acted:
             outcome.teardown += [f"sweep: {line}" for line in swept.lines()]
+        if outcome.stop is not Stop.FINISHED:  # what progress and the timeline read
+            _write_json(PassDir(pass_dir).stop, {"stop": outcome.stop.value,
+                                                 "running": outcome.running,
+                                                 "bound": outcome.bound})
         return outcome, read_pass(pass_dir)
 
     def lane(self, *, only, shard: int | None, echo, opts: RunOptions | None = None,
@@ -223,7 +227,7 @@ class PassRunner:
         ids = [t.nodeid for t in results.known_flaky]
         opts = replace(self.p.opts, exitfirst=False, last_failed=False,
                        extra=[a for a in self.p.opts.extra if a not in ("--lf", "--last-failed")])
-        number = len(list(self.run_dir.path.glob("pass-*"))) + 1
+        number = len(pass_dirs(self.run_dir.path)) + 1
         _, log = self.one_pass(number, shard=None, only=set(ids), skip=set(), echo=None,
                                opts=opts)
         lines = [f"retrying {len(ids)} known-flaky failure(s) once (pass {number}):"]

@@ -196,7 +196,7 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
             if others and p.cell is None:
                 out(f"note: another run of this checkout is going ({others[-1].name}); this "
                     f"one keeps its own files in {run_dir.path}")
-            _write_json(run_dir.path / "run.json", {
+            _write_json(run_dir.run_json, {
                 "cell": p.cell.name if p.cell else None, "invocation": p.invocation,
                 "started": time.time(), "pid": os.getpid()})
             if shard_plan is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import TaskError, usage
 from .fsutil import atomic_write, xml_clean
+from .rundirs import PassDir, pass_dirs
 from .status import TestOutcome as O, Verdict
 from .target import FlakyRule, Target, id_glob, under_tests
 
@@ -111,16 +112,17 @@ def _outcome(recs: list[dict]) -> tuple[O | None, dict | None]:
 
 def read_pass(pass_dir: Path) -> PassLog:
     log = PassLog(pass_dir)
-    log.session = _read_json(pass_dir / "session.json", {}) or {}
-    collected = _read_json(pass_dir / "collected.json")
+    files = PassDir(pass_dir)
+    log.session = _read_json(files.session, {}) or {}
+    collected = _read_json(files.collected)
     log.collected = collected if isinstance(collected, list) else None
-    finished = _read_json(pass_dir / "finished.json", {}) or {}
+    finished = _read_json(files.finished, {}) or {}
     log.exitstatus = finished.get("exitstatus") if isinstance(finished, dict) else None
-    current = _read_json(pass_dir / "current", {})
+    current = _read_json(files.current, {})
     if isinstance(current, dict) and current.get("nodeid"):
         log.running = current["nodeid"]
     try:
-        lines = (pass_dir / "results.jsonl").read_text().splitlines()
+        lines = files.results.read_text().splitlines()
     except OSError:
         lines = []
     reports: dict[str, list[dict]] = {}
@@ -145,7 +147,7 @@ def read_pass(pass_dir: Path) -> PassLog:
 
 def current_test(pass_dir: Path) -> tuple[str | None, float | None]:
     """(node id, since) of the test running now, or (None, None) between tests."""
-    data = _read_json(pass_dir / "current", {})
+    data = _read_json(PassDir(pass_dir).current, {})
     if isinstance(data, dict) and data.get("nodeid"):
         return data["nodeid"], float(data.get("since") or 0.0)
     return None, None
@@ -472,8 +474,8 @@ def lastfailed_sources(target: Target, *, session: str | None = None,
         return [(cell.name, lastfailed_path(cell.cache_dir(target)))]
     cache = target.root / ".pytest_cache"
     last = state.last_link()
-    for pass_dir in sorted(last.glob("pass-*")) if last.exists() else []:
-        recorded = _read_json(pass_dir / "session.json", {}) or {}
+    for pass_dir in pass_dirs(last) if last.exists() else []:
+        recorded = _read_json(PassDir(pass_dir).session, {}) or {}
         if isinstance(recorded, dict) and recorded.get("cachedir"):
             cache = Path(recorded["cachedir"])
             break

@@ -260,13 +260,68 @@ class RunDir:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    JUNIT, OUTCOME, RUN, TRACE = "junit.xml", "outcome.json", "run.json", "trace.json"
+
     @property
     def junit(self) -> Path:
-        return self.path / "junit.xml"
+        return self.path / self.JUNIT
 
     @property
     def outcome(self) -> Path:
-        return self.path / "outcome.json"
+        return self.path / self.OUTCOME
+
+    @property
+    def run_json(self) -> Path:
+        return self.path / self.RUN
+
+    def shard_dir(self, k: int) -> Path:
+        return self.path / f"shard-{k}"
+
+
+class PassDir:
+    """One pytest start's dir and the names of its files: the one place they are spelled.
+    The probe writes the first group with its own literals (a test checks they are
+    these), the pass runner and the supervisor the rest."""
+    SESSION, COLLECTED, RESULTS = "session.json", "collected.json", "results.jsonl"
+    CURRENT, FINISHED, PROBE_STACKS = "current", "finished.json", "stacks-*.txt"
+    COMMAND, OUTPUT, SELECT, DUMP = "command.txt", "output.log", "select.json", "stacks.txt"
+    STOP = "stop.json"    # how the pass ended (passes.py): hung, timeout, interrupted
+    SHM_BEFORE, SHM_AFTER = "shm-before.json", "shm.json"   # a run on the host's /dev/shm
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    session = property(lambda self: self.path / self.SESSION)
+    collected = property(lambda self: self.path / self.COLLECTED)
+    results = property(lambda self: self.path / self.RESULTS)
+    current = property(lambda self: self.path / self.CURRENT)
+    finished = property(lambda self: self.path / self.FINISHED)
+    command = property(lambda self: self.path / self.COMMAND)
+    output = property(lambda self: self.path / self.OUTPUT)
+    select = property(lambda self: self.path / self.SELECT)
+    dump = property(lambda self: self.path / self.DUMP)
+    stop = property(lambda self: self.path / self.STOP)
+
+    def probe_stacks(self) -> list[Path]:
+        return sorted(self.path.glob(self.PROBE_STACKS))
+
+    def stopped(self) -> str | None:
+        """How the pass was stopped ("hung", "timeout", "interrupted"), None when pytest
+        ended on its own or the pass is still going."""
+        try:
+            data = json.loads(self.stop.read_text())
+        except (OSError, ValueError):
+            return None
+        return data.get("stop") if isinstance(data, dict) else None
+
+
+def pass_dirs(lane: Path) -> list[Path]:
+    """A lane's `pass-N` dirs (a run dir, a shard's, a verdict phase's), by number."""
+    found = [d for d in lane.glob("pass-*") if d.name[5:].isdigit()]
+    return sorted(found, key=lambda d: int(d.name[5:]))
 
 
 # -- private dirs ---------------------------------------------------------------

@@ -30,8 +30,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .rundirs import PassDir
+
 HOST = Path("/dev/shm")
-BEFORE, AFTER = "shm-before.json", "shm.json"
+BEFORE, AFTER = PassDir.SHM_BEFORE, PassDir.SHM_AFTER
 SLACK = 5.0   # seconds past a killed pass's last write that still count as "during it"
 
 

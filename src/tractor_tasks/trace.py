@@ -23,8 +23,9 @@ import re
 from pathlib import Path
 
 from .results import _outcome, _read_json, stable_id
+from .rundirs import PassDir, RunDir, pass_dirs
 
-FILE = "trace.json"
+FILE = RunDir.TRACE
 RUN_PID = 1
 _CNAME = {"passed": "good", "xpassed": "good", "failed": "bad", "error": "bad",
           "hung": "terrible", "timeout": "terrible", "interrupted": "terrible",
@@ -41,7 +42,7 @@ def _mtime(path: Path) -> float | None:
 
 def _records(pass_dir: Path) -> list[dict]:
     try:
-        lines = (pass_dir / "results.jsonl").read_text(errors="replace").splitlines()
+        lines = PassDir(pass_dir).results.read_text(errors="replace").splitlines()
     except OSError:
         return []
     out = []
@@ -74,17 +75,17 @@ def _lanes(run_dir: Path) -> list[tuple[int, str, int, Path, int]]:
     def number(d: Path) -> int:
         tail = d.name.partition("-")[2]
         return int(tail) if tail.isdigit() else 0
-    out = [(RUN_PID, "", number(d), d, number(d)) for d in run_dir.glob("pass-*") if number(d)]
+    out = [(RUN_PID, "", number(d), d, number(d)) for d in pass_dirs(run_dir)]
     for shard in run_dir.glob("shard-*"):
         k = number(shard)
         if k:
             out += [(RUN_PID + k, f"shard {k}: ", number(d), d, number(d))
-                    for d in shard.glob("pass-*") if number(d)]
+                    for d in pass_dirs(shard)]
     phases = sorted(run_dir.glob("confirm-*"), key=number) + \
         [d for d in (run_dir / "baseline",) if d.is_dir()]
     for k, phase in enumerate(phases, 1):
         out += [(VERDICT_PID, f"{phase.name} ", number(d), d, k * 1000 + number(d))
-                for d in phase.glob("pass-*") if number(d)]
+                for d in pass_dirs(phase)]
     return sorted(out, key=lambda x: (x[0], x[4]))
 
 
@@ -123,8 +124,8 @@ def build(run_dir: Path, results=None) -> dict:
     test's final class and flaky note; without it the outcomes come from the files."""
     run_dir = Path(run_dir)
     b = _Builder()
-    run = _read_json(run_dir / "run.json", {}) or {}
-    outcome = _read_json(run_dir / "outcome.json", {}) or {}
+    run = _read_json(run_dir / RunDir.RUN, {}) or {}
+    outcome = _read_json(run_dir / RunDir.OUTCOME, {}) or {}
     run = run if isinstance(run, dict) else {}
     outcome = outcome if isinstance(outcome, dict) else {}
     hung = {stable_id(n) for n in outcome.get("hung") or () if isinstance(n, str)}
@@ -181,9 +182,9 @@ def _pass(b: _Builder, pass_dir: Path, pid: int, n: int, label: str, final: dict
                     args={"dir": str(pass_dir), "exitstatus": finished})
     if pid in hung_in:
         b.add("i", "resume", start, pid, n, s="t", args={"after": hung_in.pop(pid), "pass": n})
-    dump = _mtime(pass_dir / "stacks.txt")
+    dump = _mtime(PassDir(pass_dir).dump)
     if dump is not None:
-        b.add("i", "dump", dump, pid, n, s="t", args={"file": str(pass_dir / "stacks.txt")})
+        b.add("i", "dump", dump, pid, n, s="t", args={"file": str(PassDir(pass_dir).dump)})
     by_test: dict[str, list[dict]] = {}
     for rec in recs:
         by_test.setdefault(rec["nodeid"], []).append(rec)
@@ -203,7 +204,7 @@ def _pass(b: _Builder, pass_dir: Path, pid: int, n: int, label: str, final: dict
         t = t if t is not None and t.where == label else None
         what = (t.outcome.value if t is not None else
                 "hung" if stable_id(cut) in hung else stopped)
-        since = _num((_read_json(pass_dir / "current", {}) or {}).get("since")) or start
+        since = _num((_read_json(PassDir(pass_dir).current, {}) or {}).get("since")) or start
         stop = dump if dump is not None else end
         _test(b, cut, what, since, stop, pid, n, final, label)
         whole["args"]["stopped"] = what
@@ -221,14 +222,14 @@ def _pass(b: _Builder, pass_dir: Path, pid: int, n: int, label: str, final: dict
 def _pass_span(pass_dir: Path, recs: list[dict]) -> tuple[float | None, float, int | None]:
     """(start, end, pytest's exit status) of a pass: from the command file written
     just before the launch to the last file the pass wrote."""
-    session = _read_json(pass_dir / "session.json", {}) or {}
-    finished = _read_json(pass_dir / "finished.json", {}) or {}
-    starts = [t for t in (_mtime(pass_dir / "command.txt"),
+    session = _read_json(PassDir(pass_dir).session, {}) or {}
+    finished = _read_json(PassDir(pass_dir).finished, {}) or {}
+    starts = [t for t in (_mtime(PassDir(pass_dir).command),
                           _num(session.get("started")) if isinstance(session, dict) else None)
               if t is not None]
     ends = [t for t in (_mtime(pass_dir / name) for name in
-                        ("output.log", "finished.json", "results.jsonl", "current",
-                         "stacks.txt", "session.json")) if t is not None]
+                        (PassDir.OUTPUT, PassDir.FINISHED, PassDir.RESULTS, PassDir.CURRENT,
+                         PassDir.DUMP, PassDir.SESSION)) if t is not None]
     ends += [float(r["at"]) for r in recs]
     if not starts and not ends:
         return None, 0.0, None
@@ -240,7 +241,7 @@ def _pass_span(pass_dir: Path, recs: list[dict]) -> tuple[float | None, float, i
 def _cut_off(pass_dir: Path) -> str | None:
     """The test a stop cut off: still running when the pass ended (pytest may have
     finished its session after an interrupt, never that test)."""
-    current = _read_json(pass_dir / "current", {})
+    current = _read_json(PassDir(pass_dir).current, {})
     if isinstance(current, dict) and isinstance(current.get("nodeid"), str):
         return current["nodeid"]
     return None
