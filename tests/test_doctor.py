@@ -109,3 +109,12 @@ def test_doctor_import_failure_is_reported_and_collection_not_run(tmp_path):
     assert by["import"][0]["status"] == "FAIL"
     assert "ModuleNotFoundError" in by["import"][0]["detail"]
     assert by["collection"][0]["status"] == "skip"
+
+
+def test_doctor_fix_makes_a_missing_venv_and_checks_again(tmp_path):
+    """The fix policy's venv half for real (test_report.py has its pure decisions)."""
+    root = copy_sample(tmp_path / "s")
+    out = invoke("doctor", "--fix", "--no-collect", "--python", "3.11", root=root, timeout=600)
+    assert "venv py311: created" in out.stdout, out.stdout + out.stderr
+    assert (root / "py311" / "bin" / "python").exists()
+    assert out.returncode == 0, out.stdout + out.stderr
