@@ -61,8 +61,9 @@ def test_the_exact_session_name_runs_one_cell_and_reports(matrix_repo, tmp_path)
     assert f"cache_dir={d / 'pytest-cache'}" in command and "XDG_RUNTIME_DIR=" in command
     table = out.stdout.splitlines()
     header = next(i for i, line in enumerate(table) if line.startswith("cell "))
-    assert table[header].split() == ["cell", "status", "passed", "failed", "known-flaky",
-                                     "hung", "skipped", "leaked", "duration"]
+    assert table[header].split() == ["cell", "status", "passed", "failed", "pre-existing",
+                                     "flaky", "known-flaky", "hung", "skipped", "leaked",
+                                     "duration"]
     assert table[header + 1].startswith(TCP) and " passed " in table[header + 1]
     md = summary.read_text()
     assert "| cell | status |" in md and TCP in md
@@ -106,6 +107,23 @@ def test_a_missing_minor_skips_locally_and_fails_under_ci(matrix_repo):
     assert ci.returncode != 0
     assert "no Python 3.99 interpreter" in ci.stderr
     assert not (matrix_repo / "py399").exists()
+    # the skipped cell is in the matrix table, with why
+    rec = json.loads((cell_dir(matrix_repo, "tests-3.99-trio-tcp") / "last" / "outcome.json")
+                     .read_text())
+    assert rec["status"] == "skipped" and "no Python 3.99" in rec["note"]
+    report = invoke("report", root=matrix_repo)
+    assert any(line.startswith("tests-3.99(tpt='tcp')") and " skipped " in line
+               for line in report.stdout.splitlines()), report.stdout
+
+
+def test_a_cell_that_errors_before_running_is_in_the_matrix_table(matrix_repo):
+    out = nox("-s", UDS, "--", "--cell-timeout", "nan", root=matrix_repo)
+    assert out.returncode != 0
+    rec = json.loads((cell_dir(matrix_repo, "tests-3.11-trio-uds") / "last" / "outcome.json")
+                     .read_text())
+    assert rec["status"] == "error" and rec["code"] == 2 and "--cell-timeout" in rec["note"]
+    report = invoke("report", root=matrix_repo)
+    assert any(line.startswith(UDS) and " error " in line for line in report.stdout.splitlines())
 
 
 def test_parallel_cells_give_the_same_results_as_serial(matrix_repo):

@@ -76,17 +76,22 @@ def run_cell(session, target: Target, cell: Cell) -> None:
     from .output import Output
     from .pipeline import execute, plan
 
+    from .pipeline import record_unrun
+    invocation = os.environ.get(ENV_INVOCATION)
     if find_python(cell.minor) is None:
-        raise _missing_interpreter(cell.minor)
+        missing = _missing_interpreter(cell.minor)
+        record_unrun(target, cell, RunStatus.SKIPPED, 0, str(missing), invocation)
+        raise missing
     worker = nox_args().worker
     try:
         opts = cell_options(list(session.posargs))
         words = target.smoke if cell.kind == "smoke" else ()
-        p = plan(target, words, opts, cell=cell, invocation=os.environ.get(ENV_INVOCATION))
+        p = plan(target, words, opts, cell=cell, invocation=invocation)
         _follow_parent()
         out = Output()
         result = execute(p, out=out) if not worker else _quiet(p, out)
     except TaskError as err:
+        record_unrun(target, cell, RunStatus.ERROR, err.code, str(err), invocation)
         session.error(str(err))
     if result.status is RunStatus.INTERRUPTED:
         raise KeyboardInterrupt

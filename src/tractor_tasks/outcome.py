@@ -58,6 +58,7 @@ class Outcome:
     hung: list[str] = field(default_factory=list)
     not_run: list[str] = field(default_factory=list)
     leaks: dict = field(default_factory=dict)
+    note: str = ""      # why a cell that never ran (error, skipped) did not
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -89,7 +90,8 @@ class Outcome:
 _TYPES = {"code": int, "seconds": (int, float), "finished": (int, float), "passes": int,
           "shards": int, "counts": dict, "verdicts": dict, "verdict": dict, "hung": list,
           "not_run": list, "leaks": dict, "status": str}
-_OPTIONAL_STR = ("cell", "minor", "tpt", "spawn", "invocation", "containment", "shard")
+_OPTIONAL_STR = ("cell", "minor", "tpt", "spawn", "invocation", "containment", "shard",
+                 "note")
 
 
 def _type_ok(name: str, value) -> bool:

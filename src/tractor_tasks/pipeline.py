@@ -330,3 +330,26 @@ def _record_history(p: Plan, result: RunResult, out) -> None:
         out(f"note: the results history was not updated: {err}")
     except Exception as err:  # noqa: BLE001 - the history must never cost the run its end
         out(f"note: the results history was not updated ({type(err).__name__}: {err})")
+
+
+def record_unrun(target: Target, cell: Cell, status: RunStatus, code: int, why: str,
+                 invocation: str | None = None) -> Path | None:
+    """A cell that errored before running, or was skipped (its minor is missing), still
+    gets a run dir whose outcome.json says so: the matrix table shows it. Best effort:
+    when the state dir itself is the problem, nothing is written."""
+    from .outcome import Outcome
+    try:
+        run_dir = State(target).new_run(cell.slug)
+    except TaskError:
+        return None
+    try:
+        _write_json(run_dir.run_json, {"cell": cell.name, "invocation": invocation,
+                                       "started": time.time(), "pid": os.getpid()})
+        _write_json(run_dir.outcome, Outcome(
+            status=status.value, code=code, cell=cell.name, minor=cell.minor, tpt=cell.tpt,
+            spawn=cell.spawn, invocation=invocation, note=why).to_json())
+        return run_dir.path
+    except (TaskError, OSError):
+        return None
+    finally:
+        run_dir.close()
