@@ -286,7 +286,7 @@ def finish(p: Plan, result: RunResult, run_dir: RunDir, out) -> None:
 
 def _record_history(p: Plan, result: RunResult, out) -> None:
     try:
-        from .history import History, RunRow, TestRow
+        from .history import History, RunRow, TestRow, machine_freq
         from .selection import head_commit
         results = result.results
         load = os.getloadavg()[0] / (os.cpu_count() or 1)
@@ -298,9 +298,9 @@ def _record_history(p: Plan, result: RunResult, out) -> None:
                      spawn=p.opts.spawn or (p.cell.spawn if p.cell else "")
                      or p.target.default_spawn_backend,
                      commit=head_commit(p.target.root), load=round(load, 2),
-                     host=os.uname().nodename)
+                     host=os.uname().nodename, cores=os.cpu_count(), freq=machine_freq())
         tests = [TestRow(key, t.outcome.value, round(t.duration, 3),
-                         "known" if t.flaky else "", t.signature)
+                         "known" if t.flaky else "", t.signature, cpu=t.cpu, rss=t.rss)
                  for key, t in results.tests.items()]
         History(State(p.target).history, warn=out).record(row, tests)
     except TaskError as err:

@@ -218,6 +218,44 @@ def dump_stacks(procs: list[Proc], pass_dir: Path, tmp: Path | None = None
 
 # -- one pass -------------------------------------------------------------------
 
+class TreeCost:
+    """What the run's live processes cost, sampled while pytest runs and put on the test
+    running at each sample: CPU seconds (each process's own, by delta since it was last
+    seen: subactors pytest has not reaped yet, which its rusage cannot count) and the peak
+    of the tree's summed RSS. Written to `tree-costs.json` in the pass's dir."""
+
+    def __init__(self):
+        self.last: dict[tuple[int, float], float] = {}
+        self.tests: dict[str, dict] = {}
+
+    def sample(self, members: list[psutil.Process], nodeid: str | None) -> None:
+        cpu, rss, now = 0.0, 0, {}
+        for proc in members:
+            try:
+                with proc.oneshot():
+                    key = (proc.pid, proc.create_time())
+                    t = proc.cpu_times()
+                    own = t.user + t.system
+                    rss += proc.memory_info().rss
+            except psutil.Error:
+                continue
+            now[key] = own
+            cpu += max(own - self.last.get(key, 0.0), 0.0)
+        self.last = now
+        if nodeid:
+            rec = self.tests.setdefault(nodeid, {"cpu": 0.0, "rss": 0})
+            rec["cpu"] += cpu
+            rec["rss"] = max(rec["rss"], rss)
+
+    def write(self, pass_dir: Path) -> None:
+        import json
+        data = {k: {"cpu": round(v["cpu"], 3), "rss": v["rss"]} for k, v in self.tests.items()}
+        try:
+            (pass_dir / "tree-costs.json").write_text(json.dumps(data))
+        except OSError:
+            pass
+
+
 def _procs(members: list[psutil.Process]) -> list[Proc]:
     return [p for p in map(Proc.of, members) if p is not None]
 
@@ -309,9 +347,25 @@ def run_pass(argv: list[str], *, number: int, cwd: Path, env: dict[str, str], pa
 
 def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, test_bound,
            signals, pass_dir, private, bindspace, grace, on_event, leftovers) -> None:
+    costs = TreeCost()
+
     def look():
-        for p in _procs(run.members()):
+        members = run.members()
+        for p in _procs(members):
             seen.setdefault((p.pid, p.create_time), p)
+        costs.sample(members, current_test(pass_dir)[0])
+
+    try:
+        _watch_loop(run, outcome, look, t0=t0, deadline=deadline, test_bound=test_bound,
+                    signals=signals, pass_dir=pass_dir, private=private, bindspace=bindspace,
+                    grace=grace, on_event=on_event, leftovers=leftovers, seen=seen)
+    finally:
+        costs.write(pass_dir)
+
+
+def _watch_loop(run: Launched, outcome: PassOutcome, look, *, t0, deadline, test_bound,
+                signals, pass_dir, private, bindspace, grace, on_event, leftovers, seen
+                ) -> None:
 
     next_look = 0.0
     while True:
