@@ -227,8 +227,15 @@ class TreeCost:
     def __init__(self):
         self.last: dict[tuple[int, float], float] = {}
         self.tests: dict[str, dict] = {}
+        self.prev: tuple[str | None, float] = (None, 0.0)   # (test, time) at the last sample
 
     def sample(self, members: list[psutil.Process], nodeid: str | None) -> None:
+        """CPU between two samples counts for a test only when it ran at both (a boundary
+        interval is left to the probe's exact getrusage); a process first seen counts from
+        zero only when it started after the last sample (pytest's own import time does
+        not land on its first test)."""
+        stamp = time.time()
+        prev_node, prev_time = self.prev
         cpu, rss, now = 0.0, 0, {}
         for proc in members:
             try:
@@ -240,11 +247,14 @@ class TreeCost:
             except psutil.Error:
                 continue
             now[key] = own
-            cpu += max(own - self.last.get(key, 0.0), 0.0)
+            base = self.last.get(key, 0.0 if key[1] >= prev_time else own)
+            cpu += max(own - base, 0.0)
         self.last = now
+        self.prev = (nodeid, stamp)
         if nodeid:
             rec = self.tests.setdefault(nodeid, {"cpu": 0.0, "rss": 0})
-            rec["cpu"] += cpu
+            if nodeid == prev_node:
+                rec["cpu"] += cpu
             rec["rss"] = max(rec["rss"], rss)
 
     def write(self, pass_dir: Path) -> None:

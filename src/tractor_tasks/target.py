@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import usage
+from .schedule import DEFAULT_TARGET
 
 ENV_ROOT = "TRACTOR_TASKS_ROOT"
 ENV_REGISTRY_PORT = "TRACTOR_TASKS_REGISTRY_PORT"
@@ -86,6 +87,8 @@ _BOUND = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
           and math.isfinite(v) and v >= 0, "0 (off) or a positive number of seconds")
 _NONEMPTY = (lambda v: isinstance(v, list) and len(v) > 0
              and all(isinstance(x, str) and x for x in v), "a non-empty list of strings")
+_UTIL = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 2,
+         "a share of the cores above 0, at most 2 (e.g. 0.75)")
 _FLAG = (lambda v: isinstance(v, str), "a pytest flag string (\"\" for none)")
 
 
@@ -112,7 +115,16 @@ class Target:
     timeout_test: float = 120.0
     test_timeouts: dict[str, float] = field(default_factory=dict)  # id glob -> seconds
     stackscope_flag: str = "--enable-stackscope"
+    heavy: tuple[str, ...] = ()          # module globs that always run alone (-n)
+    parallel_target_util: float = DEFAULT_TARGET   # -n admits up to cores x this of CPU
     config_file: Path | None = None
+
+    def is_heavy(self, module: str) -> bool:
+        """The config marks this module (a node id's file part) heavy: `heavy` globs, as
+        the module path or relative to the tests dir."""
+        prefix = self.tests_dir.rstrip("/") + "/"
+        rel = module[len(prefix):] if module.startswith(prefix) else module
+        return any(_id_glob(g).match(rel) or _id_glob(g).match(module) for g in self.heavy)
 
     def test_bound(self, nodeid: str, override: float | None = None) -> float | None:
         """The per-test bound for one test (None: off): `--test-timeout`, else the
@@ -267,7 +279,7 @@ _SIMPLE_KEYS = {
     "pythons": _NONEMPTY, "bindspace": _STR, "process_markers": _STRS,
     "capsys_backends": _STRS, "smoke": _STRS, "affected_fallback": _STRS,
     "timeout_full": _SECONDS, "timeout_file": _SECONDS, "timeout_test": _BOUND,
-    "stackscope_flag": _FLAG,
+    "stackscope_flag": _FLAG, "heavy": _STRS, "parallel_target_util": _UTIL,
 }
 ALLOWED_KEYS = tuple(sorted((*_SIMPLE_KEYS, "affected", "flaky", "test_timeouts")))
 
