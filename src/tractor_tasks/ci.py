@@ -76,6 +76,36 @@ def merge_outcomes(paths: list[Path], warn=lambda line: None):
     return out
 
 
+def shard_walls(paths: list[Path]) -> list[str]:
+    """Per sharded cell, one line: each job's real wall (and its plan's prediction, from
+    the shard.json beside its outcome.json), and the imbalance max/mean of the walls (1.00
+    is a perfect split; the cell's wall is its slowest job)."""
+    cells: dict[str, list[tuple[str, float, float | None]]] = {}
+    for path in sorted(paths):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(rec, dict) or not rec.get("shard"):
+            continue
+        try:
+            planned = json.loads(path.with_name("shard.json").read_text()).get("predicted")
+        except (OSError, ValueError, AttributeError):
+            planned = None
+        cells.setdefault(rec.get("cell") or "?", []).append(
+            (rec["shard"], float(rec.get("seconds") or 0.0), planned))
+    lines = []
+    for cell, jobs in sorted(cells.items()):
+        jobs.sort(key=lambda j: int(str(j[0]).split("/")[0]))
+        walls = [w for _, w, _ in jobs]
+        mean = sum(walls) / len(walls)
+        parts = [f"{shard} {wall:.0f}s" + (f" (predicted {planned:.0f}s)" if planned else "")
+                 for shard, wall, planned in jobs]
+        lines.append(f"{cell}: " + ", ".join(parts)
+                     + f"; imbalance {max(walls) / mean if mean else 1.0:.2f} (max/mean)")
+    return lines
+
+
 def report_dir(directory: Path, *, durations_out: Path | None = None, warn=print) -> list:
     """The final CI job: the jobs' artifacts (each a cell's `last/` dir with outcome.json
     and junit.xml) -> the matrix rows; optionally a durations file from their JUnit."""

@@ -319,16 +319,22 @@ def flaky(c, min_runs=None, junit=None, cell=None, root=None):
              "durations_out": "also write a durations file for the next sharded run",
              "root": ROOT_HELP})
 def ci_report(c, directory, durations_out=None, root=None):
-    """CI's last job: the jobs' outcomes, shards added up, as the matrix table.
+    """CI's last job: the jobs' outcomes, shards added up, as the matrix table; then each
+    sharded cell's wall per job (with its plan's prediction) and the imbalance max/mean.
 
     Also appended to $GITHUB_STEP_SUMMARY when set."""
     import os
 
     from .cells import table_markdown, table_text
-    from .ci import report_dir
+    from .ci import report_dir, shard_walls
     rows = report_dir(Path(directory), warn=print,
                       durations_out=Path(durations_out) if durations_out else None)
     print(table_text(rows))
+    walls = shard_walls(sorted(Path(directory).rglob("outcome.json")))
+    if walls:
+        print("shards (wall per job):")
+        for line in walls:
+            print(f"  {line}")
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a") as f:

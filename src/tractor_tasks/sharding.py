@@ -275,6 +275,7 @@ def run_shards(ctx: PassRunner, plan: ShardPlan, *, lane_fn=None) -> RunResult:
         raise next(lane.error for lane in lanes if lane.error)
     merged = _merge(ctx, plan, lanes, notes)
     attribute(merged, lanes, parallel=plan.workers > 1)
+    _write_contention(ctx, merged)
     busy: dict[int, list[Lane]] = {}
     for lane in lanes:
         busy.setdefault(lane.worker, []).append(lane)
@@ -287,6 +288,9 @@ def run_shards(ctx: PassRunner, plan: ShardPlan, *, lane_fn=None) -> RunResult:
     notes += [f"not run: {line}" for line in lost]
     notes += _too_slow(merged, plan.workers)
     passes = [o for lane in lanes if lane.result for o in lane.result.passes]
+    # a pass whose pytest died goes last: the exit code reads the last finished pass's
+    # status, as it would in a serial run that died there
+    passes.sort(key=lambda o: o.stop is Stop.FINISHED and (o.returncode or 0) < 0)
     status = RunStatus.decide((o.stop for o in passes), 0)
     return RunResult(0, status, merged, passes=passes, notes=notes, shards=plan.workers)
 
@@ -385,6 +389,18 @@ def attribute(results: Results, lanes: list[Lane], *, parallel: bool) -> None:
         start, stop = window
         t.alongside = sorted({k for n, k, a, b in spans
                               if (lane is None or n != lane.number) and a < stop and start < b})
+
+
+def _write_contention(ctx: PassRunner, results: Results) -> None:
+    """contention.json: per failure of the run, what `attribute` recorded (parallel,
+    alongside, load, cpu, window), for people and for re-reading after the run."""
+    data = {k: {"parallel": t.parallel, "alongside": t.alongside, "load": t.load,
+                "cpu": t.cpu, "window": t.window}
+            for k, t in results.tests.items() if t.outcome.bad}
+    path = ctx.run_dir.path / "contention.json"
+    tmp = path.with_name(".contention.json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
 
 
 def _write_units(ctx: PassRunner, lanes: list[Lane]) -> None:
