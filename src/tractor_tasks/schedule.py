@@ -31,9 +31,10 @@ from typing import Callable, Iterable
 
 ALONE_RATE = 0.9        # "about a core or more": such a unit runs alone
 # cores x this is the CPU the admitted units may use together. Measured on the bundled
-# sample (bench/shards.py, 2 cores): its modules use 0.15-0.6 of a core each; 0.75 lets
-# the light ones pair up and keeps a quarter of the machine for the timers and IPC
-# wake-ups that tractor's deadline tests depend on.
+# sample (2 cores, history of a serial run): the light modules use 0.55-0.65 of a core
+# (test_rpc.py, devx/test_debugger.py), the actor-spawning ones about 1.0 (they run
+# alone). 0.75 x 2 = 1.5 cores lets two light ones pair (1.2) but not three, and keeps
+# a quarter of the machine for the timers and IPC wake-ups deadline tests depend on.
 DEFAULT_TARGET = 0.75
 
 
