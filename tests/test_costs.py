@@ -145,3 +145,23 @@ def test_read_pass_takes_the_probe_and_the_supervisor_costs(tmp_path):
     a, b = log.tests["t.py::a"], log.tests["t.py::b"]
     assert (a.cpu, a.rss, a.window, a.load) == (0.5, 1000, (10.0, 11.0), 1.5)
     assert (b.cpu, b.rss, b.window) == (3.0, 9000, (11.0, 13.0))
+
+
+def test_a_v1_file_without_costs_still_plans(tmp_path):
+    """Both plans from an old file: the CI shards balance on its durations, and the
+    local queue runs its (unmeasured) modules alone, every test once."""
+    from tractor_tasks.schedule import simulate
+    from tractor_tasks.shard_plan import plan
+    from tractor_tasks.sharding import make_units
+    from tractor_tasks.target import Target
+    ids = [f"tests/test_{m}.py::t{k}" for m in "abcd" for k in range(3)]
+    path = tmp_path / "h.db"
+    v1_file(path, [(i, 1.0 + "abcd".index(i[11])) for i in ids])
+    found = History(path).test_costs(minor="3.13", tpt="tcp")
+    shards = plan(ids, {k: c.wall for k, c in found.items()}, 2)
+    assert sorted(t for s in shards for t in s) == sorted(ids) and len(shards) == 2
+    units = make_units(ids, found, Target(tmp_path))
+    assert [u.alone for u in units] == [True] * 4
+    slots = simulate(units, workers=2, cores=2)
+    assert sorted(s.unit for s in slots) == sorted(u.name for u in units)
+    assert all(a.end <= b.start for a, b in zip(slots, slots[1:]))  # one at a time
