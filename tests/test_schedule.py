@@ -123,3 +123,13 @@ def test_auto_workers_from_the_cores_and_the_rates():
 def test_bad_worker_count():
     with pytest.raises(ValueError):
         Scheduler([], workers=0, cores=2)
+
+
+def test_load_already_on_the_machine_comes_off_the_budget():
+    light = [U(f"tests/test_{k}.py", 10, 0.4) for k in range(4)]
+    free = simulate(light, workers=4, cores=2, target=0.8)
+    assert max(sum(1 for x in free if x.start <= s.start < x.end) for s in free) == 4
+    sched = Scheduler(light, workers=4, cores=2, target=0.8, reserved=1.0, clock=lambda: 0.0)
+    assert sched.budget == pytest.approx(0.6)
+    assert len(sched.admit()) == 1  # 0.4 + 0.4 > 0.6: one at a time
+    assert "load not ours" in sched.status()

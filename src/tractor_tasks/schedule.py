@@ -16,7 +16,9 @@ may be marked heavy in the config. Admission by predicted CPU demand:
   cores x target utilization; units that do not fit are passed over for smaller
   ones behind them (backfill), but a head unit passed over `patience` times stops
   the backfill until it fits (no starvation);
-- with nothing running the head always starts (progress is guaranteed).
+- with nothing running the head always starts (progress is guaranteed);
+- `reserved` (the load the machine already had when the run started: other work)
+  comes off the budget, so a busy machine gets fewer units at once.
 
 `Scheduler` holds the state and takes a clock (seconds; tests give a fake one);
 `simulate` plays a whole run on predicted walls with a fake clock.
@@ -77,13 +79,14 @@ class Running:
 class Scheduler:
     def __init__(self, units: Iterable[Unit], *, workers: int, cores: float,
                  target: float = DEFAULT_TARGET, clock: Callable[[], float] = time.monotonic,
-                 patience: int | None = None):
+                 patience: int | None = None, reserved: float = 0.0):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, not {workers!r}")
         self.queue: list[Unit] = order(units)
         self.workers = workers
         self.cores = float(cores)
         self.target = float(target)
+        self.reserved = max(float(reserved), 0.0)   # CPU others use already (their load)
         self.clock = clock
         self.running: dict[int, Running] = {}
         self.patience = 2 * workers if patience is None else patience
@@ -92,7 +95,8 @@ class Scheduler:
 
     @property
     def budget(self) -> float:
-        return self.cores * self.target
+        """cores x target, less what the machine was already busy with."""
+        return max(self.cores * self.target - self.reserved, 0.0)
 
     def load(self) -> float:
         """The admitted CPU demand of what runs now."""
@@ -155,7 +159,8 @@ class Scheduler:
         """One line: the admitted load against the budget, what runs, what waits."""
         now = self.clock()
         parts = [f"admitted {self.load():.2f} of {self.budget:.2f} cores "
-                 f"({self.cores:g} x {self.target:g})"]
+                 f"({self.cores:g} x {self.target:g}"
+                 + (f" - {self.reserved:.1f} load not ours" if self.reserved else "") + ")"]
         waiting = len(self.queue)
         if waiting:
             parts.append(f"{waiting} unit(s) waiting")

@@ -1,6 +1,9 @@
-"""Duration-balanced shards: split a selection into groups that take about as long.
+"""Duration-balanced shards (CI's `--shard I/N`): split a selection into groups that take
+about as long, heavy modules kept apart.
 
-Greedy longest-first onto the lightest shard (LPT). Its guarantee, used by the tests:
+Greedy longest-first onto the lightest shard (LPT), heavy groups placed first, one per
+shard while a shard without one exists. Without heavy groups its guarantee, used by the
+tests:
 the heaviest shard exceeds the lightest by at most the smallest group placed on the
 heaviest one, and is within 4/3 of the best possible split. Every tie is broken by
 name or index, so the same input always gives the same shards.

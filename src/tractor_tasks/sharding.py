@@ -219,13 +219,17 @@ def run_shards(ctx: PassRunner, plan: ShardPlan, *, lane_fn=None) -> RunResult:
     p, out = ctx.p, ctx.out
     if plan.stopped is not None:
         return _stopped(plan, ctx)
-    lane_fn = lane_fn or (lambda c, tests, number: c.lane(only=set(tests), shard=number,
-                                                          echo=None))
+    lane_fn = lane_fn or _real_lane(plan)
     cores = os.cpu_count() or 1
     target = p.target.parallel_target_util
-    sched = schedule.Scheduler(plan.units, workers=plan.workers, cores=cores, target=target)
+    reserved = busy_elsewhere(cores)
+    sched = schedule.Scheduler(plan.units, workers=plan.workers, cores=cores, target=target,
+                               reserved=reserved)
     for line in schedule.Plan(plan.units, plan.workers).lines(cores, target):
         out(line)
+    if reserved:
+        out(f"parallel: the machine is already busy (load {reserved:.1f} not ours): the "
+            f"budget is {sched.budget:.2f} cores")
     lanes: list[Lane] = []
     threads: dict[int, tuple[threading.Thread, Lane]] = {}
     notes: list[str] = []
@@ -293,6 +297,38 @@ def run_shards(ctx: PassRunner, plan: ShardPlan, *, lane_fn=None) -> RunResult:
     passes.sort(key=lambda o: o.stop is Stop.FINISHED and (o.returncode or 0) < 0)
     status = RunStatus.decide((o.stop for o in passes), 0)
     return RunResult(0, status, merged, passes=passes, notes=notes, shards=plan.workers)
+
+
+def busy_elsewhere(cores: int) -> float:
+    """The 1-min load the machine has before our workers start (other work: another
+    run, a build), rounded down to tenths; 0 below a tenth of a core."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return 0.0
+    load = min(load, float(cores))
+    return 0.0 if load < 0.1 else int(load * 10) / 10
+
+
+def _real_lane(plan: ShardPlan):
+    """A unit's lane: its passes collect only the unit's module files (pytest would
+    otherwise import every test module of the selection to run one: on the sample that
+    was most of a lane's start), then select its tests as any pass does."""
+    session = {}
+    try:
+        session = json.loads((plan.collect_dir / "session.json").read_text())
+    except (OSError, ValueError, TypeError):
+        pass
+    rootdir = Path(session["rootdir"]) if isinstance(session, dict) and \
+        session.get("rootdir") else None
+
+    def lane(ctx: PassRunner, tests, number: int) -> RunResult:
+        files = sorted({planner.module_of(t) for t in tests})
+        if rootdir is not None and all((rootdir / f).is_file() for f in files):
+            ctx = PassRunner(replace(ctx.p, paths=[str(rootdir / f) for f in files]),
+                             ctx.run_dir, ctx.signals, ctx.deadline, ctx.out)
+        return ctx.lane(only=set(tests), shard=number, echo=None)
+    return lane
 
 
 def _after(ctx: PassRunner, sched: schedule.Scheduler, lane: Lane, again: set[str],
