@@ -95,6 +95,7 @@ def test_ci_jobs_split_a_cell_and_the_report_adds_them_up(repo, tmp_path):
         out = nox("-s", row["session"], "--", "--shard", f"{row['shard']}/{row['of']}",
                   root=repo, timeout=600)
         assert out.returncode == 0, out.stdout + out.stderr
+        assert f"shard {row['shard']}/2: predicted ~" in out.stdout + out.stderr
         run = last_run(repo, "tests-3.11-trio-tcp")
         job = artifacts / f"shard-{row['shard']}"
         job.mkdir(parents=True)
@@ -109,5 +110,6 @@ def test_ci_jobs_split_a_cell_and_the_report_adds_them_up(repo, tmp_path):
     row = next(line.split() for line in report.stdout.splitlines()
                if line.startswith("tests-3.11(tpt='tcp')"))
     assert int(row[2]) == len(ran[0] | ran[1]) - int(row[6])  # passed = all - skipped
+    assert "shards (wall per job):" in report.stdout and "imbalance" in report.stdout
     durations = json.loads((tmp_path / "d.json").read_text())["durations"]
     assert len(durations) >= len(ran[0] | ran[1]) - int(row[6])

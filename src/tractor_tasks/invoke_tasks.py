@@ -348,10 +348,11 @@ def ci_report(c, directory, durations_out=None, root=None):
              "spawn": "only this spawn backend", "root": ROOT_HELP})
 def durations(c, out=".tractor-tasks-durations.json", python=None, tpt=None, spawn=None,
               root=None):
-    """Write recorded test durations to a small JSON file (for CI shards).
+    """Write recorded test durations and costs to a small JSON file (for CI shards).
 
-    The median of recent runs per test; commit the file so CI jobs balance their shards
-    without a history of their own."""
+    The median of recent runs per test (wall; CPU seconds and peak RSS where measured);
+    commit the file so CI jobs balance their shards, heavy modules apart, without a
+    history of their own."""
     from .command import check_names
     from .history import History
     from .interpreters import check_minor
