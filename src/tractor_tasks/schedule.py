@@ -17,7 +17,7 @@ may be marked heavy in the config. Admission by predicted CPU demand:
   ones behind them (backfill), but a head unit passed over `patience` times stops
   the backfill until it fits (no starvation);
 - with nothing running the head always starts (progress is guaranteed);
-- `reserved` (the load the machine already had when the run started: other work)
+- `reserved` (the CPUs other work kept busy when the run started)
   comes off the budget, so a busy machine gets fewer units at once.
 
 `Scheduler` holds the state and takes a clock (seconds; tests give a fake one);

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -228,8 +229,8 @@ def run_shards(ctx: PassRunner, plan: ShardPlan, *, lane_fn=None) -> RunResult:
     for line in schedule.Plan(plan.units, plan.workers).lines(cores, target):
         out(line)
     if reserved:
-        out(f"parallel: the machine is already busy (load {reserved:.1f} not ours): the "
-            f"budget is {sched.budget:.2f} cores")
+        out(f"parallel: the machine is already busy ({reserved:g} runnable task(s) not "
+            f"ours): the budget is {sched.budget:.2f} cores")
     lanes: list[Lane] = []
     threads: dict[int, tuple[threading.Thread, Lane]] = {}
     notes: list[str] = []
@@ -299,15 +300,21 @@ def run_shards(ctx: PassRunner, plan: ShardPlan, *, lane_fn=None) -> RunResult:
     return RunResult(0, status, merged, passes=passes, notes=notes, shards=plan.workers)
 
 
-def busy_elsewhere(cores: int) -> float:
-    """The 1-min load the machine has before our workers start (other work: another
-    run, a build), rounded down to tenths; 0 below a tenth of a core."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return 0.0
-    load = min(load, float(cores))
-    return 0.0 if load < 0.1 else int(load * 10) / 10
+def busy_elsewhere(cores: int, samples: int = 5) -> float:
+    """What else keeps the CPUs busy right before our workers start: the kernel's count
+    of runnable tasks (/proc/loadavg's 4th field) less ourselves, the median of a few
+    samples 0.1 s apart, at most the cores. Not the 1-min load average: that still
+    carries a run that just ended (a serial run right before, say) for a minute."""
+    seen = []
+    for k in range(samples):
+        try:
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        seen.append(max(running - 1, 0))
+        if k + 1 < samples:
+            time.sleep(0.1)
+    return float(min(statistics.median(seen), cores))
 
 
 def _real_lane(plan: ShardPlan):
