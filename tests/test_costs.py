@@ -1,5 +1,5 @@
-"""Per-test costs in the history: schema 2 (cpu, rss, verdict per result; cores and freq
-per run), the migration of a version-1 file in place, per-unit predictions, and the
+"""Per-test costs in the history: schema 3 (cpu, rss per result; cores and freq per run),
+the migration of version-1 and version-2 files in place, per-unit predictions, and the
 durations file carrying costs (the version-1 shape still loads)."""
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ V1_SCHEMA = (
 )
 
 
-def v1_file(path, rows):
-    """A history file of schema version 1, with (nodeid, duration) rows of one run."""
+def v1_file(path, rows, version=1):
+    """A history file of schema version 1 (or 2: plus the verdict's columns), with
+    (nodeid, duration) rows of one run."""
     con = sqlite3.connect(path)
     for stmt in V1_SCHEMA:
         con.execute(stmt)
@@ -43,18 +44,22 @@ def v1_file(path, rows):
                 "NULL, 0.5, 'box')")
     con.executemany("INSERT INTO results (run_id, nodeid, minor, tpt, spawn, started, outcome, "
                     "duration) VALUES ('r1', ?, '3.13', 'tcp', 'trio', 1.0, 'passed', ?)", rows)
-    con.execute("PRAGMA user_version=1")
+    if version == 2:
+        con.execute("ALTER TABLE runs ADD COLUMN tree TEXT NOT NULL DEFAULT ''")
+        con.execute("ALTER TABLE results ADD COLUMN verdict TEXT NOT NULL DEFAULT ''")
+    con.execute(f"PRAGMA user_version={version}")
     con.execute(f"PRAGMA application_id={APPLICATION_ID}")
     con.commit()
     con.close()
 
 
-def test_a_v1_file_is_migrated_in_place_and_keeps_its_rows(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_file_is_migrated_in_place_and_keeps_its_rows(tmp_path, version):
     path = tmp_path / "h.db"
-    v1_file(path, [("tests/test_a.py::t1", 2.0), ("tests/test_b.py::t1", 5.0)])
+    v1_file(path, [("tests/test_a.py::t1", 2.0), ("tests/test_b.py::t1", 5.0)], version)
     hist = History(path)
     with sqlite3.connect(path) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         cols = {r[1] for r in con.execute("PRAGMA table_info(results)")}
         assert {"cpu", "rss", "verdict"} <= cols
         assert {"cores", "freq"} <= {r[1] for r in con.execute("PRAGMA table_info(runs)")}

@@ -10,7 +10,8 @@ import pytest
 from tractor_tasks.options import RunOptions
 from tractor_tasks.pipeline import exit_code
 from tractor_tasks.results import Results, TestResult, classify, read_pass
-from tractor_tasks.status import TestOutcome as O
+from tractor_tasks.passes import RunResult
+from tractor_tasks.status import RunStatus, TestOutcome as O, Verdict as V
 from tractor_tasks.supervise import PassOutcome, Stop
 from tractor_tasks.target import FlakyRule, load_target
 
@@ -139,15 +140,23 @@ def results_with(target, *kinds):
     for i, kind in enumerate(kinds):
         o = O.HUNG if kind.startswith("hung") else O.FAILED
         t = TestResult(f"tests/test_x.py::t{i}", o)
-        t.flaky = FlakyRule("*", "x") if kind.endswith("flaky") else None
+        t.flaky = FlakyRule("*", "x") if kind.endswith("-flaky") or kind == "flaky" else None
+        verdicts = {"regression": V.REGRESSION, "new-verdict": V.NEW,
+                    "pre-existing": V.PRE_EXISTING, "flaky-verdict": V.FLAKY,
+                    "load-sensitive": V.LOAD_SENSITIVE, "quarantined": V.QUARANTINED}
+        t.verdict = verdicts.get(kind)
         r.tests[t.nodeid] = t
     return r
+
+
+def run_of(passes, results, *, cut=None, broken=()):
+    return RunResult(0, RunStatus.PASSED, results, passes=list(passes), cut=cut,
+                     broken=list(broken))
 
 
 @pytest.mark.parametrize("passes, kinds, opts, code", [
     ([outcome()], ("new", "flaky"), {"exitfirst": False}, 1),
     ([outcome()], ("flaky",), {"exitfirst": False}, 0),
-    ([outcome()], ("flaky",), {"exitfirst": True}, 1),        # -x: the rest never ran
     ([outcome()], (), {"exitfirst": False}, 1),               # failed, recorded nowhere
     ([outcome(rc=0)], (), {}, 0),
     ([outcome(rc=5)], (), {}, 5),                             # no tests collected
@@ -163,14 +172,45 @@ def results_with(target, *kinds):
     ([outcome(Stop.HUNG, 2)], ("hung-flaky",), {"exitfirst": False}, 0),
     ([outcome(Stop.HUNG, 2)], ("hung",), {"exitfirst": False}, 1),
     ([outcome(Stop.HUNG, -9)], ("hung-flaky",), {"exitfirst": False}, 0),
+    # the verdict decides: only regressions and new failures fail the run
+    ([outcome()], ("regression",), {"exitfirst": False}, 1),
+    ([outcome()], ("new-verdict",), {"exitfirst": False}, 1),
+    ([outcome()], ("pre-existing", "flaky-verdict", "load-sensitive", "quarantined"),
+     {"exitfirst": False}, 0),
+    ([outcome()], ("pre-existing",), {"exitfirst": False, "strict": True}, 1),
+    ([outcome()], ("quarantined",), {"exitfirst": False, "strict": True}, 1),
+    ([outcome(rc=0)], (), {"strict": True}, 0),
 ])
 def test_exit_codes(target, passes, kinds, opts, code):
-    assert exit_code(passes, results_with(target, *kinds), RunOptions(**opts)) == code
+    assert exit_code(run_of(passes, results_with(target, *kinds)), RunOptions(**opts)) == code
+
+
+def test_an_explained_failure_that_x_stopped_at_fails_the_run(target):
+    """-x stopped the run at a known-flaky failure: the rest never ran, so it fails."""
+    r = results_with(target, "flaky")
+    r.collected = [*r.tests, "tests/test_x.py::later"]
+    assert exit_code(run_of([outcome()], r, cut="-x"), RunOptions(exitfirst=True)) == 1
+    r.collected = list(r.tests)  # it was the last test: nothing was cut
+    assert exit_code(run_of([outcome()], r, cut="-x"), RunOptions(exitfirst=True)) == 0
+
+
+def test_tests_that_never_ran_fail_the_run_unless_accounted_for(target):
+    """A pass that ended early unasked (os._exit(0) in a test) leaves tests that never
+    ran: the run fails and names them; -x or the hang limit account for them."""
+    r = results_with(target)
+    r.tests["tests/test_x.py::a"] = TestResult("tests/test_x.py::a", O.PASSED)
+    r.collected = ["tests/test_x.py::a", "tests/test_x.py::b"]
+    run = run_of([outcome(rc=0)], r, broken=["pass 1: pytest ended (exit status 0) without "
+                                             "finishing its session"])
+    assert run.unaccounted() == ["tests/test_x.py::b"]
+    assert exit_code(run, RunOptions()) == 1
+    assert exit_code(run_of([outcome(rc=0)], r), RunOptions()) == 1   # not run, no reason
+    assert exit_code(run_of([outcome(rc=0)], r, cut="--max-hangs"), RunOptions()) == 0
 
 
 def test_a_leak_fails_the_run_only_with_fail_on_leak(target):
     r = results_with(target)
     r.leaks.processes.append((123, "_subactor[x@123]"))
-    assert exit_code([outcome(rc=0)], r, RunOptions()) == 0
-    assert exit_code([outcome(rc=0)], r, RunOptions(fail_on_leak=True)) == 1
+    assert exit_code(run_of([outcome(rc=0)], r), RunOptions()) == 0
+    assert exit_code(run_of([outcome(rc=0)], r), RunOptions(fail_on_leak=True)) == 1
     assert r.leaks.line() == "1 process(es): _subactor[x@123]"

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Iterator
 from .errors import TaskError
 from .status import TestOutcome
 
-SCHEMA_VERSION = 2   # 2: per-test cpu, rss, verdict; per-run cores, freq
+SCHEMA_VERSION = 3   # 2: verdict, work-tree state; 3: per-test cpu, rss; per-run cores, freq
 APPLICATION_ID = 0x74727474  # "trtt": marks the file as a tractor-tasks history
 # derived from the one vocabulary (status.py)
 OUTCOMES = tuple(o.value for o in TestOutcome)
@@ -55,6 +55,7 @@ _SCHEMA = (
         commit_sha TEXT,
         load       REAL,
         host       TEXT NOT NULL DEFAULT '',
+        tree       TEXT NOT NULL DEFAULT '',
         cores      INTEGER,
         freq       REAL)""",
     "CREATE INDEX IF NOT EXISTS runs_started ON runs(started)",
@@ -79,11 +80,13 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS results_started ON results(started)",
     "CREATE INDEX IF NOT EXISTS results_run ON results(run_id)",
 )
-# from version N to N+1, in place: old files keep their rows (costs NULL: unknown)
+# what each version adds to the one before it (an old file is brought up to date in place;
+# rows from before 3 have no costs: NULL, unknown)
 _MIGRATIONS = {
-    1: ("ALTER TABLE results ADD COLUMN cpu REAL",
+    2: ("ALTER TABLE runs ADD COLUMN tree TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE results ADD COLUMN verdict TEXT NOT NULL DEFAULT ''"),
+    3: ("ALTER TABLE results ADD COLUMN cpu REAL",
         "ALTER TABLE results ADD COLUMN rss INTEGER",
-        "ALTER TABLE results ADD COLUMN verdict TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE runs ADD COLUMN cores INTEGER",
         "ALTER TABLE runs ADD COLUMN freq REAL"),
 }
@@ -102,6 +105,7 @@ class RunRow:
     commit: str | None = None
     load: float | None = None   # the machine's load during the run
     host: str = ""
+    tree: str = ""         # "" for a clean work tree at `commit`, else a hash of its edits
     cores: int | None = None    # os.cpu_count() of the machine
     freq: float | None = None   # CPU frequency / its maximum (machine_freq()), None unknown
 
@@ -115,9 +119,9 @@ class TestRow:
     flaky: str = ""        # "" or "known"
     signature: str = ""    # "trio.TooSlowError: deadline exceeded" (type + first message
                            # line; "HUNG" for a hang), "" for passes
+    verdict: str = ""      # a failure's status.Verdict, "" for passes and old rows
     cpu: float | None = None   # CPU seconds of the test's process tree; None unknown
     rss: int | None = None     # peak RSS of the tree, bytes
-    verdict: str = ""          # the verdict class the run gave it ("" none)
 
 
 @dataclass
@@ -138,6 +142,19 @@ class FlakyCandidate:
         """Share of consecutive-run pairs that flipped: 1.0 alternates every run."""
         return self.flips / max(self.runs - 1, 1)
 
+
+@dataclass
+class Past:
+    """One earlier outcome of a test, as the verdict reads it."""
+    outcome: str
+    signature: str
+    commit: str | None
+    tree: str
+    kind: str
+    verdict: str
+    run_id: str
+    started: float
+    host: str
 
 @dataclass(frozen=True)
 class TestCost:
@@ -269,8 +286,8 @@ class History:
             for stmt in _SCHEMA:
                 con.execute(stmt)
         else:
-            for step in range(version, SCHEMA_VERSION):
-                for stmt in _MIGRATIONS[step]:
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for stmt in _MIGRATIONS.get(step, ()):
                     con.execute(stmt)
         if version != SCHEMA_VERSION:
             con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -362,13 +379,14 @@ class History:
             con.execute("DELETE FROM results WHERE run_id = ?", (run.run_id,))
             con.execute(
                 "INSERT OR REPLACE INTO runs (run_id, started, finished, kind, cell, minor, "
-                "tpt, spawn, commit_sha, load, host, cores, freq) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "tpt, spawn, commit_sha, load, host, tree, cores, freq) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run.run_id, run.started, run.finished, run.kind, run.cell, run.minor,
-                 run.tpt, run.spawn, run.commit, run.load, run.host, run.cores, run.freq))
+                 run.tpt, run.spawn, run.commit, run.load, run.host, run.tree, run.cores,
+                 run.freq))
             con.executemany(
                 "INSERT INTO results (run_id, nodeid, minor, tpt, spawn, started, outcome, "
-                "duration, flaky, signature, cpu, rss, verdict) "
+                "duration, flaky, signature, verdict, cpu, rss) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     # -- reading -------------------------------------------------------------------
@@ -454,6 +472,28 @@ class History:
                 keys = ("nodeid", "cell", "minor", "tpt", "spawn", "outcome", "duration",
                         "signature", "flaky", "commit", "time", "run_id")
                 return [dict(zip(keys, row)) for row in cur]
+        return self._guard(query)
+
+    def past(self, nodeids: Iterable[str], *, minor: str, tpt: str, spawn: str,
+             last: int = 20) -> dict[str, list[Past]]:
+        """Per test, its newest `last` rows in this cell (minor, tpt, spawn), newest first,
+        with the commit and work-tree state of each run: what the verdict asks the history."""
+        wanted = list(nodeids)
+
+        def query():
+            with self._conn() as con:
+                out = {}
+                for nodeid in wanted:
+                    cur = con.execute(
+                        "SELECT t.outcome, t.signature, r.commit_sha, r.tree, r.kind, "
+                        "t.verdict, t.run_id, t.started, r.host FROM results t "
+                        "JOIN runs r USING (run_id) WHERE t.nodeid = ? AND t.minor = ? "
+                        "AND t.tpt = ? AND t.spawn = ? ORDER BY t.started DESC, t.id DESC "
+                        "LIMIT ?", (nodeid, minor, tpt, spawn, last))
+                    rows = [Past(*row) for row in cur]
+                    if rows:
+                        out[nodeid] = rows
+                return out
         return self._guard(query)
 
     def flaky(self, min_runs: int = 3, *, last: int = 30) -> list[FlakyCandidate]:
@@ -574,9 +614,8 @@ def _result_row(run: RunRow, t: TestRow) -> tuple:
     if t.outcome not in OUTCOMES:
         raise ValueError(f"outcome {t.outcome!r} of {t.nodeid} is not one of {OUTCOMES}")
     return (run.run_id, t.nodeid, run.minor, run.tpt, run.spawn, run.started, t.outcome,
-            float(t.duration), t.flaky, t.signature,
-            None if t.cpu is None else float(t.cpu), None if t.rss is None else int(t.rss),
-            t.verdict)
+            float(t.duration), t.flaky, t.signature, t.verdict,
+            None if t.cpu is None else float(t.cpu), None if t.rss is None else int(t.rss))
 
 
 def _last_durations(con, nodeid: str, minor: str, tpt: str, spawn: str, last: int) -> list[float]:

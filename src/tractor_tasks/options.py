@@ -56,6 +56,16 @@ RUN_OPTIONS: tuple[Opt, ...] = (
         "shard", cell="--shard"),
     Opt("durations_file", "durations for shards from this JSON file (what `invoke "
         "durations` writes) instead of the history", None, cell="--durations-file"),
+    Opt("confirm", "re-run each failure not already explained (pre-existing, known-flaky, "
+        "quarantined) alone this many times after the run (default 1)", None, "count",
+        cell="--confirm"),
+    Opt("no_confirm", "no confirmation re-runs: failures are judged on their one outcome",
+        False, "flag", cell="--no-confirm"),
+    Opt("baseline", "compare failures with this commit or branch (default: where the branch "
+        "left the default branch when there are changes; none on an unchanged default "
+        "branch, where the history decides)", None, cell="--baseline"),
+    Opt("strict", "every failure fails the run (pre-existing, flaky, known-flaky and "
+        "quarantined ones too)", False, "flag", cell="--strict"),
 )
 OPTION_NAMES = tuple(o.name for o in RUN_OPTIONS)
 
@@ -136,6 +146,9 @@ class RunOptions:
     shards: int | str | None = None
     shard: tuple[int, int] | None = None
     durations_file: str | None = None
+    confirm: int = 1                    # confirmation re-runs per failure (0: none)
+    baseline: str | None = None         # --baseline REF (None: the default choice)
+    strict: bool = False
     extra: list[str] = field(default_factory=list)   # pytest args, verbatim
     last_failed: bool = False
 
@@ -151,10 +164,14 @@ class RunOptions:
         def flag(name):
             return (flag_names or {}).get(name) or "--" + name.replace("_", "-")
         v = {k: values.get(k) for k in OPTION_NAMES}
-        for k in ("k", "tpt", "spawn", "ll", "python", "durations_file"):
+        for k in ("k", "tpt", "spawn", "ll", "python", "durations_file", "baseline"):
             if v[k] is not None and not str(v[k]).strip():
                 raise usage(f"error: {flag(k)} is empty; give a value or leave it out")
         hangs = count(flag("max_hangs"), v["max_hangs"])
+        confirm = count(flag("confirm"), v["confirm"])
+        if v["no_confirm"] and confirm:
+            raise usage(f"error: {flag('confirm')} and {flag('no_confirm')} contradict each "
+                        "other; give one of them")
         return cls(
             k=v["k"], tpt=v["tpt"], spawn=v["spawn"],
             ll=v["ll"], tpdb=bool(v["tpdb"]), python=v["python"],
@@ -165,7 +182,9 @@ class RunOptions:
             exitfirst=not v["no_x"], retry_flaky=bool(v["retry_flaky"]),
             contain=not v["no_contain"], fail_on_leak=bool(v["fail_on_leak"]),
             shards=shards(flag("shards"), v["shards"]), shard=shard(flag("shard"), v["shard"]),
-            durations_file=v["durations_file"], extra=list(extra))
+            durations_file=v["durations_file"],
+            confirm=0 if v["no_confirm"] else (1 if confirm is None else confirm),
+            baseline=v["baseline"], strict=bool(v["strict"]), extra=list(extra))
 
 
 # -- the nox cell's own posargs ---------------------------------------------------

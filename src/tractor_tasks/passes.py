@@ -6,6 +6,8 @@ confirmation and baseline passes are lanes too: all through `PassRunner`.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,10 +36,23 @@ class RunResult:
     passes: list[PassOutcome] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     shards: int = 0
+    cut: str | None = None     # why tests of the selection may not have run (-x, ...)
+    broken: list[str] = field(default_factory=list)   # passes that ended early, unasked
+    verdict: object = None     # the verdict's Judgement
+
+    def unaccounted(self) -> list[str]:
+        """Selected tests that never ran when nothing (-x, the hang limit, a stop)
+        accounts for it: a pass that ended early unasked, a shard that could not start."""
+        if self.cut and not self.broken:
+            return []
+        return self.results.not_run() if self.results else []
 
 
 def command(p, pass_dir: Path, private: str, *, color: bool = False,
-            select: Path | None = None) -> tuple[list[str], dict[str, str]]:
+            select: Path | None = None, at: Path | None = None
+            ) -> tuple[list[str], dict[str, str]]:
+    """The pytest argv and environment of one pass; `at` is another tree of the target
+    (a baseline export) run with the target's own venv, that tree imported first."""
     venv = p.target.venv_dir(p.minor)
     argv = [str(venv_python(p.target, p.minor)), "-m", "pytest",
             *pytest_args(p.target, p.paths, p.opts, cache_dir=p.cache_dir, color=color)]
@@ -47,7 +62,12 @@ def command(p, pass_dir: Path, private: str, *, color: bool = False,
              "XDG_CACHE_HOME": str(pass_dir / "cache")}
     if select is not None:
         extra[ENV_SELECT] = str(select)
-    return argv, run_env(p.target, venv, pass_dir, extra=extra)
+    env = run_env(p.target, venv, pass_dir, extra=extra)
+    if at is not None:
+        first = [str(at / "src")] if (at / "src").is_dir() else []
+        env["PYTHONPATH"] = os.pathsep.join([*first, str(at), env["PYTHONPATH"]])
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # the export is read-only
+    return argv, env
 
 
 class PassRunner:
@@ -64,12 +84,29 @@ class PassRunner:
     def test_bound(self, nodeid: str) -> float | None:
         return self.p.target.test_bound(nodeid, self.p.opts.test_timeout)
 
+    def stopped(self) -> bool:
+        """A stop was asked for, or the whole-run bound is spent: start no more passes."""
+        return bool(self.signals.count) or time.monotonic() >= self.deadline
+
+    def import_check(self, at: Path) -> str | None:
+        """Where `import <package>` resolves for a pass run at `at` (None: it failed)."""
+        argv, env = command(self.p, at, str(at), at=at)
+        code = f"import {self.p.target.package} as m; print(m.__file__)"
+        try:
+            out = subprocess.run([argv[0], "-c", code], cwd=at, env=env, capture_output=True,
+                                 text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
     def one_pass(self, number: int, *, shard: int | None, only, skip, echo,
-                 opts: RunOptions | None = None, extra_args=(), pass_dir: Path | None = None
+                 opts: RunOptions | None = None, extra_args=(), pass_dir: Path | None = None,
+                 phase: str | None = None, at: Path | None = None
                  ) -> tuple[PassOutcome, object]:
-        """One contained, bounded pytest start (the shard plan's `--co` is one too)."""
+        """One contained, bounded pytest start (the shard plan's `--co` is one too);
+        `at` runs it in another tree of the target (a baseline export)."""
         p = self.p if opts is None else replace(self.p, opts=opts)
-        pass_dir = pass_dir or self.run_dir.pass_dir(number, shard)
+        pass_dir = pass_dir or self.run_dir.pass_dir(number, shard, phase)
         if self.signals.count or time.monotonic() >= self.deadline:
             # stopped between passes: start nothing more
             stop = Stop.INTERRUPTED if self.signals.count else Stop.TIMEOUT
@@ -82,7 +119,7 @@ class PassRunner:
         private = rundirs.make_private_dir(p.target)
         try:
             argv, env = command(p, pass_dir, str(private), select=select,
-                                color=bool(echo and echo.tty))
+                                color=bool(echo and echo.tty), at=at)
             argv += list(extra_args)
             (pass_dir / "command.txt").write_text(show(argv, env) + "\n")
             marker = RunMarker.parse(env[ENV_RUN])
@@ -91,7 +128,7 @@ class PassRunner:
                      f"$ (pass {number}: the same command, resuming after the hung test)")
             try:
                 outcome = run_pass(
-                    argv, number=number, cwd=p.target.root, env=env, pass_dir=pass_dir,
+                    argv, number=number, cwd=at or p.target.root, env=env, pass_dir=pass_dir,
                     containment=p.containment, deadline=self.deadline,
                     test_bound=self.test_bound, signals=self.signals, echo=echo,
                     private=private, bindspace=p.target.bindspace,
@@ -116,26 +153,37 @@ class PassRunner:
             outcome.teardown += [f"sweep: {line}" for line in swept.lines()]
         return outcome, read_pass(pass_dir)
 
-    def lane(self, *, only, shard: int | None, echo, opts: RunOptions | None = None
-             ) -> RunResult:
-        """Passes until the selection has run: after a hang, resume with the rest."""
+    def lane(self, *, only, shard: int | None, echo, opts: RunOptions | None = None,
+             phase: str | None = None, at: Path | None = None) -> RunResult:
+        """Passes until the selection has run: after a hang, resume with the rest. What
+        did not run is accounted for: `RunResult.cut` says why (-x, the hang limit, the
+        whole-run bound), else `broken` names the pass that ended early."""
         p = self.p
         opts = opts or p.opts
         results = Results(p.target)
         passes: list[PassOutcome] = []
         skip: set[str] = set()
         notes: list[str] = []
+        broken: list[str] = []
+        cut = None
         hangs = 0
         number = 1
         while True:
             outcome, log = self.one_pass(number, shard=shard, only=only, skip=skip, echo=echo,
-                                         opts=opts)
+                                         opts=opts, phase=phase, at=at)
             passes.append(outcome)
-            where = f"{_label(shard)}pass {number}".strip()
+            where = " ".join(filter(None, (_label(shard).strip(" :"), phase,
+                                           f"pass {number}")))
             stopped = {Stop.HUNG: TestOutcome.HUNG, Stop.TIMEOUT: TestOutcome.TIMEOUT,
                        Stop.INTERRUPTED: TestOutcome.INTERRUPTED}.get(outcome.stop)
-            if stopped is None and log.running and log.exitstatus is None:
-                stopped = TestOutcome.INTERRUPTED  # pytest was killed from elsewhere
+            if stopped is None and log.exitstatus is None and outcome.stop is Stop.FINISHED:
+                # pytest ended without finishing its session (os._exit, a kill from
+                # elsewhere): what it did not run is unaccounted for
+                broken.append(f"{where}: pytest ended (exit status {outcome.returncode}) "
+                              "without finishing its session"
+                              + (f", during {log.running}" if log.running else ""))
+                if log.running:
+                    stopped = TestOutcome.INTERRUPTED
             results.add(log, stopped=stopped, where=where, dump=outcome.stacks,
                         dump_text=_dump_head(outcome.dump_text), bound=outcome.bound,
                         running=outcome.running if outcome.stop is Stop.HUNG else None)
@@ -147,12 +195,14 @@ class PassRunner:
             left = [n for n in map(stable_id, log.collected or []) if n not in skip]
             if opts.exitfirst:
                 notes.append("-x: the run stops at the hung test (--no-x resumes after it)")
+                cut = "-x"
                 break
             if not left:
                 break
             if hangs >= opts.max_hangs:
                 notes.append(f"hang limit reached ({opts.max_hangs}, --max-hangs): "
                              f"{len(left)} test(s) did not run")
+                cut = "--max-hangs"
                 break
             if time.monotonic() >= self.deadline:
                 notes.append(f"the whole-run bound expired after the hang: {len(left)} test(s) "
@@ -160,8 +210,10 @@ class PassRunner:
                 passes.append(PassOutcome(number + 1, outcome.dir, Stop.TIMEOUT, None, 0.0))
                 break
             number += 1
+        if opts.exitfirst and results.failures:
+            cut = cut or "-x"
         return RunResult(0, RunStatus.decide((o.stop for o in passes), 0), results,
-                         passes=passes, notes=notes)
+                         passes=passes, notes=notes, cut=cut, broken=broken)
 
     def retry(self, results: Results) -> list[str]:
         """Known-flaky failures once more, in a pass of their own; each outcome is

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import contain, errors
+from . import contain, errors, gitref
 from .cells import Cell
 from .command import check_names, show
 from .errors import TaskError, usage
@@ -23,11 +23,10 @@ from .interpreters import check_minor, find_python
 from .options import RunOptions
 from .output import Output
 from .preflight import check_scope
-from .results import Results
 from .rundirs import RunDir, State
 from .scope import ENV_RUN
 from .selection import is_single_file, resolve_words
-from .status import RunStatus, Stop, TestOutcome
+from .status import RunStatus, Stop
 from .passes import PassRunner, RunResult, command
 from .supervise import PassOutcome, Signals
 from .sweep import sweep
@@ -112,10 +111,23 @@ class Plan:
     cell: Cell | None = None
     cache_dir: Path | None = None
     invocation: str | None = None
+    choice: gitref.Choice | None = None   # the verdict's baseline, checked up front
 
     @property
     def slug(self) -> str | None:
         return self.cell.slug if self.cell else None
+
+    @property
+    def tpt(self) -> str:
+        """The run's transport: asked for, the cell's, else the target's first."""
+        return self.opts.tpt or (self.cell.tpt if self.cell else "") or \
+            self.target.transports[0]
+
+    @property
+    def spawn(self) -> str:
+        """The run's spawn backend: asked for, the cell's, else the target's default."""
+        return self.opts.spawn or (self.cell.spawn if self.cell else "") or \
+            self.target.default_spawn_backend
 
 
 def plan(target: Target, words, opts: RunOptions, *, cell: Cell | None = None,
@@ -139,11 +151,12 @@ def plan(target: Target, words, opts: RunOptions, *, cell: Cell | None = None,
         what = "is a directory" if Path(opts.durations_file).is_dir() else "no such file"
         raise usage(f"error: --durations-file {opts.durations_file}: {what}; give the JSON "
                     "file `invoke durations` writes")
+    choice = gitref.choose(target.root, opts.baseline) if not opts.dry_run else None
     containment = contain.detect("auto" if opts.contain else "off")
     timeout = opts.timeout or (target.timeout_file if is_single_file(paths)
                                else target.timeout_full)
     return Plan(target, paths, opts, minor, containment, timeout, cell,
-                cell.cache_dir(target) if cell else None, invocation)
+                cell.cache_dir(target) if cell else None, invocation, choice)
 
 
 def dry_run(p: Plan, out) -> RunResult:
@@ -192,6 +205,10 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
                 result = (run_one_shard if p.opts.shard else run_shards)(ctx, shard_plan)
             else:
                 result = ctx.lane(only=None, shard=None, echo=out if echo else None)
+            if result.status in (RunStatus.PASSED, RunStatus.FAILED) and not signals.count:
+                result.verdict = _judge(p, ctx, result, parallel=bool(
+                    result.shards and result.shards > 1 and not p.opts.shard) or bool(others),
+                    out=out)
             if (p.opts.retry_flaky and result.results and result.results.known_flaky
                     and result.status in (RunStatus.PASSED, RunStatus.FAILED)
                     and not signals.count):
@@ -210,10 +227,32 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
             run_dir.close()
 
 
-def exit_code(passes: list[PassOutcome], results: Results, opts: RunOptions) -> int:
-    """0 passed; 1 new failures or hangs (known-flaky ones aside), a known-flaky failure
-    -x stopped at, pytest failing on its own, or a leak with --fail-on-leak; 2 bad
-    usage; 124 the whole-run bound; 130 interrupted; pytest's 3 and 5 pass through."""
+def _judge(p: Plan, runner: PassRunner, result: RunResult, *, parallel: bool, out):
+    """The verdict on the run's failures (verdict.py); its own passes join the run's."""
+    from . import verdict
+    from .history import History
+    history = None
+    try:
+        history = History(State(p.target).history, warn=out)
+    except TaskError as err:
+        out(f"note: the verdict runs without the results history: {err}")
+    j = verdict.judge(runner, result.results, history=history, choice=p.choice,
+                      confirm=p.opts.confirm, parallel=parallel)
+    for o in j.passes:
+        if o.stop in (Stop.INTERRUPTED, Stop.TIMEOUT):
+            result.passes.append(o)  # a stop during the verdict's passes stops the run
+    return j
+
+
+def exit_code(result: RunResult, opts: RunOptions) -> int:
+    """0: no regression or new failure (pre-existing, flaky, load-sensitive, known-flaky
+    and quarantined failures are reported, and fail the run only with --strict) and all
+    of the selection ran or is accounted for; 1: regressions or new failures, tests that
+    never ran with nothing to account for them, an explained failure -x stopped the
+    run at, pytest failing on its own, a leak with --fail-on-leak; 2 bad usage; 124 the
+    whole-run bound; 130 interrupted; pytest's 3 and 5 pass through."""
+    from .verdict import failing
+    passes, results = result.passes, result.results
     stops = [o.stop for o in passes]
     if Stop.INTERRUPTED in stops:
         return errors.INTERRUPTED
@@ -223,21 +262,19 @@ def exit_code(passes: list[PassOutcome], results: Results, opts: RunOptions) -> 
     # for a hang exits however our teardown made it (2 after its SIGINT, -9 after SIGKILL)
     finished = [o for o in passes if o.stop is Stop.FINISHED]
     rc = (finished[-1].returncode if finished else 0) or 0
-    if rc == 2:
+    if rc == 2 and not result.broken:
         return errors.INTERRUPTED  # pytest itself was interrupted
     if rc == 4:
         return errors.USAGE        # pytest rejected the command line
-    if results.new_failures:
+    if failing(results, opts.strict) or result.unaccounted():
         return errors.PROBLEM
     if opts.fail_on_leak and results.leaks:
         return errors.PROBLEM
-    if results.known_flaky:
-        cut = opts.exitfirst and not results.hung
+    if results.failures:  # every one explained
+        cut = result.cut == "-x" and bool(results.not_run())
         return errors.PROBLEM if cut else 0
-    if Stop.HUNG in stops:
-        return 0 if results.hung and all(t.flaky for t in results.hung) else errors.PROBLEM
-    if rc < 0:
-        return errors.PROBLEM      # pytest was killed by a signal
+    if Stop.HUNG in stops or rc < 0:
+        return errors.PROBLEM      # a hang with no hung test, or pytest killed by a signal
     return errors.PROBLEM if rc == 1 else rc
 
 
@@ -250,37 +287,16 @@ def _write_json(path: Path, data) -> None:
 
 
 def finish(p: Plan, result: RunResult, run_dir: RunDir, out) -> None:
-    """Merged JUnit, lastfailed, outcome.json and a history row; then the exit code."""
+    """The exit code, then the merged JUnit, lastfailed, outcome.json and history rows."""
     results = result.results
-    result.code = exit_code(result.passes, results, p.opts)
-    result.status = (result.status if result.status in (RunStatus.INTERRUPTED,
-                                                        RunStatus.TIMEOUT)
-                     else RunStatus.FAILED if result.code else RunStatus.PASSED)
+    result.code = exit_code(result, p.opts)
+    result.status = RunStatus.decide((o.stop for o in result.passes), result.code)
     results.write_junit(run_dir.junit)
     if any(o.stop is not Stop.FINISHED for o in result.passes) or len(result.passes) > 1 \
             or result.shards:
         results.write_lastfailed()  # pytest could not write it whole itself
-    counts = results.counts()
-    _write_json(run_dir.outcome, {
-        "cell": p.cell.name if p.cell else None, "minor": p.minor,
-        "tpt": p.opts.tpt or (p.cell.tpt if p.cell else None),
-        "spawn": p.opts.spawn or (p.cell.spawn if p.cell else None),
-        "status": result.status.value, "code": result.code,
-        "seconds": round(results.seconds, 2), "finished": time.time(),
-        "invocation": p.invocation, "containment": p.containment.mode,
-        "passes": len(result.passes), "shards": result.shards,
-        "shard": "%d/%d" % p.opts.shard if p.opts.shard else None,
-        "counts": {k.value: v for k, v in counts.items()},
-        # what the matrix report shows (skipped counts xfailed too, as pytest's JUnit does)
-        "summary": {"passed": counts[TestOutcome.PASSED],
-                    "new_failures": len(results.new_failures),
-                    "known_flaky": len(results.known_flaky),
-                    "hung": counts[TestOutcome.HUNG],
-                    "skipped": counts[TestOutcome.SKIPPED] + counts[TestOutcome.XFAILED],
-                    "leaked": results.leaks.count(), "collected": len(results.collected)},
-        "hung": [t.nodeid for t in results.hung],
-        "leaks": results.leaks.as_dict(),
-    })
+    from .outcome import of_run
+    _write_json(run_dir.outcome, of_run(p, result, result.unaccounted()).to_json())
     _record_history(p, result, out)
 
 
@@ -293,15 +309,17 @@ def _record_history(p: Plan, result: RunResult, out) -> None:
         row = RunRow(run_id=result.run_dir.name, started=time.time() - results.seconds,
                      finished=time.time(),
                      kind="cell" if p.cell else ("shard" if result.shards else "run"),
-                     cell=p.cell.name if p.cell else "", minor=p.minor,
-                     tpt=p.opts.tpt or (p.cell.tpt if p.cell else "") or p.target.transports[0],
-                     spawn=p.opts.spawn or (p.cell.spawn if p.cell else "")
-                     or p.target.default_spawn_backend,
-                     commit=head_commit(p.target.root), load=round(load, 2),
-                     host=os.uname().nodename, cores=os.cpu_count(), freq=machine_freq())
+                     cell=p.cell.name if p.cell else "", minor=p.minor, tpt=p.tpt,
+                     spawn=p.spawn, commit=head_commit(p.target.root), load=round(load, 2),
+                     host=os.uname().nodename, tree=gitref.tree_state(p.target.root)
+                     if gitref.is_repo(p.target.root) else "",
+                     cores=os.cpu_count(), freq=machine_freq())
         tests = [TestRow(key, t.outcome.value, round(t.duration, 3),
-                         "known" if t.flaky else "", t.signature, cpu=t.cpu, rss=t.rss)
+                         "known" if t.flaky else "", t.signature,
+                         t.verdict.value if t.verdict else "", cpu=t.cpu, rss=t.rss)
                  for key, t in results.tests.items()]
         History(State(p.target).history, warn=out).record(row, tests)
     except TaskError as err:
         out(f"note: the results history was not updated: {err}")
+    except Exception as err:  # noqa: BLE001 - the history must never cost the run its end
+        out(f"note: the results history was not updated ({type(err).__name__}: {err})")

@@ -1,9 +1,10 @@
-"""The one place a run's result becomes text: teardown notes, counts, each failure
-with its class and short traceback, hangs with their dumps, leaks, and what to do."""
+"""The one place a run's result becomes text: teardown notes, counts, the verdict
+first (how many regressions, pre-existing, flaky ... failures), then the failures
+that fail the run with their tracebacks and likely causes, then one line for each
+explained one, hangs with their dumps, leaks, and what to do."""
 from __future__ import annotations
 
-from .status import RunStatus, TestOutcome as O
-from .supervise import Stop
+from .status import RunStatus, Stop, TestOutcome as O, Verdict as V
 
 
 def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> list[str]:
@@ -29,15 +30,8 @@ def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> lis
         extra.append(f"{passes} passes")
     lines.append(f"results: {results.counts_line()} in {results.seconds:.1f}s"
                  + (f" ({', '.join(extra)})" if extra else ""))
-    for t in results.failures:
-        tag = f"known flaky ({t.flaky.note or t.flaky.error})" if t.flaky else "NEW"
-        lines.append(f"  {t.outcome.upper():6} {t.nodeid}  [{tag}]")
-        if t.outcome is O.HUNG:
-            lines.append(f"      {t.message}; dump: {t.dump}")
-            body = [ln for ln in t.text.splitlines() if ln.strip()][:dump_lines]
-        else:
-            body = t.short(traceback_lines).splitlines()
-        lines += [f"      {ln}" for ln in body]
+    lines += _failures(results, result.verdict, traceback_lines, dump_lines,
+                       strict=p.opts.strict)
     for t in results.tests.values():
         if t.outcome in (O.INTERRUPTED, O.TIMEOUT):
             lines.append(f"  {t.outcome.upper()} {t.nodeid}  (running when the run stopped)")
@@ -49,10 +43,65 @@ def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> lis
         lines.append(f"LEAK: {results.leaks.line()}"
                      + ("" if p.opts.fail_on_leak else "  (--fail-on-leak makes this fail)"))
     lines += result.notes
-    if result.code == 1 and not results.new_failures and results.known_flaky \
-            and p.opts.exitfirst and not results.hung:
-        lines.append("only known-flaky failures, but -x stopped the run there: the rest did "
+    if result.code == 1 and results.failures and not results.new_failures \
+            and result.cut == "-x" and results.not_run() and not p.opts.strict:
+        lines.append("only explained failures, but -x stopped the run at one: the rest did "
                      "not run (use --no-x to run past them)")
+    for why in result.broken:
+        lines.append(f"NOT RUN: {why}")
+    missing = result.unaccounted()
+    if missing:
+        shown = ", ".join(missing[:10]) + (f", ... (+{len(missing) - 10})"
+                                           if len(missing) > 10 else "")
+        lines.append(f"NOT RUN: {len(missing)} selected test(s) never ran and nothing "
+                     f"accounts for it: {shown}")
     if result.run_dir is not None:
         lines.append(f"files: {result.run_dir}")
+    return lines
+
+
+def _tag(t) -> str:
+    if t.verdict is not None:
+        return t.verdict.value.upper()
+    return f"known flaky ({t.flaky.note or t.flaky.error})" if t.flaky else "NEW"
+
+
+def _failures(results, judgement, traceback_lines: int, dump_lines: int, *,
+              strict: bool) -> list[str]:
+    """The verdict's line, then the failures: those that fail the run in full (verdict,
+    why, likely cause, traceback), the explained ones one line each."""
+    fails = results.failures
+    if not fails:
+        return []
+    from . import verdict
+    lines = []
+    judged = any(t.verdict is not None for t in fails)
+    if judged:
+        lines.append(verdict.headline(results, judgement))
+        if judgement is not None:
+            lines += judgement.notes
+    order = sorted(fails, key=lambda t: (t.verdict.order if t.verdict else -1))
+    for t in order:
+        full = strict or t.verdict is None or t.verdict.fails_run
+        head = f"  {t.outcome.upper():6} {t.nodeid}  [{_tag(t)}]"
+        if not full:
+            lines.append(head + (f": {t.why}" if t.why else ""))
+            continue
+        lines.append(head)
+        if t.why:
+            lines.append(f"      {t.why}")
+        lines += [f"      {c}" for c in t.cause]
+        if t.outcome is O.HUNG:
+            lines.append(f"      {t.message}; dump: {t.dump}")
+            body = [ln for ln in t.text.splitlines() if ln.strip()][:dump_lines]
+        else:
+            body = t.short(traceback_lines).splitlines()
+        lines += [f"      {ln}" for ln in body]
+    if judged and judgement is not None and judgement.confirmed:
+        absorbed = sum(1 for t in fails if t.verdict in (V.FLAKY, V.LOAD_SENSITIVE)
+                       and t.reruns)
+        lines.append(f"verdict: {judgement.confirmed} failure(s) re-run alone in "
+                     f"{judgement.confirm_seconds:.1f}s ({absorbed} passed)"
+                     + (f"; {judgement.at_baseline} run at {judgement.baseline.name} in "
+                        f"{judgement.baseline_seconds:.1f}s" if judgement.at_baseline else ""))
     return lines

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import TaskError, usage
-from .status import TestOutcome as O
+from .status import TestOutcome as O, Verdict
 from .target import FlakyRule, Target
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -47,6 +47,12 @@ class TestResult:
     load: float | None = None    # 1-min load average when it finished
     parallel: bool = False       # ran in a parallel run (-n/--shards)
     alongside: list[str] = field(default_factory=list)  # what other workers ran meanwhile
+    # the verdict (verdict.py) on a failure: its class, why, the re-runs behind it
+    verdict: Verdict | None = None
+    why: str = ""
+    reruns: list[TestResult] = field(default_factory=list)   # confirmation, alone
+    baseline: TestResult | None = None                       # at the baseline commit
+    cause: list[str] = field(default_factory=list)           # likely-cause lines
 
     @property
     def signature(self) -> str:
@@ -293,7 +299,10 @@ class Results:
 
     @property
     def new_failures(self) -> list[TestResult]:
-        return [t for t in self.failures if t.flaky is None]
+        """Failures that fail the run: by their verdict once judged (regressions, new),
+        before that every one not on the known-flaky list."""
+        return [t for t in self.failures
+                if (t.verdict.fails_run if t.verdict is not None else t.flaky is None)]
 
     @property
     def known_flaky(self) -> list[TestResult]:
@@ -358,32 +367,64 @@ def _classname(nodeid: str) -> tuple[str, str, str]:
     return ".".join([module, *parts[:-1]]), parts[-1], path
 
 
+def _failure_element(parent: ET.Element, tag: str, t: TestResult) -> ET.Element:
+    el = ET.SubElement(parent, tag, message=t.message[:500])
+    if t.outcome is not O.FAILED and t.outcome is not O.ERROR:
+        el.set("type", t.outcome.value)
+    el.text = t.text + (f"\n(full dump: {t.dump})" if t.dump else "")
+    return el
+
+
+def _testcase(suite: ET.Element, t: TestResult, written: dict) -> None:
+    """One testcase: a failure explained as flaky (it passed alone) is written as
+    nextest does, `<flakyFailure>` with no `<failure>`; a failure that failed again
+    alone keeps its element, each failing re-run a `<rerunFailure>`."""
+    classname, name, file = _classname(t.nodeid)
+    case = ET.SubElement(suite, "testcase", classname=classname, name=name, file=file,
+                         time=f"{t.duration:.3f}")
+    passed_alone = any(r.outcome is O.PASSED for r in t.reruns)
+    tag = t.outcome.junit
+    if tag in ("failure", "error"):
+        if passed_alone:
+            _failure_element(case, "flakyFailure", t)
+        else:
+            _failure_element(case, tag, t)
+            written["failures" if tag == "failure" else "errors"] += 1
+        for r in t.reruns:
+            if r.outcome.bad or r.outcome.cut:
+                _failure_element(case, "flakyFailure" if passed_alone else "rerunFailure", r)
+    elif tag == "skipped":
+        ET.SubElement(case, "skipped",
+                      type="pytest.xfail" if t.outcome is O.XFAILED else "pytest.skip")
+        written["skipped"] += 1
+    props = []
+    if t.flaky is not None:
+        props.append(("known-flaky", t.flaky.note or t.flaky.error))
+    if t.verdict is not None:
+        props += [("verdict", t.verdict.value), ("verdict-reason", t.why)]
+        props += [("likely-cause", c.removeprefix("likely cause: ")) for c in t.cause]
+        if t.baseline is not None:
+            props.append(("baseline-outcome", t.baseline.outcome.value))
+        if t.reruns:
+            props.append(("reruns", ", ".join(r.outcome.value for r in t.reruns)))
+    if props:
+        el = ET.SubElement(case, "properties")
+        for k, v in props:
+            el.append(ET.Element("property", name=k, value=v))
+
+
 def write_junit(results: Results, path: Path) -> None:
     """One JUnit file for the whole run (every pass and shard), for CI."""
-    counts = results.counts()
     suite = ET.Element("testsuite", name="pytest", tests=str(len(results.tests)),
-                       **{k: str(v) for k, v in O.junit_counts(counts).items()},
-                       time=f"{results.seconds:.3f}")
+                       failures="0", errors="0", skipped="0", time=f"{results.seconds:.3f}")
     props = ET.SubElement(suite, "properties")
     ET.SubElement(props, "property", name="leaked", value=str(results.leaks.count()))
     if results.leaks:
         ET.SubElement(props, "property", name="leaks", value=results.leaks.line(first=20))
+    written = {"failures": 0, "errors": 0, "skipped": 0}
     for t in results.tests.values():
-        classname, name, file = _classname(t.nodeid)
-        case = ET.SubElement(suite, "testcase", classname=classname, name=name, file=file,
-                             time=f"{t.duration:.3f}")
-        tag = t.outcome.junit
-        if tag in ("failure", "error"):
-            el = ET.SubElement(case, tag, message=t.message[:500])
-            if t.outcome is not O.FAILED and t.outcome is not O.ERROR:
-                el.set("type", t.outcome.value)
-            el.text = t.text + (f"\n(full dump: {t.dump})" if t.dump else "")
-        elif t.outcome in (O.SKIPPED, O.XFAILED):
-            ET.SubElement(case, "skipped",
-                          type="pytest.xfail" if t.outcome is O.XFAILED else "pytest.skip")
-        if t.flaky is not None:
-            ET.SubElement(case, "properties").append(
-                ET.Element("property", name="known-flaky", value=t.flaky.note or t.flaky.error))
+        _testcase(suite, t, written)
+    suite.attrib.update({k: str(v) for k, v in written.items()})
     tmp = path.with_name(f".{path.name}.tmp")
     ET.ElementTree(suite).write(tmp, encoding="utf-8", xml_declaration=True)
     tmp.replace(path)

@@ -190,8 +190,13 @@ class RunDir:
             self._lock_file.close()
             self._lock_file = None
 
-    def pass_dir(self, number: int, shard: int | None = None) -> Path:
+    def pass_dir(self, number: int, shard: int | None = None, phase: str | None = None
+                 ) -> Path:
+        """`pass-N`, under `shard-K/` for a shard and under the verdict's phase dir
+        (`confirm-N/`, `baseline/`) for its passes."""
         base = self.path / f"shard-{shard}" if shard else self.path
+        if phase:
+            base = base / phase
         d = base / f"pass-{number}"
         d.mkdir(parents=True, exist_ok=True)
         return d

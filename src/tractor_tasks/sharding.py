@@ -290,14 +290,24 @@ def run_shards(ctx: PassRunner, plan: ShardPlan, *, lane_fn=None) -> RunResult:
                      f"test(s), busy {seconds:.0f}s")
     notes.append(f"per-unit output: {ctx.run_dir.path}/shard-<lane>/pass-*/output.log "
                  "(units.json maps each lane to its unit and worker)")
-    notes += [f"not run: {line}" for line in lost]
     notes += _too_slow(merged, plan.workers)
     passes = [o for lane in lanes if lane.result for o in lane.result.passes]
     # a pass whose pytest died goes last: the exit code reads the last finished pass's
     # status, as it would in a serial run that died there
     passes.sort(key=lambda o: o.stop is Stop.FINISHED and (o.returncode or 0) < 0)
     status = RunStatus.decide((o.stop for o in passes), 0)
-    return RunResult(0, status, merged, passes=passes, notes=notes, shards=plan.workers)
+    # what did not run is accounted for as a lane's is: `cut` (-x, the hang limit) says
+    # why, `broken` names the lanes that ended early unasked (their rest, if it then ran
+    # elsewhere, leaves nothing unaccounted) and the tests reported not run
+    cut = next((lane.result.cut for lane in lanes if lane.result and lane.result.cut), None)
+    missing = set(merged.not_run())
+    broken = [f"{lane.unit.name}: {b}" for lane in lanes if lane.result
+              and missing & set(lane.unit.tests) for b in lane.result.broken]
+    broken += [f"{lane.unit.name} could not run ({lane.error})" for lane in lanes
+               if lane.error is not None]
+    broken += lost
+    return RunResult(0, status, merged, passes=passes, notes=notes, shards=plan.workers,
+                     cut=cut, broken=broken)
 
 
 def busy_elsewhere(cores: int, samples: int = 5) -> float:
@@ -356,8 +366,8 @@ def _after(ctx: PassRunner, sched: schedule.Scheduler, lane: Lane, again: set[st
     why = (f"its lane failed ({lane.error})" if lane.error is not None else
            _died(res) or "")
     ours = (ctx.signals.count or time.monotonic() >= ctx.deadline or ctx.p.opts.exitfirst
-            or (res is not None and any("hang limit" in n or "bound expired" in n
-                                        for n in res.notes)))
+            or (res is not None and (res.cut or any("bound expired" in n
+                                                    for n in res.notes))))
     if ours or not why:
         if not ours:
             lost.append(f"{lane.unit.name}: {len(rest)} test(s) did not run (pytest ended "

@@ -72,17 +72,6 @@ class TestOutcome(StrEnum):
         return self.upper() if self in (TestOutcome.HUNG, TestOutcome.INTERRUPTED,
                                         TestOutcome.TIMEOUT) else None
 
-    @classmethod
-    def junit_counts(cls, counts: dict) -> dict[str, int]:
-        """The testsuite attributes: failures, errors, skipped, from counts per outcome."""
-        out = {"failures": 0, "errors": 0, "skipped": 0}
-        for outcome, n in counts.items():
-            key = {"failure": "failures", "error": "errors", "skipped": "skipped"}.get(
-                cls(outcome).junit or "")
-            if key:
-                out[key] += n
-        return out
-
 
 _RANK = {TestOutcome.PASSED: 0, TestOutcome.SKIPPED: 1, TestOutcome.XFAILED: 1,
          TestOutcome.XPASSED: 1, TestOutcome.ERROR: 3, TestOutcome.FAILED: 4,

@@ -110,6 +110,7 @@ class Target:
     affected: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(TRACTOR_AFFECTED))
     affected_fallback: tuple[str, ...] | None = None  # None: the smoke subset
     flaky: tuple[FlakyRule, ...] = TRACTOR_FLAKY
+    quarantine: tuple[FlakyRule, ...] = ()   # run and reported, never fail the run
     timeout_full: float = 1800.0
     timeout_file: float = 300.0
     timeout_test: float = 120.0
@@ -234,29 +235,34 @@ def _check_names(values: list[str], key: str, known: tuple[str, ...], where: str
                         f"{_suggest(v, known)}; allowed: {', '.join(known)}")
 
 
-def _parse_flaky(raw, where: str) -> tuple[FlakyRule, ...]:
+def _parse_flaky(raw, where: str, key: str = "flaky") -> tuple[FlakyRule, ...]:
+    """[[tool.tractor-tasks.flaky]] (test and error required) or
+    [[tool.tractor-tasks.quarantine]] (error optional: any failure of the test)."""
+    need = ("test", "error") if key == "flaky" else ("test",)
     if not isinstance(raw, list):
-        raise usage(f"error: [tool.tractor-tasks] flaky in {where} must be an array of tables "
-                    "([[tool.tractor-tasks.flaky]] with test, error, note)")
+        raise usage(f"error: [tool.tractor-tasks] {key} in {where} must be an array of tables "
+                    f"([[tool.tractor-tasks.{key}]] with test, error, note)")
     rules = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
-            raise usage(f"error: [tool.tractor-tasks] flaky[{i}] in {where} must be a table")
+            raise usage(f"error: [tool.tractor-tasks] {key}[{i}] in {where} must be a table")
         extra = set(item) - {"test", "error", "note"}
         if extra:
             bad = sorted(extra)[0]
-            raise usage(f"error: unknown key {bad!r} in [tool.tractor-tasks] flaky[{i}] of {where}"
-                        f"{_suggest(bad, ('test', 'error', 'note'))}; allowed: test, error, note")
+            raise usage(f"error: unknown key {bad!r} in [tool.tractor-tasks] {key}[{i}] of "
+                        f"{where}{_suggest(bad, ('test', 'error', 'note'))}; allowed: test, "
+                        "error, note")
         for k in ("test", "error"):
-            if not isinstance(item.get(k), str) or not item[k]:
-                raise usage(f"error: [tool.tractor-tasks] flaky[{i}].{k} in {where} must be "
+            if (k in need or k in item) and (not isinstance(item.get(k), str) or not item[k]):
+                raise usage(f"error: [tool.tractor-tasks] {key}[{i}].{k} in {where} must be "
                             "a non-empty string")
+        error = item.get("error", "")
         try:
-            re.compile(item["error"])
+            re.compile(error)
         except re.error as err:
-            raise usage(f"error: [tool.tractor-tasks] flaky[{i}].error in {where} is not a "
+            raise usage(f"error: [tool.tractor-tasks] {key}[{i}].error in {where} is not a "
                         f"valid regex ({err})")
-        rules.append(FlakyRule(item["test"], item["error"], str(item.get("note", ""))))
+        rules.append(FlakyRule(item["test"], error, str(item.get("note", ""))))
     return tuple(rules)
 
 
@@ -281,7 +287,7 @@ _SIMPLE_KEYS = {
     "timeout_full": _SECONDS, "timeout_file": _SECONDS, "timeout_test": _BOUND,
     "stackscope_flag": _FLAG, "heavy": _STRS, "parallel_target_util": _UTIL,
 }
-ALLOWED_KEYS = tuple(sorted((*_SIMPLE_KEYS, "affected", "flaky", "test_timeouts")))
+ALLOWED_KEYS = tuple(sorted((*_SIMPLE_KEYS, "affected", "flaky", "quarantine", "test_timeouts")))
 
 
 def _parse_test_timeouts(raw, where: str) -> dict[str, float]:
@@ -356,6 +362,8 @@ def load_target(root: Path, env: dict | None = None) -> Target:
         kw["affected"] = _parse_affected(table["affected"], where)
     if "flaky" in table:
         kw["flaky"] = _parse_flaky(table["flaky"], where)
+    if "quarantine" in table:
+        kw["quarantine"] = _parse_flaky(table["quarantine"], where, "quarantine")
 
     port_env = env.get(ENV_REGISTRY_PORT)
     if port_env:

@@ -1,0 +1,487 @@
+"""The verdict: what each failure (failed, error, hung) of a run means, so a developer
+learns from one line whether their change broke something.
+
+In order, each step deciding only what the ones before left open:
+1. the config: quarantined tests (they run and are reported, and never fail the run)
+   and known-flaky failures (id glob AND error signature);
+2. what the history already knows: with a baseline, the test's outcome at the
+   baseline commit (same signature: pre-existing); without one, the same failure in
+   most recent runs of this cell on this machine at ancestors of HEAD (pre-existing);
+3. confirmation: the rest once more alone (a module's failures in one pytest start,
+   contained and bounded like any pass, after every shard), `--confirm N` times: a
+   test that passes alone is flaky, or load-sensitive when it failed beside other
+   work (shards);
+4. the baseline: what still fails runs at the baseline commit (its tree exported
+   read-only, the same venv, the export imported first) unless the history already
+   has that commit's outcome; passing there makes it a regression, failing there
+   the same way pre-existing, differently a regression (said so), not there new;
+   without a baseline, a test that passed at this very commit before is flaky, the
+   rest new;
+5. for regressions and new failures, the likely cause: the files changed since the
+   baseline, ranked by what ties each to the test.
+
+Signatures are compared with addresses, long numbers (ports, pids) and temp paths
+masked: "the same failure" means the same exception and message shape.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import re
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from . import gitref
+from .results import Results, TestResult, glob_to_regex, stable_id
+from .shard_plan import module_of
+from .status import TestOutcome as O, Verdict as V
+
+RECENT = 5   # how many recent runs of a test the history rule looks at
+
+
+# -- signatures -----------------------------------------------------------------------
+
+_MASKS = (
+    (re.compile(r"0x[0-9a-fA-F]+"), "0x?"),
+    (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"), "<uuid>"),
+    (re.compile(r"/(?:tmp|var/tmp)/[^\s'\"):]*"), "<tmp>"),
+    (re.compile(r"\d+\.\d+"), "<n>"),
+    (re.compile(r"\d{4,}"), "<n>"),
+)
+
+
+def same_failure(a: str, b: str) -> bool:
+    """Two signatures of one failure: equal once the run-specific parts are masked."""
+    return bool(a) and normalize(a) == normalize(b)
+
+
+def normalize(signature: str) -> str:
+    for rx, mask in _MASKS:
+        signature = rx.sub(mask, signature)
+    return " ".join(signature.split())
+
+
+# -- rules from the config ----------------------------------------------------------------
+
+def test_rel(target, nodeid: str) -> str:
+    """A node id relative to the tests dir (tractor's rootdir is the tests dir itself)."""
+    prefix = target.tests_dir.rstrip("/") + "/"
+    return nodeid[len(prefix):] if nodeid.startswith(prefix) else nodeid
+
+
+def test_file(target, nodeid: str) -> str:
+    """The test's file, relative to the target root."""
+    path = nodeid.partition("::")[0]
+    if (target.root / path).is_file() or path.startswith(target.tests_dir.rstrip("/") + "/"):
+        return path
+    return f"{target.tests_dir.rstrip('/')}/{path}"
+
+
+def match_rule(rules, target, t: TestResult):
+    """The rule a failure matches: its test glob, and its error regex (when the rule
+    has one) against the signature, message and traceback."""
+    rel = test_rel(target, t.nodeid)
+    haystack = f"{t.signature}\n{t.message}\n{t.text}"
+    for rule in rules:
+        pattern = glob_to_regex(rule.test)
+        if (pattern.match(rel) or pattern.match(t.nodeid)) and \
+                (not rule.error or re.search(rule.error, haystack)):
+            return rule
+    return None
+
+
+# -- the judgement ---------------------------------------------------------------------------
+
+@dataclass
+class Judgement:
+    """What the verdict did for one run, besides the classes on each failure."""
+    baseline: gitref.Baseline | None = None
+    notes: list[str] = field(default_factory=list)
+    confirmed: int = 0          # failures re-run alone
+    confirm_seconds: float = 0.0
+    at_baseline: int = 0        # failures run at the baseline commit
+    baseline_seconds: float = 0.0
+    known_at_baseline: int = 0  # failures whose baseline outcome the history had
+    passes: list = field(default_factory=list)   # the PassOutcomes of its own passes
+    changed: list[str] = field(default_factory=list)
+    strict: bool = False
+
+    def as_dict(self) -> dict:
+        return {"baseline": ({"commit": self.baseline.commit, "label": self.baseline.label,
+                              "why": self.baseline.why} if self.baseline else None),
+                "confirmed": self.confirmed, "confirm_seconds": round(self.confirm_seconds, 2),
+                "at_baseline": self.at_baseline,
+                "baseline_seconds": round(self.baseline_seconds, 2),
+                "known_at_baseline": self.known_at_baseline, "strict": self.strict}
+
+
+def _set(t: TestResult, verdict: V, why: str) -> None:
+    t.verdict, t.why = verdict, why
+
+
+def judge(runner, results: Results, *, history=None, choice: gitref.Choice | None = None,
+          confirm: int = 1, parallel: bool = False) -> Judgement:
+    """Give every failure of `results` its verdict (see the module's docstring)."""
+    p = runner.p
+    target = p.target
+    j = Judgement(baseline=choice.baseline if choice else None, strict=p.opts.strict)
+    if choice and choice.note:
+        j.notes.append(choice.note)
+    fails = results.failures
+    if not fails:
+        return j
+    for t in fails:
+        if parallel:
+            t.parallel = True
+        rule = match_rule(target.quarantine, target, t)
+        if rule is not None:
+            _set(t, V.QUARANTINED, "quarantined" + (f": {rule.note}" if rule.note else ""))
+        elif t.flaky is not None:
+            _set(t, V.KNOWN_FLAKY, t.flaky.note or t.flaky.error)
+    open_ = [t for t in fails if t.verdict is None]
+    past = _past(history, p, [stable_id(t.nodeid) for t in open_])
+    base = j.baseline
+    ancestry = gitref.Ancestry(target.root) if gitref.is_repo(target.root) else None
+    at_base: dict[str, TestResult] = {}
+    for t in open_:
+        rows = past.get(stable_id(t.nodeid), [])
+        if base is not None:
+            row = next((r for r in rows if r.commit == base.commit and not r.tree
+                        and O(r.outcome).flip), None)
+            if row is not None:
+                at_base[stable_id(t.nodeid)] = TestResult(t.nodeid, O(row.outcome),
+                                                          message=row.signature)
+                j.known_at_baseline += 1
+                if O(row.outcome).bad and same_failure(t.signature, row.signature):
+                    _set(t, V.PRE_EXISTING, f"fails at {base.name} too, the same way "
+                         "(known from an earlier run there)")
+        elif ancestry is not None:
+            why = _preexisting_by_history(t, rows, ancestry, p)
+            if why:
+                _set(t, V.PRE_EXISTING, why)
+    # confirmation: alone, after every shard
+    todo = [t for t in fails if t.verdict is None]
+    if todo and confirm > 0:
+        t0 = time.monotonic()
+        _confirm(runner, todo, confirm, j)
+        j.confirm_seconds = time.monotonic() - t0
+        j.confirmed = len(todo)
+    for t in todo:
+        if any(r.outcome is O.PASSED for r in t.reruns):
+            if getattr(t, "parallel", False):
+                _set(t, V.LOAD_SENSITIVE, "failed beside other work (parallel), passed "
+                     "when re-run alone" + _beside(t))
+            else:
+                _set(t, V.FLAKY, "passed when re-run alone")
+    todo = [t for t in todo if t.verdict is None]
+    if todo and base is not None:
+        unknown = [t for t in todo if stable_id(t.nodeid) not in at_base]
+        if unknown:
+            t0 = time.monotonic()
+            at_base.update(_at_baseline(runner, unknown, base, j, history))
+            j.baseline_seconds = time.monotonic() - t0
+            j.at_baseline = len(unknown)
+        for t in todo:
+            _by_baseline(t, at_base.get(stable_id(t.nodeid)), base)
+    elif todo:
+        for t in todo:
+            _by_history_alone(t, past.get(stable_id(t.nodeid), []), ancestry, p)
+    if base is not None and any(t.verdict in (V.REGRESSION, V.NEW) for t in fails):
+        j.changed = gitref.changed_since(target.root, base.commit)
+        for t in fails:
+            if t.verdict in (V.REGRESSION, V.NEW):
+                t.cause = likely_cause(target, t, j.changed, base)
+    return j
+
+
+def _beside(t: TestResult) -> str:
+    alongside = getattr(t, "alongside", None) or []
+    load = getattr(t, "load", None)
+    bits = []
+    if alongside:
+        bits.append("beside " + ", ".join(alongside[:3])
+                    + (f" (+{len(alongside) - 3})" if len(alongside) > 3 else ""))
+    if load is not None:
+        bits.append(f"load {load:.1f}")
+    return f" ({'; '.join(bits)})" if bits else ""
+
+
+def _past(history, p, ids: list[str]) -> dict:
+    if history is None or not ids:
+        return {}
+    return history.past(ids, minor=p.minor, tpt=p.tpt, spawn=p.spawn)
+
+
+def _clean_ancestor_rows(rows, ancestry, host: str) -> list:
+    return [r for r in rows if not r.tree and r.host == host and O(r.outcome).flip
+            and ancestry(r.commit)]
+
+
+def _preexisting_by_history(t: TestResult, rows, ancestry, p) -> str:
+    """Pre-existing when it failed the same way in most of its recent runs of this cell
+    on this machine at ancestors of HEAD (clean work trees only)."""
+    recent = _clean_ancestor_rows(rows, ancestry, os.uname().nodename)[:RECENT]
+    same = [r for r in recent if O(r.outcome).bad and same_failure(t.signature, r.signature)]
+    if recent and len(same) * 2 > len(recent):
+        return (f"failed the same way in {len(same)} of its last {len(recent)} run(s) of this "
+                "cell at ancestors of HEAD")
+    return ""
+
+
+def _by_history_alone(t: TestResult, rows, ancestry, p) -> None:
+    """No baseline: what still fails after confirmation is flaky when it passed at this
+    very commit (clean tree) before or flips in its history, else new."""
+    what = "failed again when re-run alone" if t.reruns else "not re-run (--no-confirm)"
+    recent = (_clean_ancestor_rows(rows, ancestry, os.uname().nodename)[:RECENT * 2]
+              if ancestry is not None else [])
+    head = ancestry.head if ancestry is not None else None
+    here = [r for r in recent if r.commit == head]
+    if any(O(r.outcome) is O.PASSED for r in here) and not gitref.edits(p.target.root):
+        _set(t, V.FLAKY, f"{what}, but passed at this same commit (clean tree) in an "
+             "earlier run: the code did not change")
+        return
+    sides = [O(r.outcome).flip for r in recent]
+    flips = sum(a != b for a, b in zip(sides, sides[1:]))
+    if flips >= 2:
+        _set(t, V.FLAKY, f"{what}; flips in the history ({flips} flips in its last "
+             f"{len(recent)} runs)")
+        return
+    _set(t, V.NEW, f"{what}; no baseline to compare with")
+
+
+def _by_baseline(t: TestResult, there: TestResult | None, base) -> None:
+    what = "failed again alone" if t.reruns else "not re-run (--no-confirm)"
+    t.baseline = there
+    if there is None:
+        _set(t, V.NEW, f"{what}; not in {base.name} (a new test, or not collected there)")
+    elif there.outcome is O.PASSED:
+        _set(t, V.REGRESSION, f"{what}; passes at {base.name}")
+    elif there.outcome.bad and same_failure(t.signature, there.signature):
+        _set(t, V.PRE_EXISTING, f"fails at {base.name} too, the same way")
+    elif there.outcome.bad:
+        _set(t, V.REGRESSION, f"{what}; fails at {base.name} too, but differently: "
+             f"{there.signature or there.outcome}")
+    else:
+        _set(t, V.NEW, f"{what}; {there.outcome} at {base.name}")
+
+
+# -- the passes of the verdict ------------------------------------------------------------
+
+def _quiet_opts(opts):
+    """A confirmation or baseline pass: every selected test runs (no -x, no --lf), and
+    pytest's cache is left as the run made it."""
+    extra = [a for a in opts.extra if a not in ("--lf", "--last-failed", "-x", "--exitfirst")]
+    return replace(opts, exitfirst=False, last_failed=False, extra=[*extra, "-p",
+                                                                    "no:cacheprovider"])
+
+
+def _by_module(tests: list[TestResult]) -> dict[str, list[TestResult]]:
+    groups: dict[str, list[TestResult]] = {}
+    for t in tests:
+        groups.setdefault(module_of(stable_id(t.nodeid)), []).append(t)
+    return groups
+
+
+def _confirm(runner, tests: list[TestResult], times: int, j: Judgement) -> None:
+    opts = _quiet_opts(runner.p.opts)
+    groups = _by_module(tests)
+    n = 0
+    for r in range(times):
+        for module, group in groups.items():
+            if runner.stopped():
+                j.notes.append("verdict: stopped before every failure was re-run")
+                return
+            n += 1
+            lane = runner.lane(only={stable_id(t.nodeid) for t in group}, shard=None,
+                               echo=None, opts=opts, phase=f"confirm-{n}")
+            j.passes += lane.passes
+            for t in group:
+                again = lane.results.tests.get(stable_id(t.nodeid))
+                t.reruns.append(again or TestResult(t.nodeid, O.INTERRUPTED,
+                                                    message="did not run when re-run alone"))
+
+
+def _at_baseline(runner, tests: list[TestResult], base, j: Judgement,
+                 history) -> dict[str, TestResult]:
+    """Run the tests at the baseline commit: its tree exported read-only, the target's
+    own venv, the export imported first; record the outcomes for the next run."""
+    p = runner.p
+    target = p.target
+    dest = target.state_dir / "baseline" / base.commit
+    try:
+        root = gitref.export(target.root, base.commit, dest)
+    except Exception as err:  # noqa: BLE001 - one line, and the verdict goes on without it
+        j.notes.append(f"verdict: could not export {base.name} ({err}); no baseline run")
+        return {}
+    _prune_exports(dest.parent, keep={base.commit})
+    lock = target.root / "uv.lock"
+    if lock.exists() and gitref.git(target.root, "diff", "--quiet", base.commit, "--",
+                                    "uv.lock", check=False) is None:
+        j.notes.append(f"verdict: uv.lock differs between {base.name} and this tree: the "
+                       "baseline ran with this tree's venv")
+    where = runner.import_check(root)
+    if where is not None:
+        j.notes.append(f"verdict: baseline {base.name} ({base.why}) exported to {root}; "
+                       f"`import {target.package}` there resolves to {where}")
+    opts = _quiet_opts(p.opts)
+    ids = {stable_id(t.nodeid) for t in tests}
+    lane = runner.lane(only=ids, shard=None, echo=None, opts=opts, phase="baseline",
+                       at=root)
+    j.passes += lane.passes
+    found = {k: v for k, v in lane.results.tests.items() if k in ids}
+    if history is not None and lane.results.tests and not runner.stopped():
+        _record_baseline(history, p, base, runner, lane.results)
+    return found
+
+
+def _record_baseline(history, p, base, runner, results: Results) -> None:
+    from .history import RunRow, TestRow
+    now = time.time()
+    row = RunRow(run_id=f"{runner.run_dir.path.name}-baseline", started=now, finished=now,
+                 kind="baseline", cell=p.cell.name if p.cell else "", minor=p.minor,
+                 tpt=p.tpt, spawn=p.spawn, commit=base.commit, host=os.uname().nodename)
+    tests = [TestRow(k, t.outcome.value, round(t.duration, 3), "", t.signature)
+             for k, t in results.tests.items()]
+    try:
+        history.record(row, tests)
+    except Exception:  # noqa: BLE001 - the history is a cache: the verdict stands
+        pass
+
+
+def _prune_exports(parent: Path, keep: set[str], most: int = 3) -> None:
+    """Keep the newest few exports (each is a whole tree)."""
+    try:
+        dirs = sorted((d for d in parent.iterdir() if d.is_dir() and not d.is_symlink()
+                       and re.fullmatch(r"[0-9a-f]{40}", d.name)),
+                      key=lambda d: d.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for d in dirs[most:]:
+        if d.name not in keep:
+            gitref.remove_export(d)
+
+
+# -- likely cause ----------------------------------------------------------------------------
+
+def likely_cause(target, t: TestResult, changed: list[str], base) -> list[str]:
+    """The changed files ranked by what ties each to the failing test, with the reasons:
+    the test file itself, its traceback, its test module's direct imports, the change
+    map, the package it imports."""
+    if not changed:
+        return [f"likely cause: nothing changed since {base.name} in the files git tracks"]
+    test_path = test_file(target, t.nodeid)
+    direct, packages = _imports(target.root / test_path)
+    since = f"changed since {base.label}"
+    scored = []
+    for f in changed:
+        reasons, score = [since], 0
+        if f == test_path:
+            reasons.append("the test's own file")
+            score += 8
+        if _in_traceback(f, t.text):
+            reasons.append("in its traceback")
+            score += 4
+        mod = _module_name(f)
+        if mod and mod in direct:
+            reasons.append(f"imported by {test_path}")
+            score += 3
+        mapped = _mapped(target, f, test_path)
+        if mapped:
+            reasons.append(f"mapped to {mapped}")
+            score += 2
+        if not score and mod and mod.split(".")[0] in packages:
+            reasons.append(f"in {mod.split('.')[0]}, which {test_path} imports")
+            score += 1
+        if score:
+            scored.append((-score, f, reasons))
+    if not scored:
+        shown = ", ".join(changed[:5]) + (f" (+{len(changed) - 5})" if len(changed) > 5 else "")
+        return [f"likely cause: nothing ties it to a change; {since}: {shown}"]
+    return [f"likely cause: {f} ({'; '.join(reasons)})" for _, f, reasons in sorted(scored)[:3]]
+
+
+def _module_name(path: str) -> str | None:
+    if not path.endswith(".py"):
+        return None
+    parts = list(Path(path).with_suffix("").parts)
+    if parts and parts[0] == "src":
+        parts = parts[1:]
+    if parts and parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts) or None
+
+
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """(modules the file imports, each with its parents; top-level packages)."""
+    try:
+        tree = ast.parse(path.read_text(errors="replace"))
+    except (OSError, SyntaxError, ValueError):
+        return set(), set()
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    direct = set()
+    for name in found:
+        parts = name.split(".")
+        direct.update(".".join(parts[:i]) for i in range(2, len(parts) + 1))
+        if len(parts) == 1:
+            direct.add(name)
+    return direct, {n.split(".")[0] for n in found}
+
+
+def _in_traceback(path: str, text: str) -> bool:
+    if not text:
+        return False
+    return (f"/{path}" in text or text.startswith(path) or f"\n{path}" in text
+            or f" {path}" in text)
+
+
+def _mapped(target, changed: str, test_path: str) -> str | None:
+    """The change-map entry that ties the changed file to the test's file."""
+    from .selection import _glob_match
+    rel = test_rel(target, test_path)
+    for glob, tests in target.affected.items():
+        if not _glob_match(changed, glob):
+            continue
+        for word in tests:
+            w = word.rstrip("/")
+            w = w[len(target.tests_dir.rstrip("/")) + 1:] if \
+                w.startswith(target.tests_dir.rstrip("/") + "/") else w
+            if rel == w or rel.startswith(w + "/") or Path(rel).name == w:
+                return glob
+    return None
+
+
+# -- the exit code and the summary's first line ----------------------------------------------
+
+def failing(results: Results, strict: bool = False) -> list[TestResult]:
+    """The failures that fail the run: regressions and new ones (every one, --strict)."""
+    return list(results.failures) if strict else results.new_failures
+
+
+def counts(results: Results) -> dict[V, int]:
+    out = dict.fromkeys(V, 0)
+    for t in results.failures:
+        if t.verdict is not None:
+            out[t.verdict] += 1
+    return out
+
+
+def headline(results: Results, j: Judgement | None) -> str:
+    """`verdict: 0 regressions · 21 pre-existing (fail at main too) · 4 flaky (passed
+    alone) · 2 known-flaky`"""
+    c = counts(results)
+    base = j.baseline if j else None
+    words = {V.REGRESSION: "", V.NEW: "", V.PRE_EXISTING:
+             f" (fail at {base.label} too)" if base else " (failed before too)",
+             V.FLAKY: " (passed alone)", V.LOAD_SENSITIVE: " (passed alone)",
+             V.KNOWN_FLAKY: "", V.QUARANTINED: ""}
+    parts = [f"{c[V.REGRESSION]} regression{'' if c[V.REGRESSION] == 1 else 's'}"]
+    parts += [f"{c[v]} {v.value}{words[v]}" for v in V if v is not V.REGRESSION and c[v]]
+    return "verdict: " + " · ".join(parts)
+

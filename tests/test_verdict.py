@@ -1,0 +1,434 @@
+"""The verdict: regressions apart from pre-existing, flaky and load-sensitive failures,
+with the likely cause. Pure decisions first (fast), then real runs of the sample in
+scratch git copies of it (slow)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from helpers import copy_sample, git_state, invoke, last_run
+from tractor_tasks import gitref, verdict
+from tractor_tasks.errors import TaskError
+from tractor_tasks.options import RunOptions
+from tractor_tasks.passes import RunResult
+from tractor_tasks.results import Results, TestResult
+from tractor_tasks.status import RunStatus, TestOutcome as O, Verdict as V
+from tractor_tasks.target import FlakyRule, load_target
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          cwd=root, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def tiny_repo(root: Path) -> Path:
+    root.mkdir(parents=True)
+    (root / "pyproject.toml").write_text('[project]\nname = "pkg"\nrequires-python = ">=3.11"\n'
+                                         '[tool.tractor-tasks]\npackage = "pkg"\n')
+    (root / "pkg").mkdir()
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "core.py").write_text("X = 1\n")
+    (root / "pkg" / "other.py").write_text("Y = 1\n")
+    (root / "tests").mkdir()
+    (root / "tests" / "test_core.py").write_text("from pkg.core import X\n\ndef test_x():\n"
+                                                 "    assert X == 1\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "base")
+    return root
+
+
+# -- signatures --------------------------------------------------------------------------
+
+def test_the_same_failure_masks_addresses_ports_and_temp_paths():
+    assert verdict.same_failure("OSError: [Errno 98] bind ('127.0.0.1', 45123) at 0x7f00aa",
+                                "OSError: [Errno 98] bind ('127.0.0.1', 51002) at 0x7f11bb")
+    assert verdict.same_failure("trio.TooSlowError", "trio.TooSlowError")
+    assert not verdict.same_failure("AssertionError: assert 3 == 4", "AssertionError: assert 5 == 4")
+    assert not verdict.same_failure("trio.TooSlowError", "KeyError: 'x'")
+    assert not verdict.same_failure("", "")   # no signature is no evidence
+
+
+# -- the baseline choice (real git, tiny repos) --------------------------------------------
+
+def test_on_an_unchanged_default_branch_the_history_decides(tmp_path):
+    root = tiny_repo(tmp_path / "r")
+    assert gitref.choose(root, None).baseline is None
+
+
+def test_edits_on_the_default_branch_compare_with_head(tmp_path):
+    root = tiny_repo(tmp_path / "r")
+    (root / "pkg" / "core.py").write_text("X = 2\n")
+    base = gitref.choose(root, None).baseline
+    assert base.commit == git(root, "rev-parse", "HEAD") and base.label == "HEAD"
+
+
+def test_a_branch_compares_with_where_it_left_main(tmp_path):
+    root = tiny_repo(tmp_path / "r")
+    fork = git(root, "rev-parse", "HEAD")
+    git(root, "checkout", "-q", "-b", "feature")
+    (root / "pkg" / "core.py").write_text("X = 2\n")
+    git(root, "commit", "-qam", "change")
+    git(root, "checkout", "-q", "main")
+    (root / "pkg" / "other.py").write_text("Y = 2\n")
+    git(root, "commit", "-qam", "main moves on")
+    git(root, "checkout", "-q", "feature")
+    base = gitref.choose(root, None).baseline
+    assert (base.commit, base.label) == (fork, "main")
+    assert gitref.changed_since(root, base.commit) == ["pkg/core.py"]
+
+
+def test_the_init_shims_are_not_edits(tmp_path):
+    root = tiny_repo(tmp_path / "r")
+    (root / "tasks.py").write_text('"""invoke tasks, from tractor-tasks."""\n')
+    assert gitref.edits(root) == [] and gitref.choose(root, None).baseline is None
+    (root / "notes.txt").write_text("mine")
+    assert gitref.edits(root) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("ref, needle", [("no-such-branch", "no such commit"),
+                                         ("", "--baseline is empty")])
+def test_a_baseline_that_does_not_exist_is_bad_usage(tmp_path, ref, needle):
+    root = tiny_repo(tmp_path / "r")
+    with pytest.raises(TaskError) as err:
+        gitref.choose(root, ref)
+    assert err.value.code == 2 and needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_outside_git_there_is_no_baseline(tmp_path):
+    (tmp_path / "plain").mkdir()
+    choice = gitref.choose(tmp_path / "plain", None)
+    assert choice.baseline is None and "not a git checkout" in choice.note
+    with pytest.raises(TaskError) as err:
+        gitref.choose(tmp_path / "plain", "main")
+    assert err.value.code == 2
+
+
+def test_a_shallow_clone_without_the_base_says_so_once(tmp_path):
+    origin = tiny_repo(tmp_path / "origin")
+    for i in range(3):
+        (origin / "pkg" / "other.py").write_text(f"Y = {i}\n")
+        git(origin, "commit", "-qam", f"c{i}")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{origin}", str(clone)],
+                   check=True)
+    git(clone, "checkout", "-q", "-b", "feature")
+    git(clone, "update-ref", "-d", "refs/remotes/origin/HEAD")
+    git(clone, "update-ref", "-d", "refs/remotes/origin/main")
+    subprocess.run(["git", "fetch", "-q", "--depth", "1", "origin",
+                    f"+{git(origin, 'rev-parse', 'HEAD~2')}:refs/remotes/origin/main"],
+                   cwd=clone, check=True)
+    choice = gitref.choose(clone, None)
+    assert choice.baseline is None and "shallow" in choice.note
+    with pytest.raises(TaskError) as err:
+        gitref.choose(clone, git(origin, "rev-parse", "HEAD~3"))
+    assert err.value.code == 2 and "fetch --unshallow" in str(err.value)
+
+
+def test_an_export_is_read_only_and_leaves_the_repository_alone(tmp_path):
+    root = tiny_repo(tmp_path / "r")
+    (root / "pkg" / "core.py").write_text("X = 2\n")
+    git(root, "stash", "-q")
+    (root / "pkg" / "core.py").write_text("X = 3\n")
+    git(root, "add", "pkg/core.py")
+    before = git_state(root)
+    dest = gitref.export(root, git(root, "rev-parse", "HEAD"), tmp_path / "exp" / "x")
+    assert (dest / "pkg" / "core.py").read_text() == "X = 1\n"
+    # read-only by its modes (root, as here, could write anyway)
+    assert not (dest / "pkg").stat().st_mode & 0o222
+    assert not (dest / "pkg" / "core.py").stat().st_mode & 0o222
+    assert git_state(root) == before
+    gitref.remove_export(dest)
+    assert not dest.exists()
+
+
+# -- likely cause -----------------------------------------------------------------------------
+
+def test_the_likely_cause_ranks_what_ties_a_changed_file_to_the_test(tmp_path):
+    root = tiny_repo(tmp_path / "r")
+    target = load_target(root)
+    base = gitref.Baseline(git(root, "rev-parse", "HEAD"), "main", "test")
+    t = TestResult("tests/test_core.py::test_x", O.FAILED, message="AssertionError",
+                   text="tests/test_core.py:4: in test_x\nE   AssertionError")
+    lines = verdict.likely_cause(target, t, ["README.md", "pkg/core.py", "pkg/other.py"], base)
+    assert lines[0] == "likely cause: pkg/core.py (changed since main; imported by " \
+                       "tests/test_core.py)"
+    assert lines[1].startswith("likely cause: pkg/other.py (changed since main; in pkg")
+    assert not any("README" in ln for ln in lines)
+    nothing = verdict.likely_cause(target, t, ["README.md"], base)
+    assert nothing == ["likely cause: nothing ties it to a change; changed since main: "
+                       "README.md"]
+
+
+# -- the judgement, with a fake at the process boundary -----------------------------------------
+
+@dataclass
+class FakePlan:
+    target: object
+    opts: RunOptions = field(default_factory=lambda: RunOptions(exitfirst=False))
+    minor: str = "3.11"
+    cell: object = None
+    tpt: str = "tcp"
+    spawn: str = "trio"
+
+
+class FakeRunner:
+    """Stands in for PassRunner: instead of starting pytest, a lane gives each selected
+    test the next outcome its script says (what a real re-run alone would report)."""
+
+    def __init__(self, target, script: dict[str, list[O]], opts=None):
+        self.p = FakePlan(target, opts or RunOptions(exitfirst=False))
+        self.script = script
+        self.lanes: list[tuple[str, set]] = []
+        self.run_dir = type("D", (), {"path": Path("/nonexistent/run-1")})()
+
+    def stopped(self):
+        return False
+
+    def import_check(self, at):
+        return str(at)
+
+    def lane(self, *, only, shard, echo, opts=None, phase=None, at=None):
+        self.lanes.append((phase, set(only)))
+        r = Results(self.p.target)
+        for nodeid in only:
+            outcome = self.script[nodeid].pop(0)
+            r.tests[nodeid] = TestResult(nodeid, outcome, message="AssertionError: boom"
+                                         if outcome.bad else "")
+        return RunResult(0, RunStatus.PASSED, r)
+
+
+def failed(results, nodeid, message="AssertionError: boom"):
+    results.tests[nodeid] = TestResult(nodeid, O.FAILED, message=message)
+
+
+def test_confirmation_tells_flaky_from_confirmed_and_skips_what_the_config_explains(tmp_path):
+    root = tiny_repo(tmp_path / "r")
+    target = load_target(root)
+    object.__setattr__(target, "quarantine", (FlakyRule("test_core.py::test_q", ""),))
+    r = Results(target)
+    for name in ("test_flip", "test_again", "test_q", "test_known"):
+        failed(r, f"tests/test_core.py::{name}")
+    r.tests["tests/test_core.py::test_known"].flaky = FlakyRule("*", "boom", "known")
+    runner = FakeRunner(target, {"tests/test_core.py::test_flip": [O.PASSED],
+                                 "tests/test_core.py::test_again": [O.FAILED]})
+    j = verdict.judge(runner, r, choice=gitref.Choice(None))
+    v = {k.split("::")[1]: t.verdict for k, t in r.tests.items()}
+    assert v == {"test_flip": V.FLAKY, "test_again": V.NEW, "test_q": V.QUARANTINED,
+                 "test_known": V.KNOWN_FLAKY}
+    # one pytest start for the module's two unexplained failures, nothing else re-run
+    assert runner.lanes == [("confirm-1", {"tests/test_core.py::test_flip",
+                                           "tests/test_core.py::test_again"})]
+    assert j.confirmed == 2
+    assert verdict.failing(r) == [r.tests["tests/test_core.py::test_again"]]
+    assert verdict.headline(r, j) == "verdict: 0 regressions · 1 new · 1 flaky (passed " \
+                                     "alone) · 1 known-flaky · 1 quarantined"
+
+
+def test_a_parallel_failure_that_passes_alone_is_load_sensitive(tmp_path):
+    target = load_target(tiny_repo(tmp_path / "r"))
+    r = Results(target)
+    failed(r, "tests/test_core.py::test_deadline", "trio.TooSlowError")
+    runner = FakeRunner(target, {"tests/test_core.py::test_deadline": [O.PASSED]})
+    verdict.judge(runner, r, choice=gitref.Choice(None), parallel=True)
+    t = r.tests["tests/test_core.py::test_deadline"]
+    assert t.verdict is V.LOAD_SENSITIVE and "passed when re-run alone" in t.why
+
+
+def test_confirm_n_re_runs_n_times_and_no_confirm_none(tmp_path):
+    target = load_target(tiny_repo(tmp_path / "r"))
+    r = Results(target)
+    failed(r, "tests/test_core.py::test_x")
+    runner = FakeRunner(target, {"tests/test_core.py::test_x": [O.FAILED, O.FAILED, O.PASSED]})
+    verdict.judge(runner, r, choice=gitref.Choice(None), confirm=3)
+    assert len(runner.lanes) == 3 and r.tests["tests/test_core.py::test_x"].verdict is V.FLAKY
+    r2 = Results(target)
+    failed(r2, "tests/test_core.py::test_x")
+    runner2 = FakeRunner(target, {})
+    verdict.judge(runner2, r2, choice=gitref.Choice(None), confirm=0)
+    assert runner2.lanes == [] and r2.tests["tests/test_core.py::test_x"].verdict is V.NEW
+
+
+def test_the_baseline_splits_regressions_from_pre_existing(tmp_path):
+    root = tiny_repo(tmp_path / "r")
+    target = load_target(root)
+    base = gitref.Baseline(git(root, "rev-parse", "HEAD"), "main", "test")
+    r = Results(target)
+    for name in ("test_broke", "test_old", "test_other_way", "test_brand_new"):
+        failed(r, f"tests/test_core.py::{name}")
+    script = {f"tests/test_core.py::{n}": [O.FAILED] for n in
+              ("test_broke", "test_old", "test_other_way", "test_brand_new")}
+    runner = FakeRunner(target, script)
+    # at the baseline: passes, fails the same way, fails differently, is not there
+
+    def lane(*, only, shard, echo, opts=None, phase=None, at=None):
+        if phase != "baseline":
+            return FakeRunner.lane(runner, only=only, shard=shard, echo=echo, phase=phase)
+        runner.lanes.append((phase, set(only)))
+        res = Results(target)
+        res.tests["tests/test_core.py::test_broke"] = TestResult(
+            "tests/test_core.py::test_broke", O.PASSED)
+        res.tests["tests/test_core.py::test_old"] = TestResult(
+            "tests/test_core.py::test_old", O.FAILED, message="AssertionError: boom")
+        res.tests["tests/test_core.py::test_other_way"] = TestResult(
+            "tests/test_core.py::test_other_way", O.FAILED, message="KeyError: 'k'")
+        return RunResult(0, RunStatus.PASSED, res)
+    runner.lane = lane
+    verdict.judge(runner, r, choice=gitref.Choice(base))
+    v = {k.split("::")[1]: (t.verdict, t.why) for k, t in r.tests.items()}
+    assert v["test_broke"][0] is V.REGRESSION and "passes at main" in v["test_broke"][1]
+    assert v["test_old"][0] is V.PRE_EXISTING
+    assert v["test_other_way"][0] is V.REGRESSION and "differently: KeyError" in \
+        v["test_other_way"][1]
+    assert v["test_brand_new"][0] is V.NEW and "not in main" in v["test_brand_new"][1]
+    assert [ph for ph, _ in runner.lanes] == ["confirm-1", "baseline"]
+
+
+# -- real runs of the sample -----------------------------------------------------------------------
+
+VX = textwrap.dedent('''
+    import os
+    from pathlib import Path
+    from sample_actors.discovery import _registry
+
+
+    def test_ok():
+        assert True
+
+
+    def test_old_bug():
+        assert 1 == 2, "an old bug"
+
+
+    def test_uses_registry():
+        assert not hasattr(_registry, "VX"), "broken by VX"
+
+
+    def test_one_start_in_two():
+        counter = Path(os.environ["VX_COUNTER"])
+        n = int(counter.read_text()) if counter.exists() else 0
+        counter.write_text(str(n + 1))
+        assert n % 2, "fails every other start"
+''')
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """A git copy of the sample on `main` with VX's tests, its venv ready."""
+    from tractor_tasks.pipeline import prepare_venv
+    root = copy_sample(tmp_path / "repo", git=True)
+    git(root, "branch", "-M", "main")
+    (root / "tests" / "test_vx.py").write_text(VX)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "vx")
+    prepare_venv(load_target(root), "3.11", out=lambda line: None)
+    return root
+
+
+def run_vx(root, tmp_path, *args):
+    return invoke("test", "tests/test_vx.py", "--no-x", *args, root=root,
+                  env={"VX_COUNTER": str(tmp_path / "counter")})
+
+
+def outcome(root):
+    return json.loads((last_run(root) / "outcome.json").read_text())
+
+
+def verdicts(root):
+    return {f["nodeid"].split("::")[1]: f["verdict"] for f in outcome(root)["failures"]}
+
+
+@pytest.mark.slow
+def test_a_commit_that_breaks_a_test_is_a_regression_with_its_file_as_cause(scratch, tmp_path):
+    git(scratch, "checkout", "-q", "-b", "feature")
+    with open(scratch / "sample_actors" / "discovery" / "_registry.py", "a") as f:
+        f.write("\nVX = 1\n")
+    git(scratch, "commit", "-qam", "a bug")
+    before = git_state(scratch)
+    out = run_vx(scratch, tmp_path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert verdicts(scratch) == {"test_old_bug": "pre-existing", "test_uses_registry":
+                                 "regression", "test_one_start_in_two": "flaky"}
+    text = out.stdout.rpartition("\nresults:")[2]   # our summary, after pytest's own output
+    assert "verdict: 1 regression · 1 pre-existing (fail at main too) · 1 flaky (passed " \
+           "alone)" in text
+    cause = next(ln for ln in text.splitlines() if "likely cause:" in ln)
+    assert "sample_actors/discovery/_registry.py (changed since main; imported by " \
+           "tests/test_vx.py" in cause
+    # the regression's traceback is shown, the explained failures get one line each
+    assert "broken by VX" in text and "an old bug" not in text
+    assert (last_run(scratch) / "baseline").is_dir()
+    junit = (last_run(scratch) / "junit.xml").read_text()
+    assert 'name="verdict" value="regression"' in junit and "<flakyFailure" in junit
+    # the user's repository is exactly as it was: HEAD, index, stash, work tree
+    assert git_state(scratch) == before
+    # a second run against the same baseline re-runs nothing there
+    again = run_vx(scratch, tmp_path)
+    assert again.returncode == 1 and not (last_run(scratch) / "baseline").exists()
+    assert verdicts(scratch)["test_old_bug"] == "pre-existing"
+    assert git_state(scratch) == before
+
+
+@pytest.mark.slow
+def test_only_explained_failures_pass_the_run_and_strict_fails_it(scratch, tmp_path):
+    (tmp_path / "counter").write_text("1")      # the flip test passes this start
+    git(scratch, "checkout", "-q", "-b", "feature")
+    (scratch / "NOTES.md").write_text("an unrelated edit\n")   # the branch has edits
+    out = run_vx(scratch, tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert verdicts(scratch) == {"test_old_bug": "pre-existing"}
+    assert outcome(scratch)["status"] == "passed"
+    strict = run_vx(scratch, tmp_path, "--strict")
+    assert strict.returncode == 1
+    # back on main, unchanged: the history (the runs at main's commit) decides, no baseline
+    (scratch / "NOTES.md").unlink()
+    git(scratch, "checkout", "-q", "main")
+    (tmp_path / "counter").write_text("1")
+    plain = run_vx(scratch, tmp_path, "--no-confirm")
+    assert plain.returncode == 0, plain.stdout
+    assert verdicts(scratch) == {"test_old_bug": "pre-existing"}
+    assert "in 2 of its last 2 run(s)" in plain.stdout or "of its last" in plain.stdout
+
+
+LOAD_A = textwrap.dedent('''
+    import os, time
+    from pathlib import Path
+
+
+    def test_busy_neighbour():
+        marker = Path(os.environ["VX_MARKER"])
+        marker.write_text("busy")
+        time.sleep(4)
+        marker.unlink()
+''')
+LOAD_B = textwrap.dedent('''
+    import os, time
+    from pathlib import Path
+
+
+    def test_deadline():
+        time.sleep(1.5)
+        assert not Path(os.environ["VX_MARKER"]).exists(), "TooSlow: a neighbour was busy"
+''')
+
+
+@pytest.mark.slow
+def test_a_failure_only_under_parallel_load_is_load_sensitive(scratch, tmp_path):
+    (scratch / "tests" / "test_load_a.py").write_text(LOAD_A)
+    (scratch / "tests" / "test_load_b.py").write_text(LOAD_B)
+    git(scratch, "add", "-A")
+    git(scratch, "commit", "-qm", "load tests")
+    env = {"VX_MARKER": str(tmp_path / "busy")}
+    out = invoke("test", "tests/test_load_a.py", "tests/test_load_b.py", "--no-x", "-n", "2",
+                 root=scratch, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert verdicts(scratch) == {"test_deadline": "load-sensitive"}
+    assert "1 load-sensitive (passed alone)" in out.stdout
+    serial = invoke("test", "tests/test_load_a.py", "tests/test_load_b.py", "--no-x",
+                    root=scratch, env=env)
+    assert serial.returncode == 0 and verdicts(scratch) == {}
