@@ -127,9 +127,12 @@ def test_bad_worker_count():
 
 def test_load_already_on_the_machine_comes_off_the_budget():
     light = [U(f"tests/test_{k}.py", 10, 0.4) for k in range(4)]
-    free = simulate(light, workers=4, cores=2, target=0.8)
+    free = simulate(light, workers=4, cores=2, target=1.0)
     assert max(sum(1 for x in free if x.start <= s.start < x.end) for s in free) == 4
-    sched = Scheduler(light, workers=4, cores=2, target=0.8, reserved=1.0, clock=lambda: 0.0)
-    assert sched.budget == pytest.approx(0.6)
-    assert len(sched.admit()) == 1  # 0.4 + 0.4 > 0.6: one at a time
+    sched = Scheduler(light, workers=4, cores=2, target=1.0, reserved=0.8, clock=lambda: 0.0)
+    assert sched.budget == pytest.approx(1.2)
+    assert len(sched.admit()) == 3  # 4 x 0.4 > 1.2
     assert "load not ours" in sched.status()
+    # never below half the budget: other work cannot make the run serial
+    busy = Scheduler(light, workers=4, cores=2, target=1.0, reserved=2.0, clock=lambda: 0.0)
+    assert busy.budget == pytest.approx(1.0) and len(busy.admit()) == 2

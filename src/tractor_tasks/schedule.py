@@ -18,7 +18,7 @@ may be marked heavy in the config. Admission by predicted CPU demand:
   the backfill until it fits (no starvation);
 - with nothing running the head always starts (progress is guaranteed);
 - `reserved` (the CPUs other work kept busy when the run started)
-  comes off the budget, so a busy machine gets fewer units at once.
+  comes off the budget, down to half of it, so a busy machine gets fewer units at once.
 
 `Scheduler` holds the state and takes a clock (seconds; tests give a fake one);
 `simulate` plays a whole run on predicted walls with a fake clock.
@@ -95,8 +95,10 @@ class Scheduler:
 
     @property
     def budget(self) -> float:
-        """cores x target, less what the machine was already busy with."""
-        return max(self.cores * self.target - self.reserved, 0.0)
+        """cores x target, less what the machine was already busy with, but at least
+        half of it (other work cannot make a parallel run serial)."""
+        full = self.cores * self.target
+        return max(full - self.reserved, full / 2)
 
     def load(self) -> float:
         """The admitted CPU demand of what runs now."""
