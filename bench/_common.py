@@ -49,15 +49,18 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def parse_args(prog: str, about: str, repeat: int, root_refusal: str | None = None
-               ) -> argparse.Namespace:
-    """--root and --repeat; `root_refusal` set: --root is refused with that reason."""
+def parse_args(prog: str, about: str, repeat: int, root_refusal: str | None = None,
+               extra: list[tuple[str, str, str]] = ()) -> argparse.Namespace:
+    """--root and --repeat (and `extra` string options: (flag, default, help));
+    `root_refusal` set: --root is refused with that reason."""
     p = _Parser(prog=prog, description=about)
     p.add_argument("--root", metavar="PATH",
                    help="a tractor checkout with a py313 venv, used as is "
                         "(default: a private copy of examples/sample-actors)")
     p.add_argument("--repeat", metavar="N", type=int, default=repeat,
                    help=f"repetitions per measurement; the median is printed (default {repeat})")
+    for flag, default, text in extra:
+        p.add_argument(flag, default=default, help=text)
     args = p.parse_args()
     if args.repeat < 1:
         p.error(f"--repeat must be 1 or more, got {args.repeat}")

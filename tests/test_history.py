@@ -425,7 +425,7 @@ def test_export_then_load_durations_and_a_bad_file_is_one_line(hist, tmp_path):
     out = tmp_path / "durations.json"
     assert hist.export_durations(out, tpt="tcp") == 1
     assert load_durations(out) == {"tests/test_a.py::t[1]": 1.235}
-    for text in ("{", '{"version": 2, "durations": {}}', '{"version": 1, "durations": {"a": "x"}}',
+    for text in ("{", '{"version": 3, "durations": {}}', '{"version": 1, "durations": {"a": "x"}}',
                  "[]"):
         out.write_text(text)
         with pytest.raises(TaskError) as err:

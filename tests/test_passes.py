@@ -20,9 +20,8 @@ from tractor_tasks import contain, passes
 from tractor_tasks.options import RunOptions
 from tractor_tasks.passes import PassRunner, RunResult
 from tractor_tasks.pipeline import Plan
-from tractor_tasks.results import Leaks, Results, TestResult
+from tractor_tasks.results import Results, TestResult
 from tractor_tasks.rundirs import State
-from tractor_tasks.sharding import merge
 from tractor_tasks.status import RunStatus, Stop, TestOutcome as O
 from tractor_tasks.supervise import PassOutcome, Signals
 from tractor_tasks.target import load_target
@@ -212,32 +211,3 @@ def lane_result(target, shard: int, outcomes_: dict[str, O], *, stop=Stop.FINISH
                      notes=list(notes))
 
 
-def test_the_merge_keeps_the_plans_order_and_adds_everything_up(target, tmp_path):
-    ids = TESTS
-    (tmp_path / "shard-2" / "pass-1").mkdir(parents=True)
-    (tmp_path / "shard-2" / "pass-1" / "output.log").write_text("")
-    one = lane_result(target, 1, {TESTS[4]: O.PASSED, TESTS[0]: O.FAILED},
-                      leaks=Leaks(processes=[(7, "_subactor[x]")]),
-                      notes=["hang limit reached"])
-    two = lane_result(target, 2, {TESTS[3]: O.PASSED, TESTS[1]: O.HUNG, "tests/extra": O.PASSED},
-                      stop=Stop.HUNG, leaks=Leaks(sockets=["/r/a.sock"]))
-    merged = merge(target, [one, two], ids, run_dir=tmp_path)
-    assert list(merged.results.tests) == [TESTS[0], TESTS[1], TESTS[3], TESTS[4], "tests/extra"]
-    assert merged.results.collected == ids and merged.results.not_run() == [TESTS[2], TESTS[5]]
-    assert merged.results.leaks.count() == 2
-    assert merged.results.lastfailed_before == {"x": True}
-    assert merged.results.cachedir == "/cache/1"
-    assert [o.stop for o in merged.passes] == [Stop.FINISHED, Stop.HUNG]
-    assert merged.shards == 2
-    assert merged.notes == ["shard 1: hang limit reached", "shard 1 output: ",
-                            f"shard 2 output: {tmp_path}/shard-2/pass-1/output.log"]
-
-
-def test_a_shard_that_could_not_start_fails_the_run_and_the_others_stand(target):
-    one = lane_result(target, 1, {TESTS[0]: O.PASSED})
-    merged = merge(target, [one, None], TESTS[:2], errors={1: RuntimeError("no unshare")})
-    assert merged.broken == ["shard 2 could not start (no unshare); its tests did not run"]
-    assert merged.unaccounted() == [TESTS[1]]
-    assert list(merged.results.tests) == [TESTS[0]]
-    assert merged.results.not_run() == [TESTS[1]]
-    assert merged.shards == 2

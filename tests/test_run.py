@@ -561,7 +561,7 @@ def test_a_stop_between_passes_starts_no_more(sample_repo, monkeypatch, chaos_di
 
 
 def test_ctrl_c_while_shards_start_is_an_interrupt(sample_repo):
-    run, seen = _run_until(sample_repo, None, None, "--no-x", "-n", "2", line="shard 2/2:")
+    run, seen = _run_until(sample_repo, None, None, "--no-x", "-n", "2", line="parallel: ")
     try:
         os.killpg(run.pid, signal.SIGINT)
         out = "".join(seen) + run.communicate(timeout=60)[0]

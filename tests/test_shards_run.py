@@ -42,14 +42,40 @@ def test_two_shards_give_the_serial_result_and_show_progress(repo, monkeypatch):
     assert outcomes(repo) == first
     rec = json.loads((last_run(repo) / "outcome.json").read_text())
     assert rec["shards"] == 2 and rec["summary"]["collected"] == len(first)
-    # the plan, one line per shard, progress lines (stdout is not a terminal here)
-    assert "shard 1/2: " in split.stdout and "shard 2/2: " in split.stdout
-    progress = [line for line in split.stdout.splitlines() if line.startswith("progress: shard")]
-    assert any("finished" in line for line in progress), split.stdout
-    assert "(2 shards)" in split.stdout and "shard 1 output:" in split.stdout
+    # the plan, what each worker runs and the admitted load (stdout is not a terminal here)
+    assert "parallel: " in split.stdout and "on 2 worker(s)" in split.stdout
+    progress = [line for line in split.stdout.splitlines() if line.startswith("progress: ")]
+    assert any(line.startswith("progress: worker 1/2: tests/") for line in progress), split.stdout
+    assert any(line.startswith("progress: admitted ") for line in progress), split.stdout
+    assert "(2 shards)" in split.stdout and "worker 1: " in split.stdout
+    # the serial run measured the costs the queue was admitted by; each unit's lane is kept
+    units = json.loads((last_run(repo) / "units.json").read_text())
+    assert all(u["rate"] is not None for u in units)
+    assert sum(u["tests"] for u in units) == len(first)
+    # the failure of the parallel run says what ran beside it and the load then
+    seen = json.loads((last_run(repo) / "contention.json").read_text())
+    bad = seen["tests/test_rpc.py::test_remote_math"]
+    assert bad["parallel"] is True and bad["load"] is not None
+    assert isinstance(bad["alongside"], list) and "tests/test_rpc.py" not in str(bad["alongside"])
     # lastfailed over both shards, as pytest's --lf reads it
     lastfailed = json.loads((repo / ".pytest_cache/v/cache/lastfailed").read_text())
     assert "tests/test_rpc.py::test_remote_math" in lastfailed
+
+
+def test_a_worker_that_dies_mid_module_loses_no_test(repo, monkeypatch):
+    """test_load.py::test_worker_dies SIGKILLs its own pytest (chaos 'die'): the two tests
+    after it in its module still run, in a lane of their own, and the run fails as a
+    serial run that died there would."""
+    monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "die")
+    out = invoke("test", "--no-x", "-n", "2", root=repo, timeout=600)
+    assert out.returncode == 1, out.stdout + out.stderr
+    got = outcomes(repo)
+    assert got["tests/test_load.py::test_after_the_death"] == "passed"
+    assert got["tests/test_load.py::test_after_the_death_too"] == "passed"
+    assert got["tests/test_load.py::test_worker_dies"] == "failed"  # interrupted, reported
+    rec = json.loads((last_run(repo) / "outcome.json").read_text())
+    assert rec["summary"]["collected"] == len(got)  # none dropped
+    assert "remaining test(s) were queued again" in out.stdout
 
 
 def test_more_shards_than_tests_is_bad_usage(repo):
@@ -69,6 +95,7 @@ def test_ci_jobs_split_a_cell_and_the_report_adds_them_up(repo, tmp_path):
         out = nox("-s", row["session"], "--", "--shard", f"{row['shard']}/{row['of']}",
                   root=repo, timeout=600)
         assert out.returncode == 0, out.stdout + out.stderr
+        assert f"shard {row['shard']}/2: predicted ~" in out.stdout + out.stderr
         run = last_run(repo, "tests-3.11-trio-tcp")
         job = artifacts / f"shard-{row['shard']}"
         job.mkdir(parents=True)
@@ -83,5 +110,6 @@ def test_ci_jobs_split_a_cell_and_the_report_adds_them_up(repo, tmp_path):
     row = next(line.split() for line in report.stdout.splitlines()
                if line.startswith("tests-3.11(tpt='tcp')"))
     assert int(row[2]) == len(ran[0] | ran[1]) - int(row[6])  # passed = all - skipped
+    assert "shards (wall per job):" in report.stdout and "imbalance" in report.stdout
     durations = json.loads((tmp_path / "d.json").read_text())["durations"]
     assert len(durations) >= len(ran[0] | ran[1]) - int(row[6])

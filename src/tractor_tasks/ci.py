@@ -105,6 +105,40 @@ def merge_outcomes(paths: list[Path], warn=lambda line: None, *,
     return out
 
 
+def shard_walls(paths: list[Path]) -> list[str]:
+    """Per sharded cell, one line: each job's real wall (and its plan's prediction, from
+    the shard.json beside its outcome.json), and the imbalance max/mean of the walls (1.00
+    is a perfect split; the cell's wall is its slowest job)."""
+    from .fsutil import read_text_bounded
+    cells: dict[str, list[tuple[str, float, float | None]]] = {}
+    for path in sorted(paths):
+        try:  # artifacts: bounded, regular files only, links not followed
+            rec = json.loads(read_text_bounded(path))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("shard"), str) or \
+                not isinstance(rec.get("seconds", 0), (int, float)):
+            continue
+        try:
+            planned = json.loads(read_text_bounded(path.with_name("shard.json"))).get(
+                "predicted")
+            planned = float(planned) if isinstance(planned, (int, float)) else None
+        except (OSError, ValueError, AttributeError):
+            planned = None
+        cells.setdefault(rec.get("cell") or "?", []).append(
+            (rec["shard"], float(rec.get("seconds") or 0.0), planned))
+    lines = []
+    for cell, jobs in sorted(cells.items()):
+        jobs.sort(key=lambda j: int(str(j[0]).split("/")[0]))
+        walls = [w for _, w, _ in jobs]
+        mean = sum(walls) / len(walls)
+        parts = [f"{shard} {wall:.0f}s" + (f" (predicted {planned:.0f}s)" if planned else "")
+                 for shard, wall, planned in jobs]
+        lines.append(f"{cell}: " + ", ".join(parts)
+                     + f"; imbalance {max(walls) / mean if mean else 1.0:.2f} (max/mean)")
+    return lines
+
+
 def report_dir(directory: Path, *, durations_out: Path | None = None, warn=print) -> list:
     """The final CI job: the jobs' artifacts (each a cell's `last/` dir with outcome.json
     and junit.xml) -> the matrix rows; optionally a durations file from their JUnit."""

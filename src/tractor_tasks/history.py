@@ -33,7 +33,7 @@ from .status import TestOutcome
 from .target import id_glob_body, under_tests
 from .fsutil import atomic_write
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3   # 2: verdict, work-tree state; 3: per-test cpu, rss; per-run cores, freq
 APPLICATION_ID = 0x74727474  # "trtt": marks the file as a tractor-tasks history
 # derived from the one vocabulary (status.py)
 OUTCOMES = tuple(o.value for o in TestOutcome)
@@ -58,7 +58,9 @@ _SCHEMA = (
         commit_sha TEXT,
         load       REAL,
         host       TEXT NOT NULL DEFAULT '',
-        tree       TEXT NOT NULL DEFAULT '')""",
+        tree       TEXT NOT NULL DEFAULT '',
+        cores      INTEGER,
+        freq       REAL)""",
     "CREATE INDEX IF NOT EXISTS runs_started ON runs(started)",
     # minor/tpt/spawn/started are copied from the run: every per-test query is then
     # one index range on this table, no join needed.
@@ -74,15 +76,22 @@ _SCHEMA = (
         duration  REAL NOT NULL,
         flaky     TEXT NOT NULL DEFAULT '',
         signature TEXT NOT NULL DEFAULT '',
+        cpu       REAL,
+        rss       INTEGER,
         verdict   TEXT NOT NULL DEFAULT '')""",
     "CREATE INDEX IF NOT EXISTS results_test ON results(nodeid, started)",
     "CREATE INDEX IF NOT EXISTS results_started ON results(started)",
     "CREATE INDEX IF NOT EXISTS results_run ON results(run_id)",
 )
-# what each version adds to the one before it (an old file is brought up to date in place)
+# what each version adds to the one before it (an old file is brought up to date in place;
+# rows from before 3 have no costs: NULL, unknown)
 _MIGRATIONS = {
     2: ("ALTER TABLE runs ADD COLUMN tree TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE results ADD COLUMN verdict TEXT NOT NULL DEFAULT ''"),
+    3: ("ALTER TABLE results ADD COLUMN cpu REAL",
+        "ALTER TABLE results ADD COLUMN rss INTEGER",
+        "ALTER TABLE runs ADD COLUMN cores INTEGER",
+        "ALTER TABLE runs ADD COLUMN freq REAL"),
 }
 
 
@@ -100,6 +109,8 @@ class RunRow:
     load: float | None = None   # the machine's load during the run
     host: str = ""
     tree: str = ""         # "" for a clean work tree at `commit`, else a hash of its edits
+    cores: int | None = None    # os.cpu_count() of the machine
+    freq: float | None = None   # CPU frequency / its maximum (machine_freq()), None unknown
 
 
 @dataclass
@@ -112,6 +123,8 @@ class TestRow:
     signature: str = ""    # "trio.TooSlowError: deadline exceeded" (type + first message
                            # line; "HUNG" for a hang), "" for passes
     verdict: str = ""      # a failure's status.Verdict, "" for passes and old rows
+    cpu: float | None = None   # CPU seconds of the test's process tree; None unknown
+    rss: int | None = None     # peak RSS of the tree, bytes
 
 
 @dataclass
@@ -145,6 +158,65 @@ class Past:
     run_id: str
     started: float
     host: str
+
+@dataclass(frozen=True)
+class TestCost:
+    __test__ = False
+    wall: float
+    cpu: float | None = None     # None: no row measured it
+    rss: int | None = None
+
+
+@dataclass(frozen=True)
+class UnitCost:
+    wall: float                  # predicted seconds
+    rate: float | None           # CPU seconds per wall second; None: unmeasured
+    rss: int | None = None       # the largest test's peak RSS
+    tests: int = 0               # how many of its tests have a history
+
+
+def aggregate(nodeids: Iterable[str], costs: dict[str, TestCost], *,
+              unit: Callable[[str], str] | None = None) -> dict[str, UnitCost]:
+    """Per-test costs -> per-unit predictions (see History.unit_costs)."""
+    unit = unit or (lambda nodeid: nodeid.split("::", 1)[0])
+    groups: dict[str, list[TestCost]] = {}
+    for nodeid in nodeids:
+        if nodeid in costs:
+            groups.setdefault(unit(nodeid), []).append(costs[nodeid])
+    out = {}
+    for name, cs in groups.items():
+        measured = [c for c in cs if c.cpu is not None]
+        wall_m = sum(c.wall for c in measured)
+        rate = (sum(c.cpu for c in measured) / wall_m if wall_m > 0 else 0.0) \
+            if measured else None
+        rsses = [c.rss for c in cs if c.rss is not None]
+        out[name] = UnitCost(sum(c.wall for c in cs), None if rate is None else round(rate, 3),
+                             max(rsses) if rsses else None, len(cs))
+    return out
+
+
+def _cost(rows: list[tuple]) -> TestCost:
+    cpus = [r[5] for r in rows if r[5] is not None]
+    rsses = [r[6] for r in rows if r[6] is not None]
+    return TestCost(statistics.median(r[4] for r in rows),
+                    statistics.median(cpus) if cpus else None,
+                    int(statistics.median(rsses)) if rsses else None)
+
+
+def machine_freq(root: Path = Path("/sys/devices/system/cpu")) -> float | None:
+    """The CPUs' current frequency against their maximum (mean over CPUs), where /sys
+    exposes cpufreq; None elsewhere (VMs, containers often do not). A power-capped or
+    throttled CPU shows as < 1, so a slow run can be told from a regression."""
+    cur = maxi = 0.0
+    for d in sorted(root.glob("cpu[0-9]*/cpufreq")):
+        try:
+            c = float((d / "scaling_cur_freq").read_text())
+            m = float((d / "cpuinfo_max_freq").read_text())
+        except (OSError, ValueError):
+            continue
+        if m > 0:
+            cur, maxi = cur + c, maxi + m
+    return round(cur / maxi, 3) if maxi else None
 
 
 class _Corrupt(Exception):
@@ -310,12 +382,15 @@ class History:
             con.execute("DELETE FROM results WHERE run_id = ?", (run.run_id,))
             con.execute(
                 "INSERT OR REPLACE INTO runs (run_id, started, finished, kind, cell, minor, "
-                "tpt, spawn, commit_sha, load, host, tree) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "tpt, spawn, commit_sha, load, host, tree, cores, freq) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run.run_id, run.started, run.finished, run.kind, run.cell, run.minor,
-                 run.tpt, run.spawn, run.commit, run.load, run.host, run.tree))
+                 run.tpt, run.spawn, run.commit, run.load, run.host, run.tree, run.cores,
+                 run.freq))
             con.executemany(
                 "INSERT INTO results (run_id, nodeid, minor, tpt, spawn, started, outcome, "
-                "duration, flaky, signature, verdict) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+                "duration, flaky, signature, verdict, cpu, rss) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     # -- reading -------------------------------------------------------------------
 
@@ -347,6 +422,36 @@ class History:
                         out[nodeid] = statistics.median(found)
                 return out
         return self._guard(query)
+
+    def test_costs(self, nodeids: Iterable[str] | None = None, *, minor: str = "",
+                   tpt: str = "", spawn: str = "", last: int = 5) -> dict[str, TestCost]:
+        """Per test, the medians of its last `last` timed rows in the cell (else in any
+        cell, as durations() does): wall, and CPU and RSS where rows recorded them (rows
+        from before schema 2 have none: cpu None means unknown, not free)."""
+        wanted = set(nodeids) if nodeids is not None else None
+        marks = ",".join("?" * len(TIMED))
+        rows = self._read(
+            f"SELECT nodeid, minor, tpt, spawn, duration, cpu, rss FROM results "
+            f"WHERE outcome IN ({marks}) ORDER BY nodeid, started DESC, id DESC", TIMED)
+        out: dict[str, TestCost] = {}
+        for nodeid, group in groupby(rows, key=lambda r: r[0]):
+            if wanted is not None and nodeid not in wanted:
+                continue
+            group = list(group)
+            mine = [r for r in group if (not minor or r[1] == minor) and
+                    (not tpt or r[2] == tpt) and (not spawn or r[3] == spawn)] or group
+            out[nodeid] = _cost(mine[:last])
+        return out
+
+    def unit_costs(self, nodeids: Iterable[str], *, unit: Callable[[str], str] | None = None,
+                   **cell) -> dict[str, UnitCost]:
+        """Per unit (a module by default: `unit` maps a node id to its unit), the
+        predicted wall (the sum of its tests' medians) and CPU rate (CPU seconds per wall
+        second, from the tests whose rows carry costs; None when none do: unmeasured).
+        Tests never seen are left out of the sums; a unit none of whose tests were
+        seen is left out. `cell` takes test_costs()'s keywords."""
+        ids = list(nodeids)
+        return aggregate(ids, self.test_costs(ids, **cell), unit=unit)
 
     def recent(self, pattern: str | None = None, limit: int = 10, *,
                per_test: int | None = None) -> list[dict]:
@@ -485,10 +590,15 @@ class History:
         return len(tests)
 
     def export_durations(self, path: Path, **cell) -> int:
-        """Write {"version": 1, "durations": {nodeid: seconds}} for CI to commit; returns
-        how many tests. `cell` takes durations()'s keywords (minor, tpt, spawn, last)."""
+        """Write {"version": 2, "durations": {nodeid: seconds}, "costs": {nodeid: {"cpu":
+        seconds, "rss": bytes}}} for CI to commit (costs only for tests whose rows
+        measured them); returns how many tests. `cell` takes durations()'s keywords
+        (minor, tpt, spawn, last). load_durations() reads this and the version-1 shape."""
         found = self.durations(**cell)
-        doc = {"version": 1, "durations": {k: round(v, 3) for k, v in sorted(found.items())}}
+        costs = self.test_costs(found, **cell)
+        doc = {"version": 2, "durations": {k: round(v, 3) for k, v in sorted(found.items())},
+               "costs": {k: {"cpu": round(c.cpu, 3), "rss": c.rss}
+                         for k, c in sorted(costs.items()) if c.cpu is not None}}
         path = Path(path)
         try:  # a reader never sees half a file; a FIFO, device or link is refused
             atomic_write(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
@@ -532,7 +642,8 @@ def _result_row(run: RunRow, t: TestRow) -> tuple:
     if t.outcome not in OUTCOMES:
         raise ValueError(f"outcome {t.outcome!r} of {t.nodeid} is not one of {OUTCOMES}")
     return (run.run_id, t.nodeid, run.minor, run.tpt, run.spawn, run.started, t.outcome,
-            float(t.duration), t.flaky, t.signature, t.verdict)
+            float(t.duration), t.flaky, t.signature, t.verdict,
+            None if t.cpu is None else float(t.cpu), None if t.rss is None else int(t.rss))
 
 
 def _last_durations(con, nodeid: str, minor: str, tpt: str, spawn: str, last: int) -> list[float]:
@@ -665,7 +776,14 @@ def _junit_times(top: ET.Element, path: Path) -> tuple[float, float, str]:
 # -- the committed durations file and flaky rules --------------------------------------------
 
 def load_durations(path: Path) -> dict[str, float]:
-    """The durations file export_durations() wrote; a bad file is one line, code 1."""
+    """The durations file export_durations() wrote (version 1 or 2); a bad file is one
+    line, code 1."""
+    return {k: c.wall for k, c in load_costs(path).items()}
+
+
+def load_costs(path: Path) -> dict[str, TestCost]:
+    """Per test, the wall (and from a version-2 file the CPU and RSS) of a durations file;
+    a version-1 file gives walls only (cpu None: unmeasured)."""
     from .fsutil import read_text_bounded
     path = Path(path)
     try:
@@ -675,13 +793,21 @@ def load_durations(path: Path) -> dict[str, float]:
     except ValueError as err:
         raise TaskError(f"durations file {path} is not valid JSON ({err}); "
                         "re-export it", 1)
-    ok = (isinstance(doc, dict) and doc.get("version") == 1
+    ok = (isinstance(doc, dict) and doc.get("version") in (1, 2)
           and isinstance(doc.get("durations"), dict)
           and all(isinstance(k, str) and sane_seconds(v) for k, v in doc["durations"].items()))
+    costs = doc.get("costs", {}) if ok and doc.get("version") == 2 else {}
+    ok = ok and isinstance(costs, dict) and all(
+        isinstance(c, dict) and sane_seconds(c.get("cpu"))
+        and (c.get("rss") is None or (isinstance(c["rss"], int) and c["rss"] >= 0))
+        for c in costs.values())
     if not ok:
-        raise TaskError(f'error: durations file {path} is not {{"version": 1, "durations": '
-                        '{nodeid: seconds}}; re-export it', 1)
-    return {k: float(v) for k, v in doc["durations"].items()}
+        raise TaskError(f'error: durations file {path} is not {{"version": 2, "durations": '
+                        '{nodeid: seconds}, "costs": {nodeid: {"cpu", "rss"}}} (or version 1 '
+                        'without costs); re-export it with `invoke durations`', 1)
+    return {k: TestCost(float(v), float(costs[k]["cpu"]) if k in costs else None,
+                        costs[k].get("rss") if k in costs else None)
+            for k, v in doc["durations"].items()}
 
 
 def flaky_toml(candidates: Iterable[FlakyCandidate], tests_dir: str = "tests", *,

@@ -332,13 +332,14 @@ def flaky(c, min_runs=None, junit=None, cell=None, quarantine=False, root=None):
              "durations_out": "also write a durations file for the next sharded run",
              "root": ROOT_HELP})
 def ci_report(c, directory, durations_out=None, root=None):
-    """CI's last job: the jobs' outcomes, shards added up, as the matrix table.
+    """CI's last job: the jobs' outcomes, shards added up, as the matrix table; then each
+    sharded cell's wall per job (with its plan's prediction) and the imbalance max/mean.
 
     Also appended to $GITHUB_STEP_SUMMARY when set. A bad artifact is named in one line
     and skipped: a bad junit.xml costs only its durations, a bad outcome.json (its
     cell's result unknown) makes the exit code 1 as a failed cell does."""
     from .cells import append_step_summary, table_text
-    from .ci import report_dir
+    from .ci import report_dir, shard_walls
     unknown = []
 
     def warn(line: str) -> None:
@@ -348,6 +349,11 @@ def ci_report(c, directory, durations_out=None, root=None):
     rows = report_dir(Path(directory), warn=warn,
                       durations_out=Path(durations_out) if durations_out else None)
     print(table_text(rows))
+    walls = shard_walls(sorted(Path(directory).rglob("outcome.json")))
+    if walls:
+        print("shards (wall per job):")
+        for line in walls:
+            print(f"  {line}")
     note = append_step_summary(rows)
     if note:
         print(note)
@@ -360,10 +366,11 @@ def ci_report(c, directory, durations_out=None, root=None):
              "spawn": "only this spawn backend", "root": ROOT_HELP})
 def durations(c, out=".tractor-tasks-durations.json", python=None, tpt=None, spawn=None,
               root=None):
-    """Write recorded test durations to a small JSON file (for CI shards).
+    """Write recorded test durations and costs to a small JSON file (for CI shards).
 
-    The median of recent runs per test; commit the file so CI jobs balance their shards
-    without a history of their own."""
+    The median of recent runs per test (wall; CPU seconds and peak RSS where measured);
+    commit the file so CI jobs balance their shards, heavy modules apart, without a
+    history of their own."""
     from .history_view import export_durations
     target = _target(c, root)
     n, dest = export_durations(target, Path(out), minor=python, tpt=tpt, spawn=spawn)

@@ -58,8 +58,8 @@ RUN_OPTIONS: tuple[Opt, ...] = (
         False, "flag", cell="--isolate-net", field=None),
     Opt("fail_on_leak", "fail the run when it leaves processes, listeners or sockets",
         False, "flag", cell="--fail-on-leak"),
-    Opt("shards", "split the tests into N parallel contained runs balanced by recorded "
-        "durations (N or auto)", None, "shards", cell="--shards", short="n"),
+    Opt("shards", "run the tests' modules on N parallel contained workers, admitted by "
+        "their recorded CPU cost (N or auto)", None, "shards", cell="--shards", short="n"),
     Opt("shard", "run only shard I of N (I/N), as a CI job of a sharded matrix does", None,
         "shard", cell="--shard"),
     Opt("durations_file", "durations for shards from this JSON file (what `invoke "

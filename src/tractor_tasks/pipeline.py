@@ -310,7 +310,7 @@ def finish(p: Plan, result: RunResult, run_dir: RunDir, out) -> None:
 
 def _record_history(p: Plan, result: RunResult, out) -> None:
     try:
-        from .history import History, RunRow, TestRow
+        from .history import History, RunRow, TestRow, machine_freq
         from .selection import head_commit
         results = result.results
         load = os.getloadavg()[0] / (os.cpu_count() or 1)
@@ -320,10 +320,11 @@ def _record_history(p: Plan, result: RunResult, out) -> None:
                      cell=p.cell.name if p.cell else "", minor=p.minor, tpt=p.tpt,
                      spawn=p.spawn, commit=head_commit(p.target.root), load=round(load, 2),
                      host=os.uname().nodename, tree=gitref.tree_state(p.target.root)
-                     if gitref.is_repo(p.target.root) else "")
+                     if gitref.is_repo(p.target.root) else "",
+                     cores=os.cpu_count(), freq=machine_freq())
         tests = [TestRow(key, t.outcome.value, round(t.duration, 3),
                          "known" if t.flaky else "", t.signature,
-                         t.verdict.value if t.verdict else "")
+                         t.verdict.value if t.verdict else "", cpu=t.cpu, rss=t.rss)
                  for key, t in results.tests.items()]
         History(State(p.target).history, warn=out).record(row, tests)
     except TaskError as err:

@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .results import current_test, read_pass, stable_id
 
@@ -59,20 +60,27 @@ def snapshot(label: str, lane: Path, *, total: int | None = None) -> Snapshot:
 
 
 class Board:
-    """The lines of several lanes, drawn through an Output (in place on a terminal)."""
+    """The lines of several lanes, drawn through an Output (in place on a terminal).
 
-    def __init__(self, out, lanes: list[tuple[str, Path, int | None]], interval: float = 30.0):
+    `lanes` is a list of (label, lane dir, tests) or a callable giving the current one
+    (a parallel run's workers change units as they go); `header` gives a line drawn
+    first (the scheduler's admitted load)."""
+
+    def __init__(self, out, lanes, interval: float = 30.0,
+                 header: Callable[[], str] | None = None):
         self.out = out
         self.lanes = lanes
+        self.header = header
         self.interval = interval
         self._last = 0.0
 
     def tick(self, force: bool = False, over: bool = False) -> None:
         now = time.time()
-        snaps = [snapshot(label, path, total=total) for label, path, total in self.lanes]
+        lanes = self.lanes() if callable(self.lanes) else self.lanes
+        snaps = [snapshot(label, path, total=total) for label, path, total in lanes]
         for snap in snaps:
             snap.over = snap.over or over
-        lines = [snap.line(now) for snap in snaps]
+        lines = ([self.header()] if self.header else []) + [snap.line(now) for snap in snaps]
         if self.out.tty:
             self.out.status(lines)
         elif force or now - self._last >= self.interval:

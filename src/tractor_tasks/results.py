@@ -41,6 +41,13 @@ class TestResult:
     flaky: FlakyRule | None = None
     dump: Path | None = None
     where: str = ""        # "pass 2", "shard 1 pass 1": where it ran
+    # costs (probe + supervisor, see _costs) and, for a parallel run, its company
+    cpu: float | None = None     # CPU seconds of the process tree over the test
+    rss: int | None = None       # peak RSS of the tree, bytes
+    window: tuple[float, float] | None = None   # (start, stop) unix time
+    load: float | None = None    # 1-min load average when it finished
+    parallel: bool = False       # ran in a parallel run (-n/--shards)
+    alongside: list[str] = field(default_factory=list)  # what other workers ran meanwhile
     # the verdict (verdict.py) on a failure: its class, why, the re-runs behind it
     verdict: Verdict | None = None
     why: str = ""
@@ -142,7 +149,42 @@ def read_pass(pass_dir: Path) -> PassLog:
             t.text = failing.get("longrepr", "")
             t.message = _head(t.text)
         log.tests[nodeid] = t
+    _costs(pass_dir, log.tests)
     return log
+
+
+def _costs(pass_dir: Path, tests: dict[str, TestResult]) -> None:
+    """The probe's per-test costs (pytest + reaped children) and the supervisor's samples
+    of the live tree: each undercounts differently, so CPU is the larger of the two, RSS
+    the tree's summed peak when sampled, else the probe's largest single process."""
+    try:
+        lines = (pass_dir / "costs.jsonl").read_text().splitlines()
+    except OSError:
+        lines = []
+    tree = _read_json(pass_dir / "tree-costs.json", {}) or {}
+    for line in lines:
+        try:
+            rec = json.loads(line)
+            t = tests.get(rec["nodeid"])
+            if t is None:
+                continue
+            t.window = (float(rec["start"]), float(rec["stop"]))
+            t.cpu = float(rec["cpu"])
+            t.rss = int(rec["rss"]) if rec.get("rss") is not None else None
+            t.load = float(rec["load"]) if rec.get("load") is not None else None
+        except (ValueError, KeyError, TypeError):
+            continue
+    for nodeid, rec in tree.items() if isinstance(tree, dict) else ():
+        t = tests.get(nodeid)
+        if t is None or not isinstance(rec, dict):
+            continue
+        try:
+            cpu, rss = float(rec.get("cpu") or 0.0), int(rec.get("rss") or 0)
+        except (ValueError, TypeError):
+            continue
+        t.cpu = max(t.cpu or 0.0, cpu)
+        if rss:
+            t.rss = rss
 
 
 def current_test(pass_dir: Path) -> tuple[str | None, float | None]:

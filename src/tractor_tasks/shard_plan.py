@@ -1,13 +1,15 @@
-"""Duration-balanced shards: split a selection into groups that take about as long.
+"""Duration-balanced shards (CI's `--shard I/N`): split a selection into groups that take
+about as long, heavy modules kept apart.
 
-Greedy longest-first onto the lightest shard (LPT). Its guarantee, used by the tests:
+Greedy longest-first onto the lightest shard (LPT), heavy groups placed first, one per
+shard while a shard without one exists. Without heavy groups its guarantee, used by the
+tests:
 the heaviest shard exceeds the lightest by at most the smallest group placed on the
 heaviest one, and is within 4/3 of the best possible split. Every tie is broken by
 name or index, so the same input always gives the same shards.
 """
 from __future__ import annotations
 
-import heapq
 import math
 import statistics
 
@@ -27,25 +29,40 @@ def module_of(nodeid: str) -> str:
 
 
 def plan(nodeids: list[str], durations: dict[str, float], n: int, *,
-         by_module: bool = True) -> list[list[str]]:
+         by_module: bool = True, heavy: set[str] | frozenset[str] = frozenset()
+         ) -> list[list[str]]:
     """At most n non-empty shards of `nodeids` with balanced summed durations.
 
     by_module keeps each module's tests together (module-scoped fixtures are set up
     once, not once per shard). Within a shard, tests keep their order in `nodeids`.
-    Fewer groups than n gives fewer shards.
+    Fewer groups than n gives fewer shards. `heavy` names groups (modules) that must
+    not share a shard while a shard without one exists: they are placed first, longest
+    first, each on the lightest shard holding none yet; then the rest, LPT.
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"shard count must be an integer >= 1, not {n!r}")
     est = estimates(nodeids, durations)
-    groups = _groups(nodeids, est, by_module)
+    groups = sorted(_groups(nodeids, est, by_module), key=lambda g: (-g[0], g[1], g[2][0]))
     shards: list[list[int]] = [[] for _ in range(min(n, len(groups)))]
-    # (load, tests so far, shard index): equal loads (think zero durations) still spread
-    heap = [(0.0, 0, i) for i in range(len(shards))]
-    for _weight, _name, members in sorted(groups, key=lambda g: (-g[0], g[1], g[2][0])):
-        load, count, i = heapq.heappop(heap)
+    loads = [[0.0, 0] for _ in shards]   # per shard: summed seconds, tests so far
+    has_heavy = [False] * len(shards)
+    for weight, name, members in [g for g in groups if g[1] in heavy] + \
+            [g for g in groups if g[1] not in heavy]:
+        free = [i for i in range(len(shards)) if not has_heavy[i]]
+        pool = free if name in heavy and free else range(len(shards))
+        # the lightest; equal loads (think zero durations) still spread, ties by index
+        i = min(pool, key=lambda k: (loads[k][0], loads[k][1], k))
         shards[i].extend(members)
-        heapq.heappush(heap, (load + _weight, count + len(members), i))
+        loads[i][0] += weight
+        loads[i][1] += len(members)
+        has_heavy[i] = has_heavy[i] or name in heavy
     return [[nodeids[k] for k in sorted(shard)] for shard in shards if shard]
+
+
+def predicted(shard: list[str], durations: dict[str, float], every: list[str]) -> float:
+    """The predicted seconds of one shard (unknown tests at the median of the known)."""
+    est = estimates(every, durations)
+    return sum(est[t] for t in shard)
 
 
 def _groups(nodeids: list[str], est: dict[str, float],

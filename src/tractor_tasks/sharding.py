@@ -1,39 +1,52 @@
-"""Shards: one request split into N contained runs in parallel, merged into one result.
+"""Parallel runs: one request split into contained runs side by side, merged into one result.
 
 Collect once (the same pytest arguments plus `--co`, contained and bounded like any
-pass, before the run dir exists: a bad request writes nothing), plan N groups balanced by
-recorded durations (history, or a durations file CI commits; a module stays in one
-group), run each group as a lane of passes in its own thread (contained runs do
-not see each other: own pids, network, runtime dir), show one progress line per
-shard, and merge: one JUnit file, one lastfailed, one set of counts, history rows.
+pass, before the run dir exists: a bad request writes nothing), then either
+- locally (`-n N|auto`, `--shards N`): a queue of units (modules, kept whole) fed to N
+  workers as they free up, admitted by predicted CPU demand (schedule.py decides; the
+  costs come from the history or a durations file). Each unit runs as a lane of passes
+  of its own (`PassRunner.lane`, contained, bounded, resumed after a hang) in its
+  worker's thread; a unit whose pytest died mid-way has its remaining tests queued
+  again once, then reported not run; or
+- as a CI job (`--shard I/N`): the static plan (shard_plan.py) every job computes
+  alike from the durations file, and only group I of it.
+One progress line per worker, and the merge: one JUnit file, one lastfailed, one set
+of counts, history rows; every failure of a parallel run carries what ran alongside.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import statistics
 import tempfile
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import schedule
 from . import shard_plan as planner
 from .errors import TaskError, usage
+from .history import TestCost
+from .passes import PassRunner, RunResult
 from .progress import Board
 from .results import Results, stable_id
 from .rundirs import State
-from .status import RunStatus, TestOutcome
-from .passes import PassRunner, RunResult
-from .status import Stop
+from .status import RunStatus, Stop, TestOutcome
 from .supervise import PassOutcome
+
 
 @dataclass
 class ShardPlan:
-    """What a sharded run will do, decided (and checked) before its run dir exists."""
+    """What a parallel run will do, decided (and checked) before its run dir exists."""
     ids: list[str]                  # stable ids of the selected tests, pytest's order
-    groups: list[list[str]]
-    known: dict[str, float]
+    groups: list[list[str]]         # --shard I/N: the static plan's groups
+    known: dict[str, float]         # predicted seconds per test
     collect_dir: Path               # the `--co` pass's files, kept in the run dir later
     stopped: PassOutcome | None = None   # collection interrupted or out of time
+    units: list[schedule.Unit] = field(default_factory=list)   # -n: the queue's units
+    workers: int = 0
 
     def keep(self, run_dir: Path) -> None:
         shutil.move(str(self.collect_dir), str(run_dir / "collect"))
@@ -58,46 +71,115 @@ def make_plan(ctx: PassRunner) -> ShardPlan:
     if not ids:
         shutil.rmtree(tmp, ignore_errors=True)
         raise usage("no tests were selected; nothing to split into shards")
-    if p.opts.shard:
-        wanted = p.opts.shard[1]
-    else:
-        wanted = auto_shards(len(ids)) if p.opts.shards == "auto" else p.opts.shards
-        if wanted > len(ids):
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise usage(f"{wanted} shards for {len(ids)} test(s): give -n {len(ids)} "
-                        "or fewer")
+    if not p.opts.shard and p.opts.shards != "auto" and p.opts.shards > len(ids):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise usage(f"{p.opts.shards} shards for {len(ids)} test(s): give "
+                    f"-n {len(ids)} or fewer")
     try:
-        known = durations(p)
+        found = costs(p)
     except TaskError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    groups = planner.plan(ids, known, wanted)
-    if len(groups) < wanted and not p.opts.shard:
-        out(f"note: {len(groups)} shard(s), not {wanted}: the {len(ids)} tests are in "
-            f"{len(groups)} module(s), and a module stays in one shard")
-    return ShardPlan(ids, groups, known, tmp)
-
-
-def auto_shards(tests: int) -> int:
-    """From the cores and the headroom left by what else the machine runs."""
+    known = {k: c.wall for k, c in found.items()}
+    target = p.target
+    if p.opts.shard:
+        heavy = heavy_modules(ids, found, target)
+        groups = planner.plan(ids, known, p.opts.shard[1], heavy=heavy)
+        return ShardPlan(ids, groups, known, tmp)
+    units = make_units(ids, found, target)
     cores = os.cpu_count() or 1
-    headroom = cores - os.getloadavg()[0]
-    return max(1, min(cores, int(headroom + 0.5), tests))
+    if p.opts.shards == "auto":
+        workers = schedule.auto_workers(units, cores, target.parallel_target_util)
+        out(f"-n auto: {workers} worker(s) (from {cores} core(s) and the recorded CPU rates)")
+    else:
+        workers = min(p.opts.shards, len(units))
+        if workers < p.opts.shards:
+            out(f"note: {workers} worker(s), not {p.opts.shards}: the {len(ids)} tests are in "
+                f"{len(units)} module(s), and a module stays whole")
+    return ShardPlan(ids, [], known, tmp, units=units, workers=workers)
 
 
-def durations(p) -> dict[str, float]:
+def costs(p) -> dict[str, TestCost]:
     """From --durations-file, else the history. A CI job (--shard I/N) never reads the
     history: every job must compute the same plan, and each job's own results change
     the history; without a durations file its shards are balanced by test count."""
-    from .history import History, load_durations
+    from .history import History, load_costs
     if p.opts.durations_file:
-        return load_durations(Path(p.opts.durations_file))
+        return load_costs(Path(p.opts.durations_file))
     if p.opts.shard:
         return {}
     path = State(p.target).history
     if not path.exists():
         return {}
-    return History(path).durations(minor=p.minor, tpt=p.tpt, spawn=p.spawn)
+    return History(path).test_costs(minor=p.minor, tpt=p.tpt, spawn=p.spawn)
+
+
+def durations(p) -> dict[str, float]:
+    """Predicted seconds per test (see costs())."""
+    return {k: c.wall for k, c in costs(p).items()}
+
+
+SHORT = 0.5        # seconds: a measured unit shorter than this is admitted at most at
+SHORT_RATE = 0.5   # this rate (its CPU ticks over a few ms say little, and it ends soon)
+
+
+def make_units(ids: list[str], found: dict[str, TestCost], target) -> list[schedule.Unit]:
+    """One unit per module, its tests in pytest's order; predicted wall from the tests'
+    (unknown ones at the median of the known), CPU rate from the measured ones (None if
+    none were: such a unit runs alone until measured; a unit under SHORT seconds at most
+    SHORT_RATE)."""
+    from .history import aggregate
+    est = planner.estimates(ids, {k: c.wall for k, c in found.items()})
+    agg = aggregate(ids, found, unit=planner.module_of)
+    members: dict[str, list[str]] = {}
+    for nodeid in ids:
+        members.setdefault(planner.module_of(nodeid), []).append(nodeid)
+    units = []
+    for name, tests in members.items():
+        wall = round(sum(est[t] for t in tests), 3)
+        rate = agg[name].rate if name in agg else None
+        if rate is not None and wall < SHORT:
+            rate = min(rate, SHORT_RATE)  # too short to measure a rate, or to starve anyone
+        units.append(schedule.Unit(name, tuple(tests), wall, rate, target.is_heavy(name)))
+    return batch(units)
+
+
+BATCH = 2.0   # seconds: short light units are run together up to this much (a lane costs
+              # a pytest start, about a second on the sample)
+
+
+def batch(units: list[schedule.Unit]) -> list[schedule.Unit]:
+    """Short light units (measured, under SHORT seconds, not alone) joined in pytest's
+    order into batches of up to BATCH predicted seconds: one pytest start each. Modules
+    stay whole; the batch's rate is its members' CPU over its wall."""
+    out, cur = [], []
+
+    def flush():
+        if len(cur) == 1:
+            out.append(cur[0])
+        elif cur:
+            wall = sum(u.wall for u in cur)
+            rate = (sum(u.wall * u.rate for u in cur) / wall) if wall else max(u.rate for u in cur)
+            out.append(schedule.Unit(" + ".join(u.name for u in cur),
+                                     tuple(t for u in cur for t in u.tests), round(wall, 3),
+                                     round(rate, 3)))
+        cur.clear()
+
+    for unit in units:
+        if unit.alone or unit.wall >= SHORT:
+            out.append(unit)
+            continue
+        if cur and sum(u.wall for u in cur) + unit.wall > BATCH:
+            flush()
+        cur.append(unit)
+    flush()
+    return out
+
+
+def heavy_modules(ids: list[str], found: dict[str, TestCost], target) -> set[str]:
+    """Modules the static plan keeps apart: marked heavy, or measured at about a core."""
+    return {u.name for u in make_units(ids, found, target)
+            if u.heavy or (u.rate is not None and u.rate >= schedule.ALONE_RATE)}
 
 
 def _stopped(plan: ShardPlan, ctx: PassRunner) -> RunResult:
@@ -106,80 +188,283 @@ def _stopped(plan: ShardPlan, ctx: PassRunner) -> RunResult:
                      notes=["stopped while collecting the tests for the shards"])
 
 
-def run_shards(ctx: PassRunner, plan: ShardPlan) -> RunResult:
+@dataclass
+class Lane:
+    """One unit's lane: where it ran and how it ended."""
+    number: int                 # its dir: shard-<number>/pass-*
+    unit: schedule.Unit
+    worker: int
+    started: float              # unix time
+    ended: float | None = None
+    result: RunResult | None = None
+    error: BaseException | None = None
+
+    def remaining(self) -> list[str]:
+        done = set(self.result.results.tests) if self.result and self.result.results else set()
+        return [t for t in self.unit.tests if t not in done]
+
+    def as_dict(self) -> dict:
+        return {"lane": self.number, "unit": self.unit.name, "worker": self.worker,
+                "tests": len(self.unit.tests), "predicted": self.unit.wall,
+                "rate": self.unit.rate, "alone": self.unit.alone,
+                "started": self.started, "ended": self.ended,
+                "error": str(self.error) if self.error else None}
+
+
+def run_shards(ctx: PassRunner, plan: ShardPlan, *, lane_fn=None) -> RunResult:
+    """The local parallel run: the scheduler's queue fed to the workers, then the merge.
+    `lane_fn(ctx, unit_tests, lane_number)` runs one unit (default: a real lane; the
+    fast tests give a fake at the process boundary)."""
     p, out = ctx.p, ctx.out
     if plan.stopped is not None:
         return _stopped(plan, ctx)
-    ids, groups, known = plan.ids, plan.groups, plan.known
-    for line in planner.describe(groups, known):
+    lane_fn = lane_fn or _real_lane(plan)
+    cores = os.cpu_count() or 1
+    target = p.target.parallel_target_util
+    reserved = busy_elsewhere(cores)
+    sched = schedule.Scheduler(plan.units, workers=plan.workers, cores=cores, target=target,
+                               reserved=reserved)
+    for line in schedule.Plan(plan.units, plan.workers).lines(cores, target):
         out(line)
-    lanes: list[RunResult | None] = [None] * len(groups)
-    errors: dict[int, BaseException] = {}
+    if reserved:
+        out(f"parallel: the machine is already busy ({reserved:g} runnable task(s) not "
+            f"ours): the budget is {sched.budget:.2f} cores")
+    lanes: list[Lane] = []
+    threads: dict[int, tuple[threading.Thread, Lane]] = {}
+    notes: list[str] = []
+    again: set[str] = set()       # units whose rest was queued once already
+    lost: list[str] = []          # tests reported not run, and why
 
-    def lane(i: int, group: list[str]) -> None:
+    def body(lane: Lane) -> None:
         try:
-            lanes[i] = ctx.lane(only=set(group), shard=i + 1, echo=None)
+            lane.result = lane_fn(ctx, lane.unit.tests, lane.number)
         except BaseException as err:  # noqa: BLE001 - reported by the main thread
-            errors[i] = err
+            lane.error = err
+        finally:
+            lane.ended = time.time()
 
-    board = Board(out, [(f"shard {i + 1}/{len(groups)}", ctx.run_dir.path / f"shard-{i + 1}",
-                         len(g)) for i, g in enumerate(groups)])
-    threads = [threading.Thread(target=lane, args=(i, g), daemon=True, name=f"shard-{i + 1}")
-               for i, g in enumerate(groups)]
-    for t in threads:
-        t.start()
+    def board_lines() -> list[tuple[str, Path, int]]:
+        return [(f"worker {w}/{plan.workers}: {lane.unit.name}",
+                 ctx.run_dir.path / f"shard-{lane.number}", len(lane.unit.tests))
+                for w, (_, lane) in sorted(threads.items())]
+
+    board = Board(out, board_lines, header=sched.status)
     try:
-        while any(t.is_alive() for t in threads):
+        while not sched.done():
+            if ctx.signals.count or time.monotonic() >= ctx.deadline:
+                for unit in sched.close():
+                    lost.append(f"{unit.name}: {len(unit.tests)} test(s) did not run (the run "
+                                "was stopped)")
+            for run in sched.admit():
+                lane = Lane(len(lanes) + 1, run.unit, run.worker, time.time())
+                lanes.append(lane)
+                th = threading.Thread(target=body, args=(lane,), daemon=True,
+                                      name=f"worker-{run.worker}")
+                threads[run.worker] = (th, lane)
+                th.start()
+            _write_units(ctx, lanes)
             board.tick()
-            for t in threads:
-                t.join(0.5 / len(threads))
+            for w, (th, lane) in list(threads.items()):
+                th.join(0.2 / max(len(threads), 1))
+                if th.is_alive():
+                    continue
+                del threads[w]
+                sched.finish(w)
+                _after(ctx, sched, lane, again, notes, lost)
     finally:
         board.close()
-    if errors and not any(lanes):
-        raise next(iter(errors.values()))
-    result = merge(p.target, lanes, ids, errors=errors, run_dir=ctx.run_dir.path)
-    result.notes += _too_slow(result.results, len(groups))
-    return result
+        _write_units(ctx, lanes)
+    if all(lane.result is None for lane in lanes) and any(lane.error for lane in lanes):
+        raise next(lane.error for lane in lanes if lane.error)
+    merged = _merge(ctx, plan, lanes, notes)
+    attribute(merged, lanes, parallel=plan.workers > 1)
+    _write_contention(ctx, merged)
+    busy: dict[int, list[Lane]] = {}
+    for lane in lanes:
+        busy.setdefault(lane.worker, []).append(lane)
+    for w, ran in sorted(busy.items()):
+        seconds = sum((x.ended or x.started) - x.started for x in ran)
+        notes.append(f"worker {w}: {len(ran)} unit(s), {sum(len(x.unit.tests) for x in ran)} "
+                     f"test(s), busy {seconds:.0f}s")
+    notes.append(f"per-unit output: {ctx.run_dir.path}/shard-<lane>/pass-*/output.log "
+                 "(units.json maps each lane to its unit and worker)")
+    notes += _too_slow(merged, plan.workers)
+    passes = [o for lane in lanes if lane.result for o in lane.result.passes]
+    # a pass whose pytest died goes last: the exit code reads the last finished pass's
+    # status, as it would in a serial run that died there
+    passes.sort(key=lambda o: o.stop is Stop.FINISHED and (o.returncode or 0) < 0)
+    status = RunStatus.decide((o.stop for o in passes), 0)
+    # what did not run is accounted for as a lane's is: `cut` (-x, the hang limit) says
+    # why, `broken` names the lanes that ended early unasked (their rest, if it then ran
+    # elsewhere, leaves nothing unaccounted) and the tests reported not run
+    cut = next((lane.result.cut for lane in lanes if lane.result and lane.result.cut), None)
+    missing = set(merged.not_run())
+    broken = [f"{lane.unit.name}: {b}" for lane in lanes if lane.result
+              and missing & set(lane.unit.tests) for b in lane.result.broken]
+    broken += [f"{lane.unit.name} could not run ({lane.error})" for lane in lanes
+               if lane.error is not None]
+    broken += lost
+    return RunResult(0, status, merged, passes=passes, notes=notes, shards=plan.workers,
+                     cut=cut, broken=broken)
 
 
-def merge(target, lanes: list[RunResult | None], ids: list[str], *,
-          errors: dict | None = None, run_dir: Path | None = None) -> RunResult:
-    """The shards' lanes -> one result: tests in the plan's order (ids), then any the plan
-    did not know; leaks and passes added up; each shard's notes labelled with it, then
-    where its pytest output is; a shard that could not start (None) is a broken part of
-    the run (its tests never ran, and the run fails naming it)."""
-    errors = errors or {}
-    merged = Results(target)
-    merged.collected = list(ids)
-    passes, notes, broken, cut = [], [], [], None
-    for i, res in enumerate(lanes):
-        if res is None:  # this shard could not start; the others' results stand
-            broken.append(f"shard {i + 1} could not start ({errors.get(i, 'no result')}); "
-                          "its tests did not run")
+def busy_elsewhere(cores: int, samples: int = 5) -> float:
+    """What else keeps the CPUs busy right before our workers start: the kernel's count
+    of runnable tasks (/proc/loadavg's 4th field) less ourselves, the median of a few
+    samples 0.1 s apart, at most the cores. Not the 1-min load average: that still
+    carries a run that just ended (a serial run right before, say) for a minute."""
+    seen = []
+    for k in range(samples):
+        try:
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        seen.append(max(running - 1, 0))
+        if k + 1 < samples:
+            time.sleep(0.1)
+    return float(min(statistics.median(seen), cores))
+
+
+def _real_lane(plan: ShardPlan):
+    """A unit's lane: its passes collect only the unit's module files (pytest would
+    otherwise import every test module of the selection to run one: on the sample that
+    was most of a lane's start), then select its tests as any pass does."""
+    session = {}
+    try:
+        session = json.loads((plan.collect_dir / "session.json").read_text())
+    except (OSError, ValueError, TypeError):
+        pass
+    rootdir = Path(session["rootdir"]) if isinstance(session, dict) and \
+        session.get("rootdir") else None
+
+    def lane(ctx: PassRunner, tests, number: int) -> RunResult:
+        files = sorted({planner.module_of(t) for t in tests})
+        if rootdir is not None and all((rootdir / f).is_file() for f in files):
+            ctx = PassRunner(replace(ctx.p, paths=[str(rootdir / f) for f in files]),
+                             ctx.run_dir, ctx.signals, ctx.deadline, ctx.out)
+        return ctx.lane(only=set(tests), shard=number, echo=None)
+    return lane
+
+
+def _after(ctx: PassRunner, sched: schedule.Scheduler, lane: Lane, again: set[str],
+           notes: list[str], lost: list[str]) -> None:
+    """A unit's lane ended: if its pytest died (or the lane failed) before all its tests
+    ran, queue the rest once more on any worker; a second time, report them not run.
+    What we stopped ourselves (a stop request, the run's bound, -x, the hang limit) is
+    not queued again: those tests are not run, and the run says why."""
+    res = lane.result
+    rest = lane.remaining()
+    if res is not None:
+        notes.extend(f"{lane.unit.name}: {n}" for n in res.notes)
+        if ctx.p.opts.exitfirst and res.results.failures:
+            for unit in sched.close():
+                lost.append(f"{unit.name}: {len(unit.tests)} test(s) did not run (-x)")
+    if not rest:
+        return
+    why = (f"its lane failed ({lane.error})" if lane.error is not None else
+           _died(res) or "")
+    ours = (ctx.signals.count or time.monotonic() >= ctx.deadline or ctx.p.opts.exitfirst
+            or (res is not None and (res.cut or any("bound expired" in n
+                                                    for n in res.notes))))
+    if ours or not why:
+        if not ours:
+            lost.append(f"{lane.unit.name}: {len(rest)} test(s) did not run (pytest ended "
+                        "without running them)")
+        return
+    base = lane.unit.name.removesuffix(" (rest)")
+    if base in again or sched.closed:
+        lost.append(f"{lane.unit.name}: {len(rest)} test(s) did not run ({why}, twice): "
+                    + ", ".join(rest[:5]) + (" ..." if len(rest) > 5 else ""))
+        return
+    again.add(base)
+    share = lane.unit.wall * len(rest) / max(len(lane.unit.tests), 1)
+    sched.requeue(replace(lane.unit, name=f"{base} (rest)", tests=tuple(rest),
+                          wall=round(share, 3)))
+    notes.append(f"worker {lane.worker}: {why} in {lane.unit.name}; its {len(rest)} remaining "
+                 "test(s) were queued again")
+
+
+def _died(res: RunResult | None) -> str:
+    """Why a lane's pytest ended before its tests did (exit by a signal, no exit status)."""
+    if res is None or not res.passes:
+        return ""
+    last = res.passes[-1]
+    if last.stop is Stop.FINISHED and last.returncode is not None and last.returncode < 0:
+        return f"pytest died (signal {-last.returncode})"
+    if last.stop is Stop.FINISHED:
+        return f"pytest exited early (exit {last.returncode})"
+    return ""
+
+
+def _merge(ctx: PassRunner, plan: ShardPlan, lanes: list[Lane], notes: list[str]) -> Results:
+    merged = Results(ctx.p.target)
+    merged.collected = list(plan.ids)
+    for lane in lanes:  # in start order: a unit's rest (later) overrides nothing it ran
+        res = lane.result
+        if res is None:
             continue
-        cut = cut or res.cut
-        broken += [f"shard {i + 1}: {b}" if not b.startswith("shard") else b
-                   for b in res.broken]
         merged.tests.update(res.results.tests)
         merged.leaks.merge(res.results.leaks)
         if merged.lastfailed_before is None:
             merged.lastfailed_before = res.results.lastfailed_before
             merged.cachedir = res.results.cachedir
-        passes += res.passes
-        notes += [f"shard {i + 1}: {n}" for n in res.notes]
-        if run_dir is not None:
-            logs = sorted((run_dir / f"shard-{i + 1}").glob("pass-*/output.log"))
-            notes.append(f"shard {i + 1} output: {', '.join(str(x) for x in logs)}")
+    ids = plan.ids
     merged.tests = {n: merged.tests[n] for n in ids if n in merged.tests} | \
         {n: t for n, t in merged.tests.items() if n not in ids}
-    status = RunStatus.decide((o.stop for o in passes), 0)
-    return RunResult(0, status, merged, passes=passes, notes=notes, shards=len(lanes),
-                     cut=cut, broken=broken)
+    return merged
+
+
+def attribute(results: Results, lanes: list[Lane], *, parallel: bool) -> None:
+    """Contention: every test of a parallel run is marked `parallel`; each failure gets
+    `alongside`, the tests other lanes ran during its time window (the probe's start and
+    stop; a test without them, like a hung one, takes its lane's window)."""
+    if not parallel:
+        return
+    spans: list[tuple[int, str, float, float]] = []
+    home: dict[str, Lane] = {}
+    for lane in lanes:
+        if lane.result is None:
+            continue
+        for key, t in lane.result.results.tests.items():
+            home[key] = lane
+            if t.window is not None:
+                spans.append((lane.number, key, *t.window))
+    for key, t in results.tests.items():
+        t.parallel = True
+        if not t.outcome.bad:
+            continue
+        lane = home.get(key)
+        window = t.window or ((lane.started, lane.ended or time.time()) if lane else None)
+        if window is None:
+            continue
+        start, stop = window
+        t.alongside = sorted({k for n, k, a, b in spans
+                              if (lane is None or n != lane.number) and a < stop and start < b})
+
+
+def _write_contention(ctx: PassRunner, results: Results) -> None:
+    """contention.json: per failure of the run, what `attribute` recorded (parallel,
+    alongside, load, cpu, window), for people and for re-reading after the run."""
+    data = {k: {"parallel": t.parallel, "alongside": t.alongside, "load": t.load,
+                "cpu": t.cpu, "window": t.window}
+            for k, t in results.tests.items() if t.outcome.bad}
+    path = ctx.run_dir.path / "contention.json"
+    tmp = path.with_name(".contention.json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def _write_units(ctx: PassRunner, lanes: list[Lane]) -> None:
+    path = ctx.run_dir.path / "units.json"
+    tmp = path.with_name(".units.json.tmp")
+    tmp.write_text(json.dumps([lane.as_dict() for lane in lanes], indent=1))
+    tmp.replace(path)
 
 
 def run_one_shard(ctx: PassRunner, plan: ShardPlan) -> RunResult:
     """A CI job's share of a sharded cell: the same plan every job computes (collection
-    and the durations file are the same), then only group I of N."""
+    and the durations file are the same), then only group I of N. At its end the job
+    says its predicted and its real wall (also in shard.json, which `ci-report` reads)."""
     if plan.stopped is not None:
         return _stopped(plan, ctx)
     i, n = ctx.p.opts.shard
@@ -189,18 +474,28 @@ def run_one_shard(ctx: PassRunner, plan: ShardPlan) -> RunResult:
         return RunResult(0, RunStatus.PASSED, Results(ctx.p.target), shards=n)
     group = plan.groups[i - 1]
     ctx.out(planner.describe(plan.groups, plan.known)[i - 1])
+    predicted = planner.predicted(group, plan.known, plan.ids)
+    t0 = time.monotonic()
     result = ctx.lane(only=set(group), shard=None, echo=ctx.out)
+    real = time.monotonic() - t0
     result.results.collected = [x for x in result.results.collected if x in set(group)]
     result.shards = n
+    result.notes.append(f"shard {i}/{n}: predicted ~{predicted:.0f}s, took {real:.0f}s"
+                        + (f" ({real / predicted:.2f} of the prediction)" if predicted else ""))
+    tmp = ctx.run_dir.path / ".shard.json.tmp"
+    tmp.write_text(json.dumps({"shard": f"{i}/{n}", "predicted": round(predicted, 2),
+                               "seconds": round(real, 2), "tests": len(group)}))
+    tmp.replace(ctx.run_dir.path / "shard.json")
     return result
 
 
 def _too_slow(results: Results, n: int) -> list[str]:
-    """Say so when parallel shards seem to starve each other (timing failures pile up)."""
+    """Say so when parallel workers seem to starve each other (timing failures pile up)."""
     slow = [t for t in results.failures
             if t.outcome is not TestOutcome.HUNG and "TooSlowError" in t.signature + t.text[-500:]]
     if n > 1 and len(slow) >= 3:
-        return [f"note: {len(slow)} TooSlowError failures across {n} parallel shards: the "
+        return [f"note: {len(slow)} TooSlowError failures across {n} parallel workers: the "
                 "machine may be too busy for them (load "
-                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); try fewer shards"]
+                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); try fewer workers or a "
+                "lower parallel_target_util"]
     return []

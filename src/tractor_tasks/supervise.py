@@ -229,6 +229,54 @@ def dump_stacks(procs: list[Proc], pass_dir: Path, tmp: Path | None = None,
 
 # -- one pass -------------------------------------------------------------------
 
+class TreeCost:
+    """What the run's live processes cost, sampled while pytest runs and put on the test
+    running at each sample: CPU seconds (each process's own, by delta since it was last
+    seen: subactors pytest has not reaped yet, which its rusage cannot count) and the peak
+    of the tree's summed RSS. Written to `tree-costs.json` in the pass's dir."""
+
+    def __init__(self):
+        self.last: dict[tuple[int, float], float] = {}
+        self.tests: dict[str, dict] = {}
+        self.prev: tuple[str | None, float] = (None, 0.0)   # (test, time) at the last sample
+
+    def sample(self, members: list[psutil.Process], nodeid: str | None) -> None:
+        """CPU between two samples counts for a test only when it ran at both (a boundary
+        interval is left to the probe's exact getrusage); a process first seen counts from
+        zero only when it started after the last sample (pytest's own import time does
+        not land on its first test)."""
+        stamp = time.time()
+        prev_node, prev_time = self.prev
+        cpu, rss, now = 0.0, 0, {}
+        for proc in members:
+            try:
+                with proc.oneshot():
+                    key = (proc.pid, proc.create_time())
+                    t = proc.cpu_times()
+                    own = t.user + t.system
+                    rss += proc.memory_info().rss
+            except psutil.Error:
+                continue
+            now[key] = own
+            base = self.last.get(key, 0.0 if key[1] >= prev_time else own)
+            cpu += max(own - base, 0.0)
+        self.last = now
+        self.prev = (nodeid, stamp)
+        if nodeid:
+            rec = self.tests.setdefault(nodeid, {"cpu": 0.0, "rss": 0})
+            if nodeid == prev_node:
+                rec["cpu"] += cpu
+            rec["rss"] = max(rec["rss"], rss)
+
+    def write(self, pass_dir: Path) -> None:
+        import json
+        data = {k: {"cpu": round(v["cpu"], 3), "rss": v["rss"]} for k, v in self.tests.items()}
+        try:
+            (pass_dir / "tree-costs.json").write_text(json.dumps(data))
+        except OSError:
+            pass
+
+
 def _procs(members: list[psutil.Process]) -> list[Proc]:
     return [p for p in map(Proc.of, members) if p is not None]
 
@@ -368,6 +416,8 @@ def _cpu_samples(members: list[psutil.Process]) -> list[tuple[int, float, str, f
 def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, test_bound,
            signals, pass_dir, private, bindspace, grace, on_event, leftovers,
            runaways: stalls.RunawayWatch | None = None) -> None:
+    costs = TreeCost()
+
     def look():
         members = run.members()
         for p in _procs(members):
@@ -376,6 +426,20 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
             runaways.read_reports(pass_dir / "results.jsonl")
             for r in runaways.update(time.time(), _cpu_samples(members)):
                 on_event(f"RUNAWAY: {results_runaway_text(r)}")
+        costs.sample(members, current_test(pass_dir)[0])
+
+    try:
+        _watch_loop(run, outcome, look, t0=t0, deadline=deadline, test_bound=test_bound,
+                    signals=signals, pass_dir=pass_dir, private=private, bindspace=bindspace,
+                    grace=grace, on_event=on_event, leftovers=leftovers, seen=seen,
+                    runaways=runaways)
+    finally:
+        costs.write(pass_dir)
+
+
+def _watch_loop(run: Launched, outcome: PassOutcome, look, *, t0, deadline, test_bound,
+                signals, pass_dir, private, bindspace, grace, on_event, leftovers, seen,
+                runaways: stalls.RunawayWatch | None = None) -> None:
 
     next_look = 0.0
     while True:

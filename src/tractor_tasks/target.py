@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import usage
+from .schedule import DEFAULT_TARGET
 
 ENV_ROOT = "TRACTOR_TASKS_ROOT"
 ENV_REGISTRY_PORT = "TRACTOR_TASKS_REGISTRY_PORT"
@@ -88,6 +89,8 @@ _NONEMPTY = (lambda v: isinstance(v, list) and len(v) > 0
              and all(isinstance(x, str) and x for x in v), "a non-empty list of strings")
 _MB = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
        and math.isfinite(v) and v >= 1, "a number of megabytes, 1 or more")
+_UTIL = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 2,
+         "a share of the cores above 0, at most 2 (e.g. 0.75)")
 _FLAG = (lambda v: isinstance(v, str), "a pytest flag string (\"\" for none)")
 _CORE = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
          and math.isfinite(v) and 0 < v <= 1, "a fraction of one core, above 0 and at most 1")
@@ -126,7 +129,15 @@ class Target:
     shm_size: str = "25%"          # a contained run's own /dev/shm ("": the host's)
     runaway_cpu: float = 0.8       # a core's share a finished test's process may not keep
     runaway_seconds: float = 10.0  # ... for this long (0: runaways are not watched)
+    heavy: tuple[str, ...] = ()          # module globs that always run alone (-n)
+    parallel_target_util: float = DEFAULT_TARGET   # -n admits up to cores x this of CPU
     config_file: Path | None = None
+
+    def is_heavy(self, module: str) -> bool:
+        """The config marks this module (a node id's file part) heavy: `heavy` globs, as
+        the module path or relative to the tests dir."""
+        rel = self.relative_id(module)
+        return any(id_glob(g).match(rel) or id_glob(g).match(module) for g in self.heavy)
 
     def test_bound(self, nodeid: str, override: float | None = None) -> float | None:
         """The per-test bound for one test (None: off): `--test-timeout`, else the
@@ -335,7 +346,8 @@ _SIMPLE_KEYS = {
     "capsys_backends": _STRS, "smoke": _STRS, "affected_fallback": _STRS,
     "timeout_full": _SECONDS, "timeout_file": _SECONDS, "timeout_test": _BOUND,
     "stackscope_flag": _FLAG, "output_log_max_mb": _MB, "runaway_cpu": _CORE,
-    "runaway_seconds": _BOUND,
+    "runaway_seconds": _BOUND, "heavy": _STRS,
+    "parallel_target_util": _UTIL,
 }
 ALLOWED_KEYS = tuple(sorted((*_SIMPLE_KEYS, "affected", "flaky", "quarantine", "test_timeouts",
                              "shm_size")))

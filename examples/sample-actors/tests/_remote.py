@@ -56,3 +56,12 @@ async def registry_roundtrip() -> list:
     names = sorted(await sa.list_actors())
     removed = await sa.unregister_actor('phantom')
     return [found.maddr(), names, removed, await sa.query_actor('phantom')]
+
+
+def burn(seconds: float) -> int:
+    '''Compute for `seconds` of wall time (a CPU-bound actor); the loop count.'''
+    import time
+    end, n = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        n += sum(i * i for i in range(1000)) and 1
+    return n

@@ -11,6 +11,10 @@ It observes, and selects only when told to. Into $TRACTOR_TASKS_PROBE_DIR it wri
                  when it was written (`at`), when its test started (`start`), the
                  machine's 1-minute load and pytest's CPU seconds so far, its own
                  and its waited-for children's (`load`, `cpu`: the run's timeline)
+  costs.jsonl    per test, at its logfinish: {"nodeid", "start", "stop" (unix time),
+                 "cpu" (CPU seconds of pytest plus its reaped children, from
+                 getrusage, over the test), "rss" (peak RSS in bytes of pytest or
+                 its largest reaped child so far), "load" (1-min load average)}
   finished.json  at session finish: pytest's exit status
   stacks-<pid>.txt  what `kill -USR1 <pytest pid>` dumps (every thread's stack),
                  chained with any SIGUSR1 handler the target installs, before or
@@ -25,6 +29,7 @@ import faulthandler
 import json
 import os
 import re
+import resource
 import signal
 import sys
 import time
@@ -39,7 +44,6 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # as results.stable_id does
 def _key(nodeid):
     return _ADDRESS.sub("", nodeid)
 _SELECT = os.environ.get("TRACTOR_TASKS_SELECT")
-_started = None  # when the running test started (logstart)
 _stacks = None
 _ours = None
 
@@ -137,15 +141,47 @@ def pytest_collection_finish(session):
     _write("collected.json", [item.nodeid for item in session.items])
 
 
+_started = {}  # nodeid -> (unix time, cpu seconds) at its logstart
+
+
+def _cpu():
+    """CPU seconds of pytest and of the children it reaped (RUSAGE_CHILDREN counts only
+    those: live subactors are sampled by the supervisor instead)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _peak_rss():
+    """Bytes (ru_maxrss is in KiB on Linux)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return max(me.ru_maxrss, kids.ru_maxrss) * 1024
+
+
 def pytest_runtest_logstart(nodeid, location):
-    global _started
     _chain()
-    _started = time.time()
-    _write("current", {"nodeid": nodeid, "since": _started})
+    now = time.time()
+    _started[nodeid] = (now, _cpu())
+    _write("current", {"nodeid": nodeid, "since": now})
 
 
 def pytest_runtest_logfinish(nodeid, location):
-    _write("current", {"after": nodeid, "since": time.time()})
+    now = time.time()
+    _write("current", {"after": nodeid, "since": now})
+    start = _started.pop(nodeid, None)
+    if start is not None and _DIR:
+        try:
+            load = round(os.getloadavg()[0], 2)
+        except OSError:
+            load = None
+        rec = {"nodeid": nodeid, "start": round(start[0], 3), "stop": round(now, 3),
+               "cpu": round(max(_cpu() - start[1], 0.0), 3), "rss": _peak_rss(), "load": load}
+        try:
+            with open(os.path.join(_DIR, "costs.jsonl"), "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        except OSError:
+            pass
 
 
 def _append(rec):
@@ -171,8 +207,9 @@ def _sample():
 def pytest_runtest_logreport(report):
     rec = {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
            "duration": round(report.duration, 3), "at": round(time.time(), 3)}
-    if _started is not None:
-        rec["start"] = round(_started, 3)
+    start = _started.get(report.nodeid)
+    if start is not None:
+        rec["start"] = round(start[0], 3)
     rec.update(_sample())
     if hasattr(report, "wasxfail"):
         rec["xfail"] = True
