@@ -16,6 +16,7 @@ from tractor_tasks.results import Results, TestResult
 from tractor_tasks.schedule import Unit
 from tractor_tasks.status import RunStatus, Stop, TestOutcome as O
 from tractor_tasks.supervise import PassOutcome
+from tractor_tasks.rundirs import RunDir
 from tractor_tasks.target import Target
 
 IDS = [f"tests/test_{m}.py::t{k}" for m in ("a", "b", "c") for k in range(4)]
@@ -25,7 +26,7 @@ def ctx(tmp_path, **opts):
     target = Target(tmp_path)
     out = Output(io.StringIO())
     p = SimpleNamespace(target=target, opts=SimpleNamespace(exitfirst=False, **opts))
-    return SimpleNamespace(p=p, run_dir=SimpleNamespace(path=tmp_path),
+    return SimpleNamespace(p=p, run_dir=RunDir(tmp_path),
                            signals=SimpleNamespace(count=0), deadline=time.monotonic() + 600,
                            out=out)
 

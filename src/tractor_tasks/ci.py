@@ -120,7 +120,7 @@ def shard_walls(paths: list[Path]) -> list[str]:
                 not isinstance(rec.get("seconds", 0), (int, float)):
             continue
         try:
-            planned = json.loads(read_text_bounded(path.with_name("shard.json"))).get(
+            planned = json.loads(read_text_bounded(path.with_name(RunDir.SHARD))).get(
                 "predicted")
             planned = float(planned) if isinstance(planned, (int, float)) else None
         except (OSError, ValueError, AttributeError):

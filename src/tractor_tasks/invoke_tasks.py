@@ -339,6 +339,7 @@ def ci_report(c, directory, durations_out=None, root=None):
     and skipped: a bad junit.xml costs only its durations, a bad outcome.json (its
     cell's result unknown) makes the exit code 1 as a failed cell does."""
     from .cells import append_step_summary, table_text
+    from .rundirs import RunDir
     from .ci import report_dir, shard_walls
     unknown = []
 
@@ -349,7 +350,7 @@ def ci_report(c, directory, durations_out=None, root=None):
     rows = report_dir(Path(directory), warn=warn,
                       durations_out=Path(durations_out) if durations_out else None)
     print(table_text(rows))
-    walls = shard_walls(sorted(Path(directory).rglob("outcome.json")))
+    walls = shard_walls(sorted(Path(directory).rglob(RunDir.OUTCOME)))
     if walls:
         print("shards (wall per job):")
         for line in walls:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from .results import current_test, read_pass, stable_id
+from .rundirs import PassDir, RunDir, pass_dirs
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Snapshot:
 
 def snapshot(label: str, lane: Path, *, total: int | None = None) -> Snapshot:
     """Where one lane (a run dir, or a shard's dir: its pass-N dirs inside) stands."""
-    passes = sorted(lane.glob("pass-*"), key=lambda d: int(d.name.split("-")[1]))
+    passes = pass_dirs(lane)
     done: dict[str, str] = {}
     first_total = None
     for d in passes:
@@ -53,10 +54,10 @@ def snapshot(label: str, lane: Path, *, total: int | None = None) -> Snapshot:
         for nodeid, t in log.tests.items():
             done[stable_id(nodeid)] = t.outcome.value
     running, since = current_test(passes[-1]) if passes else (None, None)
-    hung = sum(1 for d in passes if (d / "stacks.txt").exists())
+    hung = sum(1 for d in passes if PassDir(d).stopped() == "hung")
     failed = sum(1 for o in done.values() if o in ("failed", "error"))
     return Snapshot(label, total if total is not None else first_total, len(done), failed, hung,
-                    running, since, (lane / "outcome.json").exists())
+                    running, since, (lane / RunDir.OUTCOME).exists())
 
 
 class Board:
@@ -104,7 +105,7 @@ def cell_lanes(state_dir: Path, invocation: str) -> list[tuple[str, Path, None]]
         except (OSError, ValueError):
             continue
         if isinstance(data, dict) and data.get("invocation") == invocation and \
-                not (run.parent / "outcome.json").exists():
+                not (run.parent / RunDir.OUTCOME).exists():
             out.append((data.get("cell") or run.parent.name, run.parent, None))
     return out
 

@@ -158,10 +158,10 @@ def _costs(pass_dir: Path, tests: dict[str, TestResult]) -> None:
     of the live tree: each undercounts differently, so CPU is the larger of the two, RSS
     the tree's summed peak when sampled, else the probe's largest single process."""
     try:
-        lines = (pass_dir / "costs.jsonl").read_text().splitlines()
+        lines = PassDir(pass_dir).costs.read_text().splitlines()
     except OSError:
         lines = []
-    tree = _read_json(pass_dir / "tree-costs.json", {}) or {}
+    tree = _read_json(PassDir(pass_dir).tree_costs, {}) or {}
     for line in lines:
         try:
             rec = json.loads(line)

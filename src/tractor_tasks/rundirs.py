@@ -261,6 +261,7 @@ class RunDir:
         return d
 
     JUNIT, OUTCOME, RUN, TRACE = "junit.xml", "outcome.json", "run.json", "trace.json"
+    UNITS, CONTENTION, SHARD = "units.json", "contention.json", "shard.json"  # -n, CI jobs
 
     @property
     def junit(self) -> Path:
@@ -287,6 +288,7 @@ class PassDir:
     COMMAND, OUTPUT, SELECT, DUMP = "command.txt", "output.log", "select.json", "stacks.txt"
     STOP = "stop.json"    # how the pass ended (passes.py): hung, timeout, interrupted
     SHM_BEFORE, SHM_AFTER = "shm-before.json", "shm.json"   # a run on the host's /dev/shm
+    COSTS, TREE_COSTS = "costs.jsonl", "tree-costs.json"     # per-test CPU and RSS
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -304,6 +306,8 @@ class PassDir:
     select = property(lambda self: self.path / self.SELECT)
     dump = property(lambda self: self.path / self.DUMP)
     stop = property(lambda self: self.path / self.STOP)
+    costs = property(lambda self: self.path / self.COSTS)
+    tree_costs = property(lambda self: self.path / self.TREE_COSTS)
 
     def probe_stacks(self) -> list[Path]:
         return sorted(self.path.glob(self.PROBE_STACKS))

@@ -32,7 +32,8 @@ from .history import TestCost
 from .passes import PassRunner, RunResult
 from .progress import Board
 from .results import Results, stable_id
-from .rundirs import State
+from .fsutil import atomic_write
+from .rundirs import RunDir, State
 from .status import RunStatus, Stop, TestOutcome
 from .supervise import PassOutcome
 
@@ -245,7 +246,7 @@ def run_shards(ctx: PassRunner, plan: ShardPlan, *, lane_fn=None) -> RunResult:
 
     def board_lines() -> list[tuple[str, Path, int]]:
         return [(f"worker {w}/{plan.workers}: {lane.unit.name}",
-                 ctx.run_dir.path / f"shard-{lane.number}", len(lane.unit.tests))
+                 ctx.run_dir.shard_dir(lane.number), len(lane.unit.tests))
                 for w, (_, lane) in sorted(threads.items())]
 
     board = Board(out, board_lines, header=sched.status)
@@ -448,14 +449,14 @@ def _write_contention(ctx: PassRunner, results: Results) -> None:
     data = {k: {"parallel": t.parallel, "alongside": t.alongside, "load": t.load,
                 "cpu": t.cpu, "window": t.window}
             for k, t in results.tests.items() if t.outcome.bad}
-    path = ctx.run_dir.path / "contention.json"
+    path = ctx.run_dir.path / RunDir.CONTENTION
     tmp = path.with_name(".contention.json.tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
 
 
 def _write_units(ctx: PassRunner, lanes: list[Lane]) -> None:
-    path = ctx.run_dir.path / "units.json"
+    path = ctx.run_dir.path / RunDir.UNITS
     tmp = path.with_name(".units.json.tmp")
     tmp.write_text(json.dumps([lane.as_dict() for lane in lanes], indent=1))
     tmp.replace(path)
@@ -482,10 +483,9 @@ def run_one_shard(ctx: PassRunner, plan: ShardPlan) -> RunResult:
     result.shards = n
     result.notes.append(f"shard {i}/{n}: predicted ~{predicted:.0f}s, took {real:.0f}s"
                         + (f" ({real / predicted:.2f} of the prediction)" if predicted else ""))
-    tmp = ctx.run_dir.path / ".shard.json.tmp"
-    tmp.write_text(json.dumps({"shard": f"{i}/{n}", "predicted": round(predicted, 2),
-                               "seconds": round(real, 2), "tests": len(group)}))
-    tmp.replace(ctx.run_dir.path / "shard.json")
+    atomic_write(ctx.run_dir.path / RunDir.SHARD, json.dumps({
+        "shard": f"{i}/{n}", "predicted": round(predicted, 2), "seconds": round(real, 2),
+        "tests": len(group)}))
     return result
 
 

@@ -36,6 +36,7 @@ from .contain import Containment, Launched, launch
 from .output import Output, Tee
 from .processes import Proc
 from .results import Leaks, current_test, runaway_text as results_runaway_text
+from .rundirs import PassDir
 from .status import Stop
 
 SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
@@ -177,7 +178,7 @@ def dump_stacks(procs: list[Proc], pass_dir: Path, tmp: Path | None = None,
     process blocked writing to a pipe nobody drains: see stalls.py), one `STALL:` line
     each; `main_pid` is pytest's.
     """
-    report = pass_dir / "stacks.txt"
+    report = PassDir(pass_dir).dump
     pyspy = shutil.which("py-spy")
     parts, asked = [], []
     found = stalls.diagnose([p.pid for p in procs], main_pid)
@@ -218,7 +219,7 @@ def dump_stacks(procs: list[Proc], pass_dir: Path, tmp: Path | None = None,
             text = _grown(str(f), before.get(f, 0))
             if text:
                 parts.append(f"=== SIGUSR1 output in the run's /tmp: {f.name}\n{text}")
-        for dump in sorted(pass_dir.glob("stacks-*.txt")):
+        for dump in PassDir(pass_dir).probe_stacks():
             text = dump.read_text(errors="replace").strip()
             if text:
                 parts.append(f"=== SIGUSR1 dump {dump.name}\n{text}")
@@ -272,7 +273,7 @@ class TreeCost:
         import json
         data = {k: {"cpu": round(v["cpu"], 3), "rss": v["rss"]} for k, v in self.tests.items()}
         try:
-            (pass_dir / "tree-costs.json").write_text(json.dumps(data))
+            PassDir(pass_dir).tree_costs.write_text(json.dumps(data))
         except OSError:
             pass
 
@@ -377,7 +378,7 @@ def run_pass(argv: list[str], *, number: int, cwd: Path, env: dict[str, str], pa
         on_event(f"note: the run uses the host's /dev/shm ({run.shm_note})")
     tee = None
     if read_fd is not None:
-        tee = Tee(read_fd, pass_dir / "output.log", echo, max_bytes=log_max)
+        tee = Tee(read_fd, PassDir(pass_dir).output, echo, max_bytes=log_max)
         tee.start()
     seen: dict[tuple[int, float], Proc] = {}
     outcome = PassOutcome(number, pass_dir, Stop.FINISHED, None, 0.0)
@@ -423,7 +424,7 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
         for p in _procs(members):
             seen.setdefault((p.pid, p.create_time), p)
         if runaways is not None and runaways.on:
-            runaways.read_reports(pass_dir / "results.jsonl")
+            runaways.read_reports(PassDir(pass_dir).results)
             for r in runaways.update(time.time(), _cpu_samples(members)):
                 on_event(f"RUNAWAY: {results_runaway_text(r)}")
         costs.sample(members, current_test(pass_dir)[0])
