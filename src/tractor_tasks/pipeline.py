@@ -111,7 +111,8 @@ class Plan:
     cell: Cell | None = None
     cache_dir: Path | None = None
     invocation: str | None = None
-    choice: gitref.Choice | None = None   # the verdict's baseline, checked up front
+    choice: gitref.Choice | None = None   # --baseline REF, checked up front (the default
+                                          # is chosen only when there are failures)
 
     @property
     def slug(self) -> str | None:
@@ -151,7 +152,8 @@ def plan(target: Target, words, opts: RunOptions, *, cell: Cell | None = None,
         what = "is a directory" if Path(opts.durations_file).is_dir() else "no such file"
         raise usage(f"--durations-file {opts.durations_file}: {what}; give the JSON "
                     "file `invoke durations` writes")
-    choice = gitref.choose(target.root, opts.baseline) if not opts.dry_run else None
+    choice = (gitref.choose(target.root, opts.baseline)
+              if opts.baseline is not None and not opts.dry_run else None)
     containment = contain.detect("auto" if opts.contain else "off")
     timeout = opts.timeout or (target.timeout_file if is_single_file(paths)
                                else target.timeout_full)
@@ -233,7 +235,10 @@ VERDICT_SHARE = 0.25  # of the whole-run bound, for the verdict's own passes
 
 
 def _judge(p: Plan, runner: PassRunner, result: RunResult, *, parallel: bool, out):
-    """The verdict on the run's failures (verdict.py); its own passes join the run's."""
+    """The verdict on the run's failures (verdict.py); its own passes join the run's.
+    A run without failures asks nothing of git or the history here."""
+    if not result.results.failures:
+        return None
     from . import verdict
     from .history import History
     history = None
@@ -245,7 +250,10 @@ def _judge(p: Plan, runner: PassRunner, result: RunResult, *, parallel: bool, ou
     # a suite that used up its bound still has its failures judged, and running out of
     # that time leaves failures unconfirmed, it does not make the run a timeout
     runner.deadline = max(runner.deadline, time.monotonic() + p.timeout * VERDICT_SHARE)
-    j = verdict.judge(runner, result.results, history=history, choice=p.choice,
+    choice = p.choice
+    if choice is None and result.results.failures:
+        choice = gitref.choose(p.target.root, None)  # the default: git asked only now
+    j = verdict.judge(runner, result.results, history=history, choice=choice,
                       confirm=p.opts.confirm, parallel=parallel)
     for o in j.passes:
         if o.stop is Stop.INTERRUPTED:
