@@ -229,7 +229,8 @@ def test_a_subactor_flooding_a_pipe_nobody_drains_is_named_in_the_hang(sample_re
     monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "flood,shm_leak")
     monkeypatch.setenv("SAMPLE_ACTORS_SHM_NAME", name)
     out = invoke("test", "test_spawning.py::test_shm_leak", "test_spawning.py::test_flood",
-                 "--test-timeout", "4", root=sample_repo, timeout=300)
+                 "--test-timeout", "4", "--strict", "--no-confirm", root=sample_repo,
+                 timeout=300)
     assert out.returncode == 1, out.stdout + out.stderr
     assert _outcome(sample_repo)["leaks"]["shm"] == [{"name": name, "size": 25000}]
     assert not _host_has(name)
@@ -246,7 +247,7 @@ def test_a_subactor_flooding_a_pipe_nobody_drains_is_named_in_the_hang(sample_re
 def test_a_hang_without_a_pipe_stall_names_none(sample_repo, monkeypatch):
     monkeypatch.setenv("SAMPLE_ACTORS_CHAOS", "hang")
     out = invoke("test", "test_spawning.py::test_hang", "--test-timeout", "4",
-                 root=sample_repo, timeout=300)
+                 "--strict", "--no-confirm", root=sample_repo, timeout=300)
     assert out.returncode == 1 and "HUNG" in out.stdout, out.stdout
     assert "STALL:" not in out.stdout
 

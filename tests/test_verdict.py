@@ -503,3 +503,47 @@ def test_a_target_below_its_repositorys_top_sees_its_own_paths(tmp_path):
     assert gitref.changed_since(root, base) == ["new.txt", "pkg/core.py"]
     dest = gitref.export(root, base, tmp_path / "exp" / base)
     assert (dest / "pkg" / "core.py").read_text() == "X = 1\n" and not (dest / "README").exists()
+
+
+def test_runs_in_another_outcome_changing_environment_are_not_compared(tmp_path, monkeypatch):
+    """`verdict_env`: a pass recorded at this commit with another value of such a variable
+    is no evidence that this failure is flaky (the sample's chaos switches are such)."""
+    from tractor_tasks.history import History, RunRow, TestRow
+    from tractor_tasks.rundirs import State
+    root = tiny_repo(tmp_path / "r")
+    with open(root / "pyproject.toml", "a") as f:
+        f.write('verdict_env = ["VX_MODE"]\n')
+    git(root, "commit", "-qam", "verdict_env")
+    target = load_target(root)
+    head = git(root, "rev-parse", "HEAD")
+    h = History(State(target).history)
+    calm = gitref.state(root, target.verdict_env, env={})
+    h.record(RunRow("calm", 1.0, 2.0, "run", minor="3.11", tpt="tcp", spawn="trio", commit=head,
+                    host=__import__("os").uname().nodename, tree=calm),
+             [TestRow("tests/test_core.py::test_x", "passed", 1.0)])
+    assert calm == "" and gitref.state(root, target.verdict_env, env={"VX_MODE": "x"}) \
+        .startswith("env-")
+
+    def judged(mode):
+        monkeypatch.setenv("VX_MODE", mode) if mode else monkeypatch.delenv("VX_MODE",
+                                                                           raising=False)
+        r = Results(target)
+        failed(r, "tests/test_core.py::test_x")
+        runner = FakeRunner(target, {"tests/test_core.py::test_x": [O.FAILED]})
+        runner.p.opts = RunOptions(exitfirst=False)
+        verdict.judge(runner, r, history=h, choice=gitref.Choice(None))
+        return r.tests["tests/test_core.py::test_x"].verdict
+    assert judged("broken") is V.NEW      # the pass was in another environment
+    assert judged("") is V.FLAKY          # the same environment: it passed here before
+
+
+def test_bytecode_venvs_and_the_state_dir_are_no_edits(tmp_path):
+    root = tiny_repo(tmp_path / "r")
+    (root / "pkg" / "__pycache__").mkdir()
+    (root / "pkg" / "__pycache__" / "core.cpython-311.pyc").write_bytes(b"\0")
+    (root / "py311" / "bin").mkdir(parents=True)
+    (root / "py311" / "bin" / "python").write_text("")
+    (root / ".tractor-tasks").mkdir()
+    (root / ".tractor-tasks" / "history.sqlite").write_text("")
+    assert gitref.edits(root) == [] and gitref.choose(root, None).baseline is None
+    assert gitref.changed_since(root, git(root, "rev-parse", "HEAD")) == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -79,11 +80,22 @@ def edits(root: Path) -> list[str]:
         if entry[0] in "RC":
             i += 1  # a rename's source path follows it
         path = entry[3:].removeprefix(cut)
-        if path.startswith(STATE + "/") or entry.startswith("??") and \
+        if _ours(path) or entry.startswith("??") and \
                 path in ("noxfile.py", "tasks.py") and _is_shim(root / path):
-            continue  # our own state dir and shims are no edits of the target
+            continue  # our state dir, the py<MINOR> venvs and our shims are no edits
         files.append(path)
     return files
+
+
+_VENV = re.compile(r"py3\d+/")
+
+
+def _ours(path: str) -> bool:
+    """The state dir, a `py<MINOR>/` venv at the top, Python's bytecode caches (all
+    untracked where the target's .gitignore does not list them): never an edit of the
+    target's code."""
+    return path.startswith(STATE + "/") or bool(_VENV.match(path)) or \
+        "__pycache__/" in f"/{path}" or path.endswith((".pyc", ".pyo"))
 
 
 def _is_shim(path: Path) -> bool:
@@ -91,6 +103,36 @@ def _is_shim(path: Path) -> bool:
         return SHIM_MARK in path.read_text(errors="replace")[:2000]
     except OSError:
         return False
+
+
+def env_state(keys, env=None) -> str:
+    """"" when none of the outcome-changing environment variables (the config's
+    `verdict_env`) is set, else a short hash of their values."""
+    env = os.environ if env is None else env
+    found = [f"{k}={env[k]}" for k in sorted(keys) if env.get(k)]
+    if not found:
+        return ""
+    return "env-" + hashlib.sha256("\0".join(found).encode()).hexdigest()[:12]
+
+
+def state(root: Path | None, env_keys=(), env=None) -> str:
+    """A run's state besides its commit, as the history keeps it: "" for a clean work
+    tree and none of `env_keys` set, else "edits-<hash>", "env-<hash>" or both joined
+    with "+". Runs of one commit are the same code only when their states match."""
+    parts = [tree_state(root) if root is not None and is_repo(root) else "",
+             env_state(env_keys, env)]
+    return "+".join(p for p in parts if p)
+
+
+def split_state(value: str) -> tuple[str, str]:
+    """(its edits part, its environment part) of a recorded state."""
+    code = env = ""
+    for part in (value or "").split("+"):
+        if part.startswith("env-"):
+            env = part
+        elif part:
+            code = part
+    return code, env
 
 
 def tree_state(root: Path) -> str:
@@ -118,7 +160,7 @@ def changed_since(root: Path, commit: str) -> list[str]:
              or "").splitlines()
     files += (git(root, "ls-files", "--others", "--exclude-standard", check=False)
               or "").splitlines()
-    return sorted({f for f in files if f and not f.startswith(STATE + "/")
+    return sorted({f for f in files if f and not _ours(f)
                    and not (f in ("noxfile.py", "tasks.py") and _is_shim(root / f))})
 
 

@@ -120,6 +120,8 @@ class Target:
     affected_fallback: tuple[str, ...] | None = None  # None: the smoke subset
     flaky: tuple[FlakyRule, ...] = TRACTOR_FLAKY
     quarantine: tuple[FlakyRule, ...] = ()   # run and reported, never fail the run
+    verdict_env: tuple[str, ...] = ()        # env vars that change outcomes: runs with
+                                             # other values are not compared by the history
     timeout_full: float = 1800.0
     timeout_file: float = 300.0
     timeout_test: float = 120.0
@@ -346,7 +348,7 @@ _SIMPLE_KEYS = {
     "capsys_backends": _STRS, "smoke": _STRS, "affected_fallback": _STRS,
     "timeout_full": _SECONDS, "timeout_file": _SECONDS, "timeout_test": _BOUND,
     "stackscope_flag": _FLAG, "output_log_max_mb": _MB, "runaway_cpu": _CORE,
-    "runaway_seconds": _BOUND, "heavy": _STRS,
+    "runaway_seconds": _BOUND, "heavy": _STRS, "verdict_env": _STRS,
     "parallel_target_util": _UTIL,
 }
 ALLOWED_KEYS = tuple(sorted((*_SIMPLE_KEYS, "affected", "flaky", "quarantine", "test_timeouts",

@@ -141,10 +141,11 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
     base = j.baseline
     ancestry = gitref.Ancestry(target.root) if gitref.is_repo(target.root) else None
     at_base: dict[str, TestResult] = {}
+    env = gitref.env_state(target.verdict_env)
     for t in open_:
         rows = past.get(stable_id(t.nodeid), [])
         if base is not None:
-            row = next((r for r in rows if r.commit == base.commit and not r.tree
+            row = next((r for r in rows if r.commit == base.commit and _comparable(r, env)
                         and O(r.outcome).flip), None)
             if row is not None:
                 at_base[stable_id(t.nodeid)] = TestResult(t.nodeid, O(row.outcome),
@@ -211,15 +212,22 @@ def _past(history, p, ids: list[str]) -> dict:
     return history.past(ids, minor=p.minor, tpt=p.tpt, spawn=p.spawn)
 
 
-def _clean_ancestor_rows(rows, ancestry, host: str) -> list:
-    return [r for r in rows if not r.tree and r.host == host and O(r.outcome).flip
+def _comparable(row, env: str) -> bool:
+    """A row of a run whose code was its commit's (a clean work tree) and whose
+    outcome-changing environment (`verdict_env`) was this run's."""
+    return gitref.split_state(row.tree) == ("", env)
+
+
+def _clean_ancestor_rows(rows, ancestry, host: str, env: str = "") -> list:
+    return [r for r in rows if _comparable(r, env) and r.host == host and O(r.outcome).flip
             and ancestry(r.commit)]
 
 
 def _preexisting_by_history(t: TestResult, rows, ancestry, p) -> str:
     """Pre-existing when it failed the same way in most of its recent runs of this cell
     on this machine at ancestors of HEAD (clean work trees only)."""
-    recent = _clean_ancestor_rows(rows, ancestry, os.uname().nodename)[:RECENT]
+    env = gitref.env_state(p.target.verdict_env)
+    recent = _clean_ancestor_rows(rows, ancestry, os.uname().nodename, env)[:RECENT]
     same = [r for r in recent if O(r.outcome).bad and same_failure(t.signature, r.signature)]
     if recent and len(same) * 2 > len(recent):
         return (f"failed the same way in {len(same)} of its last {len(recent)} run(s) of this "
@@ -232,7 +240,8 @@ def _by_history_alone(t: TestResult, rows, ancestry, p, what: str) -> None:
     at this very commit, so what still fails after confirmation is flaky when it passed
     here before, pre-existing when it failed here before (however it failed), flaky
     when it flips in its history, else new."""
-    recent = (_clean_ancestor_rows(rows, ancestry, os.uname().nodename)[:RECENT * 2]
+    env = gitref.env_state(p.target.verdict_env)
+    recent = (_clean_ancestor_rows(rows, ancestry, os.uname().nodename, env)[:RECENT * 2]
               if ancestry is not None else [])
     head = ancestry.head if ancestry is not None else None
     here = [r for r in recent if r.commit == head]
@@ -344,7 +353,8 @@ def _record_baseline(history, p, base, runner, results: Results) -> None:
     now = time.time()
     row = RunRow(run_id=f"{runner.run_dir.path.name}-baseline", started=now, finished=now,
                  kind="baseline", cell=p.cell.name if p.cell else "", minor=p.minor,
-                 tpt=p.tpt, spawn=p.spawn, commit=base.commit, host=os.uname().nodename)
+                 tpt=p.tpt, spawn=p.spawn, commit=base.commit, host=os.uname().nodename,
+                 tree=gitref.env_state(p.target.verdict_env))
     tests = [TestRow(k, t.outcome.value, round(t.duration, 3), "", t.signature)
              for k, t in results.tests.items()]
     try:
