@@ -79,6 +79,13 @@ class NotRegular(OSError):
         return f"{self.filename} is {self.strerror}"
 
 
+def write_json(path: Path | str, data) -> None:
+    """A JSON file of ours (run.json, outcome.json, select.json, stop.json), written
+    whole through atomic_write."""
+    import json
+    atomic_write(path, json.dumps(data, indent=1))
+
+
 def read_bounded(path: Path | str, limit: int = MAX_ARTIFACT, *, follow: bool = False) -> bytes:
     """The bytes of a regular file of at most `limit` bytes. Refused with NotRegular (an
     OSError): a symlink (unless `follow`), a FIFO, a device, a dir, a bigger file. Never

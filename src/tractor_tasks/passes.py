@@ -5,7 +5,6 @@ confirmation and baseline passes are lanes too: all through `PassRunner`.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -16,6 +15,7 @@ from typing import Callable
 from . import rundirs
 from .command import ENV_SELECT, pytest_args, run_env, show
 from .errors import TaskError
+from .fsutil import write_json
 from .options import RunOptions
 from .results import Results, read_pass, stable_id
 from .rundirs import PassDir, RunDir, pass_dirs
@@ -114,7 +114,7 @@ class PassRunner:
         select = None
         if only is not None or skip:
             select = PassDir(pass_dir).select
-            _write_json(select, {"only": sorted(only) if only is not None else None,
+            write_json(select, {"only": sorted(only) if only is not None else None,
                                  "skip": sorted(skip)})
         private = rundirs.make_private_dir(p.target)
         try:
@@ -155,7 +155,7 @@ class PassRunner:
         if swept.acted:
             outcome.teardown += [f"sweep: {line}" for line in swept.lines()]
         if outcome.stop is not Stop.FINISHED:  # what progress and the timeline read
-            _write_json(PassDir(pass_dir).stop, {"stop": outcome.stop.value,
+            write_json(PassDir(pass_dir).stop, {"stop": outcome.stop.value,
                                                  "running": outcome.running,
                                                  "bound": outcome.bound})
         return outcome, read_pass(pass_dir)
@@ -249,7 +249,3 @@ def _dump_head(text: str, lines: int = 120) -> str:
     return "\n".join(body[:lines]) + (f"\n... ({len(body) - lines} more lines)"
                                       if len(body) > lines else "")
 
-
-def _write_json(path: Path, data) -> None:
-    from .fsutil import atomic_write
-    atomic_write(path, json.dumps(data, indent=1))

@@ -8,7 +8,6 @@ summary (report.py) -> exit code.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -19,6 +18,7 @@ from . import contain, errors, gitref
 from .cells import Cell
 from .command import check_names, show
 from .errors import TaskError, usage
+from .fsutil import write_json
 from .interpreters import check_minor, find_python
 from .options import RunOptions
 from .output import Output
@@ -198,7 +198,7 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
             if others and p.cell is None:
                 out(f"note: another run of this checkout is going ({others[-1].name}); this "
                     f"one keeps its own files in {run_dir.path}")
-            _write_json(run_dir.run_json, {
+            write_json(run_dir.run_json, {
                 "cell": p.cell.name if p.cell else None, "invocation": p.invocation,
                 "started": time.time(), "pid": os.getpid()})
             if shard_plan is not None:
@@ -297,10 +297,6 @@ def exit_code(result: RunResult, opts: RunOptions) -> int:
 
 # -- after the run ----------------------------------------------------------------
 
-def _write_json(path: Path, data) -> None:
-    from .fsutil import atomic_write
-    atomic_write(path, json.dumps(data, indent=1))
-
 
 def finish(p: Plan, result: RunResult, run_dir: RunDir, out) -> None:
     """The exit code, then the merged JUnit, lastfailed, outcome.json and history rows."""
@@ -312,7 +308,7 @@ def finish(p: Plan, result: RunResult, run_dir: RunDir, out) -> None:
             or result.shards:
         results.write_lastfailed()  # pytest could not write it whole itself
     from .outcome import of_run
-    _write_json(run_dir.outcome, of_run(p, result, result.unaccounted()).to_json())
+    write_json(run_dir.outcome, of_run(p, result, result.unaccounted()).to_json())
     _record_history(p, result, out)
 
 
@@ -352,9 +348,9 @@ def record_unrun(target: Target, cell: Cell, status: RunStatus, code: int, why: 
     except TaskError:
         return None
     try:
-        _write_json(run_dir.run_json, {"cell": cell.name, "invocation": invocation,
+        write_json(run_dir.run_json, {"cell": cell.name, "invocation": invocation,
                                        "started": time.time(), "pid": os.getpid()})
-        _write_json(run_dir.outcome, Outcome(
+        write_json(run_dir.outcome, Outcome(
             status=status.value, code=code, cell=cell.name, minor=cell.minor, tpt=cell.tpt,
             spawn=cell.spawn, invocation=invocation, note=why).to_json())
         return run_dir.path
