@@ -222,7 +222,7 @@ def test_the_probes_file_names_are_the_pass_dirs():
     from tractor_tasks.command import PROBE_DIR
     from tractor_tasks.rundirs import PassDir
     src = (PROBE_DIR / "_tractor_tasks_probe.py").read_text()
-    for name in (PassDir.SESSION, PassDir.COLLECTED, PassDir.RESULTS, PassDir.CURRENT,
-                 PassDir.FINISHED):
+    for name in (PassDir.SESSION, PassDir.COLLECTED, PassDir.SCOPES, PassDir.RESULTS,
+                 PassDir.CURRENT, PassDir.FINISHED):
         assert f'"{name}"' in src, name
     assert 'f"stacks-{os.getpid()}.txt"' in src and PassDir.PROBE_STACKS == "stacks-*.txt"

@@ -128,3 +128,55 @@ def test_describe_says_tests_modules_and_seconds():
                      {ids[0]: 2, ids[1]: 2, ids[2]: 1})
     assert lines == ["shard 1/2: 2 tests in 2 modules, ~3.0s",
                      "shard 2/2: 1 test in 1 module, ~2.0s"]
+
+
+def _big_suite():
+    ids = [f"tests/test_big.py::t{i}" for i in range(10)] + \
+          [f"tests/test_s{i}.py::x" for i in range(6)]
+    durations = {i: 10.0 for i in ids[:10]} | {i: 5.0 for i in ids[10:]}
+    return ids, durations
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_a_splittable_module_longer_than_a_share_is_cut_into_contiguous_parts(n):
+    ids, durations = _big_suite()
+    whole = plan(ids, durations, n)
+    cut = plan(ids, durations, n, splittable={"tests/test_big.py"})
+    assert max(_loads(cut, durations)) < max(_loads(whole, durations))
+    # every test once, pytest's order kept in each shard, the module's parts contiguous
+    assert sorted(t for s in cut for t in s) == sorted(ids)
+    for shard in cut:
+        assert _is_subsequence(shard, ids)
+        big = [ids.index(t) for t in shard if module_of(t) == "tests/test_big.py"]
+        assert big == list(range(big[0], big[0] + len(big))) if big else True
+    assert plan(ids, durations, n, splittable={"tests/test_big.py"}) == cut  # deterministic
+    # total 130 s: the best split is at most the share plus one test's 10 s
+    assert max(_loads(cut, durations)) <= 130 / n + 10
+
+
+def test_a_module_not_splittable_or_within_its_share_stays_whole():
+    ids, durations = _big_suite()
+    for shards in (plan(ids, durations, 4, splittable={"tests/test_s0.py"}),
+                   plan(ids, durations, 1, splittable={"tests/test_big.py"})):
+        assert sum(any(module_of(t) == "tests/test_big.py" for t in s) for s in shards) == 1
+
+
+def test_a_heavy_modules_parts_are_kept_apart_like_heavy_modules():
+    ids, durations = _big_suite()
+    shards = plan(ids, durations, 4, heavy={"tests/test_big.py"},
+                  splittable={"tests/test_big.py"})
+    holders = [s for s in shards if any(module_of(t) == "tests/test_big.py" for t in s)]
+    # 100 s of 130 s over a 32.5 s share: four parts of 25 s, one per shard
+    assert len(holders) == 4
+    assert all(sum(module_of(t) == "tests/test_big.py" for t in s) in (2, 3) for s in holders)
+
+
+def test_split_parts_are_named_and_balanced():
+    from tractor_tasks.shard_plan import split
+    ids = [f"tests/test_m.py::t{i}" for i in range(7)]
+    est = dict(zip(ids, [1, 1, 1, 1, 1, 1, 4]))
+    parts = split((10.0, "tests/test_m.py", list(range(7))), ids, est, 5.0)
+    assert [p[1] for p in parts] == ["tests/test_m.py[1/2]", "tests/test_m.py[2/2]"]
+    assert [p[2] for p in parts] == [[0, 1, 2, 3, 4], [5, 6]]
+    assert split((10.0, "m", [0, 1]), ids, est, 20.0) == [(10.0, "m", [0, 1])]
+    assert len(split((10.0, "m", [0, 1]), ids, est, 0.5)) == 2   # never more parts than tests

@@ -3,6 +3,7 @@ split into jobs, and the merge job. (The planner itself: test_shards.py.)"""
 from __future__ import annotations
 
 import json
+import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -113,3 +114,42 @@ def test_ci_jobs_split_a_cell_and_the_report_adds_them_up(repo, tmp_path):
     assert "shards (wall per job):" in report.stdout and "imbalance" in report.stdout
     durations = json.loads((tmp_path / "d.json").read_text())["durations"]
     assert len(durations) >= len(ran[0] | ran[1]) - int(row[6])
+
+
+def test_ci_shards_split_a_long_module_unless_a_fixture_spans_it(tmp_path):
+    """A module predicted longer than a job's share is cut at test boundaries across the
+    CI jobs, unless its tests share a module-scoped fixture (the probe reports those at
+    collection): both jobs together run every test once."""
+    root = copy_sample(tmp_path / "sample-actors")
+    (root / "tests" / "test_modfix.py").write_text(
+        "import pytest\n\n\n@pytest.fixture(scope='module')\ndef shared():\n    return 1\n\n\n"
+        + "".join(f"def test_m{i}(shared):\n    assert shared == 1\n\n\n" for i in range(4)))
+    assert invoke("venv", "--python", "3.11", root=root, timeout=600).returncode == 0
+    listed = subprocess.run([str(root / "py311" / "bin" / "python"), "-m", "pytest", "--co",
+                             "-q", "tests/test_spawning.py", "tests/test_modfix.py"],
+                            cwd=root, capture_output=True, text=True, timeout=300)
+    ids = [line.strip() for line in listed.stdout.splitlines() if "::" in line]
+    spawning = [i for i in ids if i.startswith("tests/test_spawning.py")]
+    modfix = [i for i in ids if i.startswith("tests/test_modfix.py")]
+    assert len(spawning) >= 4 and len(modfix) == 4, listed.stdout
+    # both modules predicted far longer than half the total: only one may be split
+    durations = {i: 10.0 for i in spawning} | {i: 10.0 for i in modfix}
+    dfile = tmp_path / "durations.json"
+    dfile.write_text(json.dumps({"version": 1, "durations": durations}))
+    ran = []
+    for k in (1, 2):
+        out = invoke("test", "tests/test_spawning.py", "tests/test_modfix.py", "--no-x",
+                     "--strict", "--no-confirm", "--shard", f"{k}/2",
+                     "--durations-file", str(dfile), root=root, timeout=600)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert ("shard plan: split at test boundaries (no module- or class-scoped fixture "
+                "shared): tests/test_spawning.py") in out.stdout, out.stdout
+        scopes = json.loads((last_run(root) / "collect" / "scopes.json").read_text())
+        assert scopes["tests/test_modfix.py"] == ["shared"]
+        assert scopes["tests/test_spawning.py"] == []
+        ran.append(set(outcomes(root)))
+    assert not (ran[0] & ran[1])
+    assert {i for i in ran[0] | ran[1] if "::" in i} >= set(map(stable_id, spawning + modfix))
+    # the module fixture's module stayed in one job; the other is in both
+    assert sum(any(i.startswith("tests/test_modfix.py") for i in r) for r in ran) == 1
+    assert all(any(i.startswith("tests/test_spawning.py") for i in r) for r in ran)

@@ -72,6 +72,7 @@ class PassLog:
     """What the probe wrote for one pytest start."""
     dir: Path
     collected: list[str] | None = None
+    scopes: dict[str, list[str]] | None = None   # module -> its module/class fixtures
     tests: dict[str, TestResult] = field(default_factory=dict)
     session: dict = field(default_factory=dict)
     exitstatus: int | None = None
@@ -123,6 +124,8 @@ def read_pass(pass_dir: Path) -> PassLog:
     log.session = _read_json(files.session, {}) or {}
     collected = _read_json(files.collected)
     log.collected = collected if isinstance(collected, list) else None
+    scopes = _read_json(files.scopes)
+    log.scopes = scopes if isinstance(scopes, dict) else None
     finished = _read_json(files.finished, {}) or {}
     log.exitstatus = finished.get("exitstatus") if isinstance(finished, dict) else None
     current = _read_json(files.current, {})

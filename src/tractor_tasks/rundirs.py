@@ -284,6 +284,7 @@ class PassDir:
     The probe writes the first group with its own literals (a test checks they are
     these), the pass runner and the supervisor the rest."""
     SESSION, COLLECTED, RESULTS = "session.json", "collected.json", "results.jsonl"
+    SCOPES = "scopes.json"
     CURRENT, FINISHED, PROBE_STACKS = "current", "finished.json", "stacks-*.txt"
     COMMAND, OUTPUT, SELECT, DUMP = "command.txt", "output.log", "select.json", "stacks.txt"
     STOP = "stop.json"    # how the pass ended (passes.py): hung, timeout, interrupted
@@ -298,6 +299,7 @@ class PassDir:
 
     session = property(lambda self: self.path / self.SESSION)
     collected = property(lambda self: self.path / self.COLLECTED)
+    scopes = property(lambda self: self.path / self.SCOPES)
     results = property(lambda self: self.path / self.RESULTS)
     current = property(lambda self: self.path / self.CURRENT)
     finished = property(lambda self: self.path / self.FINISHED)

@@ -2,7 +2,10 @@
 about as long, heavy modules kept apart.
 
 Greedy longest-first onto the lightest shard (LPT), heavy groups placed first, one per
-shard while a shard without one exists. Without heavy groups its guarantee, used by the
+shard while a shard without one exists. A module predicted longer than a shard's fair
+share (the total over n) is split at test boundaries into that many contiguous parts
+when it may be (`splittable`: its tests share no module- or class-scoped fixture, which
+the probe reports at collection), so the biggest modules stop setting the floor. Without heavy groups its guarantee, used by the
 tests:
 the heaviest shard exceeds the lightest by at most the smallest group placed on the
 heaviest one, and is within 4/3 of the best possible split. Every tie is broken by
@@ -29,20 +32,28 @@ def module_of(nodeid: str) -> str:
 
 
 def plan(nodeids: list[str], durations: dict[str, float], n: int, *,
-         by_module: bool = True, heavy: set[str] | frozenset[str] = frozenset()
-         ) -> list[list[str]]:
+         by_module: bool = True, heavy: set[str] | frozenset[str] = frozenset(),
+         splittable: set[str] | frozenset[str] = frozenset()) -> list[list[str]]:
     """At most n non-empty shards of `nodeids` with balanced summed durations.
 
     by_module keeps each module's tests together (module-scoped fixtures are set up
     once, not once per shard). Within a shard, tests keep their order in `nodeids`.
     Fewer groups than n gives fewer shards. `heavy` names groups (modules) that must
     not share a shard while a shard without one exists: they are placed first, longest
-    first, each on the lightest shard holding none yet; then the rest, LPT.
+    first, each on the lightest shard holding none yet; then the rest, LPT. A module in
+    `splittable` longer than the fair share is split first (`split`); its parts are
+    groups of their own (parts of a heavy module are heavy).
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"shard count must be an integer >= 1, not {n!r}")
     est = estimates(nodeids, durations)
-    groups = sorted(_groups(nodeids, est, by_module), key=lambda g: (-g[0], g[1], g[2][0]))
+    groups = _groups(nodeids, est, by_module)
+    if by_module and splittable and n > 1:
+        share = sum(g[0] for g in groups) / n
+        groups = [part for g in groups
+                  for part in (split(g, nodeids, est, share) if g[1] in splittable else [g])]
+        heavy = set(heavy) | {g[1] for g in groups if g[1].split("[", 1)[0] in heavy}
+    groups = sorted(groups, key=lambda g: (-g[0], g[1], g[2][0]))
     shards: list[list[int]] = [[] for _ in range(min(n, len(groups)))]
     loads = [[0.0, 0] for _ in shards]   # per shard: summed seconds, tests so far
     has_heavy = [False] * len(shards)
@@ -57,6 +68,31 @@ def plan(nodeids: list[str], durations: dict[str, float], n: int, *,
         loads[i][1] += len(members)
         has_heavy[i] = has_heavy[i] or name in heavy
     return [[nodeids[k] for k in sorted(shard)] for shard in shards if shard]
+
+
+def split(group: tuple[float, str, list[int]], nodeids: list[str], est: dict[str, float],
+          share: float) -> list[tuple[float, str, list[int]]]:
+    """A group longer than `share` seconds cut into k = ceil(weight / share) contiguous
+    parts (pytest's order kept) of about weight / k each, named `module[j/k]`; a group
+    that fits, or of one test, unchanged."""
+    weight, name, members = group
+    if share <= 0 or weight <= share * (1 + 1e-9) or len(members) < 2:
+        return [group]
+    k = min(math.ceil(weight / share - 1e-9), len(members))
+    parts: list[list[int]] = [[]]
+    done = 0.0
+    for pos, idx in enumerate(members):
+        left = len(members) - pos          # tests not placed yet, this one included
+        need = k - len(parts)              # parts still to open after the current one
+        w = est[nodeids[idx]]
+        # close the current part when it has reached its share of the whole, or when
+        # every part still to open needs one of the tests left
+        if parts[-1] and need > 0 and (done + w / 2 > weight * len(parts) / k or left <= need):
+            parts.append([])
+        parts[-1].append(idx)
+        done += w
+    return [(sum(est[nodeids[i]] for i in part), f"{name}[{j}/{len(parts)}]", part)
+            for j, part in enumerate(parts, 1)]
 
 
 def predicted(shard: list[str], durations: dict[str, float], every: list[str]) -> float:

@@ -85,7 +85,13 @@ def make_plan(ctx: PassRunner) -> ShardPlan:
     target = p.target
     if p.opts.shard:
         heavy = heavy_modules(ids, found, target)
-        groups = planner.plan(ids, known, p.opts.shard[1], heavy=heavy)
+        whole = splittable(log.scopes, ids)
+        groups = planner.plan(ids, known, p.opts.shard[1], heavy=heavy, splittable=whole)
+        cut = sorted({m for g in groups for m in {planner.module_of(t) for t in g}}
+                     - {m for g in groups for m in _whole_in(g, ids)})
+        if cut:
+            out(f"shard plan: split at test boundaries (no module- or class-scoped fixture "
+                f"shared): {', '.join(cut)}")
         return ShardPlan(ids, groups, known, tmp)
     units = make_units(ids, found, target)
     cores = os.cpu_count() or 1
@@ -98,6 +104,23 @@ def make_plan(ctx: PassRunner) -> ShardPlan:
             out(f"note: {workers} worker(s), not {p.opts.shards}: the {len(ids)} tests are in "
                 f"{len(units)} module(s), and a module stays whole")
     return ShardPlan(ids, [], known, tmp, units=units, workers=workers)
+
+
+def _whole_in(group: list[str], ids: list[str]) -> set[str]:
+    """The modules all of whose tests are in `group`."""
+    mine = {planner.module_of(t) for t in group}
+    return mine - {planner.module_of(t) for t in set(ids) - set(group)}
+
+
+def splittable(scopes: dict | None, ids: list[str]) -> set[str]:
+    """Modules the static plan may split: the probe reported each, and none of its tests
+    uses a module- or class-scoped fixture. Nothing is split when the probe said nothing
+    (an older probe, a collection it could not read)."""
+    if not scopes:
+        return set()
+    modules = {planner.module_of(t) for t in ids}
+    return {m for m in modules
+            if isinstance(scopes.get(m), list) and not scopes[m]}
 
 
 def costs(p) -> dict[str, TestCost]:

@@ -4,6 +4,10 @@ It observes, and selects only when told to. Into $TRACTOR_TASKS_PROBE_DIR it wri
   session.json   at configure: pytest's pid, rootdir, cache dir, the lastfailed
                  cache as it was before this run
   collected.json after collection: the node ids that will run, in order
+  scopes.json    after collection: {module path: [fixture names]}, the module- and
+                 class-scoped fixtures its tests use (a module with none may be
+                 split across CI shards at test boundaries without setting anything
+                 up twice that it set up once)
   current        the running test and since when ({"nodeid", "since"}); between
                  tests {"after": id}: the supervisor's per-test watchdog reads it
   results.jsonl  every test report as it happens: the run's results, even when
@@ -139,6 +143,21 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_collection_finish(session):
     _write("collected.json", [item.nodeid for item in session.items])
+    _write("scopes.json", _shared_scopes(session.items))
+
+
+def _shared_scopes(items):
+    """Per module, the fixtures of module or class scope its tests use (pytest's
+    fixture info is read defensively: an unknown shape says nothing)."""
+    found = {}
+    for item in items:
+        names = found.setdefault(item.nodeid.split("::", 1)[0], set())
+        info = getattr(item, "_fixtureinfo", None)
+        for name, defs in (getattr(info, "name2fixturedefs", None) or {}).items():
+            for fdef in defs or ():
+                if str(getattr(fdef, "scope", "function")) in ("module", "class"):
+                    names.add(name)
+    return {module: sorted(names) for module, names in found.items()}
 
 
 _started = {}  # nodeid -> (unix time, cpu seconds) at its logstart
