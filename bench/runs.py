@@ -31,19 +31,26 @@ def dry_run(sb: Sandbox, argv: list[str]) -> tuple[Path, dict, list[str]]:
     raise BenchError(f"no `cd <root>` line in the --dry-run output:\n{out}")
 
 
-def floor(sb: Sandbox, repeat: int, env: dict) -> None:
+def floor(sb: Sandbox, repeat: int, env: dict) -> dict[str, float]:
     """What every `invoke ...` pays before any task of ours runs."""
     py = sys.executable
+    empty = sb.base / "one-empty-task"   # invoke's own floor: a tasks.py with one no-op
+    empty.mkdir(exist_ok=True)
+    (empty / "tasks.py").write_text("from invoke import task\n\n\n@task\ndef noop(c):\n"
+                                    "    pass\n")
     times = {}
-    for name, argv in (("python -c pass", [py, "-c", "pass"]),
-                       ("import invoke", [py, "-c", "import invoke"]),
-                       ("import tractor_tasks.invoke_tasks",
-                        [py, "-c", "import tractor_tasks.invoke_tasks"]),
-                       ("invoke --list", [py, "-m", "invoke", "--list"])):
-        sb.run(argv, cwd=REPO, env=env)
-        times[name] = med([sb.run(argv, cwd=REPO, env=env) for _ in range(repeat)])
+    for name, argv, cwd in (("python -c pass", [py, "-c", "pass"], REPO),
+                            ("import invoke", [py, "-c", "import invoke"], REPO),
+                            ("import tractor_tasks.invoke_tasks",
+                             [py, "-c", "import tractor_tasks.invoke_tasks"], REPO),
+                            ("invoke --list", [py, "-m", "invoke", "--list"], REPO),
+                            ("invoke noop (one empty task, no tractor-tasks)",
+                             [py, "-m", "invoke", "noop"], empty)):
+        sb.run(argv, cwd=cwd, env=env)
+        times[name] = med([sb.run(argv, cwd=cwd, env=env) for _ in range(repeat)])
     print("start-up floor: " + ", ".join(f"{k} {v:.2f}s" for k, v in times.items()),
           flush=True)
+    return times
 
 
 def lastfailed_and_test(sb: Sandbox, args, env: dict, label: str = "") -> None:
@@ -86,6 +93,7 @@ def bench(args) -> None:
         xs, ys = compare(args.repeat, lambda: sb.run(lastfailed, cwd=REPO),
                          lambda: sb.run(show))
         ratio = med(xs) / med(ys)
+        lf = (med(xs), med(ys))
         print(f"lastfailed: invoke {med(xs):.2f}s vs pytest --cache-show {med(ys):.2f}s "
               f"-> ratio {ratio:.2f} (target <= {LASTFAILED_TARGET}: "
               f"{verdict(ratio <= LASTFAILED_TARGET)})")
@@ -108,6 +116,7 @@ def bench(args) -> None:
         xs, ys = compare(args.repeat, lambda: sb.run(test, cwd=REPO),
                          lambda: sb.run(direct, cwd=cwd, env=env), warmup=False)
         over = med(xs) - med(ys)
+        test_over = over
         print(f"invoke test tests/test_local.py: invoke {med(xs):.2f}s vs the same pytest "
               f"command directly {med(ys):.2f}s -> overhead {over:.2f}s (target < "
               f"{OVERHEAD_TARGET}s: {verdict(over < OVERHEAD_TARGET)}), "
@@ -123,7 +132,14 @@ def bench(args) -> None:
               f"{verdict(over < CONTAIN_TARGET)})")
         print(samples("contained", xs, "no-contain", ys), flush=True)
 
-        floor(sb, args.repeat, sb.env)
+        times = floor(sb, args.repeat, sb.env)
+        noop = times["invoke noop (one empty task, no tractor-tasks)"]
+        bare = times["python -c pass"]
+        print(f"invoke's own floor: `invoke noop` alone is {noop / lf[1]:.2f} of pytest "
+              f"--cache-show (lastfailed target {LASTFAILED_TARGET}); tractor-tasks adds "
+              f"{lf[0] - noop:+.2f}s to it in lastfailed, and {test_over - (noop - bare):+.2f}s "
+              f"over bare pytest in invoke test (invoke's start itself is "
+              f"{noop - bare:.2f}s of that test's {test_over:.2f}s overhead)", flush=True)
         if sb.copied and sb.env.get("PYTHONDONTWRITEBYTECODE"):
             cached = {k: v for k, v in sb.env.items() if k != "PYTHONDONTWRITEBYTECODE"}
             cached["PYTHONPYCACHEPREFIX"] = str(sb.base / "pycache")

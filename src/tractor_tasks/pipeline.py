@@ -13,9 +13,9 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import contain, errors, gitref
-from .cells import Cell
 from .command import check_names, show
 from .errors import TaskError, usage
 from .fsutil import write_json
@@ -32,6 +32,9 @@ from .supervise import PassOutcome, Signals
 from .sweep import sweep
 from .target import Target
 from .venv import VenvResult, ensure_venv, worktree_check
+
+if TYPE_CHECKING:   # a cell's run imports cells itself; `invoke test` never needs it
+    from .cells import Cell
 
 
 # -- before the run ------------------------------------------------------------
