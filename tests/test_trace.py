@@ -165,6 +165,24 @@ def test_the_trace_has_the_spec_fields_and_a_track_per_shard_and_pass(run_dir):
     assert cpu == {one["pid"], hang["pid"]} and one["pid"] != hang["pid"]
 
 
+def test_a_parallel_runs_lanes_go_on_their_workers_track(run_dir):
+    """With units.json (a local -n run), each lane is a thread of its worker's track,
+    named by its unit; lanes one after the other on one worker share its track, and a
+    hang's resume stays with its own lane."""
+    (run_dir / "units.json").write_text(json.dumps([
+        {"lane": 1, "unit": "tests/test_a.py", "worker": 1},
+        {"lane": 2, "unit": "tests/test_b.py", "worker": 1}]))
+    events = check_format(trace.build(run_dir))
+    assert set(tracks(events).values()) == {
+        "run / run", "worker 1 / tests/test_a.py: pass 1",
+        "worker 1 / tests/test_b.py: pass 1", "worker 1 / tests/test_b.py: pass 2"}
+    assert slices_of(events)["tests/test_b.py::test_last"] == [
+        ("worker 1 / tests/test_b.py: pass 2", "passed")]
+    resume = next(e for e in events if e["ph"] == "i" and e["name"] == "resume")
+    assert tracks(events)[(resume["pid"], resume["tid"])] == "worker 1 / tests/test_b.py: pass 2"
+    assert len({e["pid"] for e in events if e["ph"] == "X" and "::" in e["name"]}) == 1
+
+
 def test_results_add_the_class_and_an_unsharded_run_uses_the_run_track(tmp_path):
     from tractor_tasks.results import Results, TestResult
     from tractor_tasks.status import TestOutcome
@@ -256,7 +274,9 @@ def test_a_sharded_run_has_a_track_per_shard_and_a_slice_per_test(sample_repo, m
     assert f"timeline: {run / 'trace.json'} (open in ui.perfetto.dev)" in out.stdout
     assert out.stdout.rstrip().splitlines()[-1].startswith("timeline: ")
     names = set(tracks(events).values())
-    assert {"shard 1 / pass 1", "shard 2 / pass 1"} <= names
+    units = json.loads((run / "units.json").read_text())
+    assert {u["worker"] for u in units} <= {1, 2} and len(units) >= 2
+    assert {f"worker {u['worker']} / {u['unit']}: pass 1" for u in units} <= names
     import xml.etree.ElementTree as ET
     from tractor_tasks.results import stable_id
     junit = {}
@@ -267,14 +287,14 @@ def test_a_sharded_run_has_a_track_per_shard_and_a_slice_per_test(sample_repo, m
     got = {stable_id(k): v for k, v in slices_of(events).items()}
     assert set(got) == set(junit)
     for nodeid, slices in got.items():
-        assert len(slices) == 1 and slices[0][0].startswith("shard "), (nodeid, slices)
+        assert len(slices) == 1 and slices[0][0].startswith("worker "), (nodeid, slices)
         outcome = {"xfailed": "skipped", "error": "failed"}.get(slices[0][1], slices[0][1])
         assert outcome == junit[nodeid], nodeid
     assert got["tests/test_rpc.py::test_remote_math"][0][1] == "failed"
-    shards = {tracks(events)[(e["pid"], e["tid"])].split(" / ")[0] for e in events
-              if e["ph"] == "X" and "nodeid" in e.get("args", {})}
-    # a parallel run's lanes (a unit each, units.json says which worker ran it): a track each
-    assert {"shard 1", "shard 2"} <= shards and all(x.startswith("shard ") for x in shards)
+    workers = {tracks(events)[(e["pid"], e["tid"])].split(" / ")[0] for e in events
+               if e["ph"] == "X" and "nodeid" in e.get("args", {})}
+    # a parallel run's lanes go on the track of the worker that ran them (units.json)
+    assert workers == {f"worker {u['worker']}" for u in units}
     assert any(e["ph"] == "C" and e["name"] == "load (1 min)" for e in events)
     assert any(e["ph"] == "C" and e["name"] == "cpu (cores)" for e in events)
     newest = invoke("report", "--trace", root=sample_repo)

@@ -9,7 +9,10 @@ and was dumped), run.json and outcome.json. Tracks:
 
   pid 1 "run"            tid 0: the run and the shard plan's collection; the load
                          counter; tid N: pass N of an unsharded run (or a retry pass)
-  pid 1+K "shard K"      tid N: pass N of shard K; its CPU counter
+  pid 1+K "shard K"      tid N: pass N of shard K; its CPU counter (a CI job's shards,
+                         or a parallel run without units.json)
+  pid 1+W "worker W"     a local parallel run (units.json maps each lane to its worker):
+                         tid 1000 K + N: pass N of the unit run as lane K on worker W
 
 A pass is a slice, each test a slice inside it (name, outcome, class); a hang, a
 dump, a resume (the pass after a hang), a timeout and an interrupt are instants. Times are microseconds
@@ -70,23 +73,35 @@ def _short(nodeid: str) -> str:
 VERDICT_PID = 900  # the verdict's own passes (confirmation, baseline): one process track
 
 
-def _lanes(run_dir: Path) -> list[tuple[int, str, int, Path, int]]:
-    """(pid, label prefix, pass number, pass dir, tid) of every pass, in order."""
+def _lanes(run_dir: Path) -> list[tuple[int, str, str, int, Path, int]]:
+    """(pid, track name, label prefix, pass number, pass dir, tid) of every pass, in
+    order. A local parallel run's lanes go on their worker's track (units.json says
+    which), one thread per unit's pass; without units.json, a track per shard."""
     def number(d: Path) -> int:
         tail = d.name.partition("-")[2]
         return int(tail) if tail.isdigit() else 0
-    out = [(RUN_PID, "", number(d), d, number(d)) for d in pass_dirs(run_dir)]
+    out = [(RUN_PID, "run", "", number(d), d, number(d)) for d in pass_dirs(run_dir)]
+    units = _read_json(run_dir / RunDir.UNITS, []) or []
+    on = {u.get("lane"): u for u in units if isinstance(u, dict)} if isinstance(units, list) \
+        else {}
     for shard in run_dir.glob("shard-*"):
         k = number(shard)
-        if k:
-            out += [(RUN_PID + k, f"shard {k}: ", number(d), d, number(d))
+        if not k:
+            continue
+        lane = on.get(k)
+        if lane and isinstance(lane.get("worker"), int) and lane["worker"] > 0:
+            w = lane["worker"]
+            out += [(RUN_PID + w, f"worker {w}", f"{lane.get('unit')}: ", number(d), d,
+                     k * 1000 + number(d)) for d in pass_dirs(shard)]
+        else:
+            out += [(RUN_PID + k, f"shard {k}", f"shard {k}: ", number(d), d, number(d))
                     for d in pass_dirs(shard)]
     phases = sorted(run_dir.glob("confirm-*"), key=number) + \
         [d for d in (run_dir / "baseline",) if d.is_dir()]
     for k, phase in enumerate(phases, 1):
-        out += [(VERDICT_PID, f"{phase.name} ", number(d), d, k * 1000 + number(d))
+        out += [(VERDICT_PID, "verdict", f"{phase.name} ", number(d), d, k * 1000 + number(d))
                 for d in pass_dirs(phase)]
-    return sorted(out, key=lambda x: (x[0], x[4]))
+    return sorted(out, key=lambda x: (x[0], x[5]))
 
 
 class _Builder:
@@ -143,15 +158,15 @@ def build(run_dir: Path, results=None) -> dict:
             b.slice("collect (shard plan)", start, end, RUN_PID, 0, cat="pass")
 
     loads: list[tuple[float, float]] = []
-    hung_in: dict[int, str] = {}   # pid -> the test its lane's last pass hung in
+    hung_in: dict = {}   # lane (its pass dirs' parent) -> the test its last pass hung in
     named = {RUN_PID}
-    for pid, prefix, n, pass_dir, tid in _lanes(run_dir):
+    for pid, track, prefix, n, pass_dir, tid in _lanes(run_dir):
         if pid not in named:
             named.add(pid)
-            b.meta("process_name", pid, 0, name="verdict" if pid == VERDICT_PID
-                   else prefix.rstrip(": "))
+            b.meta("process_name", pid, 0, name=track)
             b.meta("process_sort_index", pid, 0, sort_index=pid)
-        b.meta("thread_name", pid, tid, name=f"{prefix if pid == VERDICT_PID else ''}pass {n}")
+        shard_track = track.startswith("shard ") or pid == RUN_PID
+        b.meta("thread_name", pid, tid, name=f"{'' if shard_track else prefix}pass {n}")
         b.meta("thread_sort_index", pid, tid, sort_index=tid)
         _pass(b, pass_dir, pid, tid, f"{prefix}pass {n}", final, hung, stopped, hung_in, loads)
 
@@ -180,8 +195,10 @@ def _pass(b: _Builder, pass_dir: Path, pid: int, n: int, label: str, final: dict
         return
     whole = b.slice(label, start, end, pid, n, cat="pass",
                     args={"dir": str(pass_dir), "exitstatus": finished})
-    if pid in hung_in:
-        b.add("i", "resume", start, pid, n, s="t", args={"after": hung_in.pop(pid), "pass": n})
+    lane = pass_dir.parent
+    if lane in hung_in:
+        b.add("i", "resume", start, pid, n, s="t", args={"after": hung_in.pop(lane),
+                                                         "pass": n})
     dump = _mtime(PassDir(pass_dir).dump)
     if dump is not None:
         b.add("i", "dump", dump, pid, n, s="t", args={"file": str(PassDir(pass_dir).dump)})
@@ -209,7 +226,7 @@ def _pass(b: _Builder, pass_dir: Path, pid: int, n: int, label: str, final: dict
         _test(b, cut, what, since, stop, pid, n, final, label)
         whole["args"]["stopped"] = what
         if what == "hung":
-            hung_in[pid] = cut
+            hung_in[pass_dir.parent] = cut
             # the bound it ran past, as results.Results.add words a hang's message
             m = _BOUND.search(t.message) if t is not None else None
             at = min(stop, since + float(m[1])) if m else stop
