@@ -153,3 +153,17 @@ def test_ci_shards_split_a_long_module_unless_a_fixture_spans_it(tmp_path):
     # the module fixture's module stayed in one job; the other is in both
     assert sum(any(i.startswith("tests/test_modfix.py") for i in r) for r in ran) == 1
     assert all(any(i.startswith("tests/test_spawning.py") for i in r) for r in ran)
+
+
+def test_one_worker_runs_the_tests_in_one_pytest(repo):
+    """-n 2 over one module gives one worker: no lane per unit, one pytest, as serial."""
+    out = invoke("test", "tests/test_local.py", "-n", "2", "--strict", "--no-confirm",
+                 root=repo, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "note: 1 worker(s), not 2" in out.stdout
+    assert "parallel: 1 worker, so the tests run in one pytest" in out.stdout
+    run = last_run(repo)
+    assert not list(run.glob("shard-*")) and (run / "pass-1").is_dir()
+    assert not (run / "collect").exists()
+    rec = json.loads((run / "outcome.json").read_text())
+    assert rec["summary"]["passed"] == 5 and not rec.get("shards")

@@ -9,6 +9,7 @@ summary (report.py) -> exit code.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -194,6 +195,11 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
         if p.opts.shard or p.opts.shards not in (None, 1):
             from .sharding import make_plan
             shard_plan = make_plan(ctx)  # checked before anything is kept
+            if not p.opts.shard and shard_plan.stopped is None and shard_plan.workers == 1:
+                # one worker: a lane per module would only add pytest starts
+                out("parallel: 1 worker, so the tests run in one pytest, as a serial run's do")
+                shutil.rmtree(shard_plan.collect_dir, ignore_errors=True)
+                shard_plan = None
         state = State(p.target)
         others = state.running()
         run_dir = ctx.run_dir = state.new_run(p.slug)
