@@ -170,3 +170,21 @@ def test_a_v1_file_without_costs_still_plans(tmp_path):
     slots = simulate(units, workers=2, cores=2)
     assert sorted(s.unit for s in slots) == sorted(u.name for u in units)
     assert all(a.end <= b.start for a, b in zip(slots, slots[1:]))  # one at a time
+
+
+def test_tree_cost_counts_cpu_between_samples_of_one_test():
+    """The supervisor's samples (ProcSample: what one tick read of each live process)
+    put CPU on the test that ran at both ends of an interval; a process alive before the
+    first sample brings no earlier CPU; RSS is the tree's summed peak."""
+    from tractor_tasks.supervise import ProcSample, TreeCost
+    tc = TreeCost()
+    old = ProcSample(10, 50.0, None, 5.0, 100)          # pytest: 5 s of import CPU already
+    tc.sample([old], "t::a", stamp=100.0)
+    kid = ProcSample(11, 100.5, None, 0.4, 300)         # a subactor started after that
+    tc.sample([ProcSample(10, 50.0, None, 5.5, 100), kid], "t::a", stamp=101.0)
+    assert tc.tests["t::a"] == {"cpu": 0.9, "rss": 400}
+    # a boundary interval (a at one end, b at the other) goes to neither
+    tc.sample([ProcSample(10, 50.0, None, 6.0, 100)], "t::b", stamp=102.0)
+    tc.sample([ProcSample(10, 50.0, None, 6.25, 120)], "t::b", stamp=103.0)
+    assert tc.tests["t::a"]["cpu"] == 0.9
+    assert tc.tests["t::b"] == {"cpu": 0.25, "rss": 120}

@@ -241,26 +241,21 @@ class TreeCost:
         self.tests: dict[str, dict] = {}
         self.prev: tuple[str | None, float] = (None, 0.0)   # (test, time) at the last sample
 
-    def sample(self, members: list[psutil.Process], nodeid: str | None) -> None:
+    def sample(self, samples: list[ProcSample], nodeid: str | None,
+               stamp: float | None = None) -> None:
         """CPU between two samples counts for a test only when it ran at both (a boundary
         interval is left to the probe's exact getrusage); a process first seen counts from
         zero only when it started after the last sample (pytest's own import time does
         not land on its first test)."""
-        stamp = time.time()
+        stamp = time.time() if stamp is None else stamp
         prev_node, prev_time = self.prev
         cpu, rss, now = 0.0, 0, {}
-        for proc in members:
-            try:
-                with proc.oneshot():
-                    key = (proc.pid, proc.create_time())
-                    t = proc.cpu_times()
-                    own = t.user + t.system
-                    rss += proc.memory_info().rss
-            except psutil.Error:
-                continue
-            now[key] = own
-            base = self.last.get(key, 0.0 if key[1] >= prev_time else own)
-            cpu += max(own - base, 0.0)
+        for s in samples:
+            key = (s.pid, s.created)
+            now[key] = s.cpu
+            base = self.last.get(key, 0.0 if s.created >= prev_time else s.cpu)
+            cpu += max(s.cpu - base, 0.0)
+            rss += s.rss
         self.last = now
         self.prev = (nodeid, stamp)
         if nodeid:
@@ -399,16 +394,29 @@ def run_pass(argv: list[str], *, number: int, cwd: Path, env: dict[str, str], pa
     return outcome
 
 
-def _cpu_samples(members: list[psutil.Process]) -> list[tuple[int, float, str, float]]:
+@dataclass(frozen=True)
+class ProcSample:
+    """One live process of the run at one tick: read once, for the costs and the
+    runaway watch alike."""
+    pid: int
+    created: float          # psutil's create time (the costs' key)
+    started: float | None   # /proc's start time (the runaway watch's key); None: gone
+    cpu: float              # CPU seconds so far, its own
+    rss: int
+    title: str = ""         # its command line (read only for the runaway watch)
+
+
+def proc_samples(members: list[psutil.Process], titles: bool = False) -> list[ProcSample]:
+    """Every member read once (psutil's oneshot); a process gone meanwhile is left out."""
     out = []
     for m in members:
         try:
             with m.oneshot():
                 t = m.cpu_times()
-                title = " ".join((" ".join(m.cmdline()) or m.name()).split())
-                started = stalls.start_time(m.pid)
-                if started is not None:
-                    out.append((m.pid, started, title, t.user + t.system))
+                out.append(ProcSample(
+                    m.pid, m.create_time(), stalls.start_time(m.pid) if titles else None,
+                    t.user + t.system, m.memory_info().rss,
+                    " ".join((" ".join(m.cmdline()) or m.name()).split()) if titles else ""))
         except psutil.Error:
             continue
     return out
@@ -423,11 +431,15 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
         members = run.members()
         for p in _procs(members):
             seen.setdefault((p.pid, p.create_time), p)
-        if runaways is not None and runaways.on:
+        watching = runaways is not None and runaways.on
+        samples = proc_samples(members, titles=watching)   # one read per process per tick
+        now = time.time()
+        if watching:
             runaways.read_reports(PassDir(pass_dir).results)
-            for r in runaways.update(time.time(), _cpu_samples(members)):
+            for r in runaways.update(now, [(s.pid, s.started, s.title, s.cpu)
+                                           for s in samples if s.started is not None]):
                 on_event(f"RUNAWAY: {results_runaway_text(r)}")
-        costs.sample(members, current_test(pass_dir)[0])
+        costs.sample(samples, current_test(pass_dir)[0], now)
 
     try:
         _watch_loop(run, outcome, look, t0=t0, deadline=deadline, test_bound=test_bound,
