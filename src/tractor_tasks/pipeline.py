@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -192,6 +193,7 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
     with Signals(p.opts.interactive) as signals:
         ctx = PassRunner(p, None, signals, t0 + p.timeout, out)
         shard_plan = None
+        warm_after_run()
         if p.opts.shard or p.opts.shards not in (None, 1):
             from .sharding import make_plan
             shard_plan = make_plan(ctx)  # checked before anything is kept
@@ -344,6 +346,27 @@ def _record_history(p: Plan, result: RunResult, out) -> None:
         out(f"note: the results history was not updated: {err}")
     except Exception as err:  # noqa: BLE001 - the history must never cost the run its end
         out(f"note: the results history was not updated ({type(err).__name__}: {err})")
+
+
+# what only the end of a run needs (the verdict, the history, the JUnit file, the
+# timeline, the summary): imported in a thread while pytest runs, which leaves the GIL
+# free while it waits, so a short run's start-up does not pay for them
+AFTER_RUN = ("xml.etree.ElementTree", "sqlite3", "tractor_tasks.history",
+             "tractor_tasks.verdict", "tractor_tasks.outcome", "tractor_tasks.trace",
+             "tractor_tasks.report", "tractor_tasks.shard_plan")
+
+
+def warm_after_run() -> threading.Thread:
+    def load():
+        import importlib
+        for name in AFTER_RUN:
+            try:
+                importlib.import_module(name)
+            except Exception:   # the main thread's own import says what is wrong
+                return
+    t = threading.Thread(target=load, name="tt-warm-imports", daemon=True)
+    t.start()
+    return t
 
 
 def record_unrun(target: Target, cell: Cell, status: RunStatus, code: int, why: str,
