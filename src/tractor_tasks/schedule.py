@@ -26,7 +26,6 @@ may be marked heavy in the config. Admission by predicted CPU demand:
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -210,6 +209,7 @@ def auto_workers(units: list[Unit], cores: float, target: float = DEFAULT_TARGET
     """`-n auto`: as many workers as the budget holds of a typical light unit (the median
     rate of the measured light ones), at least 1, at most 2 x cores and the unit count.
     With no measured light unit: the cores (the first run measures them)."""
+    import statistics   # here: the config (target.py) imports this module's default
     light = [u.rate for u in units if not u.alone]
     cap = max(1, min(len(units), int(2 * cores)))
     if not light:
