@@ -161,7 +161,7 @@ def test_a_module_not_splittable_or_within_its_share_stays_whole():
         assert sum(any(module_of(t) == "tests/test_big.py" for t in s) for s in shards) == 1
 
 
-def test_a_heavy_modules_parts_are_kept_apart_like_heavy_modules():
+def test_a_heavy_modules_parts_spread_over_the_shards():
     ids, durations = _big_suite()
     shards = plan(ids, durations, 4, heavy={"tests/test_big.py"},
                   splittable={"tests/test_big.py"})
@@ -180,3 +180,35 @@ def test_split_parts_are_named_and_balanced():
     assert [p[2] for p in parts] == [[0, 1, 2, 3, 4], [5, 6]]
     assert split((10.0, "m", [0, 1]), ids, est, 20.0) == [(10.0, "m", [0, 1])]
     assert len(split((10.0, "m", [0, 1]), ids, est, 0.5)) == 2   # never more parts than tests
+
+
+def test_the_probe_reports_shared_scopes_and_says_nothing_for_an_unknown_shape():
+    """The probe's scopes.json: per module the module- and class-scoped fixtures its
+    tests use; a test without fixture info it can read makes its module None (kept
+    whole). Stand-ins for pytest items: only what the probe reads of them."""
+    import enum
+    import importlib.util
+    from types import SimpleNamespace as NS
+    from tractor_tasks.command import PROBE_DIR
+    spec = importlib.util.spec_from_file_location("probe_for_test",
+                                                  PROBE_DIR / "_tractor_tasks_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+
+    class Scope(enum.Enum):
+        Module = "module"
+
+    def item(nodeid, **scopes):
+        defs = {name: (NS(scope=s),) for name, s in scopes.items()}
+        return NS(nodeid=nodeid, _fixtureinfo=NS(name2fixturedefs=defs))
+    got = probe._shared_scopes([
+        item("tests/test_a.py::x", tmp_path="function", reg_addr="session"),
+        item("tests/test_b.py::C::y", conn="class", tmp_path="function"),
+        item("tests/test_b.py::z", db=Scope.Module),
+        item("tests/test_c.py::w"), NS(nodeid="tests/test_c.py::v")])
+    assert got == {"tests/test_a.py": [], "tests/test_b.py": ["conn", "db"],
+                   "tests/test_c.py": None}
+    from tractor_tasks.sharding import splittable
+    ids = ["tests/test_a.py::x", "tests/test_b.py::z", "tests/test_c.py::w"]
+    assert splittable(got, ids) == {"tests/test_a.py"}
+    assert splittable(None, ids) == set()

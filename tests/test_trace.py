@@ -183,6 +183,14 @@ def test_a_parallel_runs_lanes_go_on_their_workers_track(run_dir):
     assert len({e["pid"] for e in events if e["ph"] == "X" and "::" in e["name"]}) == 1
 
 
+@pytest.mark.parametrize("units", ['[{"lane": [1], "worker": 1}]', '[{"lane": 1, "worker": true}]',
+                                   '{"lane": 1}', '[1, null, "x"]', 'not json'])
+def test_a_malformed_units_json_falls_back_to_a_track_per_shard(run_dir, units):
+    (run_dir / "units.json").write_text(units)
+    events = check_format(trace.build(run_dir))
+    assert {"shard 1 / pass 1", "shard 2 / pass 2"} <= set(tracks(events).values())
+
+
 def test_results_add_the_class_and_an_unsharded_run_uses_the_run_track(tmp_path):
     from tractor_tasks.results import Results, TestResult
     from tractor_tasks.status import TestOutcome

@@ -42,7 +42,7 @@ def plan(nodeids: list[str], durations: dict[str, float], n: int, *,
     not share a shard while a shard without one exists: they are placed first, longest
     first, each on the lightest shard holding none yet; then the rest, LPT. A module in
     `splittable` longer than the fair share is split first (`split`); its parts are
-    groups of their own (parts of a heavy module are heavy).
+    groups of their own (not heavy: each fits a share already).
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"shard count must be an integer >= 1, not {n!r}")
@@ -52,7 +52,8 @@ def plan(nodeids: list[str], durations: dict[str, float], n: int, *,
         share = sum(g[0] for g in groups) / n
         groups = [part for g in groups
                   for part in (split(g, nodeids, est, share) if g[1] in splittable else [g])]
-        heavy = set(heavy) | {g[1] for g in groups if g[1].split("[", 1)[0] in heavy}
+        # a split module's parts are not heavy: each fits a share already, and as heavy
+        # they would take the shards other heavy modules need
     groups = sorted(groups, key=lambda g: (-g[0], g[1], g[2][0]))
     shards: list[list[int]] = [[] for _ in range(min(n, len(groups)))]
     loads = [[0.0, 0] for _ in shards]   # per shard: summed seconds, tests so far

@@ -85,6 +85,13 @@ def make_plan(ctx: PassRunner) -> ShardPlan:
     target = p.target
     if p.opts.shard:
         heavy = heavy_modules(ids, found, target)
+        if log.scopes is None:
+            # every job must compute the same plan: one that could not read what the
+            # others split by must not plan without it
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise TaskError("the collection wrote no scopes.json (the probe could not "
+                            "write it), so this CI job cannot compute the plan the other "
+                            "jobs do; run the job again")
         whole = splittable(log.scopes, ids)
         groups = planner.plan(ids, known, p.opts.shard[1], heavy=heavy, splittable=whole)
         cut = sorted({m for g in groups for m in {planner.module_of(t) for t in g}}
@@ -494,7 +501,8 @@ def run_one_shard(ctx: PassRunner, plan: ShardPlan) -> RunResult:
     i, n = ctx.p.opts.shard
     if i > len(plan.groups):
         ctx.out(f"note: shard {i}/{n} is empty: the {len(plan.ids)} tests are in "
-                f"{len(plan.groups)} module(s), and a module stays in one shard")
+                f"{len(plan.groups)} group(s) (modules, or parts of a module split at "
+                f"test boundaries)")
         return RunResult(0, RunStatus.PASSED, Results(ctx.p.target), shards=n)
     group = plan.groups[i - 1]
     ctx.out(planner.describe(plan.groups, plan.known)[i - 1])

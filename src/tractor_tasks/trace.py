@@ -9,8 +9,8 @@ and was dumped), run.json and outcome.json. Tracks:
 
   pid 1 "run"            tid 0: the run and the shard plan's collection; the load
                          counter; tid N: pass N of an unsharded run (or a retry pass)
-  pid 1+K "shard K"      tid N: pass N of shard K; its CPU counter (a CI job's shards,
-                         or a parallel run without units.json)
+  pid 1+K "shard K"      tid N: pass N of shard K; its CPU counter (a parallel run
+                         without units.json; a CI job's own passes are on pid 1)
   pid 1+W "worker W"     a local parallel run (units.json maps each lane to its worker):
                          tid 1000 K + N: pass N of the unit run as lane K on worker W
 
@@ -82,14 +82,14 @@ def _lanes(run_dir: Path) -> list[tuple[int, str, str, int, Path, int]]:
         return int(tail) if tail.isdigit() else 0
     out = [(RUN_PID, "run", "", number(d), d, number(d)) for d in pass_dirs(run_dir)]
     units = _read_json(run_dir / RunDir.UNITS, []) or []
-    on = {u.get("lane"): u for u in units if isinstance(u, dict)} if isinstance(units, list) \
-        else {}
+    on = {u["lane"]: u for u in units if isinstance(u, dict) and type(u.get("lane")) is int} \
+        if isinstance(units, list) else {}
     for shard in run_dir.glob("shard-*"):
         k = number(shard)
         if not k:
             continue
         lane = on.get(k)
-        if lane and isinstance(lane.get("worker"), int) and lane["worker"] > 0:
+        if lane and type(lane.get("worker")) is int and lane["worker"] > 0:
             w = lane["worker"]
             out += [(RUN_PID + w, f"worker {w}", f"{lane.get('unit')}: ", number(d), d,
                      k * 1000 + number(d)) for d in pass_dirs(shard)]

@@ -147,17 +147,25 @@ def pytest_collection_finish(session):
 
 
 def _shared_scopes(items):
-    """Per module, the fixtures of module or class scope its tests use (pytest's
-    fixture info is read defensively: an unknown shape says nothing)."""
+    """Per module, the fixtures of module or class scope its tests use, or None for a
+    module one of whose tests has no fixture info this can read (a plugin's own item
+    type, another pytest): an unknown shape says nothing, and such a module stays whole.
+    (A fixture fetched with request.getfixturevalue() is not in that info.)"""
     found = {}
     for item in items:
-        names = found.setdefault(item.nodeid.split("::", 1)[0], set())
-        info = getattr(item, "_fixtureinfo", None)
-        for name, defs in (getattr(info, "name2fixturedefs", None) or {}).items():
+        module = item.nodeid.split("::", 1)[0]
+        names = found.setdefault(module, set())
+        defs_by_name = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", None)
+        if names is None or not isinstance(defs_by_name, dict):
+            found[module] = None
+            continue
+        for name, defs in defs_by_name.items():
             for fdef in defs or ():
-                if str(getattr(fdef, "scope", "function")) in ("module", "class"):
+                scope = getattr(fdef, "scope", "function")
+                if str(getattr(scope, "value", scope)) in ("module", "class"):
                     names.add(name)
-    return {module: sorted(names) for module, names in found.items()}
+    return {module: None if names is None else sorted(names)
+            for module, names in found.items()}
 
 
 _started = {}  # nodeid -> (unix time, cpu seconds) at its logstart
