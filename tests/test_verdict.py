@@ -289,6 +289,44 @@ def test_the_baseline_splits_regressions_from_pre_existing(tmp_path):
     assert [ph for ph, _ in runner.lanes] == ["confirm-1", "baseline"]
 
 
+def test_a_baseline_that_failed_so_in_its_history_is_not_a_regression(tmp_path):
+    """The history's runs at the baseline commit, not only its newest: a test that failed
+    the same way there in most of them is pre-existing at once; one that passed in the
+    newest but failed the same way in an earlier one is flaky there too, not a
+    regression (tractor's deadline tests flip between runs of one commit)."""
+    from tractor_tasks.history import Past
+    root = tiny_repo(tmp_path / "r")
+    target = load_target(root)
+    head = git(root, "rev-parse", "HEAD")
+    base = gitref.Baseline(head, "HEAD", "test")
+    clean = gitref.env_state(target.verdict_env)   # a clean tree in this environment
+
+    def row(outcome, n, sig="AssertionError: boom"):
+        return Past(outcome, sig if outcome == "failed" else "", head, clean, "cell", "",
+                    f"r{n}", 1000.0 - n, "host")
+    rows = {"tests/test_core.py::test_mostly": [row("passed", 1), row("failed", 2),
+                                                row("failed", 3)],
+            "tests/test_core.py::test_sometimes": [row("passed", 1), row("failed", 2),
+                                                   row("passed", 3)],
+            "tests/test_core.py::test_broke": [row("passed", 1), row("passed", 2)]}
+
+    class History:
+        def past(self, ids, **cell):
+            return {i: rows[i] for i in ids if i in rows}
+    r = Results(target)
+    for nodeid in rows:
+        failed(r, nodeid)
+    runner = FakeRunner(target, {n: [O.FAILED] for n in rows})
+    verdict.judge(runner, r, history=History(), choice=gitref.Choice(base))
+    v = {k.split("::")[1]: (t.verdict, t.why) for k, t in r.tests.items()}
+    assert v["test_mostly"][0] is V.PRE_EXISTING and "in 2 of its last 3" in v["test_mostly"][1]
+    assert v["test_sometimes"][0] is V.FLAKY and "flaky there too" in v["test_sometimes"][1]
+    assert v["test_broke"][0] is V.REGRESSION
+    # the pre-existing one was not re-run; nothing ran at the baseline (the history knew)
+    assert runner.lanes == [("confirm-1", {"tests/test_core.py::test_sometimes",
+                                           "tests/test_core.py::test_broke"})]
+
+
 # -- real runs of the sample -----------------------------------------------------------------------
 
 VX = textwrap.dedent('''

@@ -4,9 +4,12 @@ learns from one line whether their change broke something.
 In order, each step deciding only what the ones before left open:
 1. the config: quarantined tests (they run and are reported, and never fail the run)
    and known-flaky failures (id glob AND error signature);
-2. what the history already knows: with a baseline, the test's outcome at the
-   baseline commit (same signature: pre-existing); without one, the same failure in
-   most recent runs of this cell on this machine at ancestors of HEAD (pre-existing);
+2. what the history already knows: with a baseline, the test's outcomes in its last
+   runs at the baseline commit (the newest, or most of them, failed the same way:
+   pre-existing; one that passed in the newest but failed the same way in an earlier
+   one is flaky there too when it fails again alone, not a regression); without one,
+   the same failure in most recent runs of this cell on this machine at ancestors of
+   HEAD (pre-existing);
 3. confirmation: the rest once more alone (a module's failures in one pytest start,
    contained and bounded like any pass, after every shard), `--confirm N` times: a
    test that passes alone is flaky, or load-sensitive when it failed beside other
@@ -145,15 +148,22 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
     for t in open_:
         rows = past.get(stable_id(t.nodeid), [])
         if base is not None:
-            row = next((r for r in rows if r.commit == base.commit and _comparable(r, env)
-                        and O(r.outcome).flip), None)
-            if row is not None:
+            there = [r for r in rows if r.commit == base.commit and _comparable(r, env)
+                     and O(r.outcome).flip][:RECENT]
+            if there:
+                row = there[0]
                 at_base[stable_id(t.nodeid)] = TestResult(t.nodeid, O(row.outcome),
                                                           message=row.signature)
                 j.known_at_baseline += 1
+                same = sum(O(r.outcome).bad and same_failure(t.signature, r.signature)
+                           for r in there)
+                t.base_same = (same, len(there))   # how often it failed so at the baseline
                 if O(row.outcome).bad and same_failure(t.signature, row.signature):
                     _set(t, V.PRE_EXISTING, f"fails at {base.name} too, the same way "
                          "(known from an earlier run there)")
+                elif same * 2 > len(there):
+                    _set(t, V.PRE_EXISTING, f"failed the same way at {base.name} in {same} "
+                         f"of its last {len(there)} run(s) there")
         elif ancestry is not None:
             why = _preexisting_by_history(t, rows, ancestry, p)
             if why:
@@ -267,6 +277,10 @@ def _by_baseline(t: TestResult, there: TestResult | None, base, what: str) -> No
     t.baseline = there
     if there is None:
         _set(t, V.NEW, f"{what}; not in {base.name} (a new test, or not collected there)")
+    elif there.outcome is O.PASSED and getattr(t, "base_same", (0, 0))[0]:
+        same, runs = t.base_same
+        _set(t, V.FLAKY, f"{what}; passed at {base.name} in its last run there, but failed "
+             f"there the same way in {same} of its last {runs}: flaky there too")
     elif there.outcome is O.PASSED:
         _set(t, V.REGRESSION, f"{what}; passes at {base.name}")
     elif there.outcome.bad and same_failure(t.signature, there.signature):
