@@ -226,3 +226,19 @@ def test_the_probes_file_names_are_the_pass_dirs():
                  PassDir.CURRENT, PassDir.FINISHED):
         assert f'"{name}"' in src, name
     assert 'f"stacks-{os.getpid()}.txt"' in src and PassDir.PROBE_STACKS == "stacks-*.txt"
+
+
+def test_an_exception_groups_head_is_its_exception_not_the_rule_under_it():
+    """pytest renders an ExceptionGroup with `| ` margins and `+----` rules and no `E `
+    line: the head (the history's signature) is the last line that says something."""
+    from tractor_tasks.results import _head
+    text = ("  + Exception Group Traceback (most recent call last):\n"
+            "  |   File \"t.py\", line 1, in f\n"
+            "  | ExceptionGroup: one (1 sub-exception)\n"
+            "  +-+---------------- 1 ----------------\n"
+            "    | Traceback (most recent call last):\n"
+            "    | trio.TooSlowError\n"
+            "    +------------------------------------")
+    assert _head(text) == "trio.TooSlowError"
+    assert _head("t.py:3: in f\nE   KeyError: 'k'\nmore") == "KeyError: 'k'"
+    assert _head("+-----\n") == "+-----" and _head("") == ""

@@ -291,9 +291,10 @@ def test_the_baseline_splits_regressions_from_pre_existing(tmp_path):
 
 def test_a_baseline_that_failed_so_in_its_history_is_not_a_regression(tmp_path):
     """The history's runs at the baseline commit, not only its newest: a test that failed
-    the same way there in most of them is pre-existing at once; one that passed in the
-    newest but failed the same way in an earlier one is flaky there too, not a
-    regression (tractor's deadline tests flip between runs of one commit)."""
+    the same way there in most of them is pre-existing at once (pytest's two spellings
+    of an assertion are one failure); one that passed in the newest but failed in an
+    earlier one is flaky there too, not a regression (tractor's deadline tests flip
+    between runs of one commit)."""
     from tractor_tasks.history import Past
     root = tiny_repo(tmp_path / "r")
     target = load_target(root)
@@ -305,8 +306,8 @@ def test_a_baseline_that_failed_so_in_its_history_is_not_a_regression(tmp_path):
         return Past(outcome, sig if outcome == "failed" else "", head, clean, "cell", "",
                     f"r{n}", 1000.0 - n, "host")
     rows = {"tests/test_core.py::test_mostly": [row("passed", 1), row("failed", 2),
-                                                row("failed", 3)],
-            "tests/test_core.py::test_sometimes": [row("passed", 1), row("failed", 2),
+                                                row("failed", 3, "boom")],
+            "tests/test_core.py::test_sometimes": [row("passed", 1), row("failed", 2, "Xx"),
                                                    row("passed", 3)],
             "tests/test_core.py::test_broke": [row("passed", 1), row("passed", 2)]}
 

@@ -91,11 +91,22 @@ def _read_json(path: Path, default=None):
         return default
 
 
+_GUTTER = re.compile(r"^[\s|+]*")      # an exception group's `  | ` and `  +-+---` margins
+_RULE = re.compile(r"^[\s|+\-=~^]*$")   # a line of only those: decoration, not a message
+
+
 def _head(longrepr: str) -> str:
-    """The first `E ` line of a traceback, else its last line."""
+    """The first `E ` line of a traceback, else its last line that says something: an
+    exception group's traceback ends in `+------` rules, its exception is the line
+    before them (without the `| ` margin)."""
     lines = longrepr.splitlines()
     e = next((ln[1:].strip() for ln in lines if ln.startswith("E ")), "")
-    return e or (lines[-1].strip() if lines else "")
+    if e:
+        return e
+    for line in reversed(lines):
+        if not _RULE.match(line) and "Exception Group Traceback" not in line:
+            return _GUTTER.sub("", line).strip()
+    return lines[-1].strip() if lines else ""
 
 
 def _outcome(recs: list[dict]) -> tuple[O | None, dict | None]:

@@ -6,8 +6,8 @@ In order, each step deciding only what the ones before left open:
    and known-flaky failures (id glob AND error signature);
 2. what the history already knows: with a baseline, the test's outcomes in its last
    runs at the baseline commit (the newest, or most of them, failed the same way:
-   pre-existing; one that passed in the newest but failed the same way in an earlier
-   one is flaky there too when it fails again alone, not a regression); without one,
+   pre-existing; one that passed in the newest but failed in an earlier one is flaky
+   there too when it fails again alone, not a regression); without one,
    the same failure in most recent runs of this cell on this machine at ancestors of
    HEAD (pre-existing);
 3. confirmation: the rest once more alone (a module's failures in one pytest start,
@@ -54,9 +54,17 @@ _MASKS = (
 )
 
 
+_TYPE = re.compile(r"^[A-Za-z_][\w.]*: ")   # `AssertionError: ` before a message
+
+
 def same_failure(a: str, b: str) -> bool:
-    """Two signatures of one failure: equal once the run-specific parts are masked."""
-    return bool(a) and normalize(a) == normalize(b)
+    """Two signatures of one failure: equal once the run-specific parts are masked, or
+    when one is the other with its exception type in front (pytest prints
+    `assert not True` or `AssertionError: assert not True` by traceback style)."""
+    if not a or not b:
+        return False
+    x, y = normalize(a), normalize(b)
+    return x == y or _TYPE.sub("", x, count=1) == y or x == _TYPE.sub("", y, count=1)
 
 
 def normalize(signature: str) -> str:
@@ -157,7 +165,8 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
                 j.known_at_baseline += 1
                 same = sum(O(r.outcome).bad and same_failure(t.signature, r.signature)
                            for r in there)
-                t.base_same = (same, len(there))   # how often it failed so at the baseline
+                # how often it failed at the baseline at all (a flip there), of how many
+                t.base_bad = (sum(O(r.outcome).bad for r in there), len(there))
                 if O(row.outcome).bad and same_failure(t.signature, row.signature):
                     _set(t, V.PRE_EXISTING, f"fails at {base.name} too, the same way "
                          "(known from an earlier run there)")
@@ -277,10 +286,10 @@ def _by_baseline(t: TestResult, there: TestResult | None, base, what: str) -> No
     t.baseline = there
     if there is None:
         _set(t, V.NEW, f"{what}; not in {base.name} (a new test, or not collected there)")
-    elif there.outcome is O.PASSED and getattr(t, "base_same", (0, 0))[0]:
-        same, runs = t.base_same
+    elif there.outcome is O.PASSED and getattr(t, "base_bad", (0, 0))[0]:
+        bad, runs = t.base_bad
         _set(t, V.FLAKY, f"{what}; passed at {base.name} in its last run there, but failed "
-             f"there the same way in {same} of its last {runs}: flaky there too")
+             f"there in {bad} of its last {runs}: flaky there too")
     elif there.outcome is O.PASSED:
         _set(t, V.REGRESSION, f"{what}; passes at {base.name}")
     elif there.outcome.bad and same_failure(t.signature, there.signature):
