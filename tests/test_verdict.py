@@ -309,7 +309,9 @@ def test_a_baseline_that_failed_so_in_its_history_is_not_a_regression(tmp_path):
                                                 row("failed", 3, "boom")],
             "tests/test_core.py::test_sometimes": [row("passed", 1), row("failed", 2, "Xx"),
                                                    row("passed", 3)],
-            "tests/test_core.py::test_broke": [row("passed", 1), row("passed", 2)]}
+            "tests/test_core.py::test_broke": [row("passed", 1), row("passed", 2)],
+            "tests/test_core.py::test_varies": [row("failed", 1, "KeyError: 'k'"),
+                                                row("failed", 2), row("failed", 3, "x")]}
 
     class History:
         def past(self, ids, **cell):
@@ -323,7 +325,10 @@ def test_a_baseline_that_failed_so_in_its_history_is_not_a_regression(tmp_path):
     assert v["test_mostly"][0] is V.PRE_EXISTING and "in 2 of its last 3" in v["test_mostly"][1]
     assert v["test_sometimes"][0] is V.FLAKY and "flaky there too" in v["test_sometimes"][1]
     assert v["test_broke"][0] is V.REGRESSION
-    # the pre-existing one was not re-run; nothing ran at the baseline (the history knew)
+    # failed there every time, this way once among others: pre-existing, not "differently"
+    assert v["test_varies"][0] is V.PRE_EXISTING and "1 of them the same way" in \
+        v["test_varies"][1]
+    # the pre-existing ones were not re-run; nothing ran at the baseline (the history knew)
     assert runner.lanes == [("confirm-1", {"tests/test_core.py::test_sometimes",
                                            "tests/test_core.py::test_broke"})]
 

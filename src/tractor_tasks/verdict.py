@@ -5,8 +5,8 @@ In order, each step deciding only what the ones before left open:
 1. the config: quarantined tests (they run and are reported, and never fail the run)
    and known-flaky failures (id glob AND error signature);
 2. what the history already knows: with a baseline, the test's outcomes in its last
-   runs at the baseline commit (the newest, or most of them, failed the same way:
-   pre-existing; one that passed in the newest but failed in an earlier one is flaky
+   runs at the baseline commit (the newest or most of them failed the same way, or
+   most failed and one of them this way: pre-existing; one that passed in the newest but failed in an earlier one is flaky
    there too when it fails again alone, not a regression); without one,
    the same failure in most recent runs of this cell on this machine at ancestors of
    HEAD (pre-existing);
@@ -170,9 +170,10 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
                 if O(row.outcome).bad and same_failure(t.signature, row.signature):
                     _set(t, V.PRE_EXISTING, f"fails at {base.name} too, the same way "
                          "(known from an earlier run there)")
-                elif same * 2 > len(there):
-                    _set(t, V.PRE_EXISTING, f"failed the same way at {base.name} in {same} "
-                         f"of its last {len(there)} run(s) there")
+                elif same * 2 > len(there) or (same and t.base_bad[0] * 2 > len(there)):
+                    # most failed this way, or most failed and this way among them
+                    _set(t, V.PRE_EXISTING, f"failed at {base.name} in {t.base_bad[0]} of "
+                         f"its last {len(there)} run(s) there, {same} of them the same way")
         elif ancestry is not None:
             why = _preexisting_by_history(t, rows, ancestry, p)
             if why:
