@@ -240,5 +240,8 @@ def test_an_exception_groups_head_is_its_exception_not_the_rule_under_it():
             "    | trio.TooSlowError\n"
             "    +------------------------------------")
     assert _head(text) == "trio.TooSlowError"
+    # tractor's own notes after the group: the exception is still the head
+    assert _head(text + "\n  ( ^^^ this exc was collapsed from a group ^^^ )\n  |\n") == \
+        "trio.TooSlowError"
     assert _head("t.py:3: in f\nE   KeyError: 'k'\nmore") == "KeyError: 'k'"
     assert _head("+-----\n") == "+-----" and _head("") == ""

@@ -311,7 +311,12 @@ def test_a_baseline_that_failed_so_in_its_history_is_not_a_regression(tmp_path):
                                                    row("passed", 3)],
             "tests/test_core.py::test_broke": [row("passed", 1), row("passed", 2)],
             "tests/test_core.py::test_varies": [row("failed", 1, "KeyError: 'k'"),
-                                                row("failed", 2), row("failed", 3, "x")]}
+                                                row("failed", 2), row("failed", 3, "x")],
+            "tests/test_core.py::test_unstable": [row("failed", 1, "trio.TooSlowError"),
+                                                  row("failed", 2, "+-----"),
+                                                  row("passed", 3)],
+            "tests/test_core.py::test_stable_else": [row("failed", 1, "KeyError: 'k'"),
+                                                     row("failed", 2, "KeyError: 'k'")]}
 
     class History:
         def past(self, ids, **cell):
@@ -328,9 +333,15 @@ def test_a_baseline_that_failed_so_in_its_history_is_not_a_regression(tmp_path):
     # failed there every time, this way once among others: pre-existing, not "differently"
     assert v["test_varies"][0] is V.PRE_EXISTING and "1 of them the same way" in \
         v["test_varies"][1]
+    # failed there mostly, its message varying between runs: pre-existing; failed there
+    # always one (other) way: it fails differently now, a regression
+    assert v["test_unstable"][0] is V.PRE_EXISTING and "vary" in v["test_unstable"][1]
+    assert v["test_stable_else"][0] is V.REGRESSION and "differently" in \
+        v["test_stable_else"][1]
     # the pre-existing ones were not re-run; nothing ran at the baseline (the history knew)
     assert runner.lanes == [("confirm-1", {"tests/test_core.py::test_sometimes",
-                                           "tests/test_core.py::test_broke"})]
+                                           "tests/test_core.py::test_broke",
+                                           "tests/test_core.py::test_stable_else"})]
 
 
 # -- real runs of the sample -----------------------------------------------------------------------

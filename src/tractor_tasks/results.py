@@ -93,20 +93,23 @@ def _read_json(path: Path, default=None):
 
 _GUTTER = re.compile(r"^[\s|+]*")      # an exception group's `  | ` and `  +-+---` margins
 _RULE = re.compile(r"^[\s|+\-=~^]*$")   # a line of only those: decoration, not a message
+_EXC = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Cancelled|Group|Warning)"
+                  r"\b(:.*)?$")          # `trio.TooSlowError`, `KeyError: 'k'`
 
 
 def _head(longrepr: str) -> str:
-    """The first `E ` line of a traceback, else its last line that says something: an
-    exception group's traceback ends in `+------` rules, its exception is the line
-    before them (without the `| ` margin)."""
+    """The first `E ` line of a traceback, else its last line that names an exception
+    (an exception group's traceback has `| ` margins and ends in `+------` rules, and
+    tractor adds notes such as "( ^^^ this exc was collapsed from a group ^^^ )" after
+    it), else its last line that says something."""
     lines = longrepr.splitlines()
     e = next((ln[1:].strip() for ln in lines if ln.startswith("E ")), "")
     if e:
         return e
-    for line in reversed(lines):
-        if not _RULE.match(line) and "Exception Group Traceback" not in line:
-            return _GUTTER.sub("", line).strip()
-    return lines[-1].strip() if lines else ""
+    said = [_GUTTER.sub("", ln).strip() for ln in reversed(lines)
+            if not _RULE.match(ln) and "Exception Group Traceback" not in ln]
+    return next((ln for ln in said if _EXC.match(ln)), said[0] if said else
+                (lines[-1].strip() if lines else ""))
 
 
 def _outcome(recs: list[dict]) -> tuple[O | None, dict | None]:

@@ -6,7 +6,8 @@ In order, each step deciding only what the ones before left open:
    and known-flaky failures (id glob AND error signature);
 2. what the history already knows: with a baseline, the test's outcomes in its last
    runs at the baseline commit (the newest or most of them failed the same way, or
-   most failed and one of them this way: pre-existing; one that passed in the newest but failed in an earlier one is flaky
+   most failed and one of them this way, or most failed with messages that vary
+   between runs there: pre-existing; one that passed in the newest but failed in an earlier one is flaky
    there too when it fails again alone, not a regression); without one,
    the same failure in most recent runs of this cell on this machine at ancestors of
    HEAD (pre-existing);
@@ -174,6 +175,11 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
                     # most failed this way, or most failed and this way among them
                     _set(t, V.PRE_EXISTING, f"failed at {base.name} in {t.base_bad[0]} of "
                          f"its last {len(there)} run(s) there, {same} of them the same way")
+                elif t.base_bad[0] * 2 > len(there) and _varies(there):
+                    # its message is no identity there: the failure itself pre-exists
+                    _set(t, V.PRE_EXISTING, f"failed at {base.name} in {t.base_bad[0]} of "
+                         f"its last {len(there)} run(s) there, with messages that vary "
+                         "from run to run")
         elif ancestry is not None:
             why = _preexisting_by_history(t, rows, ancestry, p)
             if why:
@@ -212,6 +218,12 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
             if t.verdict in (V.REGRESSION, V.NEW):
                 t.cause = likely_cause(target, t, j.changed, base)
     return j
+
+
+def _varies(rows) -> bool:
+    """The failed rows' signatures are not one failure's: two or more that do not match."""
+    sigs = [r.signature for r in rows if O(r.outcome).bad and r.signature]
+    return any(not same_failure(a, b) for a in sigs for b in sigs)
 
 
 def _beside(t: TestResult) -> str:
