@@ -5,9 +5,8 @@ Greedy longest-first onto the lightest shard (LPT), heavy groups placed first, o
 shard while a shard without one exists. A module predicted longer than a shard's fair
 share (the total over n) is split at test boundaries into that many contiguous parts
 when it may be (`splittable`: its tests share no module- or class-scoped fixture, which
-the probe reports at collection), so the biggest modules stop setting the floor. Without heavy groups its guarantee, used by the
-tests:
-the heaviest shard exceeds the lightest by at most the smallest group placed on the
+the probe reports at collection), so the biggest modules stop setting the floor.
+Without heavy groups its guarantee, used by the tests: the heaviest shard exceeds the lightest by at most the smallest group placed on the
 heaviest one, and is within 4/3 of the best possible split. Every tie is broken by
 name or index, so the same input always gives the same shards.
 """
@@ -49,11 +48,11 @@ def plan(nodeids: list[str], durations: dict[str, float], n: int, *,
     est = estimates(nodeids, durations)
     groups = _groups(nodeids, est, by_module)
     if by_module and splittable and n > 1:
+        # a split module's parts are not heavy (their names are not in `heavy`): each
+        # fits a share already, and as heavy they would take other heavy modules' shards
         share = sum(g[0] for g in groups) / n
         groups = [part for g in groups
                   for part in (split(g, nodeids, est, share) if g[1] in splittable else [g])]
-        # a split module's parts are not heavy: each fits a share already, and as heavy
-        # they would take the shards other heavy modules need
     groups = sorted(groups, key=lambda g: (-g[0], g[1], g[2][0]))
     shards: list[list[int]] = [[] for _ in range(min(n, len(groups)))]
     loads = [[0.0, 0] for _ in shards]   # per shard: summed seconds, tests so far

@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -94,8 +95,8 @@ def make_plan(ctx: PassRunner) -> ShardPlan:
                             "jobs do; run the job again")
         whole = splittable(log.scopes, ids)
         groups = planner.plan(ids, known, p.opts.shard[1], heavy=heavy, splittable=whole)
-        cut = sorted({m for g in groups for m in {planner.module_of(t) for t in g}}
-                     - {m for g in groups for m in _whole_in(g, ids)})
+        spread = Counter(m for g in groups for m in {planner.module_of(t) for t in g})
+        cut = sorted(m for m, shards in spread.items() if shards > 1)
         if cut:
             out(f"shard plan: split at test boundaries (no module- or class-scoped fixture "
                 f"shared): {', '.join(cut)}")
@@ -111,12 +112,6 @@ def make_plan(ctx: PassRunner) -> ShardPlan:
             out(f"note: {workers} worker(s), not {p.opts.shards}: the {len(ids)} tests are in "
                 f"{len(units)} module(s), and a module stays whole")
     return ShardPlan(ids, [], known, tmp, units=units, workers=workers)
-
-
-def _whole_in(group: list[str], ids: list[str]) -> set[str]:
-    """The modules all of whose tests are in `group`."""
-    mine = {planner.module_of(t) for t in group}
-    return mine - {planner.module_of(t) for t in set(ids) - set(group)}
 
 
 def splittable(scopes: dict | None, ids: list[str]) -> set[str]:

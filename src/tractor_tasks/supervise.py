@@ -406,17 +406,18 @@ class ProcSample:
     title: str = ""         # its command line (read only for the runaway watch)
 
 
-def proc_samples(members: list[psutil.Process], titles: bool = False) -> list[ProcSample]:
-    """Every member read once (psutil's oneshot); a process gone meanwhile is left out."""
+def proc_samples(members: list[psutil.Process], runaways: bool = False) -> list[ProcSample]:
+    """Every member read once (psutil's oneshot); a process gone meanwhile is left out.
+    `runaways`: also what the runaway watch keys and names them by (start time, title)."""
     out = []
     for m in members:
         try:
             with m.oneshot():
                 t = m.cpu_times()
                 out.append(ProcSample(
-                    m.pid, m.create_time(), stalls.start_time(m.pid) if titles else None,
+                    m.pid, m.create_time(), stalls.start_time(m.pid) if runaways else None,
                     t.user + t.system, m.memory_info().rss,
-                    " ".join((" ".join(m.cmdline()) or m.name()).split()) if titles else ""))
+                    " ".join((" ".join(m.cmdline()) or m.name()).split()) if runaways else ""))
         except psutil.Error:
             continue
     return out
@@ -432,7 +433,7 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
         for p in _procs(members):
             seen.setdefault((p.pid, p.create_time), p)
         watching = runaways is not None and runaways.on
-        samples = proc_samples(members, titles=watching)   # one read per process per tick
+        samples = proc_samples(members, runaways=watching)   # one read per process per tick
         now = time.time()
         if watching:
             runaways.read_reports(PassDir(pass_dir).results)

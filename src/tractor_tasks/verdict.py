@@ -5,12 +5,12 @@ In order, each step deciding only what the ones before left open:
 1. the config: quarantined tests (they run and are reported, and never fail the run)
    and known-flaky failures (id glob AND error signature);
 2. what the history already knows: with a baseline, the test's outcomes in its last
-   runs at the baseline commit (the newest or most of them failed the same way, or
-   most failed and one of them this way, or most failed with messages that vary
-   between runs there: pre-existing; one that passed in the newest but failed in an earlier one is flaky
-   there too when it fails again alone, not a regression); without one,
-   the same failure in most recent runs of this cell on this machine at ancestors of
-   HEAD (pre-existing);
+   runs at the baseline commit (pre-existing when the newest or most of them failed
+   the same way, or most failed and one of them this way, or most failed with
+   messages that vary between runs there; one that passed in the newest but failed
+   in an earlier one is flaky there too when it fails again alone, not a
+   regression); without one, the same failure in most recent runs of this cell on
+   this machine at ancestors of HEAD (pre-existing);
 3. confirmation: the rest once more alone (a module's failures in one pytest start,
    contained and bounded like any pass, after every shard), `--confirm N` times: a
    test that passes alone is flaky, or load-sensitive when it failed beside other
@@ -164,22 +164,11 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
                 at_base[stable_id(t.nodeid)] = TestResult(t.nodeid, O(row.outcome),
                                                           message=row.signature)
                 j.known_at_baseline += 1
-                same = sum(O(r.outcome).bad and same_failure(t.signature, r.signature)
-                           for r in there)
                 # how often it failed at the baseline at all (a flip there), of how many
                 t.base_bad = (sum(O(r.outcome).bad for r in there), len(there))
-                if O(row.outcome).bad and same_failure(t.signature, row.signature):
-                    _set(t, V.PRE_EXISTING, f"fails at {base.name} too, the same way "
-                         "(known from an earlier run there)")
-                elif same * 2 > len(there) or (same and t.base_bad[0] * 2 > len(there)):
-                    # most failed this way, or most failed and this way among them
-                    _set(t, V.PRE_EXISTING, f"failed at {base.name} in {t.base_bad[0]} of "
-                         f"its last {len(there)} run(s) there, {same} of them the same way")
-                elif t.base_bad[0] * 2 > len(there) and _varies(there):
-                    # its message is no identity there: the failure itself pre-exists
-                    _set(t, V.PRE_EXISTING, f"failed at {base.name} in {t.base_bad[0]} of "
-                         f"its last {len(there)} run(s) there, with messages that vary "
-                         "from run to run")
+                why = _preexisting_at_base(t, there, base)
+                if why:
+                    _set(t, V.PRE_EXISTING, why)
         elif ancestry is not None:
             why = _preexisting_by_history(t, rows, ancestry, p)
             if why:
@@ -218,6 +207,25 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
             if t.verdict in (V.REGRESSION, V.NEW):
                 t.cause = likely_cause(target, t, j.changed, base)
     return j
+
+
+def _preexisting_at_base(t: TestResult, there: list, base) -> str:
+    """Why the failure pre-exists by the baseline's last runs `there` (newest first), or
+    "": the newest failed the same way; most failed this way, or most failed and this
+    way among them; or most failed with messages that vary between runs (the message is
+    no identity there, the failure itself pre-exists)."""
+    newest = there[0]
+    if O(newest.outcome).bad and same_failure(t.signature, newest.signature):
+        return f"fails at {base.name} too, the same way (known from an earlier run there)"
+    same = sum(O(r.outcome).bad and same_failure(t.signature, r.signature) for r in there)
+    bad, runs = sum(O(r.outcome).bad for r in there), len(there)
+    if same * 2 > runs or (same and bad * 2 > runs):
+        return (f"failed at {base.name} in {bad} of its last {runs} run(s) there, {same} "
+                "of them the same way")
+    if bad * 2 > runs and _varies(there):
+        return (f"failed at {base.name} in {bad} of its last {runs} run(s) there, with "
+                "messages that vary from run to run")
+    return ""
 
 
 def _varies(rows) -> bool:
