@@ -164,6 +164,13 @@ def changed_since(root: Path, commit: str) -> list[str]:
                    and not (f in ("noxfile.py", "tasks.py") and _is_shim(root / f))})
 
 
+def unchanged_since(root: Path, commit: str | None, path: str) -> bool:
+    """`path` (relative to `root`) is the same in the work tree as at `commit`."""
+    if not commit:
+        return False
+    return git(root, "diff", "--quiet", commit, "--", path, check=False) is not None
+
+
 class Ancestry:
     """`is an ancestor of HEAD`, asked of git once per commit."""
 
