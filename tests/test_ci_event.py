@@ -192,3 +192,215 @@ def test_the_machine_class_is_the_runner_kind_on_ci_and_the_host_elsewhere():
     assert ci_event.machine_class(env, cores=4, host="fv-az999") == \
         ci_event.machine_class(env, cores=4, host="fv-az123")
     assert ci_event.machine_class({}, cores=4, host="laptop") == "laptop"
+
+
+# -- real clones, made the way actions/checkout makes them --------------------------------------
+
+CI_TESTS = '''
+from sample_actors.discovery import _registry
+
+
+def test_ok():
+    assert True
+
+
+def test_old_bug():
+    assert 1 == 2, "an old bug"
+
+
+def test_uses_registry():
+    assert not hasattr(_registry, "VX"), "broken by VX"
+'''
+REGISTRY = "sample_actors/discovery/_registry.py"
+
+
+def g(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          cwd=root, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def commit(root: Path, path: str, text: str, msg: str, append: bool = False) -> str:
+    f = root / path
+    f.write_text((f.read_text() if append else "") + text)
+    g(root, "add", "-A")
+    g(root, "commit", "-qm", msg)
+    return g(root, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def origin(tmp_path):
+    """The remote: the sample on `main` with tests/test_ci.py (test_old_bug fails at every
+    commit), then an unrelated commit on main."""
+    from helpers import copy_sample
+    root = copy_sample(tmp_path / "origin", git=True)
+    g(root, "branch", "-M", "main")
+    g(root, "config", "uploadpack.allowAnySHA1InWant", "true")
+    commit(root, "tests/test_ci.py", CI_TESTS, "ci tests")
+    commit(root, "NOTES.txt", "notes\n", "main moves on")
+    return root
+
+
+def checkout(origin: Path, dest: Path, sha: str, ref: str, depth: int) -> Path:
+    """What actions/checkout does: an empty repo, the one commit fetched `depth` deep
+    into a remote ref (fetch-depth 0: every branch, whole), that ref checked out."""
+    dest.mkdir()
+    g(dest, "init", "-q")
+    g(dest, "remote", "add", "origin", f"file://{origin}")
+    if depth:
+        g(dest, "-c", "protocol.version=2", "fetch", "-q", "--no-tags", f"--depth={depth}",
+          "origin", f"+{sha}:{ref}")
+    else:
+        g(dest, "fetch", "-q", "--tags", "origin", "+refs/heads/*:refs/remotes/origin/*")
+    if ref.startswith("refs/remotes/origin/"):
+        g(dest, "checkout", "-q", "--force", "-B", ref.rsplit("/", 1)[1], ref)
+    else:
+        g(dest, "checkout", "-q", "--force", "--detach", sha)
+    return dest
+
+
+def event_env(tmp_path: Path, name: str, payload: dict, ref: str) -> dict:
+    path = tmp_path / f"{name}-event.json"
+    path.write_text(json.dumps(payload))
+    return {"GITHUB_ACTIONS": "true", "CI": "true", "GITHUB_EVENT_NAME": name,
+            "GITHUB_EVENT_PATH": str(path), "GITHUB_REF": ref}
+
+
+def pull_request(origin: Path, tmp_path: Path, depth: int):
+    """A PR from `feature` (it adds VX to the registry) merged onto main, as GitHub's
+    refs/pull/1/merge; the clone and the event's environment."""
+    base = g(origin, "rev-parse", "main")
+    g(origin, "checkout", "-q", "-b", "feature", "HEAD~1")
+    head = commit(origin, REGISTRY, "\nVX = 1\n", "add VX", append=True)
+    g(origin, "checkout", "-q", "--detach", base)
+    g(origin, "merge", "-q", "--no-ff", "-m", "Merge feature", head)
+    merge = g(origin, "rev-parse", "HEAD")
+    g(origin, "update-ref", "refs/pull/1/merge", merge)
+    g(origin, "checkout", "-q", "main")
+    clone = checkout(origin, tmp_path / f"pr-{depth}", merge, "refs/remotes/pull/1/merge", depth)
+    payload = {**REPO, "action": "synchronize", "number": 1,
+               "pull_request": {"number": 1, "head": {"sha": head, "ref": "feature"},
+                                "base": {"sha": base, "ref": "main"}}}
+    return clone, event_env(tmp_path, "pull_request", payload, "refs/pull/1/merge"), base
+
+
+def run_ci(clone: Path, env: dict, *args: str):
+    from helpers import invoke
+    from tractor_tasks.pipeline import prepare_venv
+    from tractor_tasks.target import load_target
+    prepare_venv(load_target(clone), "3.11", out=lambda line: None)
+    return invoke("test", "tests/test_ci.py", "--no-x", *args, root=clone, env=env)
+
+
+def outcome_of(clone: Path) -> dict:
+    from helpers import last_run
+    return json.loads((last_run(clone) / "outcome.json").read_text())
+
+
+def classes(clone: Path) -> dict:
+    return {f["nodeid"].split("::")[1]: f["verdict"] for f in outcome_of(clone)["failures"]}
+
+
+@pytest.mark.slow
+def test_a_pull_request_that_breaks_a_test_is_red_with_the_break_a_regression(origin, tmp_path):
+    clone, env, base = pull_request(origin, tmp_path, depth=2)
+    res = run_ci(clone, env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert classes(clone) == {"test_uses_registry": "regression", "test_old_bug": "pre-existing"}
+    out = outcome_of(clone)
+    assert out["verdict"]["baseline"]["commit"] == base
+    assert out["verdict"]["baseline"]["label"] == "main"
+    cause = next(f["cause"] for f in out["failures"] if f["verdict"] == "regression")
+    assert REGISTRY in cause[0]
+    # the confirmation and baseline passes showed their progress as plain lines
+    assert "verdict: re-running failures alone: tests/test_ci.py (2 tests)" in res.stdout
+    assert "verdict: at the baseline main" in res.stdout
+
+
+@pytest.mark.slow
+def test_a_shallow_clone_that_lacks_the_events_baseline_stops_at_once(origin, tmp_path):
+    clone, env, base = pull_request(origin, tmp_path, depth=1)
+    from helpers import invoke, last_run
+    res = invoke("test", "tests/test_ci.py", root=clone, env=env)
+    assert res.returncode == 2
+    line = res.stderr.strip()
+    assert "\n" not in line and base[:12] in line and "fetch-depth: 2" in line, line
+    out = json.loads((last_run(clone) / "outcome.json").read_text())
+    assert out["status"] == "error" and out["code"] == 2 and "fetch-depth" in out["note"]
+    assert not (clone / "py311").exists()    # stopped before the venv or any test
+
+
+@pytest.mark.slow
+def test_a_push_on_main_with_a_test_failing_at_both_commits_is_green(origin, tmp_path):
+    before, after = g(origin, "rev-parse", "HEAD~1"), g(origin, "rev-parse", "HEAD")
+    clone = checkout(origin, tmp_path / "push", after, "refs/remotes/origin/main", 2)
+    env = event_env(tmp_path, "push", {**REPO, "ref": "refs/heads/main", "before": before,
+                                       "after": after, "forced": False, "created": False,
+                                       "deleted": False}, "refs/heads/main")
+    res = run_ci(clone, env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert classes(clone) == {"test_old_bug": "pre-existing"}
+    assert outcome_of(clone)["verdict"]["baseline"]["commit"] == before
+
+
+@pytest.mark.slow
+def test_a_feature_push_is_compared_with_main_not_its_earlier_push(origin, tmp_path):
+    """The branch's first push broke test_uses_registry, its second touches nothing: red,
+    the break a regression against where the branch left main."""
+    fork = g(origin, "rev-parse", "main")
+    g(origin, "checkout", "-q", "-b", "feature")
+    first = commit(origin, REGISTRY, "\nVX = 1\n", "add VX", append=True)
+    second = commit(origin, "NOTES.txt", "more\n", "notes", append=True)
+    g(origin, "checkout", "-q", "main")
+    commit(origin, "NOTES.txt", "main\n", "main moves on again", append=True)
+    clone = checkout(origin, tmp_path / "feature", second, "refs/remotes/origin/feature", 0)
+    env = event_env(tmp_path, "push", {**REPO, "ref": "refs/heads/feature", "before": first,
+                                       "after": second, "forced": False}, "refs/heads/feature")
+    res = run_ci(clone, env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert classes(clone) == {"test_uses_registry": "regression", "test_old_bug": "pre-existing"}
+    assert outcome_of(clone)["verdict"]["baseline"]["commit"] == fork
+
+
+@pytest.mark.slow
+def test_force_push_and_merge_queue_events_get_their_baselines_in_real_clones(origin, tmp_path):
+    from tractor_tasks import gitref
+    old = g(origin, "rev-parse", "main")
+    meet = g(origin, "rev-parse", "main~1")
+    g(origin, "reset", "-q", "--hard", "main~1")
+    new = commit(origin, "NOTES.txt", "rewritten\n", "rewrite")
+    clone = checkout(origin, tmp_path / "forced", new, "refs/remotes/origin/main", 0)
+    g(clone, "fetch", "-q", "origin", f"+{old}:refs/remotes/origin/old")   # the old tip
+    env = event_env(tmp_path, "push", {**REPO, "ref": "refs/heads/main", "before": old,
+                                       "after": new, "forced": True}, "refs/heads/main")
+    choice = gitref.choose(clone, None, env=env)
+    assert choice.baseline.commit == meet and "force push" in choice.baseline.why
+    # a merge queue's group: a merge of the PR onto main, checked out 2 deep
+    g(origin, "checkout", "-q", "--detach", new)
+    queued = commit(origin, "QUEUED.txt", "q\n", "queued")
+    g(origin, "checkout", "-q", "main")
+    clone = checkout(origin, tmp_path / "queue", queued,
+                     "refs/remotes/origin/gh-readonly-queue/main/pr-1", 2)
+    env = event_env(tmp_path, "merge_group", {**REPO, "merge_group": {
+        "head_sha": queued, "base_sha": new, "base_ref": "refs/heads/main",
+        "head_ref": "refs/heads/gh-readonly-queue/main/pr-1"}},
+        "refs/heads/gh-readonly-queue/main/pr-1")
+    choice = gitref.choose(clone, None, env=env)
+    assert (choice.baseline.commit, choice.baseline.label) == (new, "main")
+
+
+@pytest.mark.slow
+def test_a_published_tip_is_green_and_a_local_commit_on_main_without_a_remote_is_red(
+        origin, tmp_path):
+    clone = tmp_path / "published"
+    subprocess.run(["git", "clone", "-q", f"file://{origin}", str(clone)], check=True)
+    res = run_ci(clone, {})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert classes(clone) == {"test_old_bug": "pre-existing"}
+    assert "nothing changed to compare with" in outcome_of(clone)["failures"][0]["why"]
+    # the origin itself has no remote: a commit on main that breaks a test is compared
+    # with HEAD~1 (no ancestor has a recorded run there yet)
+    commit(origin, REGISTRY, "\nVX = 1\n", "add VX", append=True)
+    res = run_ci(origin, {})
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert classes(origin) == {"test_uses_registry": "regression", "test_old_bug": "pre-existing"}
+    assert outcome_of(origin)["verdict"]["baseline"]["label"] == "HEAD~1"
