@@ -290,3 +290,22 @@ def test_an_old_history_merges_and_a_foreign_file_is_refused_whole(tmp_path):
     with pytest.raises(TaskError) as err:
         mine.merge_from([foreign])
     assert "not a tractor-tasks history" in str(err.value) and _count(mine.path) == (1, 1)
+
+
+@pytest.mark.slow
+def test_invoke_history_import_merges_ci_histories_once(tmp_path):
+    from helpers import copy_sample, invoke
+    root = copy_sample(tmp_path / "repo")
+    arts = tmp_path / "artifacts"
+    _hist(arts / "history-tests-3.13-tcp-1" / "history.sqlite", [("j1", "fv-az1", "failed")])
+    _hist(arts / "history-tests-3.13-tcp-2" / "history.sqlite", [("j2", "fv-az2", "passed")])
+    first = invoke("history", "--import", str(arts), root=root)
+    assert first.returncode == 0, first.stderr
+    assert "merged 2 run(s) from 2 file(s)" in first.stdout
+    again = invoke("history", "--import", str(arts), root=root)
+    assert "merged 0 run(s) from 2 file(s); 2 already here" in again.stdout
+    assert _count(root / ".tractor-tasks" / "history.sqlite") == (2, 2)
+    shown = invoke("history", "test_x", root=root)
+    assert "failed" in shown.stdout and "passed" in shown.stdout
+    bad = invoke("history", "--import", str(tmp_path / "nowhere"), root=root)
+    assert bad.returncode == 2 and "no such file or directory" in bad.stderr

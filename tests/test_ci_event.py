@@ -327,6 +327,12 @@ def test_a_shallow_clone_that_lacks_the_events_baseline_stops_at_once(origin, tm
     out = json.loads((last_run(clone) / "outcome.json").read_text())
     assert out["status"] == "error" and out["code"] == 2 and "fetch-depth" in out["note"]
     assert not (clone / "py311").exists()    # stopped before the venv or any test
+    # a nox cell (what a CI job runs) stops the same way, its cell's outcome.json says so
+    from helpers import nox
+    res = nox("-s", "tests-3.11(tpt='tcp')", root=clone, env=env)
+    assert res.returncode == 2 and "fetch-depth: 2" in res.stderr, res.stderr
+    out = json.loads((last_run(clone, "tests-3.11-trio-tcp") / "outcome.json").read_text())
+    assert out["status"] == "error" and out["code"] == 2 and base[:12] in out["note"]
 
 
 @pytest.mark.slow

@@ -693,7 +693,9 @@ def headline(results: Results, j: Judgement | None) -> str:
     c = counts(results)
     base = j.baseline if j else None
     words = {V.REGRESSION: "", V.NEW: "", V.PRE_EXISTING:
-             f" (fail at {base.label} too)" if base else " (failed before too)",
+             f" (fail at {base.label} too)" if base else
+             " (nothing changed to compare with)" if j and j.published else
+             " (failed before too)",
              V.FLAKY: " (passed alone)", V.LOAD_SENSITIVE: " (passed alone)",
              V.KNOWN_FLAKY: "", V.QUARANTINED: ""}
     parts = [f"{c[V.REGRESSION]} regression{'' if c[V.REGRESSION] == 1 else 's'}"]
