@@ -5,7 +5,6 @@ history merged from other histories (CI's). Pure decisions with git and the runn
 faked (fast), then real clones and runs of the sample (slow)."""
 from __future__ import annotations
 
-import os
 import sqlite3
 
 import pytest
@@ -309,3 +308,24 @@ def test_invoke_history_import_merges_ci_histories_once(tmp_path):
     assert "failed" in shown.stdout and "passed" in shown.stdout
     bad = invoke("history", "--import", str(tmp_path / "nowhere"), root=root)
     assert bad.returncode == 2 and "no such file or directory" in bad.stderr
+
+
+def test_on_a_terminal_the_progress_line_is_redrawn_in_place_and_cleared():
+    class Tty:
+        tty = True
+
+        def __init__(self):
+            self.drawn, self.lines = [], []
+
+        def status(self, lines):
+            self.drawn.append(list(lines))
+
+        def __call__(self, line=""):
+            self.lines.append(line)
+    out = Tty()
+    p = verdict.Progress(out, "re-running failures alone")
+    p.step("tests/test_a.py (1 test) · step 1 of 1 · 1 test run(s) left")
+    p.close()
+    assert out.lines == []      # nothing scrolls: the status block only
+    assert out.drawn[0][0].startswith("verdict: re-running failures alone: tests/test_a.py")
+    assert out.drawn[-1] == []  # cleared when the pass is over
