@@ -314,6 +314,19 @@ def test_a_pull_request_that_breaks_a_test_is_red_with_the_break_a_regression(or
     # the confirmation and baseline passes showed their progress as plain lines
     assert "verdict: re-running failures alone: tests/test_ci.py (2 tests)" in res.stdout
     assert "verdict: at the baseline main" in res.stdout
+    assert out["verdict"]["at_baseline"] == 2
+    # the next CI job: a fresh clone on another runner with this job's history restored
+    # (as a cache or artifact is): nothing re-runs at the baseline it already knows
+    from helpers import invoke
+    again = checkout(origin, tmp_path / "pr-again", g(clone, "rev-parse", "HEAD"),
+                     "refs/remotes/pull/1/merge", 2)
+    merged = invoke("history", "--import", str(clone / ".tractor-tasks"), root=again)
+    assert "merged 2 run(s)" in merged.stdout, merged.stdout + merged.stderr
+    res = run_ci(again, env)
+    assert res.returncode == 1 and classes(again) == classes(clone)
+    known = outcome_of(again)["verdict"]
+    assert (known["at_baseline"], known["known_at_baseline"]) == (0, 2)
+    assert "verdict: at the baseline" not in res.stdout
 
 
 @pytest.mark.slow
