@@ -440,14 +440,23 @@ def test_only_explained_failures_pass_the_run_and_strict_fails_it(scratch, tmp_p
     assert outcome(scratch)["status"] == "passed"
     strict = run_vx(scratch, tmp_path, "--strict")
     assert strict.returncode == 1
-    # back on main, unchanged: the history (the runs at main's commit) decides, no baseline
+    # back on main, unchanged, with no remote: a local commit, compared with HEAD~1,
+    # where the failing test did not exist: new, and red
     (scratch / "NOTES.md").unlink()
     git(scratch, "checkout", "-q", "main")
+    (tmp_path / "counter").write_text("1")
+    local = run_vx(scratch, tmp_path, "--no-confirm")
+    assert local.returncode == 1, local.stdout
+    assert verdicts(scratch) == {"test_old_bug": "new"}
+    assert outcome(scratch)["verdict"]["baseline"]["label"] == "HEAD~1"
+    # the same commit published (origin/main is HEAD): no baseline, the history (the
+    # runs at main's commit) decides
+    git(scratch, "update-ref", "refs/remotes/origin/main", "HEAD")
     (tmp_path / "counter").write_text("1")
     plain = run_vx(scratch, tmp_path, "--no-confirm")
     assert plain.returncode == 0, plain.stdout
     assert verdicts(scratch) == {"test_old_bug": "pre-existing"}
-    assert "in 2 of its last 2 run(s)" in plain.stdout or "of its last" in plain.stdout
+    assert "of its last" in plain.stdout
 
 
 LOAD_A = textwrap.dedent('''

@@ -33,7 +33,8 @@ from .status import TestOutcome
 from .target import id_glob_body, under_tests
 from .fsutil import atomic_write
 
-SCHEMA_VERSION = 3   # 2: verdict, work-tree state; 3: per-test cpu, rss; per-run cores, freq
+SCHEMA_VERSION = 4   # 2: verdict, work-tree state; 3: per-test cpu, rss; per-run cores, freq
+                     # 4: per-run environment (interpreter, lock, image), machine class
 APPLICATION_ID = 0x74727474  # "trtt": marks the file as a tractor-tasks history
 # derived from the one vocabulary (status.py)
 OUTCOMES = tuple(o.value for o in TestOutcome)
@@ -60,7 +61,9 @@ _SCHEMA = (
         host       TEXT NOT NULL DEFAULT '',
         tree       TEXT NOT NULL DEFAULT '',
         cores      INTEGER,
-        freq       REAL)""",
+        freq       REAL,
+        environ    TEXT NOT NULL DEFAULT '',
+        machine    TEXT NOT NULL DEFAULT '')""",
     "CREATE INDEX IF NOT EXISTS runs_started ON runs(started)",
     # minor/tpt/spawn/started are copied from the run: every per-test query is then
     # one index range on this table, no join needed.
@@ -92,6 +95,8 @@ _MIGRATIONS = {
         "ALTER TABLE results ADD COLUMN rss INTEGER",
         "ALTER TABLE runs ADD COLUMN cores INTEGER",
         "ALTER TABLE runs ADD COLUMN freq REAL"),
+    4: ("ALTER TABLE runs ADD COLUMN environ TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE runs ADD COLUMN machine TEXT NOT NULL DEFAULT ''"),
 }
 
 
@@ -111,6 +116,8 @@ class RunRow:
     tree: str = ""         # "" for a clean work tree at `commit`, else a hash of its edits
     cores: int | None = None    # os.cpu_count() of the machine
     freq: float | None = None   # CPU frequency / its maximum (machine_freq()), None unknown
+    environ: str = ""      # "python=3.13.1;lock=ab12..;image=ubuntu24/2025..": environment()
+    machine: str = ""      # the machine class (ci_event.machine_class), "" unknown
 
 
 @dataclass
@@ -158,6 +165,9 @@ class Past:
     run_id: str
     started: float
     host: str
+    environ: str = ""
+    machine: str = ""
+
 
 @dataclass(frozen=True)
 class TestCost:
@@ -382,11 +392,11 @@ class History:
             con.execute("DELETE FROM results WHERE run_id = ?", (run.run_id,))
             con.execute(
                 "INSERT OR REPLACE INTO runs (run_id, started, finished, kind, cell, minor, "
-                "tpt, spawn, commit_sha, load, host, tree, cores, freq) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "tpt, spawn, commit_sha, load, host, tree, cores, freq, environ, machine) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run.run_id, run.started, run.finished, run.kind, run.cell, run.minor,
                  run.tpt, run.spawn, run.commit, run.load, run.host, run.tree, run.cores,
-                 run.freq))
+                 run.freq, run.environ, run.machine))
             con.executemany(
                 "INSERT INTO results (run_id, nodeid, minor, tpt, spawn, started, outcome, "
                 "duration, flaky, signature, verdict, cpu, rss) "
@@ -503,7 +513,8 @@ class History:
                 for nodeid in wanted:
                     cur = con.execute(
                         "SELECT t.outcome, t.signature, r.commit_sha, r.tree, r.kind, "
-                        "t.verdict, t.run_id, t.started, r.host FROM results t "
+                        "t.verdict, t.run_id, t.started, r.host, r.environ, r.machine "
+                        "FROM results t "
                         "JOIN runs r USING (run_id) WHERE t.nodeid = ? AND t.minor = ? "
                         "AND t.tpt = ? AND t.spawn = ? ORDER BY t.started DESC, t.id DESC "
                         "LIMIT ?", (nodeid, minor, tpt, spawn, last))
@@ -544,6 +555,84 @@ class History:
         rows = self._read("SELECT minor, tpt, spawn, cell FROM runs WHERE cell != '' "
                           "ORDER BY started")
         return {tuple(r[:3]): r[3] for r in rows}
+
+    def clean_commits(self, *, minor: str, tpt: str, spawn: str, tree: str = "") -> set[str]:
+        """The commits with a recorded run of this cell (minor, tpt, spawn) whose work
+        tree was clean (`tree`: the run's state, "" or its verdict_env part): what the
+        no-remote baseline rule looks for among HEAD's ancestors."""
+        rows = self._read("SELECT DISTINCT commit_sha FROM runs WHERE minor = ? AND tpt = ? "
+                          "AND spawn = ? AND tree = ? AND commit_sha IS NOT NULL "
+                          "AND kind != 'baseline'", (minor, tpt, spawn, tree))
+        return {r[0] for r in rows}
+
+    # -- merging histories (CI artifacts, a CI cache) ------------------------------------
+
+    def merge_from(self, paths: Iterable[Path]) -> tuple[int, int]:
+        """Merge other histories (each a history.sqlite: a CI job's artifact, a restored
+        cache) into this one, by run: a run id already here is left as it is, so merging
+        the same file twice adds nothing. Files of any schema version up to ours are read
+        (columns they lack are NULL/empty); a file that is not a tractor-tasks history is
+        a one-line TaskError naming it, and nothing of it is merged. Returns (runs
+        added, runs already here). The result is checkpointed (checkpoint())."""
+        added = known = 0
+        for path in paths:
+            a, k = self._guard(self._merge_one, Path(path))
+            added, known = added + a, known + k
+        self.checkpoint()
+        return added, known
+
+    def _merge_one(self, path: Path) -> tuple[int, int]:
+        if not path.is_file():
+            raise TaskError(f"error: {path} is not a history file; give a history.sqlite "
+                            "(or a directory holding them)", 2)
+        if path.resolve() == self.path.resolve():
+            return 0, 0
+        try:
+            src = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_SECONDS)
+        except sqlite3.Error as err:
+            raise TaskError(f"error: cannot open history {path} ({err})", 1) from None
+        try:
+            try:
+                version, app_id, _ = _header(src)
+            except sqlite3.DatabaseError as err:
+                raise TaskError(f"error: {path} is not a tractor-tasks history ({err}); "
+                                "nothing of it merged", 1) from None
+            if app_id != APPLICATION_ID or not 1 <= version <= SCHEMA_VERSION:
+                raise TaskError(f"error: {path} is not a tractor-tasks history of schema "
+                                f"1..{SCHEMA_VERSION} (application id {app_id:#x}, version "
+                                f"{version}); nothing of it merged", 1)
+            run_cols = _columns(src, "runs")
+            res_cols = _columns(src, "results")
+            runs = src.execute(f"SELECT {', '.join(_or_null(c, run_cols) for c in _RUN_COLS)} "
+                               "FROM runs").fetchall()
+            with self._write() as con:
+                have = {r[0] for r in con.execute("SELECT run_id FROM runs")}
+                new = [r for r in runs if r[0] not in have]
+                con.executemany(f"INSERT INTO runs ({', '.join(_RUN_COLS)}) VALUES "
+                                f"({','.join('?' * len(_RUN_COLS))})",
+                                [tuple(_fill(c, v) for c, v in zip(_RUN_COLS, r)) for r in new])
+                cols = ", ".join(_or_null(c, res_cols) for c in _RES_COLS)
+                for r in new:
+                    rows = src.execute(f"SELECT {cols} FROM results WHERE run_id = ?",
+                                       (r[0],)).fetchall()
+                    con.executemany(f"INSERT INTO results ({', '.join(_RES_COLS)}) VALUES "
+                                    f"({','.join('?' * len(_RES_COLS))})",
+                                    [tuple(_fill(c, v) for c, v in zip(_RES_COLS, row))
+                                     for row in rows])
+            return len(new), len(runs) - len(new)
+        except sqlite3.DatabaseError as err:
+            raise TaskError(f"error: history {path} is unreadable ({err}); nothing of it "
+                            "merged", 1) from None
+        finally:
+            src.close()
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the database file, so the file alone (what a CI
+        cache or an artifact saves) holds every row."""
+        def run():
+            with self._conn() as con:
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._guard(run)
 
     # -- import / export -------------------------------------------------------------
 
@@ -666,6 +755,26 @@ def _dominant(signatures: tuple[str, ...]) -> str:
         return ""
     counts = Counter(signatures)
     return max(signatures, key=lambda s: (counts[s], -signatures.index(s)))
+
+
+_RUN_COLS = ("run_id", "started", "finished", "kind", "cell", "minor", "tpt", "spawn",
+             "commit_sha", "load", "host", "tree", "cores", "freq", "environ", "machine")
+_RES_COLS = ("run_id", "nodeid", "minor", "tpt", "spawn", "started", "outcome", "duration",
+             "flaky", "signature", "cpu", "rss", "verdict")
+_NOT_NULL = {"cell", "minor", "tpt", "spawn", "host", "tree", "environ", "machine", "flaky",
+             "signature", "verdict"}
+
+
+def _columns(con, table: str) -> set[str]:
+    return {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+
+
+def _or_null(col: str, have: set[str]) -> str:
+    return col if col in have else "NULL"
+
+
+def _fill(col: str, value):
+    return "" if value is None and col in _NOT_NULL else value
 
 
 # -- helpers: JUnit -------------------------------------------------------------------------
