@@ -230,6 +230,23 @@ def test_junitparser_reads_the_flaky_attempt_with_its_trace_and_the_verdict(targ
     assert (suite.tests, suite.failures, suite.errors, suite.skipped) == (8, 2, 2, 2)
 
 
+
+def test_odd_times_and_heads_still_keep_the_rules(target, tmp_path):
+    """A duration that is not a number of seconds is written as 0 (both schemas' time
+    pattern); a head that names no exception gives the outcome as `type`."""
+    r = Results(target)
+    r.seconds = -5.0
+    r.tests = {"tests/test_a.py::t": _r("tests/test_a.py::t", O.FAILED, duration=float("nan"),
+                                        message="assert 1 == 2", text="E   assert 1 == 2"),
+               "tests/test_a.py::u": _r("tests/test_a.py::u", O.ERROR, duration=1e300)}
+    write_junit(r, tmp_path / "j.xml")
+    suite = ET.parse(tmp_path / "j.xml").getroot()
+    assert rules.check(suite, rules.SUREFIRE, EXTRA) == []
+    assert suite.get("time") == "0.000"
+    assert [c.get("time") for c in suite.iter("testcase")] == ["0.000", "0.000"]
+    assert suite.find("testcase/failure").get("type") == "failed"
+    assert suite.find("testcase/error").attrib == {"message": "error", "type": "error"}
+
 # -- in: our file, pytest's, and the durations from CI ----------------------------------
 
 def test_our_file_imports_with_outcomes_signatures_verdicts_costs_and_stable_ids(

@@ -21,9 +21,9 @@ xunit-plugin's junit-10.xsd, bar the attributes in `EXTRAS` that named consumers
   artifacts carries costs.
 
 Hand-built with ElementTree rather than junitparser's writer: no runtime dependency
-(importing junitparser 5.0 costs ~35 ms over ElementTree here, most of
-it importlib.metadata), and the element order Surefire's
-sequence requires is ours to keep (`ORDER`).
+(importing junitparser 5.0 costs ~35 ms over ElementTree here, most of it
+importlib.metadata), and the element order Surefire's sequence requires is ours to
+keep (`ORDER`).
 """
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def testcase(t: TestResult) -> tuple[ET.Element, str | None]:
     skipped, or None)."""
     cls, name, file = classname(stable_id(t.nodeid))
     case = ET.Element("testcase", classname=cls, name=name, file=file,
-                      time=f"{max(t.duration, 0.0):.3f}")
+                      time=_time(t.duration))
     children: list[ET.Element] = []
     counted = None
     tag = t.outcome.junit
@@ -174,6 +174,13 @@ def testcase(t: TestResult) -> tuple[ET.Element, str | None]:
     return case, counted
 
 
+def _time(seconds) -> str:
+    """A `time` attribute both schemas' pattern takes: seconds, 3 decimals, never
+    negative or not finite."""
+    ok = isinstance(seconds, (int, float)) and 0 <= seconds < MAX_SECONDS
+    return f"{seconds if ok else 0.0:.3f}"
+
+
 def _timestamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
 
@@ -185,7 +192,7 @@ def write_junit(results: Results, path: Path, *, started: float | None = None,
         started = time.time() - results.seconds
     suite = ET.Element("testsuite", name=SUITE, tests=str(len(results.tests)),
                        failures="0", errors="0", skipped="0",
-                       time=f"{max(results.seconds, 0.0):.3f}",
+                       time=_time(results.seconds),
                        timestamp=_timestamp(started),
                        hostname=host if host is not None else os.uname().nodename)
     props = ET.SubElement(suite, "properties")
