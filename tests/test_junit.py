@@ -309,6 +309,7 @@ def test_rows_and_durations_files_with_addresses_count_under_the_stable_id(tmp_p
                     "outcome, duration) VALUES ('old', ?, '3.13', 'tcp', 'trio', 1.0, "
                     "'failed', 1.0)", (ADDR,))
     assert h.durations() == {STABLE: 2.0}       # both rows, one test
+    assert h.durations([ADDR]) == h.durations([STABLE]) == {STABLE: 2.0}
     assert set(h.test_costs()) == {STABLE}
     assert [(c.nodeid, c.runs, c.flips) for c in h.flaky(min_runs=2)] == [(STABLE, 2, 1)]
     h.export_durations(tmp_path / "d.json")

@@ -413,7 +413,8 @@ class History:
         def query():
             with self._conn() as con:
                 if wanted is not None:
-                    ids = {stable_id(n): [n] for n in wanted}
+                    ids = {stable_id(n): list(dict.fromkeys([stable_id(n), n]))
+                           for n in wanted}
                 else:  # rows stored before ids were normalized count under their stable id
                     ids = {}
                     for (raw,) in con.execute("SELECT DISTINCT nodeid FROM results"):
@@ -604,8 +605,8 @@ def _quick_check(con: sqlite3.Connection) -> None:
 def _result_row(run: RunRow, t: TestRow) -> tuple:
     if t.outcome not in OUTCOMES:
         raise ValueError(f"outcome {t.outcome!r} of {t.nodeid} is not one of {OUTCOMES}")
-    return (run.run_id, stable_id(t.nodeid), run.minor, run.tpt, run.spawn, run.started, t.outcome,
-            float(t.duration), t.flaky, t.signature, t.verdict,
+    return (run.run_id, stable_id(t.nodeid), run.minor, run.tpt, run.spawn, run.started,
+            t.outcome, float(t.duration), t.flaky, t.signature, t.verdict,
             None if t.cpu is None else float(t.cpu), None if t.rss is None else int(t.rss))
 
 
