@@ -412,13 +412,16 @@ class History:
 
         def query():
             with self._conn() as con:
-                if wanted is not None:
-                    ids = {stable_id(n): list(dict.fromkeys([stable_id(n), n]))
-                           for n in wanted}
-                else:  # rows stored before ids were normalized count under their stable id
-                    ids = {}
-                    for (raw,) in con.execute("SELECT DISTINCT nodeid FROM results"):
-                        ids.setdefault(stable_id(raw), []).append(raw)
+                # rows stored before ids were normalized count under their stable id
+                raw = ("SELECT DISTINCT nodeid FROM results" if wanted is None else
+                       "SELECT DISTINCT nodeid FROM results WHERE nodeid LIKE '% at 0x%'")
+                ids = {stable_id(n): [stable_id(n)] for n in wanted or ()}
+                for (nodeid,) in con.execute(raw):
+                    key = stable_id(nodeid)
+                    if wanted is None or key in ids:
+                        ids.setdefault(key, [key])
+                        if nodeid != key:
+                            ids[key].append(nodeid)
                 out = {}
                 for nodeid, raws in ids.items():
                     found = _last_durations(con, raws, minor, tpt, spawn, last)
