@@ -168,7 +168,7 @@ def test_each_attempt_has_type_message_trace_and_output_and_the_verdict_is_in_th
     assert head == "AssertionError: assert False"
     assert said == ["verdict: regression (failed again when re-run alone; passed at main)",
                     "likely cause: pkg/mod.py (changed since main; imported by tests/test_a.py)"]
-    assert fail.text == TB
+    assert fail.text == "\n".join(said) + "\n\n" + TB   # GitLab shows this text only
     reruns = reg.findall("rerunFailure")
     assert len(reruns) == 2 and all(r.get("type") == "AssertionError" for r in reruns)
     assert [r.findtext("stackTrace") for r in reruns] == [TB, TB]

@@ -15,7 +15,8 @@ xunit-plugin's junit-10.xsd, bar the attributes in `EXTRAS` that named consumers
   is a dump, a `<system-err>` naming it;
 - the verdict, its reason and the likely cause (per-testcase `<properties>` are in
   neither schema) are in the failure's `message` (after its first line, the error's
-  head, which the import reads as the signature) and in the testcase's `<system-out>`;
+  head, which the import reads as the signature), ahead of its traceback (the text
+  GitLab shows) and in the testcase's `<system-out>`;
 - the per-test costs (CPU seconds, peak RSS) ride in one testsuite property, COSTS, a
   JSON object by test id: the import reads them, so a durations file made from CI
   artifacts carries costs.
@@ -115,9 +116,10 @@ def _trace(t: TestResult) -> str:
 
 
 def _final(tag: str, t: TestResult, extra: list[str]) -> ET.Element:
-    """<failure> or <error>: the traceback as the element's text."""
+    """<failure> or <error>: the traceback as the element's text, after the verdict's
+    lines (GitLab shows this text and neither the message nor <system-out>)."""
     el = ET.Element(tag, message=_message(t, extra), type=error_type(t))
-    el.text = _trace(t)
+    el.text = "\n".join([*extra, "", _trace(t)]) if extra else _trace(t)
     return el
 
 
