@@ -157,6 +157,7 @@ def report_dir(directory: Path, *, durations_out: Path | None = None, warn=print
         import tempfile
 
         from .history import History
+        from .junit import import_junit
         with tempfile.TemporaryDirectory() as tmp:
             history = History(Path(tmp) / "h.sqlite")
             for outcome, rec in good:
@@ -164,9 +165,9 @@ def report_dir(directory: Path, *, durations_out: Path | None = None, warn=print
                 if not os.path.lexists(junit):
                     continue
                 try:  # a bad JUnit file costs its durations only, not the report
-                    history.import_junit(junit, minor=rec.get("minor") or "",
-                                         tpt=rec.get("tpt") or "", spawn=rec.get("spawn") or "",
-                                         cell=rec.get("cell") or "", follow=False)
+                    import_junit(history, junit, minor=rec.get("minor") or "",
+                                 tpt=rec.get("tpt") or "", spawn=rec.get("spawn") or "",
+                                 cell=rec.get("cell") or "", follow=False)
                 except TaskError as err:
                     warn(f"skipped: {str(err).removeprefix('error: ')}")
             n = history.export_durations(durations_out)

@@ -91,9 +91,10 @@ def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | Non
         if c is None:
             raise usage("--junit needs --cell \"tests-3.13(tpt='tcp')\" (which cell "
                         "the file is from)")
+        from .junit import import_junit
         history = _open(target, create=True)
-        n = history.import_junit(Path(junit), minor=c.minor, tpt=c.tpt, spawn=c.spawn,
-                                 cell=c.name, root=target.root, follow=True)
+        n = import_junit(history, Path(junit), minor=c.minor, tpt=c.tpt, spawn=c.spawn,
+                         cell=c.name, root=target.root, follow=True)
         print(f"imported {n} test result(s) from {junit} as {c.name}")
     history = _open(target)
     found = history.flaky(min_runs=min_runs) if history else []

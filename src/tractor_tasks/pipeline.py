@@ -331,7 +331,8 @@ def finish(p: Plan, result: RunResult, run_dir: RunDir, out) -> None:
     results = result.results
     result.code = exit_code(result, p.opts)
     result.status = RunStatus.decide((o.stop for o in result.passes), result.code)
-    results.write_junit(run_dir.junit)
+    from .junit import write_junit
+    write_junit(results, run_dir.junit)
     if any(o.stop is not Stop.FINISHED for o in result.passes) or len(result.passes) > 1 \
             or result.shards:
         results.write_lastfailed()  # pytest could not write it whole itself
@@ -372,6 +373,7 @@ def _record_history(p: Plan, result: RunResult, out) -> None:
 # free while it waits, so a short run's start-up does not pay for them
 AFTER_RUN = ("xml.etree.ElementTree", "sqlite3", "tractor_tasks.history",
              "tractor_tasks.verdict", "tractor_tasks.outcome", "tractor_tasks.trace",
+             "tractor_tasks.junit",
              "tractor_tasks.report", "tractor_tasks.shard_plan")
 
 
