@@ -45,12 +45,17 @@ def check_destination(path: Path, code: int = 2) -> None:
                         "it is: give the path of a regular file (or a new one)", code)
 
 
-def atomic_write(path: Path | str, data: bytes | str, *, code: int = 2) -> None:
+def atomic_write(path: Path | str, data: bytes | str, *, code: int = 2,
+                 planted: str = "refuse") -> None:
     """Write `data` to `path` whole or not at all. A destination that is not a regular
-    file is refused (TaskError, `code`); a failed write raises OSError, the temp file
-    removed."""
+    file is refused (TaskError, `code`); with planted="replace" (a file of ours in a
+    dir a test can reach: a run or pass dir) whatever was put at its name (a link, a
+    FIFO) is replaced by the rename, never followed (a dir there is still an OSError).
+    A failed write raises OSError, the temp file removed."""
     path = Path(path)
-    check_destination(path, code)
+    replace = planted == "replace"
+    if not replace:
+        check_destination(path, code)
     if isinstance(data, str):
         data = data.encode("utf-8")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
@@ -58,7 +63,8 @@ def atomic_write(path: Path | str, data: bytes | str, *, code: int = 2) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        check_destination(path, code)  # nothing was swapped in meanwhile
+        if not replace:
+            check_destination(path, code)  # nothing was swapped in meanwhile
         os.replace(tmp, path)
     except BaseException:
         try:

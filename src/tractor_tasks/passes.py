@@ -17,6 +17,7 @@ from .command import ENV_SELECT, pytest_args, run_env, show
 from .errors import TaskError
 from .fsutil import write_json
 from .options import RunOptions
+from .probelog import MAX_LOG
 from .results import Results, read_pass, stable_id
 from .rundirs import PassDir, RunDir, pass_dirs
 from .scope import ENV_RUN, RunMarker, ScopeView
@@ -158,7 +159,7 @@ class PassRunner:
             write_json(PassDir(pass_dir).stop, {"stop": outcome.stop.value,
                                                  "running": outcome.running,
                                                  "bound": outcome.bound})
-        return outcome, read_pass(pass_dir)
+        return outcome, read_pass(pass_dir, outcome.log)
 
     def lane(self, *, only, shard: int | None, echo, opts: RunOptions | None = None,
              phase: str | None = None, at: Path | None = None) -> RunResult:
@@ -194,6 +195,12 @@ class PassRunner:
                         dump_text=_dump_head(outcome.dump_text), bound=outcome.bound,
                         running=outcome.running if outcome.stop is Stop.HUNG else None)
             results.leaks.merge(outcome.leaks)
+            # what the probe log's reader could not take: a log past its cap lost the
+            # rest (those tests did not run as far as the run can tell), else a note
+            notes += [f"warning: {where}: {problem}" for problem in log.problems]
+            if log.over:
+                broken.append(f"{where}: its probe log ({PassDir.RESULTS}) passed "
+                              f"{MAX_LOG >> 20} MiB; the rest of it was not read")
             if outcome.stop is not Stop.HUNG:
                 break
             hangs += 1
