@@ -2,7 +2,9 @@
 
 - atomic_write(): a temp file in the destination's own dir renamed over it, so a reader
   never sees half a file; a destination that exists and is not a regular file (a
-  symlink, a FIFO, a device, a dir) is refused, never replaced.
+  symlink, a FIFO, a device, a dir) is refused, never replaced; but in a run or pass
+  dir (planted="replace": a test can reach those) the rename replaces what a test
+  put there, a link itself, never its target.
 - read_bounded(): an artifact (outcome.json, junit.xml, a durations file) read without
   blocking (a FIFO) or reading forever (/dev/zero): only a regular file, at most
   MAX_ARTIFACT bytes, its own name never followed when it is a symlink. A refusal is an
@@ -86,9 +88,10 @@ class NotRegular(OSError):
 
 def write_json(path: Path | str, data) -> None:
     """A JSON file of ours (run.json, outcome.json, select.json, stop.json), written
-    whole through atomic_write."""
+    whole through atomic_write. Each is in a run or pass dir a test can reach (it knows
+    its probe dir): what a test planted at the name is replaced, never followed."""
     import json
-    atomic_write(path, json.dumps(data, indent=1))
+    atomic_write(path, json.dumps(data, indent=1), planted="replace")
 
 
 def read_bounded(path: Path | str, limit: int = MAX_ARTIFACT, *, follow: bool = False) -> bytes:

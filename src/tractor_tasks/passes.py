@@ -199,8 +199,8 @@ class PassRunner:
             # rest (those tests did not run as far as the run can tell), else a note
             notes += [f"warning: {where}: {problem}" for problem in log.problems]
             if log.over:
-                broken.append(f"{where}: its probe log ({PassDir.RESULTS}) passed "
-                              f"{MAX_LOG >> 20} MiB; the rest of it was not read")
+                broken.append(f"{where}: its probe log passed {MAX_LOG >> 20} MiB; the "
+                              "rest of it was not read")
             if outcome.stop is not Stop.HUNG:
                 break
             hangs += 1

@@ -478,6 +478,16 @@ class ProbeLog:
         """The test that had started and not finished."""
         return self.current[0]
 
+    def last_write(self) -> float | None:
+        """When the probe last wrote any of its files (their mtimes; links not followed)."""
+        times = []
+        for name in (PassDir.RESULTS, PassDir.FINISHED, PassDir.CURRENT, PassDir.SESSION):
+            try:
+                times.append(os.lstat(self.dir / name).st_mtime)
+            except OSError:
+                continue
+        return max(times, default=None)
+
     @property
     def exitstatus(self) -> int | None:
         return self.finished.exitstatus if self.finished is not None else None

@@ -1,7 +1,7 @@
 """Results: the probe's logs -> one outcome per test, merged over passes and shards.
 
-The probe's `results.jsonl`, as probelog.py reads it, is the single source (exact node
-ids, written as each report happens, so it survives a killed pytest). The test running when a pass was
+The probe's log, as probelog.py reads it, is the single source (exact node ids,
+written as each report happens, so it survives a killed pytest). The test running when a pass was
 stopped gets the stop's outcome (hung, interrupted, timeout), never "passed".
 From the merged results come the counts, the flaky classification, the JUnit file
 we write for the whole run, and the lastfailed cache pytest's own `--lf` reads.
@@ -348,7 +348,9 @@ def write_junit(results: Results, path: Path) -> None:
         _testcase(suite, t, written)
     suite.attrib.update({k: str(v) for k, v in written.items()})
     xml_clean(suite)  # a test's id or message may hold ESC, BEL, NUL: XML 1.0 forbids them
-    atomic_write(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True))
+    # in the run dir, which a test can reach: a link planted there is replaced
+    atomic_write(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True),
+                 planted="replace")
 
 
 # -- lastfailed ---------------------------------------------------------------
@@ -411,9 +413,9 @@ def lastfailed_sources(target: Target, *, session: str | None = None,
     cache = target.root / ".pytest_cache"
     last = state.last_link()
     for pass_dir in pass_dirs(last) if last.exists() else []:
-        recorded = read_json(PassDir(pass_dir).session, {}) or {}
-        if isinstance(recorded, dict) and recorded.get("cachedir"):
-            cache = Path(recorded["cachedir"])
+        recorded = ProbeLog(pass_dir).finish().session
+        if recorded is not None and recorded.cachedir:
+            cache = Path(recorded.cachedir)
             break
     label = os.path.relpath(cache, target.root) if cache.is_relative_to(target.root) else str(cache)
     out = [(label, lastfailed_path(cache))]

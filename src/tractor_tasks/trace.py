@@ -2,10 +2,11 @@
 (the JSON object form), which ui.perfetto.dev and chrome://tracing open.
 
 Built from what the run dir already holds (rundirs.py's layout): each pass dir's
-probe files (results.jsonl: every report with when it was written, when its test
-started, the machine's load and pytest's CPU; `current`: the test a stop cut off;
-command.txt, session.json, finished.json, stacks.txt: when the pass started, ended
-and was dumped), run.json and outcome.json. Tracks:
+probe log as probelog.py reads it (every report with when it was written, when its
+test started, the machine's load and pytest's CPU; the test a stop cut off; when
+pytest started and finished its session), the pass's command.txt, output.log and
+stacks.txt (when the pass started, ended and was dumped), run.json and outcome.json.
+Tracks:
 
   pid 1 "run"            tid 0: the run and the shard plan's collection; the load
                          counter; tid N: pass N of an unsharded run (or a retry pass)
@@ -233,9 +234,8 @@ def _pass_span(pass_dir: Path, log: ProbeLog | None, recs: list[Report]
     log = log if log is not None else ProbeLog(pass_dir).finish()
     started = log.session.started if log.session is not None else None
     starts = [t for t in (_mtime(PassDir(pass_dir).command), started) if t is not None]
-    ends = [t for t in (_mtime(pass_dir / name) for name in
-                        (PassDir.OUTPUT, PassDir.FINISHED, PassDir.RESULTS, PassDir.CURRENT,
-                         PassDir.DUMP, PassDir.SESSION)) if t is not None]
+    ends = [t for t in (_mtime(PassDir(pass_dir).output), log.last_write(),
+                        _mtime(PassDir(pass_dir).dump)) if t is not None]
     ends += [r.at for r in recs]
     if not starts and not ends:
         return None, 0.0, None
