@@ -15,9 +15,9 @@ from typing import Callable
 from . import rundirs
 from .command import ENV_SELECT, pytest_args, run_env, show
 from .errors import TaskError
-from .fsutil import write_json
+from .fsutil import atomic_write, write_json
 from .options import RunOptions
-from .probelog import MAX_LOG
+from . import probelog
 from .results import Results, read_pass, stable_id
 from .rundirs import PassDir, RunDir, pass_dirs
 from .scope import ENV_RUN, RunMarker, ScopeView
@@ -122,7 +122,7 @@ class PassRunner:
             argv, env = command(p, pass_dir, str(private), select=select,
                                 color=bool(echo and echo.tty), at=at)
             argv += list(extra_args)
-            PassDir(pass_dir).command.write_text(show(argv, env) + "\n")
+            atomic_write(PassDir(pass_dir).command, show(argv, env) + "\n", planted="replace")
             marker = RunMarker.parse(env[ENV_RUN])
             if echo is not None:
                 echo(f"$ {show(argv, {})}" if number == 1 else
@@ -199,7 +199,7 @@ class PassRunner:
             # rest (those tests did not run as far as the run can tell), else a note
             notes += [f"warning: {where}: {problem}" for problem in log.problems]
             if log.over:
-                broken.append(f"{where}: its probe log passed {MAX_LOG >> 20} MiB; the "
+                broken.append(f"{where}: its probe log passed {probelog.cap_text()}; the "
                               "rest of it was not read")
             if outcome.stop is not Stop.HUNG:
                 break

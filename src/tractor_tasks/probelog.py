@@ -41,6 +41,11 @@ _CHUNK = 4 * 2**20
 _READ = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
+def cap_text() -> str:
+    """MAX_LOG as a person reads it ("64 MiB")."""
+    return f"{MAX_LOG >> 20} MiB" if MAX_LOG >= 2**20 else f"{MAX_LOG} bytes"
+
+
 # -- safe reads ---------------------------------------------------------------------
 
 def open_safely(path: Path | str) -> int:
