@@ -528,9 +528,3 @@ class ProbeLog:
                           if s.kept else "what was read before stands"))
         return out
 
-
-def current_test(pass_dir: Path) -> tuple[str | None, float | None]:
-    """(node id, since) of the test running now in a pass dir read from scratch."""
-    log = ProbeLog(pass_dir)
-    log.poll()
-    return log.current

@@ -317,15 +317,6 @@ class PassDir:
     def probe_stacks(self) -> list[Path]:
         return sorted(self.path.glob(self.PROBE_STACKS))
 
-    def stopped(self) -> str | None:
-        """How the pass was stopped ("hung", "timeout", "interrupted"), None when pytest
-        ended on its own or the pass is still going."""
-        try:
-            data = json.loads(self.stop.read_text())
-        except (OSError, ValueError):
-            return None
-        return data.get("stop") if isinstance(data, dict) else None
-
 
 def pass_dirs(lane: Path) -> list[Path]:
     """A lane's `pass-N` dirs (a run dir, a shard's, a verdict phase's), by number."""
