@@ -83,7 +83,24 @@ def test_bad_lines_are_skipped_and_counted_never_raised(tmp_path):
     assert set(log.outcomes()) == {"t.py::a", "t.py::b"}
     assert log.outcomes()["t.py::b"][0] is O.FAILED
     assert log.problems() == ["1 line(s) of results.jsonl not UTF-8: skipped",
-                              "2 line(s) of results.jsonl not JSON records: skipped"]
+                              "2 line(s) of results.jsonl not JSON records: skipped",
+                              "2 record(s) of results.jsonl not the probe's: skipped"]
+
+
+def test_absurd_numbers_and_texts_are_clamped_as_they_are_read(tmp_path):
+    (tmp_path / "results.jsonl").write_bytes(
+        _line(_report("t.py::a", "call", "failed", longrepr="x" * 200000, duration=1e308))
+        + _line({"event": "costs", "nodeid": "t.py::a", "start": 5.0, "stop": 1.0,
+                 "cpu": -3, "rss": -1})
+        + _line(_report("t.py::b", duration=-2.0, cpu=float("inf")))
+        + b'{"nodeid": "t.py::c", "when": "call", "outcome": "passed", "duration": NaN}\n')
+    log = ProbeLog(tmp_path).finish()
+    [a] = log.reports["t.py::a"]
+    assert a.duration == probelog.MAX_SECONDS and len(a.longrepr) == probelog.MAX_LONGREPR
+    assert log.costs["t.py::a"] == Costs("t.py::a", 5.0, 5.0, 0.0, None, None)
+    [b] = log.reports["t.py::b"]
+    assert b.duration == 0.0 and b.cpu is None
+    assert log.reports["t.py::c"][0].duration == 0.0
 
 
 def test_past_the_cap_the_rest_is_not_read_and_said(tmp_path, monkeypatch):
@@ -228,6 +245,10 @@ def test_b():
     elif how == "not_utf8":
         with open(log, "ab") as f:
             f.write(b"\\xff\\xfe\\x00 not text\\n")
+    elif how == "flood":  # 70 MiB of records that are not the probe's, then the rest
+        with open(log, "a") as f:
+            for _ in range(70 * 1024):
+                f.write('{"forged": "' + "x" * 1000 + '"}\\n')
     elif how == "rmdir":  # contained, the dir is a mount point: what is in it goes
         shutil.rmtree(d, ignore_errors=True)
         assert not os.path.exists(log)
@@ -284,8 +305,9 @@ def test_a_hostile_test_costs_the_run_none_of_its_results(hostile_repo, tmp_path
     said = out.stdout + out.stderr
     assert out.returncode == 0, said
     assert "results: 3 passed" in out.stdout, said
-    if warning:
-        assert f"warning: pass 1: {warning}" in out.stdout, said
+    warnings = [ln for ln in out.stdout.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == (1 if warning else 0), said
+    assert not warning or warnings[0].startswith(f"warning: pass 1: {warning}"), said
     run = hostile_repo / ".tractor-tasks" / "last"
     outcome = json.loads((run / "outcome.json").read_text())
     assert outcome["status"] == "passed" and outcome["not_run"] == []
@@ -294,3 +316,28 @@ def test_a_hostile_test_costs_the_run_none_of_its_results(hostile_repo, tmp_path
     assert junit.is_file() and not junit.is_symlink()
     assert 'tests="3"' in junit.read_text()
     assert outside.read_text() == "untouched\n"
+
+
+@pytest.mark.slow
+def test_a_log_flooded_past_the_cap_names_the_pass_and_what_did_not_run(hostile_repo):
+    """A test that writes 70 MiB into its probe's log: the supervisor reads 64 MiB of it
+    (under a memory limit), the run ends with its outcome, the pass named in a NOT RUN
+    line and the tests whose reports came after the cap (the flooder's own call and
+    the next test) listed as never run."""
+    env = {**os.environ, "HOSTILE": "flood"}
+    out = subprocess.run(
+        [sys.executable, "-m", "invoke", "test", "tests/test_hostile.py", "--no-confirm",
+         "--root", str(hostile_repo)], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=240, preexec_fn=_limited)
+    said = out.stdout + out.stderr
+    assert out.returncode == 1, said
+    assert "NOT RUN: pass 1: its probe log passed 64 MiB; the rest of it was not read" \
+        in out.stdout, said
+    assert "NOT RUN: 2 selected test(s) never ran and nothing accounts for it: " \
+        "tests/test_hostile.py::test_b, tests/test_hostile.py::test_c" in out.stdout, said
+    assert "warning: pass 1: " in out.stdout and "not the probe's: skipped" in out.stdout
+    outcome = json.loads((hostile_repo / ".tractor-tasks" / "last" / "outcome.json")
+                         .read_text())
+    assert outcome["status"] == "failed" and outcome["not_run"] == [
+        "tests/test_hostile.py::test_b", "tests/test_hostile.py::test_c"]
+    assert outcome["summary"]["passed"] == 1

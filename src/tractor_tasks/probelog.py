@@ -102,6 +102,16 @@ def _str(value) -> str:
     return value if isinstance(value, str) else ""
 
 
+MAX_SECONDS = 1e7          # a duration or CPU time past this (115 days) is not one
+MAX_LONGREPR = 64 * 1024   # characters of a failure's text kept (the probe writes 8000)
+
+
+def _amount(value) -> float | None:
+    """A duration or CPU seconds: finite, clamped to [0, MAX_SECONDS]."""
+    got = _num(value)
+    return None if got is None else min(max(got, 0.0), MAX_SECONDS)
+
+
 @dataclass(frozen=True)
 class Session:
     """pytest configured: its pid, rootdir, cache dir and the lastfailed cache before."""
@@ -184,19 +194,20 @@ def parse(rec) -> Event | None:
         if not isinstance(nodeid, str) or not isinstance(rec.get("when"), str) \
                 or not isinstance(rec.get("outcome"), str):
             return None
-        return Report(nodeid, rec["when"], rec["outcome"], _num(rec.get("duration")) or 0.0,
+        return Report(nodeid, rec["when"], rec["outcome"], _amount(rec.get("duration")) or 0.0,
                       _num(rec.get("at")), _num(rec.get("start")), _num(rec.get("load")),
-                      _num(rec.get("cpu")), bool(rec.get("xfail")), _str(rec.get("longrepr")))
+                      _amount(rec.get("cpu")), bool(rec.get("xfail")),
+                      _str(rec.get("longrepr"))[-MAX_LONGREPR:])
     if kind == "start":
         at = _num(rec.get("at"))
         return TestStart(nodeid, at) if isinstance(nodeid, str) and at is not None else None
     if kind == "costs":
-        start, stop, cpu = (_num(rec.get(k)) for k in ("start", "stop", "cpu"))
+        start, stop, cpu = _num(rec.get("start")), _num(rec.get("stop")), _amount(rec.get("cpu"))
         if not isinstance(nodeid, str) or None in (start, stop, cpu):
             return None
         rss = rec.get("rss")
-        return Costs(nodeid, start, stop, cpu,
-                     int(rss) if isinstance(rss, int) and not isinstance(rss, bool) else None,
+        ok = isinstance(rss, int) and not isinstance(rss, bool) and 0 <= rss < 2**63
+        return Costs(nodeid, start, max(start, stop), cpu, rss if ok else None,
                      _num(rec.get("load")))
     if kind == "session":
         before = rec.get("lastfailed_before")
@@ -388,6 +399,7 @@ class ProbeLog:
         self._old_costs = _Stream(files.costs)           # a pass from before the stream
         self.final = False
         self.moved = False     # the stream's name lost the file read (finish() tells)
+        self.unknown = 0       # JSON records that are no event of the probe's
         if create:
             self._stream.create()
 
@@ -395,7 +407,9 @@ class ProbeLog:
 
     def poll(self) -> list[Event]:
         """The events written since the last call, folded in."""
-        new = [ev for ev in map(parse, self._stream.read(self.final)) if ev is not None]
+        got = [parse(rec) for rec in self._stream.read(self.final)]
+        new = [ev for ev in got if ev is not None]
+        self.unknown += len(got) - len(new)
         for ev in new:
             self._fold(ev)
         if self.stopped is None:
@@ -522,6 +536,8 @@ class ProbeLog:
             out.append(f"{s.not_utf8} line(s) of {name} not UTF-8: skipped")
         if s.not_json:
             out.append(f"{s.not_json} line(s) of {name} not JSON records: skipped")
+        if self.unknown:
+            out.append(f"{self.unknown} record(s) of {name} not the probe's: skipped")
         if self.moved:
             out.append(f"{name} was removed or replaced during the pass (a test's doing?): "
                        + ("what the probe wrote was read from the file both kept open"
