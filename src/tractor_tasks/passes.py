@@ -12,12 +12,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from . import rundirs
+from . import probelog, rundirs
 from .command import ENV_SELECT, pytest_args, run_env, show
 from .errors import TaskError
 from .fsutil import atomic_write, write_json
 from .options import RunOptions
-from . import probelog
 from .results import Results, read_pass, stable_id
 from .rundirs import PassDir, RunDir, pass_dirs
 from .scope import ENV_RUN, RunMarker, ScopeView

@@ -4,7 +4,8 @@ tractor forbids pytest-timeout (both its methods break trio), so both bounds com
 from out here: the whole run's wall clock, and a per-test bound read off the
 probe's log as it grows (probelog.py: which test runs, since when). On a stall:
 dump first (py-spy for every process of the run, SIGUSR1 to those with a handler),
-then end the run's processes; the caller records the test as HUNG and resumes the rest.
+then end the run's processes; the caller records the test as HUNG and resumes the
+rest.
 
 pytest runs contained (contain.py): its own namespaces where the machine allows,
 else under our subreaper. It keeps our process group, so a terminal's Ctrl-C
