@@ -211,3 +211,16 @@ def lane_result(target, shard: int, outcomes_: dict[str, O], *, stop=Stop.FINISH
                      notes=list(notes))
 
 
+
+
+def test_a_probe_log_past_the_readers_cap_is_the_runs_problem(target, monkeypatch):
+    """What the reader did not read past its cap did not run as far as the run can
+    tell: the pass is named in `broken` (a NOT RUN line) and the rest is unaccounted."""
+    from tractor_tasks import probelog
+    monkeypatch.setattr(probelog, "MAX_LOG", 400)
+    result = runner(target, monkeypatch, FakePytest(TESTS)).lane(only=None, shard=None,
+                                                                   echo=None)
+    ran = set(result.results.tests)
+    assert TESTS[0] in ran and TESTS[-1] not in ran
+    assert [b.split(";")[0] for b in result.broken] == ["pass 1: its probe log passed 400 bytes"]
+    assert result.unaccounted() == [t for t in TESTS if t not in ran]

@@ -13,7 +13,8 @@ import pytest
 from tractor_tasks import ci, doctor, pipeline, report
 from tractor_tasks.options import RunOptions
 from tractor_tasks.passes import RunResult
-from tractor_tasks.results import Leaks, Results, TestResult
+from tractor_tasks.leaks import Leaks
+from tractor_tasks.results import Results, TestResult
 from tractor_tasks.status import Check as S, RunStatus, Stop, TestOutcome as O
 from tractor_tasks.supervise import PassOutcome
 from tractor_tasks.target import FlakyRule, load_target

@@ -89,11 +89,12 @@ def test_what_is_not_a_blocked_pipe_write(tmp_path, case):
 
 # -- runaways, on fake samples -----------------------------------------------------------
 # (pid, start time, title, cpu seconds) tuples stand in for what the watch loop reads
-# off /proc; the report records stand in for the probe's results.jsonl.
+# off /proc; the reports stand in for what probelog.py reads off the probe's log.
 
 def _reports(watch, nodeid, start, end):
-    watch.note_report({"nodeid": nodeid, "when": "setup", "duration": 0.01, "at": start + 0.01})
-    watch.note_report({"nodeid": nodeid, "when": "teardown", "duration": 0.0, "at": end})
+    from tractor_tasks.probelog import Report
+    watch.note_report(Report(nodeid, "setup", "passed", 0.01, at=start + 0.01))
+    watch.note_report(Report(nodeid, "teardown", "passed", 0.0, at=end))
 
 
 def test_a_process_busy_after_its_test_ended_is_a_runaway():

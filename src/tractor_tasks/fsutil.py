@@ -2,7 +2,9 @@
 
 - atomic_write(): a temp file in the destination's own dir renamed over it, so a reader
   never sees half a file; a destination that exists and is not a regular file (a
-  symlink, a FIFO, a device, a dir) is refused, never replaced.
+  symlink, a FIFO, a device, a dir) is refused, never replaced; but in a run or pass
+  dir (planted="replace": a test can reach those) the rename replaces what a test
+  put there, a link itself, never its target.
 - read_bounded(): an artifact (outcome.json, junit.xml, a durations file) read without
   blocking (a FIFO) or reading forever (/dev/zero): only a regular file, at most
   MAX_ARTIFACT bytes, its own name never followed when it is a symlink. A refusal is an
@@ -45,12 +47,17 @@ def check_destination(path: Path, code: int = 2) -> None:
                         "it is: give the path of a regular file (or a new one)", code)
 
 
-def atomic_write(path: Path | str, data: bytes | str, *, code: int = 2) -> None:
+def atomic_write(path: Path | str, data: bytes | str, *, code: int = 2,
+                 planted: str = "refuse") -> None:
     """Write `data` to `path` whole or not at all. A destination that is not a regular
-    file is refused (TaskError, `code`); a failed write raises OSError, the temp file
-    removed."""
+    file is refused (TaskError, `code`); with planted="replace" (a file of ours in a
+    dir a test can reach: a run or pass dir) whatever was put at its name (a link, a
+    FIFO) is replaced by the rename, never followed (a dir there is still an OSError).
+    A failed write raises OSError, the temp file removed."""
     path = Path(path)
-    check_destination(path, code)
+    replace = planted == "replace"
+    if not replace:
+        check_destination(path, code)
     if isinstance(data, str):
         data = data.encode("utf-8")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
@@ -58,7 +65,8 @@ def atomic_write(path: Path | str, data: bytes | str, *, code: int = 2) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        check_destination(path, code)  # nothing was swapped in meanwhile
+        if not replace:
+            check_destination(path, code)  # nothing was swapped in meanwhile
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -80,9 +88,10 @@ class NotRegular(OSError):
 
 def write_json(path: Path | str, data) -> None:
     """A JSON file of ours (run.json, outcome.json, select.json, stop.json), written
-    whole through atomic_write."""
+    whole through atomic_write. Each is in a run or pass dir a test can reach (it knows
+    its probe dir): what a test planted at the name is replaced, never followed."""
     import json
-    atomic_write(path, json.dumps(data, indent=1))
+    atomic_write(path, json.dumps(data, indent=1), planted="replace")
 
 
 def read_bounded(path: Path | str, limit: int = MAX_ARTIFACT, *, follow: bool = False) -> bytes:

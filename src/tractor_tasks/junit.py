@@ -214,7 +214,9 @@ def write_junit(results: Results, path: Path, *, started: float | None = None,
             written[counted] += 1
     suite.attrib.update({k: str(v) for k, v in written.items()})
     xml_clean(suite)  # a test's id or message may hold ESC, BEL, NUL: XML 1.0 forbids them
-    atomic_write(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True))
+    # in the run dir, which a test can reach: a link planted there is replaced
+    atomic_write(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True),
+                 planted="replace")
 
 
 # -- in -------------------------------------------------------------------------------

@@ -115,12 +115,13 @@ def _quiet(p, out):
     from .progress import cell_lanes, snapshot
     from .rundirs import State
     stop = threading.Event()
+    logs: dict = {}   # each pass's probe-log reader, kept between ticks (reads what is new)
 
     def tick():
         while not stop.wait(15):
             for label, path, _ in cell_lanes(State(p.target).path, p.invocation or ""):
                 if label == p.cell.name:
-                    out.line(f"progress: {snapshot(label, path).line()}")
+                    out.line(f"progress: {snapshot(label, path, logs=logs).line()}")
 
     threading.Thread(target=tick, daemon=True).start()
     try:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from . import rundirs
+from . import probelog, rundirs
 from .command import ENV_SELECT, pytest_args, run_env, show
 from .errors import TaskError
-from .fsutil import write_json
+from .fsutil import atomic_write, write_json
 from .options import RunOptions
 from .results import Results, read_pass, stable_id
 from .rundirs import PassDir, RunDir, pass_dirs
@@ -121,7 +121,7 @@ class PassRunner:
             argv, env = command(p, pass_dir, str(private), select=select,
                                 color=bool(echo and echo.tty), at=at)
             argv += list(extra_args)
-            PassDir(pass_dir).command.write_text(show(argv, env) + "\n")
+            atomic_write(PassDir(pass_dir).command, show(argv, env) + "\n", planted="replace")
             marker = RunMarker.parse(env[ENV_RUN])
             if echo is not None:
                 echo(f"$ {show(argv, {})}" if number == 1 else
@@ -158,7 +158,7 @@ class PassRunner:
             write_json(PassDir(pass_dir).stop, {"stop": outcome.stop.value,
                                                  "running": outcome.running,
                                                  "bound": outcome.bound})
-        return outcome, read_pass(pass_dir)
+        return outcome, read_pass(pass_dir, outcome.log)
 
     def lane(self, *, only, shard: int | None, echo, opts: RunOptions | None = None,
              phase: str | None = None, at: Path | None = None) -> RunResult:
@@ -194,6 +194,12 @@ class PassRunner:
                         dump_text=_dump_head(outcome.dump_text), bound=outcome.bound,
                         running=outcome.running if outcome.stop is Stop.HUNG else None)
             results.leaks.merge(outcome.leaks)
+            # what the probe log's reader could not take: a log past its cap lost the
+            # rest (those tests did not run as far as the run can tell), else a note
+            notes += [f"warning: {where}: {problem}" for problem in log.problems]
+            if log.over:
+                broken.append(f"{where}: its probe log passed {probelog.cap_text()}; the "
+                              "rest of it was not read")
             if outcome.stop is not Stop.HUNG:
                 break
             hangs += 1

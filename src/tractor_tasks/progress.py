@@ -5,15 +5,15 @@ logs) they are printed as plain lines every `interval` seconds.
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .results import current_test, read_pass, stable_id
-from .rundirs import PassDir, RunDir, pass_dirs
+from .probelog import ProbeLog, read_json
+from .results import stable_id
+from .rundirs import RunDir, pass_dirs
 
 
 @dataclass
@@ -42,19 +42,26 @@ class Snapshot:
         return " · ".join(parts)
 
 
-def snapshot(label: str, lane: Path, *, total: int | None = None) -> Snapshot:
-    """Where one lane (a run dir, or a shard's dir: its pass-N dirs inside) stands."""
+def snapshot(label: str, lane: Path, *, total: int | None = None,
+             logs: dict[Path, ProbeLog] | None = None) -> Snapshot:
+    """Where one lane (a run dir, or a shard's dir: its pass-N dirs inside) stands.
+    `logs` keeps each pass's reader between calls (each reads only what is new)."""
+    logs = {} if logs is None else logs
     passes = pass_dirs(lane)
     done: dict[str, str] = {}
     first_total = None
+    hung = 0
     for d in passes:
-        log = read_pass(d)
+        log = logs.get(d)
+        if log is None:
+            log = logs[d] = ProbeLog(d)
+        log.poll()
         if first_total is None and log.collected is not None:
             first_total = len(log.collected)
-        for nodeid, t in log.tests.items():
-            done[stable_id(nodeid)] = t.outcome.value
-    running, since = current_test(passes[-1]) if passes else (None, None)
-    hung = sum(1 for d in passes if PassDir(d).stopped() == "hung")
+        for nodeid, (outcome, _) in log.outcomes().items():
+            done[stable_id(nodeid)] = outcome.value
+        hung += log.stopped is not None and log.stopped.stop == "hung"
+    running, since = logs[passes[-1]].current if passes else (None, None)
     failed = sum(1 for o in done.values() if o in ("failed", "error"))
     return Snapshot(label, total if total is not None else first_total, len(done), failed, hung,
                     running, since, (lane / RunDir.OUTCOME).exists())
@@ -74,11 +81,13 @@ class Board:
         self.header = header
         self.interval = interval
         self._last = 0.0
+        self._logs: dict[Path, ProbeLog] = {}   # each pass's reader, kept between ticks
 
     def tick(self, force: bool = False, over: bool = False) -> None:
         now = time.time()
         lanes = self.lanes() if callable(self.lanes) else self.lanes
-        snaps = [snapshot(label, path, total=total) for label, path, total in lanes]
+        snaps = [snapshot(label, path, total=total, logs=self._logs)
+                 for label, path, total in lanes]
         for snap in snaps:
             snap.over = snap.over or over
         lines = ([self.header()] if self.header else []) + [snap.line(now) for snap in snaps]
@@ -100,10 +109,7 @@ def cell_lanes(state_dir: Path, invocation: str) -> list[tuple[str, Path, None]]
     """The runs of one nox invocation that are going: (cell name, run dir)."""
     out = []
     for run in sorted(state_dir.glob("runs/*/run.json")):
-        try:
-            data = json.loads(run.read_text())
-        except (OSError, ValueError):
-            continue
+        data = read_json(run)
         if isinstance(data, dict) and data.get("invocation") == invocation and \
                 not (run.parent / RunDir.OUTCOME).exists():
             out.append((data.get("cell") or run.parent.name, run.parent, None))
@@ -116,11 +122,12 @@ def watch_cells(state_dir: Path, invocation: str, out, interval: float = 60.0
     parallel cell's output until it ends): a plain line per running cell every
     `interval` seconds. Returns the event that stops it."""
     stop = threading.Event()
+    logs: dict[Path, ProbeLog] = {}
 
     def loop():
         while not stop.wait(interval):
             for label, path, _ in cell_lanes(state_dir, invocation):
-                out.line(f"progress: {snapshot(label, path).line()}")
+                out.line(f"progress: {snapshot(label, path, logs=logs).line()}")
 
     threading.Thread(target=loop, daemon=True, name="tt-progress").start()
     return stop

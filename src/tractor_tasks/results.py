@@ -1,7 +1,7 @@
 """Results: the probe's logs -> one outcome per test, merged over passes and shards.
 
-The probe's `results.jsonl` is the single source (exact node ids, written as each
-report happens, so it survives a killed pytest). The test running when a pass was
+The probe's log, as probelog.py reads it, is the single source (exact node ids,
+written as each report happens, so it survives a killed pytest). The test running when a pass was
 stopped gets the stop's outcome (hung, interrupted, timeout), never "passed".
 From the merged results come the counts, the flaky classification and the lastfailed
 cache pytest's own `--lf` reads (the JUnit file is junit.py's).
@@ -16,6 +16,8 @@ from pathlib import Path
 
 from .errors import TaskError, usage
 from .fsutil import atomic_write
+from .leaks import Leaks
+from .probelog import ProbeLog, Session, read_json
 from .rundirs import PassDir, pass_dirs
 from .status import TestOutcome as O, Verdict
 from .target import FlakyRule, Target, id_glob, under_tests
@@ -69,26 +71,21 @@ class TestResult:
 
 @dataclass
 class PassLog:
-    """What the probe wrote for one pytest start."""
+    """What the probe wrote for one pytest start, as results (probelog.py read it)."""
     dir: Path
     collected: list[str] | None = None
     scopes: dict[str, list[str]] | None = None   # module -> its module/class fixtures
     tests: dict[str, TestResult] = field(default_factory=dict)
-    session: dict = field(default_factory=dict)
+    session: Session | None = None
     exitstatus: int | None = None
     running: str | None = None   # the test that had started and not finished
+    problems: list[str] = field(default_factory=list)   # what the reader could not take
+    over: bool = False           # its log passed the reader's cap: the rest was not read
 
     @property
     def done(self) -> set[str]:
         """Stable ids of the tests this pass finished."""
         return {stable_id(k) for k in self.tests if k != self.running}
-
-
-def _read_json(path: Path, default=None):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return default
 
 
 _GUTTER = re.compile(r"^[\s|+]*")      # an exception group's `  | ` and `  +-+---` margins
@@ -112,164 +109,44 @@ def _head(longrepr: str) -> str:
                 (lines[-1].strip() if lines else ""))
 
 
-def _outcome(recs: list[dict]) -> tuple[O | None, dict | None]:
-    """One test's outcome from its reports (the worst wins), and the failing report.
-    None when no report decides it yet (only a passing setup: the test was cut off)."""
-    best, failing = None, None
-    for rec in recs:
-        when, outcome, xfail = rec.get("when"), rec.get("outcome"), bool(rec.get("xfail"))
-        if outcome == "failed":
-            new = O.FAILED if when == "call" else O.ERROR
-        elif outcome == "skipped":
-            new = O.XFAILED if xfail else O.SKIPPED
-        elif when == "call":
-            new = O.XPASSED if xfail else O.PASSED
-        else:
-            continue
-        if best is None or new.rank > best.rank:
-            best = new
-            failing = rec if outcome == "failed" else failing
-    return best, failing
-
-
-def read_pass(pass_dir: Path) -> PassLog:
-    log = PassLog(pass_dir)
-    files = PassDir(pass_dir)
-    log.session = _read_json(files.session, {}) or {}
-    collected = _read_json(files.collected)
-    log.collected = collected if isinstance(collected, list) else None
-    scopes = _read_json(files.scopes)
-    log.scopes = scopes if isinstance(scopes, dict) else None
-    finished = _read_json(files.finished, {}) or {}
-    log.exitstatus = finished.get("exitstatus") if isinstance(finished, dict) else None
-    current = _read_json(files.current, {})
-    if isinstance(current, dict) and current.get("nodeid"):
-        log.running = current["nodeid"]
-    try:
-        lines = files.results.read_text().splitlines()
-    except OSError:
-        lines = []
-    reports: dict[str, list[dict]] = {}
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a kill
-        if isinstance(rec, dict) and isinstance(rec.get("nodeid"), str):
-            reports.setdefault(rec["nodeid"], []).append(rec)
-    for nodeid, recs in reports.items():
-        outcome, failing = _outcome(recs)
-        if outcome is None:
-            continue  # cut off: the stop's outcome is given by Results.add
-        t = TestResult(nodeid, outcome, sum(float(r.get("duration") or 0) for r in recs))
+def read_pass(pass_dir: Path, log: ProbeLog | None = None) -> PassLog:
+    """One pass's results from its probe log: `log` the reader the supervisor kept
+    during the pass (what it read stays read, whatever a test did to the files since),
+    else one made here."""
+    log = (log or ProbeLog(pass_dir)).finish()
+    out = PassLog(Path(pass_dir), list(log.collected) if log.collected is not None else None,
+                  log.scopes, session=log.session, exitstatus=log.exitstatus,
+                  running=log.running, problems=log.problems(), over=log.over)
+    for nodeid, (outcome, failing) in log.outcomes().items():
+        t = TestResult(nodeid, outcome, sum(r.duration for r in log.reports[nodeid]))
         if failing is not None:
-            t.text = failing.get("longrepr", "")
+            t.text = failing.longrepr
             t.message = _head(t.text)
-        log.tests[nodeid] = t
-    _costs(pass_dir, log.tests)
-    return log
+        out.tests[nodeid] = t
+    _costs(log, out.tests)
+    return out
 
 
-def _costs(pass_dir: Path, tests: dict[str, TestResult]) -> None:
+def _costs(log: ProbeLog, tests: dict[str, TestResult]) -> None:
     """The probe's per-test costs (pytest + reaped children) and the supervisor's samples
     of the live tree: each undercounts differently, so CPU is the larger of the two, RSS
     the tree's summed peak when sampled, else the probe's largest single process."""
-    try:
-        lines = PassDir(pass_dir).costs.read_text().splitlines()
-    except OSError:
-        lines = []
-    tree = _read_json(PassDir(pass_dir).tree_costs, {}) or {}
-    for line in lines:
-        try:
-            rec = json.loads(line)
-            t = tests.get(rec["nodeid"])
-            if t is None:
-                continue
-            t.window = (float(rec["start"]), float(rec["stop"]))
-            t.cpu = float(rec["cpu"])
-            t.rss = int(rec["rss"]) if rec.get("rss") is not None else None
-            t.load = float(rec["load"]) if rec.get("load") is not None else None
-        except (ValueError, KeyError, TypeError):
-            continue
+    for nodeid, c in log.costs.items():
+        t = tests.get(nodeid)
+        if t is not None:
+            t.window, t.cpu, t.rss, t.load = (c.start, c.stop), c.cpu, c.rss, c.load
+    tree = read_json(PassDir(log.dir).tree_costs, {}) or {}
     for nodeid, rec in tree.items() if isinstance(tree, dict) else ():
         t = tests.get(nodeid)
         if t is None or not isinstance(rec, dict):
             continue
         try:
             cpu, rss = float(rec.get("cpu") or 0.0), int(rec.get("rss") or 0)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             continue
         t.cpu = max(t.cpu or 0.0, cpu)
         if rss:
             t.rss = rss
-
-
-def current_test(pass_dir: Path) -> tuple[str | None, float | None]:
-    """(node id, since) of the test running now, or (None, None) between tests."""
-    data = _read_json(PassDir(pass_dir).current, {})
-    if isinstance(data, dict) and data.get("nodeid"):
-        return data["nodeid"], float(data.get("since") or 0.0)
-    return None, None
-
-
-@dataclass
-class Leaks:
-    """What a run left when pytest exited, counted before teardown; and the processes
-    that ran away (kept a core busy after the test that started them ended)."""
-    processes: list[tuple[int, str]] = field(default_factory=list)   # (host pid, title)
-    listeners: list[str] = field(default_factory=list)
-    sockets: list[str] = field(default_factory=list)
-    shm: list[tuple[str, int]] = field(default_factory=list)         # (segment, bytes)
-    runaway: list[dict] = field(default_factory=list)   # pid, title, test, cpu, seconds
-
-    def __bool__(self) -> bool:
-        return bool(self.processes or self.listeners or self.sockets or self.shm
-                    or self.runaway)
-
-    def merge(self, other: Leaks) -> None:
-        self.processes += other.processes
-        self.listeners += other.listeners
-        self.sockets += other.sockets
-        self.shm += other.shm
-        self.runaway += other.runaway
-
-    def line(self, first: int = 3) -> str:
-        parts = []
-        if self.runaway:
-            parts.append(f"{len(self.runaway)} RUNAWAY: " + ", ".join(
-                runaway_text(r) for r in self.runaway[:first])
-                + (f", ... (+{len(self.runaway) - first})" if len(self.runaway) > first
-                   else ""))
-        if self.processes:
-            titles = [t for _, t in self.processes]
-            more = f", ... (+{len(titles) - first})" if len(titles) > first else ""
-            parts.append(f"{len(titles)} process(es): {', '.join(titles[:first])}{more}")
-        if self.listeners:
-            parts.append(f"{len(self.listeners)} listener(s): {', '.join(self.listeners[:first])}")
-        if self.sockets:
-            parts.append(f"{len(self.sockets)} socket file(s): "
-                         f"{', '.join(Path(s).name for s in self.sockets[:first])}")
-        if self.shm:
-            more = f", ... (+{len(self.shm) - first})" if len(self.shm) > first else ""
-            parts.append(f"{len(self.shm)} shared memory segment(s): " + ", ".join(
-                f"{name} ({size} B)" for name, size in self.shm[:first]) + more)
-        return "; ".join(parts)
-
-    def count(self) -> int:
-        return (len(self.processes) + len(self.listeners) + len(self.sockets)
-                + len(self.shm) + len(self.runaway))
-
-    def as_dict(self) -> dict:
-        return {"processes": [{"pid": p, "title": t} for p, t in self.processes],
-                "listeners": self.listeners, "sockets": self.sockets,
-                "shm": [{"name": n, "size": size} for n, size in self.shm],
-                "runaway": self.runaway}
-
-
-def runaway_text(r: dict) -> str:
-    """One runaway process as the summary names it."""
-    return (f"pid {r['pid']} ({r['title']}) kept {r['cpu']:.0%} of a core busy for "
-            f"{r['seconds']:g}s after {r['test']} ended")
 
 
 @dataclass
@@ -291,9 +168,9 @@ class Results:
         ended from outside (a hang, an interrupt, the whole-run bound). `running` is the
         test the stop was decided on (the hung one): pytest may have moved on since."""
         running = running or log.running
-        if self.lastfailed_before is None and log.session:
-            self.lastfailed_before = log.session.get("lastfailed_before") or {}
-            self.cachedir = log.session.get("cachedir", "")
+        if self.lastfailed_before is None and log.session is not None:
+            self.lastfailed_before = dict(log.session.lastfailed_before)
+            self.cachedir = log.session.cachedir
         known = set(self.collected)
         for nodeid in map(stable_id, log.collected or ()):
             if nodeid not in known:
@@ -456,9 +333,9 @@ def lastfailed_sources(target: Target, *, session: str | None = None,
     cache = target.root / ".pytest_cache"
     last = state.last_link()
     for pass_dir in pass_dirs(last) if last.exists() else []:
-        recorded = _read_json(PassDir(pass_dir).session, {}) or {}
-        if isinstance(recorded, dict) and recorded.get("cachedir"):
-            cache = Path(recorded["cachedir"])
+        recorded = ProbeLog(pass_dir).finish().session
+        if recorded is not None and recorded.cachedir:
+            cache = Path(recorded.cachedir)
             break
     label = os.path.relpath(cache, target.root) if cache.is_relative_to(target.root) else str(cache)
     out = [(label, lastfailed_path(cache))]

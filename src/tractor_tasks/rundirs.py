@@ -7,7 +7,8 @@ One object owns the on-disk layout (as pytest's cache provider does):
             junit.xml outcome.json    the merged result
             pass-1/ pass-2/ ...       one per pytest start (a resume after a hang starts
                                       another): command.txt output.log current
-                                      results.jsonl session.json stacks*.txt
+                                      results.jsonl (the probe's log: probelog.py
+                                      reads it) session.json stacks*.txt
             shard-1/pass-1/ ...       when the run is split into shards
         last -> runs/<id>             the latest `invoke` run
         cells/<slug>/last -> ...      the latest run of a nox cell
@@ -289,7 +290,9 @@ class PassDir:
     COMMAND, OUTPUT, SELECT, DUMP = "command.txt", "output.log", "select.json", "stacks.txt"
     STOP = "stop.json"    # how the pass ended (passes.py): hung, timeout, interrupted
     SHM_BEFORE, SHM_AFTER = "shm-before.json", "shm.json"   # a run on the host's /dev/shm
-    COSTS, TREE_COSTS = "costs.jsonl", "tree-costs.json"     # per-test CPU and RSS
+    # per-test CPU and RSS: the supervisor's samples; costs.jsonl is where an older
+    # probe wrote its own (now "costs" events in results.jsonl)
+    COSTS, TREE_COSTS = "costs.jsonl", "tree-costs.json"
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -313,15 +316,6 @@ class PassDir:
 
     def probe_stacks(self) -> list[Path]:
         return sorted(self.path.glob(self.PROBE_STACKS))
-
-    def stopped(self) -> str | None:
-        """How the pass was stopped ("hung", "timeout", "interrupted"), None when pytest
-        ended on its own or the pass is still going."""
-        try:
-            data = json.loads(self.stop.read_text())
-        except (OSError, ValueError):
-            return None
-        return data.get("stop") if isinstance(data, dict) else None
 
 
 def pass_dirs(lane: Path) -> list[Path]:

@@ -31,6 +31,7 @@ from . import shard_plan as planner
 from .errors import TaskError, usage
 from .history import TestCost
 from .passes import PassRunner, RunResult
+from .probelog import ProbeLog
 from .progress import Board
 from .results import Results, stable_id
 from .fsutil import atomic_write
@@ -90,8 +91,8 @@ def make_plan(ctx: PassRunner) -> ShardPlan:
             # every job must compute the same plan: one that could not read what the
             # others split by must not plan without it
             shutil.rmtree(tmp, ignore_errors=True)
-            raise TaskError("the collection wrote no scopes.json (the probe could not "
-                            "write it), so this CI job cannot compute the plan the other "
+            raise TaskError("the collection recorded no fixture scopes (the probe could "
+                            "not write them), so this CI job cannot compute the plan the other "
                             "jobs do; run the job again")
         whole = splittable(log.scopes, ids)
         groups = planner.plan(ids, known, p.opts.shard[1], heavy=heavy, splittable=whole)
@@ -355,13 +356,8 @@ def _real_lane(plan: ShardPlan):
     """A unit's lane: its passes collect only the unit's module files (pytest would
     otherwise import every test module of the selection to run one: on the sample that
     was most of a lane's start), then select its tests as any pass does."""
-    session = {}
-    try:
-        session = json.loads((plan.collect_dir / "session.json").read_text())
-    except (OSError, ValueError, TypeError):
-        pass
-    rootdir = Path(session["rootdir"]) if isinstance(session, dict) and \
-        session.get("rootdir") else None
+    session = ProbeLog(plan.collect_dir).finish().session
+    rootdir = Path(session.rootdir) if session is not None and session.rootdir else None
 
     def lane(ctx: PassRunner, tests, number: int) -> RunResult:
         files = sorted({planner.module_of(t) for t in tests})

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .fsutil import read_bounded
 from .rundirs import PassDir
 
 HOST = Path("/dev/shm")
@@ -237,7 +238,9 @@ def _write(path: Path, data) -> None:
 
 
 def _read(path: Path):
+    """A record in a pass dir, which a test can reach: no link followed, no FIFO
+    blocked on, at most 16 MiB (fsutil.read_bounded)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return json.loads(read_bounded(path))
+    except (OSError, ValueError, RecursionError):
         return None

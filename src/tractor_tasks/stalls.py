@@ -14,12 +14,15 @@ itself) is never one.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .probelog import Report
 
 PROC = Path("/proc")
 PIPE_WCHANS = ("pipe_write", "anon_pipe_write", "pipe_wait", "pipe_wait_writable")
@@ -219,34 +222,15 @@ class RunawayWatch:
         if nodeid and since and nodeid not in self.spans:
             self.spans[nodeid] = [since, None]
 
-    def note_report(self, rec: dict) -> None:
-        """One record of the probe's results.jsonl (a setup/call/teardown report)."""
-        nodeid, at = rec.get("nodeid"), rec.get("at")
-        if not isinstance(nodeid, str) or not isinstance(at, (int, float)):
+    def note_report(self, rec: Report) -> None:
+        """One report of the probe's log (a setup/call/teardown), as probelog.py read it."""
+        if rec.at is None:
             return
-        began = at - float(rec.get("duration") or 0)
-        span = self.spans.setdefault(nodeid, [began, None])
+        began = rec.at - rec.duration
+        span = self.spans.setdefault(rec.nodeid, [began, None])
         span[0] = min(span[0], began)
-        if rec.get("when") == "teardown":
-            span[1] = at
-
-    def read_reports(self, path: Path) -> None:
-        """The records appended to `path` (results.jsonl) since the last call."""
-        try:
-            with open(path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except OSError:
-            return
-        complete = data[: data.rfind(b"\n") + 1]
-        self._offset += len(complete)
-        for line in complete.splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                self.note_report(rec)
+        if rec.when == "teardown":
+            span[1] = rec.at
 
     def test_at(self, t: float) -> str | None:
         """The test that was running when a process started at `t` (a /proc start time:

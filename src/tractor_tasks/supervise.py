@@ -2,9 +2,10 @@
 
 tractor forbids pytest-timeout (both its methods break trio), so both bounds come
 from out here: the whole run's wall clock, and a per-test bound read off the
-probe's `current` file (which test runs, since when). On a stall: dump first
-(py-spy for every process of the run, SIGUSR1 to those with a handler), then end
-the run's processes; the caller records the test as HUNG and resumes the rest.
+probe's log as it grows (probelog.py: which test runs, since when). On a stall:
+dump first (py-spy for every process of the run, SIGUSR1 to those with a handler),
+then end the run's processes; the caller records the test as HUNG and resumes the
+rest.
 
 pytest runs contained (contain.py): its own namespaces where the machine allows,
 else under our subreaper. It keeps our process group, so a terminal's Ctrl-C
@@ -35,7 +36,9 @@ from . import shm, stalls
 from .contain import Containment, Launched, launch
 from .output import Output, Tee
 from .processes import Proc
-from .results import Leaks, current_test, runaway_text as results_runaway_text
+from .fsutil import atomic_write
+from .leaks import Leaks, runaway_text
+from .probelog import ProbeLog, Report, read_text
 from .rundirs import PassDir
 from .status import Stop
 
@@ -56,6 +59,7 @@ class PassOutcome:
     teardown: list[str] = field(default_factory=list)
     leaks: Leaks = field(default_factory=Leaks)
     seen: list[Proc] = field(default_factory=list)   # every process seen in the run
+    log: ProbeLog | None = None    # the probe's log as read during the pass (kept open)
 
 
 class Signals:
@@ -220,11 +224,14 @@ def dump_stacks(procs: list[Proc], pass_dir: Path, tmp: Path | None = None,
             if text:
                 parts.append(f"=== SIGUSR1 output in the run's /tmp: {f.name}\n{text}")
         for dump in PassDir(pass_dir).probe_stacks():
-            text = dump.read_text(errors="replace").strip()
+            text = read_text(dump).strip()   # a test may have put a FIFO or a link there
             if text:
                 parts.append(f"=== SIGUSR1 dump {dump.name}\n{text}")
     text = "\n\n".join(parts) + "\n"
-    report.write_text(text)
+    try:
+        atomic_write(report, text, planted="replace")
+    except OSError:
+        pass   # the text still goes with the result
     return report, text
 
 
@@ -268,7 +275,7 @@ class TreeCost:
         import json
         data = {k: {"cpu": round(v["cpu"], 3), "rss": v["rss"]} for k, v in self.tests.items()}
         try:
-            PassDir(pass_dir).tree_costs.write_text(json.dumps(data))
+            atomic_write(PassDir(pass_dir).tree_costs, json.dumps(data), planted="replace")
         except OSError:
             pass
 
@@ -356,6 +363,7 @@ def run_pass(argv: list[str], *, number: int, cwd: Path, env: dict[str, str], pa
     `runaway`: (fraction of a core, seconds) past which a process still busy after its
     test ended is a runaway (seconds 0: not watched)."""
     t0 = time.monotonic()
+    log = ProbeLog(pass_dir, create=True)   # made and kept open before pytest can touch it
     read_fd = write_fd = None
     if not interactive:  # a debugger REPL needs the real terminal
         read_fd, write_fd = os.pipe()
@@ -364,6 +372,9 @@ def run_pass(argv: list[str], *, number: int, cwd: Path, env: dict[str, str], pa
         run = launch(argv, cwd=cwd, env=env, containment=containment, stdout=write_fd,
                      private_tmp=str(private),
                      keep=[str(cwd), str(pass_dir), *keep_paths()], private_shm=shm_size)
+    except BaseException:
+        log.close()
+        raise
     finally:
         if write_fd is not None:
             os.close(write_fd)
@@ -376,7 +387,7 @@ def run_pass(argv: list[str], *, number: int, cwd: Path, env: dict[str, str], pa
         tee = Tee(read_fd, PassDir(pass_dir).output, echo, max_bytes=log_max)
         tee.start()
     seen: dict[tuple[int, float], Proc] = {}
-    outcome = PassOutcome(number, pass_dir, Stop.FINISHED, None, 0.0)
+    outcome = PassOutcome(number, pass_dir, Stop.FINISHED, None, 0.0, log=log)
     watch = stalls.RunawayWatch(*runaway, main_pid=run.main_pid)
     try:
         _watch(run, outcome, seen, t0=t0, deadline=deadline, test_bound=test_bound,
@@ -436,11 +447,10 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
         samples = proc_samples(members, runaways=watching)   # one read per process per tick
         now = time.time()
         if watching:
-            runaways.read_reports(PassDir(pass_dir).results)
             for r in runaways.update(now, [(s.pid, s.started, s.title, s.cpu)
                                            for s in samples if s.started is not None]):
-                on_event(f"RUNAWAY: {results_runaway_text(r)}")
-        costs.sample(samples, current_test(pass_dir)[0], now)
+                on_event(f"RUNAWAY: {runaway_text(r)}")
+        costs.sample(samples, outcome.log.current[0], now)
 
     try:
         _watch_loop(run, outcome, look, t0=t0, deadline=deadline, test_bound=test_bound,
@@ -456,13 +466,18 @@ def _watch_loop(run: Launched, outcome: PassOutcome, look, *, t0, deadline, test
                 runaways: stalls.RunawayWatch | None = None) -> None:
 
     next_look = 0.0
+    log = outcome.log
+    watching = runaways is not None and runaways.on
     while True:
         exited = run.wait(0.1)
         now = time.monotonic()
+        for ev in log.poll():   # what the probe wrote since the last tick
+            if watching and isinstance(ev, Report):
+                runaways.note_report(ev)
         if signals.count:  # any stop request during the run, this pass or before it
             look()
             outcome.stop = Stop.INTERRUPTED
-            outcome.running = current_test(pass_dir)[0]
+            outcome.running = log.current[0]
             outcome.leaks.shm = shm_left(run, pass_dir)
             outcome.teardown += _interrupt(run, signals, grace)
             outcome.returncode = run.poll()
@@ -476,8 +491,8 @@ def _watch_loop(run: Launched, outcome: PassOutcome, look, *, t0, deadline, test
         if now >= next_look:
             look()
             next_look = now + 0.5
-        nodeid, since = current_test(pass_dir)
-        if runaways is not None and runaways.on:
+        nodeid, since = log.current
+        if watching:
             runaways.note_test(nodeid, since)
         bound = test_bound(nodeid) if nodeid else None
         if bound and since and time.time() - since > bound:

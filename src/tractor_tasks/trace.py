@@ -2,10 +2,11 @@
 (the JSON object form), which ui.perfetto.dev and chrome://tracing open.
 
 Built from what the run dir already holds (rundirs.py's layout): each pass dir's
-probe files (results.jsonl: every report with when it was written, when its test
-started, the machine's load and pytest's CPU; `current`: the test a stop cut off;
-command.txt, session.json, finished.json, stacks.txt: when the pass started, ended
-and was dumped), run.json and outcome.json. Tracks:
+probe log as probelog.py reads it (every report with when it was written, when its
+test started, the machine's load and pytest's CPU; the test a stop cut off; when
+pytest started and finished its session), the pass's command.txt, output.log and
+stacks.txt (when the pass started, ended and was dumped), run.json and outcome.json.
+Tracks:
 
   pid 1 "run"            tid 0: the run and the shard plan's collection; the load
                          counter; tid N: pass N of an unsharded run (or a retry pass)
@@ -21,11 +22,12 @@ since the run's first event.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
-from .results import _outcome, _read_json, stable_id
+from .fsutil import atomic_write
+from .probelog import ProbeLog, Report, outcome_of, read_json as _read_json
+from .results import stable_id
 from .rundirs import PassDir, RunDir, pass_dirs
 
 FILE = RunDir.TRACE
@@ -43,21 +45,10 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def _records(pass_dir: Path) -> list[dict]:
-    try:
-        lines = PassDir(pass_dir).results.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # cut short by a kill
-        if isinstance(rec, dict) and isinstance(rec.get("nodeid"), str) and \
-                _num(rec.get("at")) is not None:
-            out.append(rec)
-    return out
+def _records(log: ProbeLog) -> list[Report]:
+    """The pass's reports that say when they were written, in the order written."""
+    return sorted((r for recs in log.reports.values() for r in recs if r.at is not None),
+                  key=lambda r: r.at)
 
 
 def _num(value) -> float | None:
@@ -153,7 +144,7 @@ def build(run_dir: Path, results=None) -> dict:
 
     collect = run_dir / "collect"
     if collect.is_dir():
-        start, end, _ = _pass_span(collect, [])
+        start, end, _ = _pass_span(collect, None, [])
         if start is not None:
             b.slice("collect (shard plan)", start, end, RUN_PID, 0, cat="pass")
 
@@ -189,8 +180,9 @@ def build(run_dir: Path, results=None) -> dict:
 def _pass(b: _Builder, pass_dir: Path, pid: int, n: int, label: str, final: dict,
           hung: set[str], stopped: str, hung_in: dict[int, str], loads: list) -> None:
     """One pass's track: its slice, its tests' slices, its instants, its CPU."""
-    recs = _records(pass_dir)
-    start, end, finished = _pass_span(pass_dir, recs)
+    log = ProbeLog(pass_dir).finish()
+    recs = _records(log)
+    start, end, finished = _pass_span(pass_dir, log, recs)
     if start is None:
         return
     whole = b.slice(label, start, end, pid, n, cat="pass",
@@ -202,26 +194,25 @@ def _pass(b: _Builder, pass_dir: Path, pid: int, n: int, label: str, final: dict
     dump = _mtime(PassDir(pass_dir).dump)
     if dump is not None:
         b.add("i", "dump", dump, pid, n, s="t", args={"file": str(PassDir(pass_dir).dump)})
-    by_test: dict[str, list[dict]] = {}
+    by_test: dict[str, list[Report]] = {}
     for rec in recs:
-        by_test.setdefault(rec["nodeid"], []).append(rec)
-        if _num(rec.get("load")) is not None:
-            loads.append((float(rec["at"]), float(rec["load"])))
-    cut = _cut_off(pass_dir)
+        by_test.setdefault(rec.nodeid, []).append(rec)
+        if rec.load is not None:
+            loads.append((rec.at, rec.load))
+    cut, since = log.current
     for nodeid, trecs in by_test.items():
         if nodeid == cut:
             continue
-        got, _ = _outcome(trecs)
-        began = min(_num(r.get("start")) or float(r["at"]) - (_num(r.get("duration")) or 0)
-                    for r in trecs)
+        got, _ = outcome_of(trecs)
+        began = min(r.start if r.start is not None else r.at - r.duration for r in trecs)
         _test(b, nodeid, got.value if got else "cut off", began,
-              max(float(r["at"]) for r in trecs), pid, n, final, label)
+              max(r.at for r in trecs), pid, n, final, label)
     if cut:
         t = final.get(stable_id(cut))
         t = t if t is not None and t.where == label else None
         what = (t.outcome.value if t is not None else
                 "hung" if stable_id(cut) in hung else stopped)
-        since = _num((_read_json(PassDir(pass_dir).current, {}) or {}).get("since")) or start
+        since = since or start
         stop = dump if dump is not None else end
         _test(b, cut, what, since, stop, pid, n, final, label)
         whole["args"]["stopped"] = what
@@ -236,32 +227,20 @@ def _pass(b: _Builder, pass_dir: Path, pid: int, n: int, label: str, final: dict
     _cpu(b, recs, start, end, pid, n)
 
 
-def _pass_span(pass_dir: Path, recs: list[dict]) -> tuple[float | None, float, int | None]:
+def _pass_span(pass_dir: Path, log: ProbeLog | None, recs: list[Report]
+               ) -> tuple[float | None, float, int | None]:
     """(start, end, pytest's exit status) of a pass: from the command file written
     just before the launch to the last file the pass wrote."""
-    session = _read_json(PassDir(pass_dir).session, {}) or {}
-    finished = _read_json(PassDir(pass_dir).finished, {}) or {}
-    starts = [t for t in (_mtime(PassDir(pass_dir).command),
-                          _num(session.get("started")) if isinstance(session, dict) else None)
-              if t is not None]
-    ends = [t for t in (_mtime(pass_dir / name) for name in
-                        (PassDir.OUTPUT, PassDir.FINISHED, PassDir.RESULTS, PassDir.CURRENT,
-                         PassDir.DUMP, PassDir.SESSION)) if t is not None]
-    ends += [float(r["at"]) for r in recs]
+    log = log if log is not None else ProbeLog(pass_dir).finish()
+    started = log.session.started if log.session is not None else None
+    starts = [t for t in (_mtime(PassDir(pass_dir).command), started) if t is not None]
+    ends = [t for t in (_mtime(PassDir(pass_dir).output), log.last_write(),
+                        _mtime(PassDir(pass_dir).dump)) if t is not None]
+    ends += [r.at for r in recs]
     if not starts and not ends:
         return None, 0.0, None
     start = min(starts or ends)
-    status = finished.get("exitstatus") if isinstance(finished, dict) else None
-    return start, max([start, *ends]), status if isinstance(status, int) else None
-
-
-def _cut_off(pass_dir: Path) -> str | None:
-    """The test a stop cut off: still running when the pass ended (pytest may have
-    finished its session after an interrupt, never that test)."""
-    current = _read_json(PassDir(pass_dir).current, {})
-    if isinstance(current, dict) and isinstance(current.get("nodeid"), str):
-        return current["nodeid"]
-    return None
+    return start, max([start, *ends]), log.exitstatus
 
 
 def _test(b: _Builder, nodeid: str, outcome: str, start: float, end: float, pid: int,
@@ -280,12 +259,12 @@ def _test(b: _Builder, nodeid: str, outcome: str, start: float, end: float, pid:
             cname=_CNAME.get(outcome, "generic_work"), args=args)
 
 
-def _cpu(b: _Builder, recs: list[dict], start: float, end: float, pid: int, tid: int) -> None:
+def _cpu(b: _Builder, recs: list[Report], start: float, end: float, pid: int, tid: int) -> None:
     """pytest's CPU (with its reaped children) in cores, between one test's end and the
     next; pytest's clock starts at the pass's start."""
     last_at, last_cpu = start, 0.0
     for rec in recs:
-        at, cpu = float(rec["at"]), _num(rec.get("cpu"))
+        at, cpu = rec.at, rec.cpu
         if cpu is None or at - last_at < 0.05:
             continue
         b.add("C", "cpu (cores)", at, pid, tid,
@@ -299,12 +278,9 @@ def write(run_dir: Path, results=None) -> Path | None:
     """Write `trace.json` into the run dir (whole or not at all); None when it could not
     be written (a run's result never depends on its timeline)."""
     path = Path(run_dir) / FILE
-    tmp = path.with_name(f".{FILE}.tmp")
     try:
-        tmp.write_text(json.dumps(build(run_dir, results)))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(build(run_dir, results)), planted="replace")
     except (OSError, ValueError):
-        tmp.unlink(missing_ok=True)
         return None
     return path
 

@@ -10,15 +10,22 @@ It observes, and selects only when told to. Into $TRACTOR_TASKS_PROBE_DIR it wri
                  up twice that it set up once)
   current        the running test and since when ({"nodeid", "since"}); between
                  tests {"after": id}: the supervisor's per-test watchdog reads it
-  results.jsonl  every test report as it happens: the run's results, even when
-                 pytest is killed before it could write anything else; each with
-                 when it was written (`at`), when its test started (`start`), the
-                 machine's 1-minute load and pytest's CPU seconds so far, its own
-                 and its waited-for children's (`load`, `cpu`: the run's timeline)
-  costs.jsonl    per test, at its logfinish: {"nodeid", "start", "stop" (unix time),
-                 "cpu" (CPU seconds of pytest plus its reaped children, from
-                 getrusage, over the test), "rss" (peak RSS in bytes of pytest or
-                 its largest reaped child so far), "load" (1-min load average)}
+  results.jsonl  the pass's event stream, one JSON record a line, as it happens (the
+                 run's results, even when pytest is killed before it could write
+                 anything else; probelog.py is its one reader). Every test report
+                 (no "event" key): nodeid, when, outcome, duration, when it was
+                 written (`at`), when its test started (`start`), the machine's
+                 1-minute load and pytest's CPU seconds so far, its own and its
+                 waited-for children's (`load`, `cpu`: the run's timeline). And
+                 {"event": ...} records: "session" (session.json's fields),
+                 "collected" ({"ids"}), "scopes" ({"modules"}), "start" ({"nodeid",
+                 "at"}, at logstart), "costs" (at logfinish: {"nodeid", "start",
+                 "stop" (unix time), "cpu" (CPU seconds of pytest plus its reaped
+                 children, from getrusage, over the test), "rss" (peak RSS in bytes
+                 of pytest or its largest reaped child so far), "load" (1-min load
+                 average)}), "finished" ({"exitstatus"}, at session finish).
+                 The file is opened once and kept open: a test that removes or
+                 replaces it (or the whole dir) cannot redirect what is written.
   finished.json  at session finish: pytest's exit status
   stacks-<pid>.txt  what `kill -USR1 <pytest pid>` dumps (every thread's stack),
                  chained with any SIGUSR1 handler the target installs, before or
@@ -56,17 +63,24 @@ if _DIR and not os.path.isdir(_DIR):
 
 
 def _write(name, data):
-    """Write a small file whole (readers never see half of it)."""
+    """Write a small file whole (readers never see half of it): a temp name of its own,
+    created exclusively and never through a link a test planted; the rename replaces
+    whatever is at the name (a link itself, never its target)."""
     if not _DIR:
         return
     path = os.path.join(_DIR, name)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
     try:
-        with open(tmp, "w") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | getattr(os, "O_CLOEXEC", 0), 0o644)
+        with os.fdopen(fd, "w") as f:
             json.dump(data, f)
         os.replace(tmp, path)
     except OSError:
-        pass
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def _dump_python(signum, frame):
@@ -106,12 +120,14 @@ if _DIR and hasattr(signal, "SIGUSR1"):
 def pytest_configure(config):
     cache = getattr(config, "cache", None)
     before = cache.get("cache/lastfailed", {}) if cache is not None else {}
-    _write("session.json", {
+    session = {
         "pid": os.getpid(), "rootdir": str(config.rootpath),
         "cachedir": str(getattr(cache, "_cachedir", "")) if cache is not None else "",
         "lastfailed_before": before if isinstance(before, dict) else {},
         "started": time.time(),
-    })
+    }
+    _write("session.json", session)
+    _append({"event": "session", **session})
     _chain()
 
 
@@ -142,8 +158,12 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_collection_finish(session):
-    _write("collected.json", [item.nodeid for item in session.items])
-    _write("scopes.json", _shared_scopes(session.items))
+    ids = [item.nodeid for item in session.items]
+    scopes = _shared_scopes(session.items)
+    _write("collected.json", ids)
+    _write("scopes.json", scopes)
+    _append({"event": "collected", "ids": ids})
+    _append({"event": "scopes", "modules": scopes})
 
 
 def _shared_scopes(items):
@@ -191,6 +211,7 @@ def pytest_runtest_logstart(nodeid, location):
     now = time.time()
     _started[nodeid] = (now, _cpu())
     _write("current", {"nodeid": nodeid, "since": now})
+    _append({"event": "start", "nodeid": nodeid, "at": round(now, 3)})
 
 
 def pytest_runtest_logfinish(nodeid, location):
@@ -202,21 +223,26 @@ def pytest_runtest_logfinish(nodeid, location):
             load = round(os.getloadavg()[0], 2)
         except OSError:
             load = None
-        rec = {"nodeid": nodeid, "start": round(start[0], 3), "stop": round(now, 3),
-               "cpu": round(max(_cpu() - start[1], 0.0), 3), "rss": _peak_rss(), "load": load}
-        try:
-            with open(os.path.join(_DIR, "costs.jsonl"), "a") as f:
-                f.write(json.dumps(rec) + "\n")
-        except OSError:
-            pass
+        _append({"event": "costs", "nodeid": nodeid, "start": round(start[0], 3),
+                 "stop": round(now, 3), "cpu": round(max(_cpu() - start[1], 0.0), 3),
+                 "rss": _peak_rss(), "load": load})
+
+
+_log = []  # the fd of results.jsonl, opened once (the supervisor made the file)
 
 
 def _append(rec):
+    """One record, one write() to the kept fd (O_APPEND: whole lines, in order)."""
     if not _DIR:
         return
     try:
-        with open(os.path.join(_DIR, "results.jsonl"), "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        if not _log:
+            _log.append(os.open(os.path.join(_DIR, "results.jsonl"),
+                                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                                | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), 0o644))
+        data = (json.dumps(rec) + "\n").encode()
+        while data:
+            data = data[os.write(_log[0], data):]
     except OSError:
         pass
 
@@ -254,3 +280,4 @@ def pytest_collectreport(report):
 
 def pytest_sessionfinish(session, exitstatus):
     _write("finished.json", {"exitstatus": int(exitstatus)})
+    _append({"event": "finished", "exitstatus": int(exitstatus)})
