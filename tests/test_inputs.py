@@ -42,6 +42,7 @@ def _unrelated(base, n=25):
 # -- HIGH: never write or delete through a link in the state dir ---------------------
 
 @pytest.mark.parametrize("linked", [".tractor-tasks", ".tractor-tasks/runs",
+                                    ".tractor-tasks/baseline",
                                     ".tractor-tasks/cells", "cell"])
 def test_a_symlinked_state_dir_is_refused_and_nothing_is_written(target, tmp_path, linked):
     elsewhere = tmp_path / "elsewhere"

@@ -17,6 +17,7 @@ import os
 import random
 import re
 import sqlite3
+import stat
 import statistics
 import time
 import xml.etree.ElementTree as ET
@@ -239,6 +240,7 @@ class History:
     # -- opening ---------------------------------------------------------------
 
     def _open(self) -> None:
+        self._check_real()
         if self.path.is_dir():
             raise TaskError(f"error: history {self.path} is a directory, not a database file; "
                             "move it aside (the next run starts a fresh one)", 1)
@@ -264,6 +266,36 @@ class History:
         except _Corrupt as err:
             raise TaskError(f"history {self.path} is unreadable even after moving the "
                             f"old file aside ({err})", 1) from None
+
+    SIDES = ("-wal", "-shm", "-journal")   # the files SQLite keeps beside the database
+
+    def _check_real(self) -> None:
+        """The database, its side files and its dir are never links: SQLite would open
+        and write what is behind one (an unrelated file made a database). Checked with
+        lstat before every connection; a missing file is made here with O_NOFOLLOW|O_EXCL
+        so SQLite opens the regular file we made. Refused with one line, nothing written."""
+        for path in (self.path.parent, self.path, *(Path(f"{self.path}{s}") for s in self.SIDES)):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise TaskError(f"history {path}: {err.strerror or err}", 1) from None
+            if stat.S_ISLNK(st.st_mode):
+                raise TaskError(f"error: {path} is a symlink; the history is kept only in a "
+                                f"real file, never written through a link: remove the link "
+                                f"(`rm {path}`) and rerun", 1)
+            if path != self.path.parent and path != self.path and not stat.S_ISREG(st.st_mode):
+                raise TaskError(f"error: {path} is not a regular file; move it aside and "
+                                "rerun", 1)
+        if not os.path.lexists(self.path) and self.path.parent.is_dir():
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                 | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644))
+            except FileExistsError:
+                self._check_real()   # made meanwhile: looked at again
+            except OSError:
+                pass                 # SQLite says why, in one line (_guard)
 
     def _init_schema(self) -> None:
         """Create the schema once; check an existing file is ours, current and intact."""
@@ -327,6 +359,7 @@ class History:
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
+        self._check_real()   # a link planted since the last connection is refused too
         con = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None)
         try:
             con.execute("PRAGMA synchronous=NORMAL")  # durable enough in WAL, much faster

@@ -12,6 +12,7 @@ One object owns the on-disk layout (as pytest's cache provider does):
         last -> runs/<id>             the latest `invoke` run
         cells/<slug>/last -> ...      the latest run of a nox cell
         cells/<slug>/pytest-cache/    the cell's own pytest cache (its lastfailed)
+        baseline/<commit>/            the verdict's read-only export of a baseline commit
         history.sqlite                the results history
         venv-3.13.lock                cells of one minor sync their venv one at a time
 
@@ -55,13 +56,15 @@ class State:
         self.target = target
         self.path = target.state_dir
 
-    def check(self, slug: str | None = None) -> None:
+    def check(self, slug: str | None = None, commit: str | None = None) -> None:
         """The state dir and the dirs in it we write to are real dirs of the target, never
         links: a run would write through one and its prune delete what is behind it.
         Refused with one line before anything is written."""
-        paths = [self.path, self.runs, self.path / "cells"]
+        paths = [self.path, self.runs, self.path / "cells", self.baseline]
         if slug:
             paths += [self.cell_dir(slug), self.cell_dir(slug) / "pytest-cache"]
+        if commit:
+            paths.append(self.baseline_dir(commit))
         for path in paths:
             try:
                 st = os.lstat(path)
@@ -107,6 +110,13 @@ class State:
     @property
     def runs(self) -> Path:
         return self.path / "runs"
+
+    @property
+    def baseline(self) -> Path:
+        return self.path / "baseline"
+
+    def baseline_dir(self, commit: str) -> Path:
+        return self.baseline / commit
 
     @property
     def history(self) -> Path:

@@ -1,0 +1,116 @@
+"""Issue 26: what a test, a file or a neighbour can do to a run. Each test plants the
+real thing (a link, a held SQLite lock in another process, a process that only looks
+like an actor) and checks nothing outside the target is touched."""
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tractor_tasks import verdict
+from tractor_tasks.errors import TaskError
+from tractor_tasks.history import History, RunRow, TestRow
+from tractor_tasks.rundirs import State
+from tractor_tasks.target import load_target
+
+
+def plain_target(root: Path):
+    """A target without git or a venv (the fast tier starts no process)."""
+    (root / "pkg").mkdir(parents=True)
+    (root / "pyproject.toml").write_text('[project]\nname = "pkg"\nrequires-python = ">=3.11"\n'
+                                         '[tool.tractor-tasks]\npackage = "pkg"\n')
+    (root / "pkg" / "__init__.py").write_text("")
+    return load_target(root)
+
+
+def exports_elsewhere(d: Path) -> dict[str, str]:
+    """Dirs named like baseline exports (40 hex digits), outside any target."""
+    d.mkdir(parents=True)
+    made = {}
+    for i in range(4):
+        e = d / (f"{i}" * 40)
+        e.mkdir()
+        (e / "keep.txt").write_text("precious")
+        made[e.name] = "precious"
+    return made
+
+
+def listing(d: Path) -> dict[str, str]:
+    return {p.name: (p / "keep.txt").read_text() for p in d.iterdir()}
+
+
+# -- HIGH 2: .tractor-tasks/baseline (and baseline/<commit>) as a link -------------------
+
+@pytest.mark.parametrize("linked", ["baseline", "baseline/<commit>"])
+def test_harden_a_linked_baseline_dir_is_refused_not_written_or_pruned(tmp_path, linked):
+    target = plain_target(tmp_path / "t")
+    state = State(target)
+    state.ensure()
+    elsewhere = tmp_path / "elsewhere"
+    made = exports_elsewhere(elsewhere)
+    commit = "a" * 40
+    baseline = state.path / "baseline"
+    if linked == "baseline":
+        baseline.symlink_to(elsewhere)
+    else:
+        baseline.mkdir()
+        (baseline / commit).symlink_to(elsewhere)
+    # the run's own start refuses the state dir's link in one line
+    if linked == "baseline":
+        with pytest.raises(TaskError, match="baseline is a symlink"):
+            state.new_run()
+    # and the verdict's export, reached with the link planted mid-run, is refused too
+    runner = SimpleNamespace(p=SimpleNamespace(target=target))
+    j = verdict.Judgement()
+    base = SimpleNamespace(commit=commit, name="main", why="test")
+    assert verdict._at_baseline(runner, [], base, j, None) == {}
+    assert len(j.notes) == 1 and "is a symlink" in j.notes[0] and "\n" not in j.notes[0]
+    assert listing(elsewhere) == made      # nothing exported there, nothing pruned there
+    assert (baseline if linked == "baseline" else baseline / commit).is_symlink()
+
+
+# -- HIGH 3: .tractor-tasks/history.sqlite as a link ---------------------------------------
+
+def _row(run_id="r1"):
+    return (RunRow(run_id, 1.0, 2.0, "run", minor="3.11", tpt="tcp", spawn="trio"),
+            [TestRow("tests/t.py::test_a", "passed", 1.5)])
+
+
+@pytest.mark.parametrize("behind", ["empty file", "foreign sqlite", "dangling"])
+@pytest.mark.parametrize("linked", ["history.sqlite", "history.sqlite-wal"])
+def test_harden_a_linked_history_is_refused_and_nothing_written(tmp_path, behind, linked):
+    state_dir = tmp_path / "t" / ".tractor-tasks"
+    state_dir.mkdir(parents=True)
+    outside = tmp_path / "outside.db"
+    if behind == "empty file":
+        outside.write_bytes(b"")
+    elif behind == "foreign sqlite":
+        con = sqlite3.connect(outside)
+        con.execute("CREATE TABLE mine (x)")
+        con.commit()
+        con.close()
+    before = outside.read_bytes() if outside.exists() else None
+    (state_dir / linked).symlink_to(outside)
+    with pytest.raises(TaskError) as err:
+        History(state_dir / "history.sqlite").record(*_row())
+    assert "is a symlink" in str(err.value) and "\n" not in str(err.value)
+    assert (outside.read_bytes() if outside.exists() else None) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["t"] + (["outside.db"] if before is not None else []))
+
+
+def test_harden_a_history_link_planted_after_opening_is_refused(tmp_path):
+    """A test's cwd is the target: it can swap the file between two connections."""
+    path = tmp_path / "history.sqlite"
+    h = History(path)
+    h.record(*_row("r1"))
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"")
+    path.rename(tmp_path / "moved.sqlite")
+    path.symlink_to(outside)
+    with pytest.raises(TaskError, match="is a symlink"):
+        h.record(*_row("r2"))
+    assert outside.read_bytes() == b""
