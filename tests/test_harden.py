@@ -114,3 +114,48 @@ def test_harden_a_history_link_planted_after_opening_is_refused(tmp_path):
     with pytest.raises(TaskError, match="is a symlink"):
         h.record(*_row("r2"))
     assert outside.read_bytes() == b""
+
+
+# -- MED 7: fixed-name temp files and planted links in the run dir --------------------------
+
+def _planted(run: Path, name: str, outside: Path) -> None:
+    """What a hostile test leaves: the old fixed temp name and the file itself as links."""
+    (run / f".{name}.tmp").symlink_to(outside)
+    (run / name).symlink_to(outside)
+
+
+@pytest.mark.parametrize("name", ["trace.json", "units.json", "contention.json", "shm.json"])
+def test_harden_run_files_never_write_through_a_planted_link(tmp_path, name):
+    from tractor_tasks import sharding, shm, trace
+    run = tmp_path / "run"
+    run.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    _planted(run, name, outside)
+    if name == "trace.json":
+        assert trace.write(run) == run / name
+    elif name == "shm.json":
+        shm._write(run / name, {"a": 1})
+    else:
+        ctx = SimpleNamespace(run_dir=SimpleNamespace(path=run))
+        if name == "units.json":
+            sharding._write_units(ctx, [])
+        else:
+            sharding._write_contention(ctx, SimpleNamespace(tests={}))
+    assert outside.read_text() == "precious"
+    assert not (run / name).is_symlink() and (run / name).read_text().strip()
+    assert (run / f".{name}.tmp").is_symlink()   # the planted name is left alone
+    assert sorted(p.name for p in run.iterdir()) == sorted([name, f".{name}.tmp"])
+
+
+def test_harden_venv_lock_never_truncates_through_a_link(tmp_path):
+    target = plain_target(tmp_path / "t")
+    state = State(target)
+    state.ensure()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    (state.path / "venv-3.11.lock").symlink_to(outside)
+    with pytest.raises(TaskError, match="cannot write"):
+        with state.venv_lock("3.11"):
+            pass
+    assert outside.read_text() == "precious"

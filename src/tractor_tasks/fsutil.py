@@ -1,8 +1,12 @@
 """Files the tool writes and the artifacts it reads, done safely in one place.
 
 - atomic_write(): a temp file in the destination's own dir renamed over it, so a reader
-  never sees half a file; a destination that exists and is not a regular file (a
-  symlink, a FIFO, a device, a dir) is refused, never replaced.
+  never sees half a file. The temp name is random and made with O_EXCL|O_NOFOLLOW, so a
+  planted link or file of that name is never written through. A destination that
+  exists and is not a regular file (a symlink, a FIFO, a device, a dir) is refused,
+  never replaced; for the run's own files (`replace_link`) a planted link or FIFO is
+  replaced by the rename (the link itself, never what it points at). Every file the
+  tool writes goes through it: no fixed-name temp files.
 - read_bounded(): an artifact (outcome.json, junit.xml, a durations file) read without
   blocking (a FIFO) or reading forever (/dev/zero): only a regular file, at most
   MAX_ARTIFACT bytes, its own name never followed when it is a symlink. A refusal is an
@@ -45,12 +49,15 @@ def check_destination(path: Path, code: int = 2) -> None:
                         "it is: give the path of a regular file (or a new one)", code)
 
 
-def atomic_write(path: Path | str, data: bytes | str, *, code: int = 2) -> None:
+def atomic_write(path: Path | str, data: bytes | str, *, code: int = 2,
+                 replace_link: bool = False) -> None:
     """Write `data` to `path` whole or not at all. A destination that is not a regular
-    file is refused (TaskError, `code`); a failed write raises OSError, the temp file
-    removed."""
+    file is refused (TaskError, `code`), unless `replace_link` (a file of the run's own,
+    in a dir a test can reach): then a link or FIFO there is replaced, never followed; a
+    failed write raises OSError, the temp file removed."""
     path = Path(path)
-    check_destination(path, code)
+    if not replace_link:
+        check_destination(path, code)
     if isinstance(data, str):
         data = data.encode("utf-8")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
@@ -58,7 +65,8 @@ def atomic_write(path: Path | str, data: bytes | str, *, code: int = 2) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        check_destination(path, code)  # nothing was swapped in meanwhile
+        if not replace_link:
+            check_destination(path, code)  # nothing was swapped in meanwhile
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -15,7 +15,7 @@ from typing import Callable
 from . import rundirs
 from .command import ENV_SELECT, pytest_args, run_env, show
 from .errors import TaskError
-from .fsutil import write_json
+from .fsutil import atomic_write, write_json
 from .options import RunOptions
 from .results import Results, read_pass, stable_id
 from .rundirs import PassDir, RunDir, pass_dirs
@@ -121,7 +121,7 @@ class PassRunner:
             argv, env = command(p, pass_dir, str(private), select=select,
                                 color=bool(echo and echo.tty), at=at)
             argv += list(extra_args)
-            PassDir(pass_dir).command.write_text(show(argv, env) + "\n")
+            atomic_write(PassDir(pass_dir).command, show(argv, env) + "\n", replace_link=True)
             marker = RunMarker.parse(env[ENV_RUN])
             if echo is not None:
                 echo(f"$ {show(argv, {})}" if number == 1 else

@@ -133,7 +133,9 @@ class State:
         """Cells of one minor share one venv: sync it one at a time."""
         path = self.ensure() / f"venv-{minor}.lock"
         try:
-            f = open(path, "w")
+            # O_NOFOLLOW, no truncation: a link planted there is refused, never written
+            f = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+                                  | getattr(os, "O_CLOEXEC", 0), 0o644), "w")
         except OSError as err:
             raise TaskError(f"cannot write {path} ({err.strerror or err}); make the "
                             "target writable") from None

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .fsutil import atomic_write
 from .rundirs import PassDir
 
 HOST = Path("/dev/shm")
@@ -229,9 +230,7 @@ def remove(state_dir: Path, *, dry_run: bool = False, root: Path = HOST) -> list
 
 def _write(path: Path, data) -> None:
     try:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(data), replace_link=True)
     except OSError:
         pass
 

@@ -36,6 +36,7 @@ from .contain import Containment, Launched, launch
 from .output import Output, Tee
 from .processes import Proc
 from .results import Leaks, current_test, runaway_text as results_runaway_text
+from .fsutil import atomic_write
 from .rundirs import PassDir
 from .status import Stop
 
@@ -224,7 +225,7 @@ def dump_stacks(procs: list[Proc], pass_dir: Path, tmp: Path | None = None,
             if text:
                 parts.append(f"=== SIGUSR1 dump {dump.name}\n{text}")
     text = "\n\n".join(parts) + "\n"
-    report.write_text(text)
+    atomic_write(report, text, replace_link=True)
     return report, text
 
 
@@ -268,7 +269,7 @@ class TreeCost:
         import json
         data = {k: {"cpu": round(v["cpu"], 3), "rss": v["rss"]} for k, v in self.tests.items()}
         try:
-            PassDir(pass_dir).tree_costs.write_text(json.dumps(data))
+            atomic_write(PassDir(pass_dir).tree_costs, json.dumps(data), replace_link=True)
         except OSError:
             pass
 

@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 
 from .results import _outcome, _read_json, stable_id
+from .fsutil import atomic_write
 from .rundirs import PassDir, RunDir, pass_dirs
 
 FILE = RunDir.TRACE
@@ -299,12 +300,9 @@ def write(run_dir: Path, results=None) -> Path | None:
     """Write `trace.json` into the run dir (whole or not at all); None when it could not
     be written (a run's result never depends on its timeline)."""
     path = Path(run_dir) / FILE
-    tmp = path.with_name(f".{FILE}.tmp")
     try:
-        tmp.write_text(json.dumps(build(run_dir, results)))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(build(run_dir, results)), replace_link=True)
     except (OSError, ValueError):
-        tmp.unlink(missing_ok=True)
         return None
     return path
 

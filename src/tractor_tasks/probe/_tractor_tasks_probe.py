@@ -60,13 +60,18 @@ def _write(name, data):
     if not _DIR:
         return
     path = os.path.join(_DIR, name)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    # a random name made with O_EXCL|O_NOFOLLOW: a planted link is never written through
+    tmp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
     try:
-        with open(tmp, "w") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as f:
             json.dump(data, f)
         os.replace(tmp, path)
     except OSError:
-        pass
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def _dump_python(signum, frame):
