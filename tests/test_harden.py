@@ -159,3 +159,60 @@ def test_harden_venv_lock_never_truncates_through_a_link(tmp_path):
         with state.venv_lock("3.11"):
             pass
     assert outside.read_text() == "precious"
+
+
+# -- HIGH 5: a process that only looks like an actor -----------------------------------------
+
+_DETACH = """
+import os, sys
+cwd, argv = sys.argv[1], sys.argv[2:]
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.chdir(cwd)
+        fd = os.open(os.devnull, os.O_RDWR)
+        for n in (0, 1, 2):
+            os.dup2(fd, n)
+        os.execvp(argv[0], argv)
+    os._exit(0)
+os._exit(0)
+"""
+
+
+def _detached(procs, cwd: Path, *argv: str) -> int:
+    """`argv` run detached (setsid, adopted by init) with `cwd`, as a user's `tail -f &`."""
+    import subprocess
+    import sys
+    import psutil
+    from helpers import wait_for
+    before = {p.pid for p in psutil.process_iter()}
+    subprocess.run([sys.executable, "-c", _DETACH, str(cwd), *argv], check=True)
+
+    def started():
+        for p in psutil.process_iter(["cmdline", "cwd"]):
+            if p.pid not in before and p.info["cmdline"] == list(argv) and \
+                    p.info["cwd"] == str(cwd):
+                return p.pid
+        return None
+    return procs.adopt(wait_for(started, what=f"{argv[0]} started"))
+
+
+@pytest.mark.slow
+def test_harden_sweep_spares_non_python_processes_that_only_name_a_marker(tmp_path, procs):
+    from helpers import alive, copy_sample
+    from tractor_tasks.sweep import sweep
+    root = copy_sample(tmp_path / "sample")
+    target = load_target(root)
+    assert "_subactor[" in target.process_markers
+    log = next(m for m in target.process_markers if m != "_subactor[") + ".log"
+    (root / log).write_text("line\n")
+    (root / "notes_subactor[x].txt").write_text("notes\n")
+    tail = _detached(procs, root, "tail", "-f", log)
+    in_subdir = _detached(procs, root / "tests", "tail", "-f", "../notes_subactor[x].txt")
+    at_root = _detached(procs, root, "tail", "-f", "notes_subactor[x].txt")
+    actor = procs.orphan(root, "_subactor[leaker@1]")   # a real (Python) leftover actor
+    report = sweep(target)
+    swept = {p.pid for p, _ in report.processes}
+    assert actor in swept and not alive(actor)
+    assert not swept & {tail, in_subdir, at_root}, report.lines()
+    assert alive(tail) and alive(in_subdir) and alive(at_root)
