@@ -216,3 +216,55 @@ def test_harden_sweep_spares_non_python_processes_that_only_name_a_marker(tmp_pa
     assert actor in swept and not alive(actor)
     assert not swept & {tail, in_subdir, at_root}, report.lines()
     assert alive(tail) and alive(in_subdir) and alive(at_root)
+
+
+_MAP = """
+import mmap, os, sys, time
+path, ready = sys.argv[1], sys.argv[2]
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+os.ftruncate(fd, 4096)
+m = mmap.mmap(fd, 4096)
+os.close(fd)   # held by the mapping only, as a SharedMemory segment is
+open(ready, "w").write("1")
+time.sleep(float(sys.argv[3]))
+"""
+
+
+@pytest.mark.slow
+def test_harden_clean_shm_keeps_a_segment_a_neighbour_made_during_an_uncontained_run(tmp_path):
+    """A stand-in /dev/shm (a temp dir), real processes: the run's process maps a segment
+    and dies (a hard-killed actor), a neighbour makes one in the same time window and
+    exits. Only the one seen held by the run is the checkout's; clean --shm leaves the
+    neighbour's."""
+    import subprocess
+    import sys
+    import time
+    from helpers import wait_for
+    from tractor_tasks import shm
+    root, state = tmp_path / "shm", tmp_path / "state"
+    root.mkdir()
+    pass_dir = state / "runs" / "20260101-000000-1-0" / "pass-1"
+    pass_dir.mkdir(parents=True)
+    shm.record_before(pass_dir, root)
+    time.sleep(0.05)
+    ready = tmp_path / "ready"
+    actor = subprocess.Popen([sys.executable, "-c", _MAP, str(root / "run_seg"), str(ready),
+                              "30"])
+    try:
+        wait_for(ready.exists, what="the run's process mapped its segment")
+        seen = shm.held_by([actor.pid], root)    # the supervisor's look during the pass
+        neighbour = subprocess.run([sys.executable, "-c", _MAP, str(root / "nb_seg"),
+                                    str(tmp_path / "nb-ready"), "0"], timeout=30)
+        assert neighbour.returncode == 0
+    finally:
+        actor.kill()
+        actor.wait()
+    assert seen == {"run_seg": (root / "run_seg").stat().st_ino}
+    got = shm.appeared(pass_dir, root, own={actor.pid}, seen=seen)   # the census
+    assert [s.name for s, _ in got] == ["run_seg"]
+    census = shm.orphans(state, root)
+    assert [s.name for s in census.ours] == ["run_seg"]
+    assert [s.name for s in census.others] == ["nb_seg"]
+    lines = shm.remove(state, root=root)
+    assert lines[0].startswith(f"removed shared memory {root / 'run_seg'}")
+    assert sorted(p.name for p in root.iterdir()) == ["nb_seg"]

@@ -301,6 +301,7 @@ class PassDir:
     COMMAND, OUTPUT, SELECT, DUMP = "command.txt", "output.log", "select.json", "stacks.txt"
     STOP = "stop.json"    # how the pass ended (passes.py): hung, timeout, interrupted
     SHM_BEFORE, SHM_AFTER = "shm-before.json", "shm.json"   # a run on the host's /dev/shm
+    SHM_SEEN = "shm-seen.json"                               # ... what the run was seen holding
     COSTS, TREE_COSTS = "costs.jsonl", "tree-costs.json"     # per-test CPU and RSS
 
     def __init__(self, path: Path):
