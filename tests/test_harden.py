@@ -268,3 +268,15 @@ def test_harden_clean_shm_keeps_a_segment_a_neighbour_made_during_an_uncontained
     lines = shm.remove(state, root=root)
     assert lines[0].startswith(f"removed shared memory {root / 'run_seg'}")
     assert sorted(p.name for p in root.iterdir()) == ["nb_seg"]
+
+
+# -- MED 11: a selection that matches nothing ---------------------------------------------
+
+@pytest.mark.slow
+def test_harden_k_that_matches_nothing_is_bad_usage(sample_repo):
+    from helpers import invoke
+    r = invoke("test", "-k", "no_such_test_anywhere", root=sample_repo)
+    assert r.returncode == 2, r.stdout + r.stderr
+    err = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "no_such_test_anywhere" in err[0] and "matches no test" in err[0]
+    assert "Traceback" not in r.stderr
