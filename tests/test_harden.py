@@ -280,3 +280,48 @@ def test_harden_k_that_matches_nothing_is_bad_usage(sample_repo):
     err = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and "no_such_test_anywhere" in err[0] and "matches no test" in err[0]
     assert "Traceback" not in r.stderr
+
+
+# -- MED 10: tracebacks a user meets -------------------------------------------------------
+
+@pytest.mark.parametrize("classname", ["/", "/.", "../x", "a/b"])
+def test_harden_flaky_junit_import_with_a_path_classname_is_no_traceback(tmp_path, classname):
+    root = tmp_path / "t"
+    root.mkdir()
+    junit = tmp_path / "j.xml"
+    junit.write_text(f'<testsuite><testcase classname="{classname}" name="test_a" time="1"/>'
+                     f'<testcase classname="{classname}" name="test_b" time="1">'
+                     '<failure message="x"/></testcase></testsuite>')
+    h = History(tmp_path / "h.sqlite")
+    assert h.import_junit(junit, cell="tests-3.11", minor="3.11", tpt="tcp", spawn="trio",
+                          root=root) == 2
+
+
+@pytest.mark.parametrize("key", ["transports", "spawn_backends"])
+def test_harden_an_empty_transports_list_is_bad_config(tmp_path, key):
+    (tmp_path / "pyproject.toml").write_text(f"[tool.tractor-tasks]\n{key} = []\n")
+    with pytest.raises(TaskError) as err:
+        load_target(tmp_path)
+    assert err.value.code == 2 and key in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_harden_history_limit_past_sqlite_and_closed_pipes_are_no_traceback(tmp_path):
+    """`history --limit 99999999999999999999`, and a reader that went away (`| head -1`)
+    for `invoke --list`, `ci-matrix`, `history X`: no traceback."""
+    import subprocess
+    import sys
+    from helpers import REPO, copy_sample, invoke
+    root = copy_sample(tmp_path / "sample")
+    r = invoke("history", "x", "--limit", "99999999999999999999", root=root)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    for args in (["--list"], ["ci-matrix", "--root", str(root)],
+                 ["history", "x", "--root", str(root)]):
+        read, write = os.pipe()
+        os.close(read)    # the reader is gone before anything is written
+        try:
+            p = subprocess.run([sys.executable, "-m", "invoke", *args], stdout=write,
+                               stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=120)
+        finally:
+            os.close(write)
+        assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, (args, p.stderr)

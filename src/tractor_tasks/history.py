@@ -758,8 +758,13 @@ def junit_nodeid(classname: str, name: str, file: str | None = None,
 def _module_cut(parts: list[str], root: Path | None) -> int:
     if root is not None:
         for i in range(len(parts), 0, -1):
-            if (Path(root) / Path(*parts[:i]).with_suffix(".py")).is_file():
-                return i
+            if any("/" in p or p == ".." for p in parts[:i]):
+                continue   # classname="/" or "../x": never a file under root
+            try:
+                if (Path(root) / Path(*parts[:i]).with_suffix(".py")).is_file():
+                    return i
+            except (ValueError, OSError):
+                continue
     for i, part in enumerate(parts):
         if i and part[:1].isupper():
             return i
