@@ -325,3 +325,75 @@ def test_harden_history_limit_past_sqlite_and_closed_pipes_are_no_traceback(tmp_
         finally:
             os.close(write)
         assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, (args, p.stderr)
+
+
+# -- MED 9: a locked history keeps the rows; absurd costs are clamped ------------------------
+
+_HOLD_LOCK = """
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()          # until the test closes our stdin
+con.execute("ROLLBACK")
+"""
+
+
+def _stored(path: Path) -> set[str]:
+    con = sqlite3.connect(path)
+    try:
+        return {r[0] for r in con.execute("SELECT DISTINCT run_id FROM results")}
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+def test_harden_rows_that_meet_a_locked_history_are_kept_and_merged_later(tmp_path):
+    import subprocess
+    import sys
+    path = tmp_path / "history.sqlite"
+    h = History(path)
+    h.record(*_row("r0"))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        h.lock_seconds = 1.0
+        kept = h.record(*_row("r1"))
+        assert kept is not None and kept.is_file() and kept.parent == tmp_path
+        assert _stored(path) == {"r0"}   # not written: the other process holds the lock
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert History(path).record(*_row("r2")) is None   # the next run that gets the lock
+    assert _stored(path) == {"r0", "r1", "r2"}
+    assert not kept.exists() and History(path).pending() == []
+
+
+def test_harden_absurd_costs_are_clamped_on_write_and_on_read(tmp_path):
+    from tractor_tasks.history import load_costs
+    path = tmp_path / "history.sqlite"
+    h = History(path)
+    run = RunRow("w", 1.0, 2.0, "run", minor="3.11", tpt="tcp", spawn="trio")
+    h.record(run, [TestRow("t.py::test_big", "passed", 1e308, cpu=float("inf"), rss=-1),
+                   TestRow("t.py::test_neg", "passed", -5.0, cpu=-1.0, rss=10),
+                   TestRow("t.py::test_nan", "passed", float("nan"), cpu=float("nan")),
+                   TestRow("t.py::test_ok", "passed", 2.0, cpu=1.0, rss=100)])
+    # rows another tool (or an older version) wrote unclamped
+    con = sqlite3.connect(path)
+    con.execute("INSERT INTO runs (run_id, started, finished, kind) VALUES ('old', 0, 1, 'run')")
+    for nodeid, dur, cpu in (("t.py::test_old_inf", 1e308, 1e308),
+                             ("t.py::test_ok", 3.0, float("inf"))):
+        con.execute("INSERT INTO results (run_id, nodeid, started, outcome, duration, cpu, "
+                    "rss) VALUES ('old', ?, 0, 'passed', ?, ?, -7)", (nodeid, dur, cpu))
+    con.commit()
+    con.close()
+    costs = h.test_costs()
+    assert all(0 <= c.wall < 1e6 and (c.cpu is None or 0 <= c.cpu < 1e6)
+               and (c.rss is None or c.rss >= 0) for c in costs.values()), costs
+    assert "t.py::test_old_inf" not in costs
+    units = h.unit_costs(list(costs))
+    assert all(u.wall == u.wall and u.wall < 1e7 for u in units.values())   # no NaN
+    out = tmp_path / "durations.json"
+    h.export_durations(out)
+    assert load_costs(out)   # what it exports, --durations-file takes back

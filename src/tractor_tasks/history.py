@@ -6,7 +6,12 @@ flip between passing and failing in a cell (`flaky`, with ready-to-paste rules).
 
 Several processes (matrix cells) write at once: WAL journal, a busy timeout, write
 transactions taken with BEGIN IMMEDIATE and retried while the file is locked.
-A connection is opened per operation, so a History survives fork().
+A connection is opened per operation, so a History survives fork(). A run whose
+rows still meet a lock after the wait keeps them in a pending file beside the
+database (`history.sqlite.pending-<run id>.json`); the next write that gets the lock
+adds them and removes the file. Costs are clamped on write and on read: a negative,
+infinite or absurd (10^6 s or more) duration counts as 0 when written and is left out
+when read; such a CPU time, or a negative RSS, is unknown (NULL).
 """
 from __future__ import annotations
 
@@ -224,6 +229,10 @@ class _Corrupt(Exception):
     """The file is there but is not a readable SQLite database."""
 
 
+class _StillLocked(TaskError):
+    """Another writer held the file past our wait."""
+
+
 class History:
     def __init__(self, path: Path, warn: Callable[[str], None] = lambda line: None):
         """Open (or create) the history at `path`.
@@ -235,6 +244,7 @@ class History:
         """
         self.path = Path(path)
         self.warn = warn
+        self.lock_seconds = LOCK_SECONDS
         self._open()
 
     # -- opening ---------------------------------------------------------------
@@ -360,7 +370,8 @@ class History:
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
         self._check_real()   # a link planted since the last connection is refused too
-        con = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None)
+        con = sqlite3.connect(self.path, timeout=min(BUSY_SECONDS, self.lock_seconds),
+                              isolation_level=None)
         try:
             con.execute("PRAGMA synchronous=NORMAL")  # durable enough in WAL, much faster
             yield con
@@ -382,7 +393,7 @@ class History:
 
     def _guard(self, fn, *args):
         """Run fn, retrying while the file is locked; sqlite errors become one line."""
-        deadline = time.monotonic() + LOCK_SECONDS
+        deadline = time.monotonic() + self.lock_seconds
         delay = 0.01
         while True:
             try:
@@ -391,9 +402,9 @@ class History:
                 if not _locked(err):
                     raise TaskError(f"history {self.path}: {err}", 1) from None
                 if time.monotonic() > deadline:
-                    raise TaskError(f"history {self.path} stayed locked for "
-                                    f"{LOCK_SECONDS:.0f}s by another writer; try again",
-                                    1) from None
+                    raise _StillLocked(f"history {self.path} stayed locked for "
+                                       f"{self.lock_seconds:.0f}s by another writer; try "
+                                       "again", 1) from None
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 0.5)
             except (_Corrupt, TaskError):
@@ -404,11 +415,76 @@ class History:
 
     # -- writing -------------------------------------------------------------------
 
-    def record(self, run: RunRow, tests: Iterable[TestRow]) -> None:
+    def record(self, run: RunRow, tests: Iterable[TestRow]) -> Path | None:
         """Store one run and its tests in one transaction; recording a run id again
-        replaces it (so a retried or re-imported run is never counted twice)."""
+        replaces it (so a retried or re-imported run is never counted twice). Then the
+        rows earlier runs left pending are added. When the file stays locked past the
+        wait, the rows go to a pending file instead: returns its path (None: stored)."""
         rows = [_result_row(run, t) for t in tests]  # before the lock: tests may be lazy
-        self._guard(self._record, run, rows)
+        try:
+            self._guard(self._record, run, rows)
+        except _StillLocked:
+            return self._keep_pending(run, rows)
+        self.merge_pending()
+        return None
+
+    # -- rows kept while the file was locked ----------------------------------------
+
+    def _pending_name(self, run_id: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[:120]
+        return self.path.with_name(f"{self.path.name}.pending-{safe}.json")
+
+    def pending(self) -> list[Path]:
+        try:
+            return sorted(self.path.parent.glob(f"{self.path.name}.pending-*.json"))
+        except OSError:
+            return []
+
+    def _keep_pending(self, run: RunRow, rows: list[tuple]) -> Path:
+        from dataclasses import asdict
+        path = self._pending_name(run.run_id)
+        try:
+            atomic_write(path, json.dumps({"run": asdict(run), "rows": rows}), code=1)
+        except OSError as err:
+            raise TaskError(f"history {self.path} stayed locked by another writer and its "
+                            f"rows could not be kept in {path} ({err.strerror or err})",
+                            1) from None
+        return path
+
+    def merge_pending(self) -> int:
+        """Add the rows runs left pending while the file was locked (each file in one
+        transaction, removed once stored); returns how many runs were added. Still
+        locked: left for the next write. A pending file that cannot be read is moved
+        aside (`.bad`), with one warn() line."""
+        from .fsutil import read_bounded
+        added = 0
+        for path in self.pending():
+            try:
+                doc = json.loads(read_bounded(path))
+                run = RunRow(**doc["run"])
+                rows = [tuple(r) for r in doc["rows"]]
+                if any(len(r) != 13 or r[0] != run.run_id for r in rows):
+                    raise ValueError("rows of another run")
+            except FileNotFoundError:
+                continue   # another process merged it meanwhile
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                self.warn(f"warning: pending history rows {path.name} are unreadable "
+                          f"({err}); moved aside to {path.name}.bad")
+                try:
+                    os.replace(path, f"{path}.bad")
+                except OSError:
+                    pass
+                continue
+            try:
+                self._guard(self._record, run, [_clamped(r) for r in rows])
+            except _StillLocked:
+                break
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            added += 1
+        return added
 
     def _record(self, run: RunRow, rows: list[tuple]) -> None:
         with self._write() as con:
@@ -466,6 +542,9 @@ class History:
         rows = self._read(
             f"SELECT nodeid, minor, tpt, spawn, duration, cpu, rss FROM results "
             f"WHERE outcome IN ({marks}) ORDER BY nodeid, started DESC, id DESC", TIMED)
+        # clamped on read too: rows written before the clamp, or by another tool
+        rows = [(*r[:5], _sane_or(r[5], None), _sane_rss(r[6])) for r in rows
+                if sane_seconds(r[4])]
         out: dict[str, TestCost] = {}
         for nodeid, group in groupby(rows, key=lambda r: r[0]):
             if wanted is not None and nodeid not in wanted:
@@ -674,9 +753,33 @@ def _quick_check(con: sqlite3.Connection) -> None:
 def _result_row(run: RunRow, t: TestRow) -> tuple:
     if t.outcome not in OUTCOMES:
         raise ValueError(f"outcome {t.outcome!r} of {t.nodeid} is not one of {OUTCOMES}")
-    return (run.run_id, t.nodeid, run.minor, run.tpt, run.spawn, run.started, t.outcome,
-            float(t.duration), t.flaky, t.signature, t.verdict,
-            None if t.cpu is None else float(t.cpu), None if t.rss is None else int(t.rss))
+    return _clamped((run.run_id, t.nodeid, run.minor, run.tpt, run.spawn, run.started,
+                     t.outcome, t.duration, t.flaky, t.signature, t.verdict, t.cpu, t.rss))
+
+
+def _clamped(row: tuple) -> tuple:
+    """A results row with sane costs: a duration that is not a number of seconds under
+    MAX_SECONDS is 0; such a CPU time, or an RSS that is not a whole number of bytes
+    0 or more, is unknown (None)."""
+    *head, duration, flaky, sig, verdict, cpu, rss = row
+    return (*head, _sane_or(duration, 0.0), flaky, sig, verdict, _sane_or(cpu, None),
+            _sane_rss(rss))
+
+
+def _sane_or(value, default):
+    try:
+        value = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return value if sane_seconds(value) else default
+
+
+def _sane_rss(value) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return int(value) if 0 <= value < 2 ** 53 else None
 
 
 def _last_durations(con, nodeid: str, minor: str, tpt: str, spawn: str, last: int) -> list[float]:

@@ -351,7 +351,10 @@ def _record_history(p: Plan, result: RunResult, out) -> None:
                          "known" if t.flaky else "", t.signature,
                          t.verdict.value if t.verdict else "", cpu=t.cpu, rss=t.rss)
                  for key, t in results.tests.items()]
-        History(State(p.target).history, warn=out).record(row, tests)
+        kept = History(State(p.target).history, warn=out).record(row, tests)
+        if kept is not None:
+            out(f"note: the results history is locked by another writer; this run's rows "
+                f"are kept in {kept.name} and the next run that gets the lock adds them")
     except TaskError as err:
         out(f"note: the results history was not updated: {err}")
     except Exception as err:  # noqa: BLE001 - the history must never cost the run its end
