@@ -397,3 +397,27 @@ def test_harden_absurd_costs_are_clamped_on_write_and_on_read(tmp_path):
     out = tmp_path / "durations.json"
     h.export_durations(out)
     assert load_costs(out)   # what it exports, --durations-file takes back
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo"])
+def test_harden_the_output_log_never_writes_through_a_planted_file(tmp_path, planted):
+    """A test can reach the run dir: a later pass's output.log planted as a link (or a
+    FIFO nobody reads) is replaced, and pytest's pipe is still drained."""
+    from tractor_tasks.output import Tee
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    log = tmp_path / "pass-2" / "output.log"
+    log.parent.mkdir()
+    if planted == "symlink":
+        log.symlink_to(outside)
+    else:
+        os.mkfifo(log)
+    read, write = os.pipe()
+    tee = Tee(read, log, None)
+    tee.start()
+    os.write(write, b"pytest says hi\n")
+    os.close(write)
+    tee.join(10)
+    assert not tee.is_alive()
+    assert outside.read_text() == "precious"
+    assert not log.is_symlink() and log.read_bytes() == b"pytest says hi\n"

@@ -76,6 +76,32 @@ def atomic_write(path: Path | str, data: bytes | str, *, code: int = 2,
         raise
 
 
+def open_own(path: Path | str, *, append: bool = True) -> int:
+    """An fd to write one of the run's own files (a log) in a dir a test can reach,
+    never through what was planted there: opened with O_NOFOLLOW|O_NONBLOCK (a FIFO never
+    blocks the open); a link, FIFO or anything but a regular file in its place is
+    removed and the file made anew (O_EXCL); when even that fails, /dev/null, so the
+    caller (a pipe that must be drained) goes on."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+             | getattr(os, "O_CLOEXEC", 0) | (os.O_APPEND if append else os.O_TRUNC))
+    try:
+        fd = os.open(path, flags, 0o644)
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.set_blocking(fd, True)
+            return fd
+        os.close(fd)
+    except OSError:
+        pass
+    try:
+        if os.path.lexists(path) and not os.path.isdir(path) or os.path.islink(path):
+            os.unlink(path)
+        fd = os.open(path, flags | os.O_EXCL, 0o644)
+        os.set_blocking(fd, True)
+        return fd
+    except OSError:
+        return os.open(os.devnull, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+
+
 class NotRegular(OSError):
     """An artifact that is not a regular file, a symlink, or too big: not read."""
 

@@ -178,7 +178,8 @@ class Tee(threading.Thread):
         tail_room = self.max_bytes - head_room if self.max_bytes else 0
         tail: collections.deque[bytes] = collections.deque()
         held = 0
-        with open(self.log, "ab") as f:
+        from .fsutil import open_own
+        with os.fdopen(open_own(self.log), "ab") as f:   # never through a planted link
             while True:
                 try:
                     chunk = os.read(self.fd, 65536)

@@ -251,7 +251,9 @@ class RunDir:
     _lock_file: object = None
 
     def lock(self) -> None:
-        self._lock_file = open(self.path / "lock", "w")
+        self._lock_file = os.fdopen(os.open(self.path / "lock", os.O_WRONLY | os.O_CREAT
+                                            | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                                            0o644), "w")
         fcntl.flock(self._lock_file, fcntl.LOCK_EX)
         self._lock_file.write(f"{os.getpid()}\n")
         self._lock_file.flush()
