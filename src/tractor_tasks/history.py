@@ -697,8 +697,12 @@ class History:
         tests = [_junit_test(case, root) for case in named]
         started, finished, host = _junit_times(top, path)
         run_id = hashlib.sha256(data + repr((minor, tpt, spawn, cell, commit)).encode())
-        self.record(RunRow(run_id.hexdigest()[:32], started, finished, "import", cell=cell,
-                           minor=minor, tpt=tpt, spawn=spawn, commit=commit, host=host), tests)
+        kept = self.record(RunRow(run_id.hexdigest()[:32], started, finished, "import",
+                                  cell=cell, minor=minor, tpt=tpt, spawn=spawn, commit=commit,
+                                  host=host), tests)
+        if kept is not None:
+            self.warn(f"note: the history is locked by another writer; the imported rows are "
+                      f"kept in {kept.name} and the next write that gets the lock adds them")
         return len(tests)
 
     def export_durations(self, path: Path, **cell) -> int:
