@@ -421,3 +421,9 @@ def test_harden_the_output_log_never_writes_through_a_planted_file(tmp_path, pla
     assert not tee.is_alive()
     assert outside.read_text() == "precious"
     assert not log.is_symlink() and log.read_bytes() == b"pytest says hi\n"
+
+
+def test_harden_a_fifo_in_place_of_the_history_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "history.sqlite")
+    with pytest.raises(TaskError, match="not a regular file"):
+        History(tmp_path / "history.sqlite")

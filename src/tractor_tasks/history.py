@@ -295,9 +295,10 @@ class History:
                 raise TaskError(f"error: {path} is a symlink; the history is kept only in a "
                                 f"real file, never written through a link: remove the link "
                                 f"(`rm {path}`) and rerun", 1)
-            if path != self.path.parent and path != self.path and not stat.S_ISREG(st.st_mode):
-                raise TaskError(f"error: {path} is not a regular file; move it aside and "
-                                "rerun", 1)
+            if path != self.path.parent and not stat.S_ISREG(st.st_mode) \
+                    and not (path == self.path and stat.S_ISDIR(st.st_mode)):
+                raise TaskError(f"error: {path} is not a regular file (a FIFO, a device?); "
+                                "move it aside and rerun", 1)
         if not os.path.lexists(self.path) and self.path.parent.is_dir():
             try:
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
