@@ -427,3 +427,25 @@ def test_harden_a_fifo_in_place_of_the_history_is_refused_without_blocking(tmp_p
     os.mkfifo(tmp_path / "history.sqlite")
     with pytest.raises(TaskError, match="not a regular file"):
         History(tmp_path / "history.sqlite")
+
+
+def test_harden_a_killed_pass_counts_only_what_it_was_seen_holding(tmp_path):
+    """No census (the supervisor was SIGKILLed): shm-seen.json, written by its looks,
+    says which segments were the run's; one made meanwhile by anyone else is not."""
+    import json
+    import time
+    from tractor_tasks import shm
+    root, state = tmp_path / "shm", tmp_path / "state"
+    root.mkdir()
+    d = state / "runs" / "20260101-000000-1-0" / "pass-1"
+    d.mkdir(parents=True)
+    (d / shm.BEFORE).write_text(json.dumps({"start": time.time() - 5, "segments": {}}))
+    for name in ("seen_seg", "neighbours_seg"):
+        (root / name).write_bytes(b"s")
+    with open(root / "seen_seg", "rb"):   # a look while a process of the run held it
+        shm.note_seen(d, seen := {}, [os.getpid()], root)
+    assert seen == {"seen_seg": (root / "seen_seg").stat().st_ino}
+    assert json.loads((d / shm.SEEN).read_text()) == seen
+    census = shm.orphans(state, root)
+    assert [s.name for s in census.ours] == ["seen_seg"]
+    assert [s.name for s in census.others] == ["neighbours_seg"]
