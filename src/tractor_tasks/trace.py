@@ -21,7 +21,6 @@ since the run's first event.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
