@@ -160,7 +160,7 @@ def run_of(passes, results, *, cut=None, broken=()):
     ([outcome()], ("flaky",), {"exitfirst": False}, 0),
     ([outcome()], (), {"exitfirst": False}, 1),               # failed, recorded nowhere
     ([outcome(rc=0)], (), {}, 0),
-    ([outcome(rc=5)], (), {}, 5),                             # no tests collected
+    ([outcome(rc=5)], (), {}, 2),             # no test matches the selection: bad usage
     ([outcome(rc=4)], (), {}, 2),                             # pytest usage error
     ([outcome(rc=-9)], (), {}, 1),                            # killed from elsewhere
     ([outcome(Stop.TIMEOUT, None)], ("flaky",), {}, 124),

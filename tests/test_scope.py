@@ -25,9 +25,11 @@ def target(tmp_path):
     return t
 
 
-def proc(pid, ppid, cmd, cwd, *, env=None, maps=(), name=None, status="sleeping", ctime=100.0):
+def proc(pid, ppid, cmd, cwd, *, env=None, maps=(), name=None, status="sleeping", ctime=100.0,
+         exe="/usr/bin/python3.13"):
     return Proc(pid=pid, ppid=ppid, name=name or cmd.split()[0][:15], cmdline=cmd, cwd=cwd,
-                status=status, create_time=ctime, _environ=dict(env or {}), _maps=tuple(maps))
+                status=status, create_time=ctime, _environ=dict(env or {}), _maps=tuple(maps),
+                _exe=exe)
 
 
 def view_of(target, procs, private=()):
@@ -90,6 +92,25 @@ CASES = {
         lambda r, t: [proc(10, 1, "_subactor[x@10]", r, status="zombie")], 10, None, None),
     "the tool itself, even looking like an actor": (
         lambda r, t: [], ME, None, None),
+    # issue 26: a marker in argv is not an actor unless a Python interpreter runs there
+    "detached tail -f of a file named like a marker, at the root": (
+        lambda r, t: [proc(10, 1, "tail -f sample_actors.tractor._child.log", r,
+                           exe="/usr/bin/tail")], 10, None, None),
+    "an editor on notes_subactor[x].txt, at the root": (
+        lambda r, t: [proc(10, 1, "vim notes_subactor[x].txt", r, exe="/usr/bin/vim.basic")],
+        10, None, None),
+    "a non-Python process with a marker mapping this checkout's venv files": (
+        lambda r, t: [proc(10, 1, "less _subactor[x].log", "/tmp", exe="/usr/bin/less",
+                           maps=[f"{r}/py313/lib/python3.13/site-packages/x.txt"])],
+        10, None, None),
+    "a retitled actor whose exe is unreadable but maps libpython": (
+        lambda r, t: [proc(10, 1, "_subactor[x@10]", r, exe="",
+                           maps=["/opt/py/lib/libpython3.13.so.1.0"])], 10,
+        Why.MARKER_AT_ROOT, LeakKind.ORPHANED),
+    "a retitled actor on a venv: the exe is the base interpreter": (
+        lambda r, t: [proc(10, 1, "_subactor[x@10]", r,
+                           exe="/root/.local/share/uv/python/cpython-3.13-linux/bin/python3.13")],
+        10, Why.MARKER_AT_ROOT, LeakKind.ORPHANED),
 }
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from .errors import TaskError, usage
+from .fsutil import atomic_write, check_destination
 
 SHIMS = {
     "noxfile.py": '''"""nox sessions for this checkout's test matrix, from tractor-tasks (see `nox --list`)."""
@@ -28,8 +29,10 @@ def init(path: Path, force: bool = False) -> int:
     if existing and not force:
         raise usage(f"{', '.join(existing)} already exist in {path}; nothing written "
                     "(use --force to overwrite)")
+    for name in SHIMS:
+        check_destination(path / name)   # a link or FIFO there: refused before any write
     for name, text in SHIMS.items():
-        (path / name).write_text(text)
+        atomic_write(path / name, text)   # a link there is refused, never written through
         print(f"wrote {path / name}")
     if not (path / "pyproject.toml").exists():
         print(f"note: {path} has no pyproject.toml; the defaults (tractor's) apply")

@@ -126,10 +126,10 @@ def run_checks(target: Target, minor: str, *, collect: bool = True, slow: bool =
 
 def _shm(target: Target, verbose: bool) -> Check:
     """Shared memory in the host's /dev/shm that no process holds: this checkout's
-    orphans (appeared during its recorded runs: `invoke clean --shm` removes them) and
+    orphans (seen held by its recorded runs: `invoke clean --shm` removes them) and
     everyone else's (reported, never removed). A warning: they cost memory, not runs."""
     census = shm.orphans(target.state_dir)
-    ours = [f"{s.describe()}: appeared during a run of this checkout" for s in census.ours]
+    ours = [f"{s.describe()}: held by a run of this checkout" for s in census.ours]
     others = [f"{s.describe()}: held by no process, not shown to be this checkout's"
               for s in census.others]
     if not ours and not others:

@@ -1,10 +1,12 @@
 """Files the tool writes and the artifacts it reads, done safely in one place.
 
 - atomic_write(): a temp file in the destination's own dir renamed over it, so a reader
-  never sees half a file; a destination that exists and is not a regular file (a
-  symlink, a FIFO, a device, a dir) is refused, never replaced; but in a run or pass
-  dir (planted="replace": a test can reach those) the rename replaces what a test
-  put there, a link itself, never its target.
+  never sees half a file. The temp name is random and made with O_EXCL|O_NOFOLLOW, so a
+  planted link or file of that name is never written through. A destination that
+  exists and is not a regular file (a symlink, a FIFO, a device, a dir) is refused,
+  never replaced; for the run's own files (`replace_link`) a planted link or FIFO is
+  replaced by the rename (the link itself, never what it points at). Every file the
+  tool writes goes through it: no fixed-name temp files.
 - read_bounded(): an artifact (outcome.json, junit.xml, a durations file) read without
   blocking (a FIFO) or reading forever (/dev/zero): only a regular file, at most
   MAX_ARTIFACT bytes, its own name never followed when it is a symlink. A refusal is an
@@ -48,15 +50,13 @@ def check_destination(path: Path, code: int = 2) -> None:
 
 
 def atomic_write(path: Path | str, data: bytes | str, *, code: int = 2,
-                 planted: str = "refuse") -> None:
+                 replace_link: bool = False) -> None:
     """Write `data` to `path` whole or not at all. A destination that is not a regular
-    file is refused (TaskError, `code`); with planted="replace" (a file of ours in a
-    dir a test can reach: a run or pass dir) whatever was put at its name (a link, a
-    FIFO) is replaced by the rename, never followed (a dir there is still an OSError).
-    A failed write raises OSError, the temp file removed."""
+    file is refused (TaskError, `code`), unless `replace_link` (a file of the run's own,
+    in a dir a test can reach): then a link or FIFO there is replaced, never followed; a
+    failed write raises OSError, the temp file removed."""
     path = Path(path)
-    replace = planted == "replace"
-    if not replace:
+    if not replace_link:
         check_destination(path, code)
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -65,7 +65,7 @@ def atomic_write(path: Path | str, data: bytes | str, *, code: int = 2,
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        if not replace:
+        if not replace_link:
             check_destination(path, code)  # nothing was swapped in meanwhile
         os.replace(tmp, path)
     except BaseException:
@@ -74,6 +74,32 @@ def atomic_write(path: Path | str, data: bytes | str, *, code: int = 2,
         except OSError:
             pass
         raise
+
+
+def open_own(path: Path | str, *, append: bool = True) -> int:
+    """An fd to write one of the run's own files (a log) in a dir a test can reach,
+    never through what was planted there: opened with O_NOFOLLOW|O_NONBLOCK (a FIFO never
+    blocks the open); a link, FIFO or anything but a regular file in its place is
+    removed and the file made anew (O_EXCL); when even that fails, /dev/null, so the
+    caller (a pipe that must be drained) goes on."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+             | getattr(os, "O_CLOEXEC", 0) | (os.O_APPEND if append else os.O_TRUNC))
+    try:
+        fd = os.open(path, flags, 0o644)
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.set_blocking(fd, True)
+            return fd
+        os.close(fd)
+    except OSError:
+        pass
+    try:
+        if os.path.lexists(path) and not os.path.isdir(path) or os.path.islink(path):
+            os.unlink(path)
+        fd = os.open(path, flags | os.O_EXCL, 0o644)
+        os.set_blocking(fd, True)
+        return fd
+    except OSError:
+        return os.open(os.devnull, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
 
 
 class NotRegular(OSError):
@@ -91,7 +117,7 @@ def write_json(path: Path | str, data) -> None:
     whole through atomic_write. Each is in a run or pass dir a test can reach (it knows
     its probe dir): what a test planted at the name is replaced, never followed."""
     import json
-    atomic_write(path, json.dumps(data, indent=1), planted="replace")
+    atomic_write(path, json.dumps(data, indent=1), replace_link=True)
 
 
 def read_bounded(path: Path | str, limit: int = MAX_ARTIFACT, *, follow: bool = False) -> bytes:

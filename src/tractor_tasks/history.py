@@ -9,7 +9,12 @@ flip between passing and failing in a cell (`flaky`, with ready-to-paste rules).
 
 Several processes (matrix cells) write at once: WAL journal, a busy timeout, write
 transactions taken with BEGIN IMMEDIATE and retried while the file is locked.
-A connection is opened per operation, so a History survives fork().
+A connection is opened per operation, so a History survives fork(). A run whose
+rows still meet a lock after the wait keeps them in a pending file beside the
+database (`history.sqlite.pending-<run id>.json`); the next write that gets the lock
+adds them and removes the file. Costs are clamped on write and on read: a negative,
+infinite or absurd (10^6 s or more) duration counts as 0 when written and is left out
+when read; such a CPU time, or a negative RSS, is unknown (NULL).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import os
 import random
 import re
 import sqlite3
+import stat
 import statistics
 import time
 from collections import Counter
@@ -234,6 +240,10 @@ class _Corrupt(Exception):
     """The file is there but is not a readable SQLite database."""
 
 
+class _StillLocked(TaskError):
+    """Another writer held the file past our wait."""
+
+
 class History:
     def __init__(self, path: Path, warn: Callable[[str], None] = lambda line: None):
         """Open (or create) the history at `path`.
@@ -245,11 +255,13 @@ class History:
         """
         self.path = Path(path)
         self.warn = warn
+        self.lock_seconds = LOCK_SECONDS
         self._open()
 
     # -- opening ---------------------------------------------------------------
 
     def _open(self) -> None:
+        self._check_real()
         if self.path.is_dir():
             raise TaskError(f"error: history {self.path} is a directory, not a database file; "
                             "move it aside (the next run starts a fresh one)", 1)
@@ -275,6 +287,37 @@ class History:
         except _Corrupt as err:
             raise TaskError(f"history {self.path} is unreadable even after moving the "
                             f"old file aside ({err})", 1) from None
+
+    SIDES = ("-wal", "-shm", "-journal")   # the files SQLite keeps beside the database
+
+    def _check_real(self) -> None:
+        """The database, its side files and its dir are never links: SQLite would open
+        and write what is behind one (an unrelated file made a database). Checked with
+        lstat before every connection; a missing file is made here with O_NOFOLLOW|O_EXCL
+        so SQLite opens the regular file we made. Refused with one line, nothing written."""
+        for path in (self.path.parent, self.path, *(Path(f"{self.path}{s}") for s in self.SIDES)):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise TaskError(f"history {path}: {err.strerror or err}", 1) from None
+            if stat.S_ISLNK(st.st_mode):
+                raise TaskError(f"error: {path} is a symlink; the history is kept only in a "
+                                f"real file, never written through a link: remove the link "
+                                f"(`rm {path}`) and rerun", 1)
+            if path != self.path.parent and not stat.S_ISREG(st.st_mode) \
+                    and not (path == self.path and stat.S_ISDIR(st.st_mode)):
+                raise TaskError(f"error: {path} is not a regular file (a FIFO, a device?); "
+                                "move it aside and rerun", 1)
+        if not os.path.lexists(self.path) and self.path.parent.is_dir():
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                 | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644))
+            except FileExistsError:
+                self._check_real()   # made meanwhile: looked at again
+            except OSError:
+                pass                 # SQLite says why, in one line (_guard)
 
     def _init_schema(self) -> None:
         """Create the schema once; check an existing file is ours, current and intact."""
@@ -338,7 +381,9 @@ class History:
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None)
+        self._check_real()   # a link planted since the last connection is refused too
+        con = sqlite3.connect(self.path, timeout=min(BUSY_SECONDS, self.lock_seconds),
+                              isolation_level=None)
         try:
             con.execute("PRAGMA synchronous=NORMAL")  # durable enough in WAL, much faster
             yield con
@@ -360,7 +405,7 @@ class History:
 
     def _guard(self, fn, *args):
         """Run fn, retrying while the file is locked; sqlite errors become one line."""
-        deadline = time.monotonic() + LOCK_SECONDS
+        deadline = time.monotonic() + self.lock_seconds
         delay = 0.01
         while True:
             try:
@@ -369,9 +414,9 @@ class History:
                 if not _locked(err):
                     raise TaskError(f"history {self.path}: {err}", 1) from None
                 if time.monotonic() > deadline:
-                    raise TaskError(f"history {self.path} stayed locked for "
-                                    f"{LOCK_SECONDS:.0f}s by another writer; try again",
-                                    1) from None
+                    raise _StillLocked(f"history {self.path} stayed locked for "
+                                       f"{self.lock_seconds:.0f}s by another writer; try "
+                                       "again", 1) from None
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 0.5)
             except (_Corrupt, TaskError):
@@ -382,11 +427,76 @@ class History:
 
     # -- writing -------------------------------------------------------------------
 
-    def record(self, run: RunRow, tests: Iterable[TestRow]) -> None:
+    def record(self, run: RunRow, tests: Iterable[TestRow]) -> Path | None:
         """Store one run and its tests in one transaction; recording a run id again
-        replaces it (so a retried or re-imported run is never counted twice)."""
+        replaces it (so a retried or re-imported run is never counted twice). Then the
+        rows earlier runs left pending are added. When the file stays locked past the
+        wait, the rows go to a pending file instead: returns its path (None: stored)."""
         rows = [_result_row(run, t) for t in tests]  # before the lock: tests may be lazy
-        self._guard(self._record, run, rows)
+        try:
+            self._guard(self._record, run, rows)
+        except _StillLocked:
+            return self._keep_pending(run, rows)
+        self.merge_pending()
+        return None
+
+    # -- rows kept while the file was locked ----------------------------------------
+
+    def _pending_name(self, run_id: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[:120]
+        return self.path.with_name(f"{self.path.name}.pending-{safe}.json")
+
+    def pending(self) -> list[Path]:
+        try:
+            return sorted(self.path.parent.glob(f"{self.path.name}.pending-*.json"))
+        except OSError:
+            return []
+
+    def _keep_pending(self, run: RunRow, rows: list[tuple]) -> Path:
+        from dataclasses import asdict
+        path = self._pending_name(run.run_id)
+        try:
+            atomic_write(path, json.dumps({"run": asdict(run), "rows": rows}), code=1)
+        except OSError as err:
+            raise TaskError(f"history {self.path} stayed locked by another writer and its "
+                            f"rows could not be kept in {path} ({err.strerror or err})",
+                            1) from None
+        return path
+
+    def merge_pending(self) -> int:
+        """Add the rows runs left pending while the file was locked (each file in one
+        transaction, removed once stored); returns how many runs were added. Still
+        locked: left for the next write. A pending file that cannot be read is moved
+        aside (`.bad`), with one warn() line."""
+        from .fsutil import read_bounded
+        added = 0
+        for path in self.pending():
+            try:
+                doc = json.loads(read_bounded(path))
+                run = RunRow(**doc["run"])
+                rows = [tuple(r) for r in doc["rows"]]
+                if any(len(r) != 13 or r[0] != run.run_id for r in rows):
+                    raise ValueError("rows of another run")
+            except FileNotFoundError:
+                continue   # another process merged it meanwhile
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                self.warn(f"warning: pending history rows {path.name} are unreadable "
+                          f"({err}); moved aside to {path.name}.bad")
+                try:
+                    os.replace(path, f"{path}.bad")
+                except OSError:
+                    pass
+                continue
+            try:
+                self._guard(self._record, run, [_clamped(r) for r in rows])
+            except _StillLocked:
+                break
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            added += 1
+        return added
 
     def _record(self, run: RunRow, rows: list[tuple]) -> None:
         with self._write() as con:
@@ -452,6 +562,9 @@ class History:
         rows = _stable_rows(self._read(
             f"SELECT nodeid, minor, tpt, spawn, duration, cpu, rss, started, id FROM results "
             f"WHERE outcome IN ({marks})", TIMED), lambda r: (r[0], -r[7], -r[8]))
+        # clamped on read too: rows written before the clamp, or by another tool
+        rows = [(*r[:5], _sane_or(r[5], None), _sane_rss(r[6]), *r[7:]) for r in rows
+                if sane_seconds(r[4])]
         out: dict[str, TestCost] = {}
         for nodeid, group in groupby(rows, key=lambda r: r[0]):
             if wanted is not None and nodeid not in wanted:
@@ -697,9 +810,33 @@ def _quick_check(con: sqlite3.Connection) -> None:
 def _result_row(run: RunRow, t: TestRow) -> tuple:
     if t.outcome not in OUTCOMES:
         raise ValueError(f"outcome {t.outcome!r} of {t.nodeid} is not one of {OUTCOMES}")
-    return (run.run_id, stable_id(t.nodeid), run.minor, run.tpt, run.spawn, run.started,
-            t.outcome, float(t.duration), t.flaky, t.signature, t.verdict,
-            None if t.cpu is None else float(t.cpu), None if t.rss is None else int(t.rss))
+    return _clamped((run.run_id, stable_id(t.nodeid), run.minor, run.tpt, run.spawn, run.started,
+                     t.outcome, t.duration, t.flaky, t.signature, t.verdict, t.cpu, t.rss))
+
+
+def _clamped(row: tuple) -> tuple:
+    """A results row with sane costs: a duration that is not a number of seconds under
+    MAX_SECONDS is 0; such a CPU time, or an RSS that is not a whole number of bytes
+    0 or more, is unknown (None)."""
+    *head, duration, flaky, sig, verdict, cpu, rss = row
+    return (*head, _sane_or(duration, 0.0), flaky, sig, verdict, _sane_or(cpu, None),
+            _sane_rss(rss))
+
+
+def _sane_or(value, default):
+    try:
+        value = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return value if sane_seconds(value) else default
+
+
+def _sane_rss(value) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return int(value) if 0 <= value < 2 ** 53 else None
 
 
 def _last_durations(con, nodeids: list[str], minor: str, tpt: str, spawn: str,

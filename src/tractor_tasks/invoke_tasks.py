@@ -324,6 +324,7 @@ def history(c, patterns=None, limit=None, root=None, import_=None, checkpoint=Fa
     n = 10 if limit is None else count("--limit", limit)
     if n < 1:
         raise usage("--limit must be 1 or more")
+    n = min(n, 1_000_000)   # past any history's rows (SQLite's integers end at 2**63)
     for pattern in patterns or [None]:
         show_history(target, pattern, n)
 
@@ -397,6 +398,8 @@ def durations(c, out=".tractor-tasks-durations.json", python=None, tpt=None, spa
 
 def collection(shim_file: str) -> Collection:
     """The tasks, bound to the directory of the tasks.py shim that loads them."""
+    from .output import quiet_broken_pipe
+    quiet_broken_pipe()
     ns = Collection(test, smoke, rerun, affected, quick, lastfailed, venv, doctor, clean,
                     report, ci_matrix, ci_report, history, flaky, durations)
     ns.configure({"tractor_tasks": {"shim_dir": str(Path(shim_file).resolve().parent)}})

@@ -216,7 +216,7 @@ def write_junit(results: Results, path: Path, *, started: float | None = None,
     xml_clean(suite)  # a test's id or message may hold ESC, BEL, NUL: XML 1.0 forbids them
     # in the run dir, which a test can reach: a link planted there is replaced
     atomic_write(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True),
-                 planted="replace")
+                 replace_link=True)
 
 
 # -- in -------------------------------------------------------------------------------
@@ -261,9 +261,12 @@ def import_junit(history: History, path: Path, *, minor: str = "", tpt: str = ""
     tests = [_test(case, root, costs) for case in named]
     started, finished, host = _times(top, path)
     run_id = hashlib.sha256(data + repr((minor, tpt, spawn, cell, commit)).encode())
-    history.record(RunRow(run_id.hexdigest()[:32], started, finished, "import", cell=cell,
-                          minor=minor, tpt=tpt, spawn=spawn, commit=commit, host=host),
-                   tests)
+    kept = history.record(RunRow(run_id.hexdigest()[:32], started, finished, "import",
+                                 cell=cell, minor=minor, tpt=tpt, spawn=spawn, commit=commit,
+                                 host=host), tests)
+    if kept is not None:
+        warn(f"note: the history is locked by another writer; the imported rows are "
+             f"kept in {kept.name} and the next write that gets the lock adds them")
     return len(tests)
 
 
@@ -362,8 +365,13 @@ def junit_nodeid(classname: str, name: str, file: str | None = None,
 def _module_cut(parts: list[str], root: Path | None) -> int:
     if root is not None:
         for i in range(len(parts), 0, -1):
-            if (Path(root) / Path(*parts[:i]).with_suffix(".py")).is_file():
-                return i
+            if any("/" in p or p == ".." for p in parts[:i]):
+                continue   # classname="/" or "../x": never a file under root
+            try:
+                if (Path(root) / Path(*parts[:i]).with_suffix(".py")).is_file():
+                    return i
+            except (ValueError, OSError):
+                continue
     for i, part in enumerate(parts):
         if i and part[:1].isupper():
             return i

@@ -38,6 +38,38 @@ def guard_std_fds() -> None:
         sys.stdin = open(0, "r", closefd=False)
 
 
+def _stdout_gone() -> bool:
+    """fd 1 is a pipe whose reader has gone (`... | head -1` after head exited)."""
+    import select
+    try:
+        poller = select.poll()
+        poller.register(1, select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def quiet_broken_pipe() -> None:
+    """`invoke --list | head -1`, `invoke history X | head -1`: a reader that stopped
+    reading ends the command without a traceback (invoke's own printing included, so
+    this is installed where the tasks are loaded). Only a BrokenPipeError whose stdout
+    is really gone is quieted: any other still shows. A run never gets here: its
+    Output switches a lost stdout to /dev/null and the run goes on."""
+    if getattr(sys.excepthook, "_tt_broken_pipe", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if issubclass(kind, BrokenPipeError) and _stdout_gone():
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)      # the interpreter's last flush goes nowhere, quietly
+            os.close(null)
+            return
+        previous(kind, value, tb)
+    hook._tt_broken_pipe = True
+    sys.excepthook = hook
+
+
 class Output:
     def __init__(self, stream=None, *, quiet: bool = False):
         self.stream = stream or sys.stdout
@@ -146,7 +178,8 @@ class Tee(threading.Thread):
         tail_room = self.max_bytes - head_room if self.max_bytes else 0
         tail: collections.deque[bytes] = collections.deque()
         held = 0
-        with open(self.log, "ab") as f:
+        from .fsutil import open_own
+        with os.fdopen(open_own(self.log), "ab") as f:   # never through a planted link
             while True:
                 try:
                     chunk = os.read(self.fd, 65536)

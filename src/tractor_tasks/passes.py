@@ -121,7 +121,7 @@ class PassRunner:
             argv, env = command(p, pass_dir, str(private), select=select,
                                 color=bool(echo and echo.tty), at=at)
             argv += list(extra_args)
-            atomic_write(PassDir(pass_dir).command, show(argv, env) + "\n", planted="replace")
+            atomic_write(PassDir(pass_dir).command, show(argv, env) + "\n", replace_link=True)
             marker = RunMarker.parse(env[ENV_RUN])
             if echo is not None:
                 echo(f"$ {show(argv, {})}" if number == 1 else

@@ -289,13 +289,21 @@ def _judge(p: Plan, runner: PassRunner, result: RunResult, *, parallel: bool, ou
     return j
 
 
+def no_match(result: RunResult) -> bool:
+    """pytest ended on its own with 5 (no tests ran) and no test ran in the whole run:
+    the selection (-k, ids, a file) matches nothing."""
+    finished = [o for o in result.passes if o.stop is Stop.FINISHED]
+    return bool(finished) and finished[-1].returncode == 5 and not result.results.tests
+
+
 def exit_code(result: RunResult, opts: RunOptions) -> int:
     """0: no regression or new failure (pre-existing, flaky, load-sensitive, known-flaky
     and quarantined failures are reported, and fail the run only with --strict) and all
     of the selection ran or is accounted for; 1: regressions or new failures, tests that
     never ran with nothing to account for them, an explained failure -x stopped the
-    run at, pytest failing on its own, a leak with --fail-on-leak; 2 bad usage; 124 the
-    whole-run bound; 130 interrupted; pytest's 3 and 5 pass through."""
+    run at, pytest failing on its own, a leak with --fail-on-leak; 2 bad usage (a
+    selection that matches no test, pytest's 5, too); 124 the whole-run bound; 130
+    interrupted; pytest's 3 passes through."""
     from .verdict import failing
     passes, results = result.passes, result.results
     stops = [o.stop for o in passes]
@@ -311,6 +319,8 @@ def exit_code(result: RunResult, opts: RunOptions) -> int:
         return errors.INTERRUPTED  # pytest itself was interrupted
     if rc == 4:
         return errors.USAGE        # pytest rejected the command line
+    if no_match(result):
+        return errors.USAGE        # the selection matched no test: bad usage
     if failing(results, opts.strict) or result.unaccounted():
         return errors.PROBLEM
     if opts.fail_on_leak and results.leaks:
@@ -361,7 +371,10 @@ def _record_history(p: Plan, result: RunResult, out) -> None:
                          "known" if t.flaky else "", t.signature,
                          t.verdict.value if t.verdict else "", cpu=t.cpu, rss=t.rss)
                  for key, t in results.tests.items()]
-        History(State(p.target).history, warn=out).record(row, tests)
+        kept = History(State(p.target).history, warn=out).record(row, tests)
+        if kept is not None:
+            out(f"note: the results history is locked by another writer; this run's rows "
+                f"are kept in {kept.name} and the next run that gets the lock adds them")
     except TaskError as err:
         out(f"note: the results history was not updated: {err}")
     except Exception as err:  # noqa: BLE001 - the history must never cost the run its end

@@ -8,6 +8,7 @@ memory maps) is read on first use, so a snapshot of the machine stays cheap.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,10 @@ from dataclasses import dataclass, field
 import psutil
 
 _ATTRS = ["pid", "ppid", "name", "cmdline", "cwd", "status", "create_time"]
+# a Python interpreter's executable (a venv's python resolves to its base interpreter's),
+# and the shared library an embedding or a shared-libpython build maps
+_PY_EXE = re.compile(r"(?:python|pypy)[0-9.]*[dmt]*")
+_LIBPYTHON = re.compile(r"libpython[0-9.]+[dmt]*\.so")
 
 
 @dataclass(eq=False)
@@ -29,6 +34,7 @@ class Proc:
     ps: psutil.Process | None = None   # None only for synthetic trees in tests
     _environ: dict | None = field(default=None, repr=False)
     _maps: tuple[str, ...] | None = field(default=None, repr=False)
+    _exe: str | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, p: psutil.Process, info: dict | None = None) -> Proc | None:
@@ -80,6 +86,25 @@ class Proc:
                 pass
             self._maps = tuple(sorted(paths))
         return self._maps
+
+    def exe(self) -> str:
+        """Its executable ("" when unreadable): /proc/PID/exe, not argv, so a retitled
+        process (setproctitle) still shows what it runs."""
+        if self._exe is None:
+            try:
+                self._exe = (self.ps.exe() if self.ps else "") or ""
+            except (psutil.Error, OSError):
+                self._exe = ""
+            self._exe = self._exe.removesuffix(" (deleted)")
+        return self._exe
+
+    def is_python(self) -> bool:
+        """A Python interpreter runs in it: its executable is one (pythonX.Y, pypy), or
+        a libpython is mapped. What argv says is never enough (tractor retitles its
+        actors; `tail -f x_subactor[y].log` only names one)."""
+        if _PY_EXE.fullmatch(os.path.basename(self.exe())):
+            return True
+        return any(_LIBPYTHON.match(os.path.basename(f)) for f in self.mapped_files())
 
     def alive(self) -> bool:
         """Still this process, and not a zombie (an exited process counts as gone)."""

@@ -32,6 +32,11 @@ def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> lis
         extra.append(f"{passes} passes")
     lines.append(f"results: {results.counts_line()} in {results.seconds:.1f}s"
                  + (f" ({', '.join(extra)})" if extra else ""))
+    from .pipeline import no_match
+    if no_match(result):
+        k = f" (-k {shown(p.opts.k)!r})" if p.opts.k else ""
+        lines.append(f"error: the selection{k} matches no test; nothing ran: check the "
+                     "expression or the test ids")
     lines += _failures(results, result.verdict, traceback_lines, dump_lines,
                        strict=p.opts.strict)
     for t in results.tests.values():

@@ -13,6 +13,7 @@ One object owns the on-disk layout (as pytest's cache provider does):
         last -> runs/<id>             the latest `invoke` run
         cells/<slug>/last -> ...      the latest run of a nox cell
         cells/<slug>/pytest-cache/    the cell's own pytest cache (its lastfailed)
+        baseline/<commit>/            the verdict's read-only export of a baseline commit
         history.sqlite                the results history
         venv-3.13.lock                cells of one minor sync their venv one at a time
 
@@ -56,13 +57,15 @@ class State:
         self.target = target
         self.path = target.state_dir
 
-    def check(self, slug: str | None = None) -> None:
+    def check(self, slug: str | None = None, commit: str | None = None) -> None:
         """The state dir and the dirs in it we write to are real dirs of the target, never
         links: a run would write through one and its prune delete what is behind it.
         Refused with one line before anything is written."""
-        paths = [self.path, self.runs, self.path / "cells"]
+        paths = [self.path, self.runs, self.path / "cells", self.baseline]
         if slug:
             paths += [self.cell_dir(slug), self.cell_dir(slug) / "pytest-cache"]
+        if commit:
+            paths.append(self.baseline_dir(commit))
         for path in paths:
             try:
                 st = os.lstat(path)
@@ -110,6 +113,13 @@ class State:
         return self.path / "runs"
 
     @property
+    def baseline(self) -> Path:
+        return self.path / "baseline"
+
+    def baseline_dir(self, commit: str) -> Path:
+        return self.baseline / commit
+
+    @property
     def history(self) -> Path:
         return self.path / "history.sqlite"
 
@@ -124,7 +134,9 @@ class State:
         """Cells of one minor share one venv: sync it one at a time."""
         path = self.ensure() / f"venv-{minor}.lock"
         try:
-            f = open(path, "w")
+            # O_NOFOLLOW, no truncation: a link planted there is refused, never written
+            f = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+                                  | getattr(os, "O_CLOEXEC", 0), 0o644), "w")
         except OSError as err:
             raise TaskError(f"cannot write {path} ({err.strerror or err}); make the "
                             "target writable") from None
@@ -240,7 +252,9 @@ class RunDir:
     _lock_file: object = None
 
     def lock(self) -> None:
-        self._lock_file = open(self.path / "lock", "w")
+        self._lock_file = os.fdopen(os.open(self.path / "lock", os.O_WRONLY | os.O_CREAT
+                                            | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                                            0o644), "w")
         fcntl.flock(self._lock_file, fcntl.LOCK_EX)
         self._lock_file.write(f"{os.getpid()}\n")
         self._lock_file.flush()
@@ -290,6 +304,7 @@ class PassDir:
     COMMAND, OUTPUT, SELECT, DUMP = "command.txt", "output.log", "select.json", "stacks.txt"
     STOP = "stop.json"    # how the pass ended (passes.py): hung, timeout, interrupted
     SHM_BEFORE, SHM_AFTER = "shm-before.json", "shm.json"   # a run on the host's /dev/shm
+    SHM_SEEN = "shm-seen.json"                               # ... what the run was seen holding
     # per-test CPU and RSS: the supervisor's samples; costs.jsonl is where an older
     # probe wrote its own (now "costs" events in results.jsonl)
     COSTS, TREE_COSTS = "costs.jsonl", "tree-costs.json"

@@ -18,6 +18,11 @@ An in-scope process is a *leftover* (`Leak`) when nothing alive owns it:
   - SEEN_UNDER_PYTEST: the run's supervisor saw it under its pytest.
 A live test session of this checkout is never a leftover.
 
+A process *carries a marker* only when it is a Python process (its executable, read
+from /proc, not its argv, is a Python interpreter, or a libpython is mapped) whose
+command line or name holds one: a `tail -f sample_actors._child.log` or a
+`vim notes_subactor[x].txt` in the target is never taken for an actor.
+
 This module only decides; sweep.py acts. The rules work on any `{pid: Proc}`
 map, so they are table-tested over synthetic trees as well as real ones.
 """
@@ -125,8 +130,10 @@ class ScopeView:
     # -- in scope -------------------------------------------------------------
 
     def marker(self, p: Proc) -> str | None:
-        return next((m for m in self.target.process_markers
-                     if m in p.cmdline or m in p.name), None)
+        """The marker it carries: in its command line or name, and a Python process."""
+        found = next((m for m in self.target.process_markers
+                      if m in p.cmdline or m in p.name), None)
+        return found if found is not None and p.is_python() else None
 
     def in_scope(self, p: Proc) -> InScope | None:
         if p.pid not in self._cache:

@@ -471,16 +471,13 @@ def _write_contention(ctx: PassRunner, results: Results) -> None:
                 "cpu": t.cpu, "window": t.window}
             for k, t in results.tests.items() if t.outcome.bad}
     path = ctx.run_dir.path / RunDir.CONTENTION
-    tmp = path.with_name(".contention.json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data, indent=1), replace_link=True)
 
 
 def _write_units(ctx: PassRunner, lanes: list[Lane]) -> None:
     path = ctx.run_dir.path / RunDir.UNITS
-    tmp = path.with_name(".units.json.tmp")
-    tmp.write_text(json.dumps([lane.as_dict() for lane in lanes], indent=1))
-    tmp.replace(path)
+    atomic_write(path, json.dumps([lane.as_dict() for lane in lanes], indent=1),
+                 replace_link=True)
 
 
 def run_one_shard(ctx: PassRunner, plan: ShardPlan) -> RunResult:

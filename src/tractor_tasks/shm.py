@@ -8,19 +8,24 @@ is counted as a leak and goes with the namespace. A run on the host's /dev/shm
 
   before   `shm-before.json` in the pass dir when pytest starts: the time, and every
            segment there was (name -> inode).
-  after    `shm.json` in the pass dir when pytest exited: the segments of ours that
-           appeared (not there before with that name and inode) that no process
-           outside the run holds, and which processes of the run hold them.
+  during   every look the supervisor takes (0.5 s), which segments the run's own
+           processes hold (an fd or a mapping), by name and inode: `shm-seen.json`,
+           rewritten when it grows (a supervisor killed before its census keeps it).
+  after    `shm.json` in the pass dir when pytest exited: the segments of the run,
+           each with the processes of the run that hold them.
 
-A segment *appeared during a run* of this target when it is not in a pass's before
-list and its change time lies between that pass's start and its end (`shm.json`'s
-time; for a run killed before it wrote one, the last time anything of the pass wrote
-to its dir, plus a little slack). It is an *orphan of this target* when, besides,
-it is owned by us and no live process holds it open (an fd in /proc/*/fd or a
-mapping in /proc/*/maps, as tractor-reap's shm phase decides it). `invoke doctor`
+Linux records no creator for a segment, and the time it appeared cannot tell who made
+it (any process of the machine may make one meanwhile). So, without containment, a
+segment is *the run's* only when it appeared during the pass (not in the before list
+with that inode) and a process of the run was seen holding it (during the pass, or at
+the census, and nobody outside the run holds it then). A segment an actor made and
+dropped between two looks is not shown to be ours: it is reported, never removed. An
+*orphan of this target* is a recorded segment (same name and inode) that no live
+process holds open (an fd in /proc/*/fd or a mapping in /proc/*/maps). `invoke doctor`
 reports those (and, as a warning, any other segment nobody holds, never removed);
 `invoke clean --shm` removes only orphans of this target. The records live in the
-pass dirs, so they go with the run dirs the state dir keeps (the newest 20 runs).
+pass dirs, so they go with the run dirs the state dir keeps (the newest 20 runs); for
+a pass killed before its census, what `shm-seen.json` names is the run's.
 """
 from __future__ import annotations
 
@@ -29,13 +34,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
-from .fsutil import read_bounded
+from .fsutil import atomic_write, read_bounded
 from .rundirs import PassDir
 
 HOST = Path("/dev/shm")
-BEFORE, AFTER = PassDir.SHM_BEFORE, PassDir.SHM_AFTER
-SLACK = 5.0   # seconds past a killed pass's last write that still count as "during it"
+BEFORE, AFTER, SEEN = PassDir.SHM_BEFORE, PassDir.SHM_AFTER, PassDir.SHM_SEEN
 
 
 @dataclass(frozen=True)
@@ -75,12 +80,41 @@ def segments(root: Path = HOST) -> dict[str, Segment]:
     return out
 
 
+def _held(pid: str, root: Path, proc: Path) -> dict[str, int]:
+    """name -> inode of what right under `root` one process holds (an fd, a mapping)."""
+    prefix = str(root).rstrip("/") + "/"
+    found: dict[str, int] = {}
+    fd_dir = proc / pid / "fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        fds = []
+    for fd in fds:
+        try:
+            link = os.readlink(fd_dir / fd).removesuffix(" (deleted)")
+            if link.startswith(prefix) and "/" not in link[len(prefix):]:
+                found[link[len(prefix):]] = os.stat(fd_dir / fd).st_ino
+        except OSError:
+            continue
+    try:
+        with open(proc / pid / "maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) == 6 and parts[5].startswith(prefix):
+                    path = parts[5].rstrip("\n").removesuffix(" (deleted)")
+                    if "/" not in path[len(prefix):]:
+                        found.setdefault(path[len(prefix):], int(parts[4]))
+    except (OSError, ValueError):
+        pass
+    return found
+
+
 def holders(names, root: Path = HOST, proc: Path = Path("/proc")) -> dict[str, list[int]]:
     """name -> pids of the live processes that hold /dev/shm/<name> open (an fd, or a
     mapping: a segment mapped and closed is still in use). Processes in another mount
     namespace (a contained run's) name their own /dev/shm the same way: a match there
     counts as held, which only ever keeps a segment."""
-    wanted = {str(root / n): n for n in names}
+    wanted = set(names)
     out: dict[str, list[int]] = {}
     if not wanted:
         return out
@@ -89,29 +123,27 @@ def holders(names, root: Path = HOST, proc: Path = Path("/proc")) -> dict[str, l
     except OSError:
         return out
     for pid in pids:
-        found = set()
-        try:
-            for fd in os.listdir(proc / pid / "fd"):
-                try:
-                    link = os.readlink(proc / pid / "fd" / fd).removesuffix(" (deleted)")
-                except OSError:
-                    continue
-                if link in wanted:
-                    found.add(wanted[link])
-        except OSError:
-            pass
-        try:
-            with open(proc / pid / "maps") as f:
-                for line in f:
-                    parts = line.split(None, 5)
-                    if len(parts) == 6:
-                        path = parts[5].rstrip("\n").removesuffix(" (deleted)")
-                        if path in wanted:
-                            found.add(wanted[path])
-        except OSError:
-            pass
-        for name in found:
+        for name in wanted & _held(pid, root, proc).keys():
             out.setdefault(name, []).append(int(pid))
+    return out
+
+
+def note_seen(pass_dir: Path, seen: dict[str, int], pids: Iterable[int],
+              root: Path = HOST) -> None:
+    """One look during the pass: add what the run's processes hold to `seen`, and keep it
+    in `shm-seen.json` when it grew."""
+    now = held_by(pids, root)
+    if any(seen.get(n) != ino for n, ino in now.items()):
+        seen.update(now)
+        _write(pass_dir / SEEN, seen)
+
+
+def held_by(pids: Iterable[int], root: Path = HOST, proc: Path = Path("/proc")
+            ) -> dict[str, int]:
+    """name -> inode of the segments these processes (the run's) hold now."""
+    out: dict[str, int] = {}
+    for pid in pids:
+        out.update(_held(str(pid), root, proc))
     return out
 
 
@@ -123,11 +155,13 @@ def record_before(pass_dir: Path, root: Path = HOST) -> None:
                                "segments": {n: s.ino for n, s in segments(root).items()}})
 
 
-def appeared(pass_dir: Path, root: Path = HOST, *, own: set[int] = frozenset()
-             ) -> list[tuple[Segment, list[int]]]:
+def appeared(pass_dir: Path, root: Path = HOST, *, own: set[int] = frozenset(),
+             seen: dict[str, int] | None = None) -> list[tuple[Segment, list[int]]]:
     """After pytest exited: segments not there at `record_before`, with the pids that
-    hold them. Those nobody holds, or only processes of the run (`own`), are written
-    to `shm.json` as the run's; one held by anyone else is left out (not ours)."""
+    hold them. The run's, written to `shm.json`: those held now only by processes of
+    the run (`own`), and those nobody holds now that a process of the run was seen
+    holding during the pass (`seen`: name -> inode, from held_by()). One held by anyone
+    else, or never seen held by the run, is left out: not shown to be ours."""
     before = _read(pass_dir / BEFORE)
     if not isinstance(before, dict):
         return []
@@ -138,7 +172,9 @@ def appeared(pass_dir: Path, root: Path = HOST, *, own: set[int] = frozenset()
            if old.get(n) != s.ino and s.ctime >= start - 1 and s.uid == uid]
     held = holders([s.name for s in new], root)
     out = [(s, held.get(s.name, [])) for s in sorted(new, key=lambda s: s.name)]
-    mine = [(s, pids) for s, pids in out if set(pids) <= own]
+    seen = seen or {}
+    mine = [(s, pids) for s, pids in out
+            if (pids and set(pids) <= own) or (not pids and seen.get(s.name) == s.ino)]
     _write(pass_dir / AFTER, {"end": time.time(), "appeared": [
         {"name": s.name, "ino": s.ino, "size": s.size, "held_by": pids} for s, pids in mine]})
     return mine
@@ -154,10 +190,9 @@ class Window:
     recorded: dict[str, int]   # what its census found appeared (name -> inode)
 
     def covers(self, s: Segment) -> bool:
-        if self.recorded.get(s.name) == s.ino:
-            return True
-        return (self.before.get(s.name) != s.ino
-                and self.start - 1 <= s.ctime <= self.end + SLACK)
+        """Recorded by its census as the run's (same name and inode). The time window
+        alone proves nothing: another process may have made a segment meanwhile."""
+        return self.recorded.get(s.name) == s.ino
 
 
 def windows(state_dir: Path) -> list[Window]:
@@ -172,10 +207,12 @@ def windows(state_dir: Path) -> list[Window]:
             end = float(after.get("end") or 0)
             recorded = {a["name"]: a["ino"] for a in after.get("appeared") or []
                         if isinstance(a, dict) and "name" in a and "ino" in a}
-        else:   # killed before its census: it ran until its pass dir stopped changing
+        else:   # killed before its census: what it was seen holding meanwhile
             end = max((f.stat().st_mtime for f in path.parent.iterdir() if f.is_file()),
                       default=0.0)
-            recorded = {}
+            seen = _read(path.with_name(SEEN))
+            recorded = {n: i for n, i in seen.items() if isinstance(i, int)} \
+                if isinstance(seen, dict) else {}
         out.append(Window(path.parent, float(before.get("start") or 0), end,
                           dict(before.get("segments") or {}), recorded))
     return out
@@ -189,7 +226,8 @@ class Census:
 
 def orphans(state_dir: Path, root: Path = HOST) -> Census:
     """The segments under `root` that no live process holds, split into this target's
-    (appeared during one of its recorded runs, owned by us) and everyone else's."""
+    (recorded by one of its runs' census as held by the run, owned by us) and everyone
+    else's."""
     found = segments(root)
     held = holders(found, root)
     free = [s for n, s in sorted(found.items()) if n not in held]
@@ -207,7 +245,7 @@ def remove(state_dir: Path, *, dry_run: bool = False, root: Path = HOST) -> list
     for s in census.ours:
         if dry_run:
             lines.append(f"would remove shared memory {root / s.name} ({_size(s.size)}): "
-                         "appeared during a run of this checkout, held by no process")
+                         "held by a run of this checkout, held by no process now")
             continue
         now = segments(root).get(s.name)
         if now is None or now.ino != s.ino or holders([s.name], root):
@@ -215,8 +253,8 @@ def remove(state_dir: Path, *, dry_run: bool = False, root: Path = HOST) -> list
             continue
         try:
             os.unlink(root / s.name)
-            lines.append(f"removed shared memory {root / s.name} ({_size(s.size)}): appeared "
-                         "during a run of this checkout, held by no process")
+            lines.append(f"removed shared memory {root / s.name} ({_size(s.size)}): held by "
+                         "a run of this checkout, held by no process now")
         except OSError as err:
             lines.append(f"could not remove shared memory {root / s.name}: "
                          f"{err.strerror or err}")
@@ -230,9 +268,7 @@ def remove(state_dir: Path, *, dry_run: bool = False, root: Path = HOST) -> list
 
 def _write(path: Path, data) -> None:
     try:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(data), replace_link=True)
     except OSError:
         pass
 

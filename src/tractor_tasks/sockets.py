@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 
+from .fsutil import atomic_write
 from .processes import Proc, pid_exists
 from .target import Target
 
@@ -168,7 +169,7 @@ def target_bindspace(target: Target, venv: Path | None) -> Path | None:
         return None  # the target does not use platformdirs: the other candidates stand
     path = out.stdout.strip().splitlines()[-1]
     try:
-        cache.write_text(json.dumps({key: path}))
+        atomic_write(cache, json.dumps({key: path}), replace_link=True)
     except OSError:
         pass
     return Path(path)

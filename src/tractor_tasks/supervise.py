@@ -229,7 +229,7 @@ def dump_stacks(procs: list[Proc], pass_dir: Path, tmp: Path | None = None,
                 parts.append(f"=== SIGUSR1 dump {dump.name}\n{text}")
     text = "\n\n".join(parts) + "\n"
     try:
-        atomic_write(report, text, planted="replace")
+        atomic_write(report, text, replace_link=True)
     except OSError:
         pass   # the text still goes with the result
     return report, text
@@ -275,7 +275,7 @@ class TreeCost:
         import json
         data = {k: {"cpu": round(v["cpu"], 3), "rss": v["rss"]} for k, v in self.tests.items()}
         try:
-            atomic_write(PassDir(pass_dir).tree_costs, json.dumps(data), planted="replace")
+            atomic_write(PassDir(pass_dir).tree_costs, json.dumps(data), replace_link=True)
         except OSError:
             pass
 
@@ -343,7 +343,8 @@ def shm_left(run: Launched, pass_dir: Path | None, members=None) -> list[tuple[s
     if pass_dir is not None and (pass_dir / shm.BEFORE).exists():
         members = run.members() if members is None else members
         return [(s.name, s.size) for s, _ in
-                shm.appeared(pass_dir, own={p.pid for p in members})]
+                shm.appeared(pass_dir, own={p.pid for p in members},
+                             seen=getattr(run, "shm_seen", None))]
     return []
 
 
@@ -438,11 +439,18 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
            signals, pass_dir, private, bindspace, grace, on_event, leftovers,
            runaways: stalls.RunawayWatch | None = None) -> None:
     costs = TreeCost()
+    # on the host's /dev/shm: which segments the run's processes hold, look by look
+    # (without containment only a segment seen held by the run is the run's: shm.py)
+    host_shm = run.shm_root() is None and (pass_dir / shm.BEFORE).exists()
+    if host_shm:
+        run.shm_seen = {}
 
     def look():
         members = run.members()
         for p in _procs(members):
             seen.setdefault((p.pid, p.create_time), p)
+        if host_shm:
+            shm.note_seen(pass_dir, run.shm_seen, [m.pid for m in members])
         watching = runaways is not None and runaways.on
         samples = proc_samples(members, runaways=watching)   # one read per process per tick
         now = time.time()

@@ -343,7 +343,7 @@ def _parse_affected(raw, where: str) -> dict[str, tuple[str, ...]]:
 
 _SIMPLE_KEYS = {
     "root": _STR, "package": _STR, "tests_dir": _STR, "registry_port": _PORT,
-    "transports": _STRS, "spawn_backends": _STRS, "default_spawn_backend": _STR,
+    "transports": _NONEMPTY, "spawn_backends": _NONEMPTY, "default_spawn_backend": _STR,
     "pythons": _NONEMPTY, "bindspace": _STR, "process_markers": _STRS,
     "capsys_backends": _STRS, "smoke": _STRS, "affected_fallback": _STRS,
     "timeout_full": _SECONDS, "timeout_file": _SECONDS, "timeout_test": _BOUND,

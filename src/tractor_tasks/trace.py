@@ -279,7 +279,7 @@ def write(run_dir: Path, results=None) -> Path | None:
     be written (a run's result never depends on its timeline)."""
     path = Path(run_dir) / FILE
     try:
-        atomic_write(path, json.dumps(build(run_dir, results)), planted="replace")
+        atomic_write(path, json.dumps(build(run_dir, results)), replace_link=True)
     except (OSError, ValueError):
         return None
     return path

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TaskError
+from .fsutil import atomic_write
 from .interpreters import Interpreter, require_python, uv_binary
 from .target import Target
 
@@ -96,8 +97,8 @@ def ensure_venv(target: Target, minor: str, *, force: bool = False,
                 if "--locked" in cmd and "lock" in out.stdout.lower() else "")
         raise TaskError(f"`{shell_command(target, minor)}` failed in {target.root}: "
                         f"{tail[0]}{hint}")
-    (vdir / STAMP).write_text(json.dumps({"fingerprint": _fingerprint(target, interp),
-                                          "python": str(interp.path)}))
+    atomic_write(vdir / STAMP, json.dumps({"fingerprint": _fingerprint(target, interp),
+                                           "python": str(interp.path)}), replace_link=True)
     return VenvResult(vdir, venv_python(target, minor), "synced" if existed else "created",
                       time.monotonic() - t0, interp)
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import gitref
+from .rundirs import State
 from .results import Results, TestResult, match_rule, stable_id
 from .shard_plan import module_of
 from .status import TestOutcome as O, Verdict as V
@@ -513,8 +514,10 @@ def _at_baseline(runner, tests: list[TestResult], base, j: Judgement,
     own venv, the export imported first; record the outcomes for the next run."""
     p = runner.p
     target = p.target
-    dest = target.state_dir / "baseline" / base.commit
+    state = State(target)
+    dest = state.baseline_dir(base.commit)
     try:
+        state.check(commit=base.commit)  # a link there is refused, never written through
         root = gitref.export(target.root, base.commit, dest)
     except Exception as err:  # noqa: BLE001 - one line, and the verdict goes on without it
         j.notes.append(f"verdict: could not export {base.name} ({err}); no baseline run")

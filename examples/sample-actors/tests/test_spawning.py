@@ -234,13 +234,19 @@ def make_segment(name: str, size: int) -> str:
     '''Runs in the 'shmleaker' actor: create POSIX shared memory the way
     `shm_open` does (a file in /dev/shm), fill it, and never unlink it: what
     an actor leaves when it dies with multiprocessing's resource tracker off,
-    as tractor runs.'''
+    as tractor runs. The actor keeps it mapped until it exits, as a
+    SharedMemory user does.'''
+    import mmap
     fd = os.open(f'/dev/shm/{name}', os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
         os.write(fd, b'\x5a' * size)
+        _MAPPED.append(mmap.mmap(fd, size))
     finally:
         os.close(fd)
     return name
+
+
+_MAPPED: list = []   # the shmleaker actor's mappings, held until it exits
 
 
 @sample_test
@@ -256,6 +262,7 @@ async def test_shm_leak(chaos):
         assert await portal.run(make_segment, name=name, size=25_000) == name
         if chaos_dir := os.environ.get('SAMPLE_ACTORS_CHAOS_DIR'):
             Path(chaos_dir, 'shm.name').write_text(f'{name}\n')
+        await trio.sleep(1.2)   # the actor uses its segment a while (a supervisor sees it)
         assert await portal.cancel_actor()
 
 
