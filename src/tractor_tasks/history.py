@@ -392,6 +392,55 @@ class History:
                 "duration, flaky, signature, verdict, cpu, rss) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
+    # -- merging: CI jobs' copies into one history ---------------------------------
+
+    def merge_from(self, paths: Iterable[Path]) -> int:
+        """Add the runs of other histories (each CI job's copy) to this one, by run: a
+        run already here is replaced by the incoming copy of itself (same id, cell and
+        start), another run that happens to share its id is kept under a suffixed id. A
+        file that is not a readable tractor-tasks history is one warn() line and left out;
+        nothing of it is merged. Returns how many runs were merged."""
+        merged = 0
+        for path in paths:
+            try:
+                runs = _read_runs(Path(path))
+            except TaskError as err:
+                self.warn(f"skipped: {str(err).removeprefix('error: ')}")
+                continue
+            self._guard(self._merge, runs)
+            merged += len(runs)
+        return merged
+
+    def _merge(self, runs: list[tuple[dict, list[dict]]]) -> None:
+        with self._write() as con:
+            for run, results in runs:
+                run_id = run["run_id"]
+                for n in range(100):
+                    rid = run_id if n == 0 else f"{run_id}~{n}"
+                    have = con.execute("SELECT cell, started FROM runs WHERE run_id = ?",
+                                       (rid,)).fetchone()
+                    if have is None or (have[0], round(have[1], 3)) == (
+                            run.get("cell", ""), round(run["started"], 3)):
+                        break
+                run = {**run, "run_id": rid}
+                con.execute("DELETE FROM results WHERE run_id = ?", (rid,))
+                cols = list(run)
+                con.execute(f"INSERT OR REPLACE INTO runs ({', '.join(cols)}) "
+                            f"VALUES ({', '.join('?' * len(cols))})", [run[c] for c in cols])
+                for row in results:
+                    row = {**row, "run_id": rid}
+                    cols = list(row)
+                    con.execute(f"INSERT INTO results ({', '.join(cols)}) "
+                                f"VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols])
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the database file, so a copy of the one file
+        (a CI cache, an artifact) holds every row."""
+        def run():
+            with self._conn() as con:
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._guard(run)
+
     # -- reading -------------------------------------------------------------------
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
@@ -609,6 +658,66 @@ class History:
 
 
 # -- helpers: rows and queries ---------------------------------------------------------
+
+def _read_runs(path: Path) -> list[tuple[dict, list[dict]]]:
+    """Every run of another history file and its results, as column -> value (only the
+    columns this schema has). Read from a private copy (a -wal beside it is copied
+    along and folded in), so the file itself is never written; a file that is not a
+    regular file, not SQLite, not a tractor-tasks history or newer than this schema is
+    a TaskError naming it."""
+    import shutil
+    import stat
+    import tempfile
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise TaskError(f"{path} is not a regular file")
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / "h.sqlite"
+            shutil.copyfile(path, copy)
+            wal = Path(f"{path}-wal")
+            if os.path.isfile(wal) and not os.path.islink(wal):
+                shutil.copyfile(wal, f"{copy}-wal")
+            con = sqlite3.connect(copy)
+            try:
+                version, app_id, _ = _header(con)
+                if app_id != APPLICATION_ID:
+                    raise TaskError(f"{path} is not a tractor-tasks history")
+                if version > SCHEMA_VERSION:
+                    raise TaskError(f"{path} has schema version {version}, newer than this "
+                                    f"tractor-tasks knows ({SCHEMA_VERSION})")
+                runs_cols = _common_cols(con, "runs", exclude=())
+                res_cols = _common_cols(con, "results", exclude=("id",))
+                results: dict[str, list[dict]] = {}
+                for values in con.execute(f"SELECT {', '.join(res_cols)} FROM results"):
+                    row = dict(zip(res_cols, values))
+                    results.setdefault(row["run_id"], []).append(row)
+                return [(run, results.get(run["run_id"], [])) for run in (
+                    dict(zip(runs_cols, values)) for values in con.execute(
+                        f"SELECT {', '.join(runs_cols)} FROM runs ORDER BY started"))]
+            finally:
+                con.close()
+    except OSError as err:
+        raise TaskError(f"cannot read {path} ({err.strerror or err})") from None
+    except sqlite3.DatabaseError as err:
+        raise TaskError(f"{path} is not a readable history ({err})") from None
+
+
+def _common_cols(con: sqlite3.Connection, table: str, exclude: tuple[str, ...]) -> list[str]:
+    """The columns of `table` in both that file and this schema (an older file lacks some:
+    they take their defaults)."""
+    theirs = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+    mem = sqlite3.connect(":memory:")
+    try:
+        for stmt in _SCHEMA:
+            mem.execute(stmt)
+        ours = [r[1] for r in mem.execute(f"PRAGMA table_info({table})")]
+    finally:
+        mem.close()
+    cols = [c for c in dict.fromkeys(ours) if c in theirs and c not in exclude]
+    if "run_id" not in cols or "started" not in cols:
+        raise sqlite3.DatabaseError(f"its {table} table lacks run_id or started")
+    return cols
+
 
 def _ident(path: Path) -> tuple[int, int] | None:
     try:
