@@ -276,7 +276,7 @@ class CiReport:
                             "artifact lists its own)")
                 break
             kept.append(item)
-        body = head + (kept + [""] if kept else [])
+        body = head + kept
         return "\n".join(body + tail) + "\n"
 
 
