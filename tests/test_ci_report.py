@@ -125,16 +125,16 @@ def test_a_skipped_cell_is_a_note_not_red(tmp_path):
 
 
 def test_the_step_summary_stays_under_githubs_limit_and_says_how_many_more(tmp_path):
-    n = 20000
-    fails = [{"nodeid": f"tests/test_a.py::test_{i}[{'x' * 40}]", "outcome": "failed",
-              "verdict": "new", "why": "w" * 100, "cause": ["c" * 100]} for i in range(n)]
+    n = 3000  # each listed line ~1 KB: 3 MB in all
+    fails = [{"nodeid": f"tests/test_a.py::test_{i}[{'x' * 400}]", "outcome": "failed",
+              "verdict": "new", "why": "w" * 300, "cause": ["c" * 300]} for i in range(n)]
     arts = _arts(tmp_path, [_outcome(status="failed", failures=fails, new_failures=n)],
                  matrix=[_job(TCP), _job(UDS)])
     rep = report_dir(arts, warn=lambda line: None)
     md = rep.markdown(table_markdown(rep.rows))
     assert len(md.encode()) < STEP_SUMMARY_LIMIT
     listed = md.count("**NEW**")
-    assert 1000 < listed < n and f"... and {n - listed} more" in md
+    assert 500 < listed < n and f"... and {n - listed} more" in md
     assert f"{UDS}: {NO_OUTCOME}" in md and "| cell |" in md  # never cut
 
 
@@ -198,3 +198,10 @@ def test_the_report_merges_the_histories_it_finds_in_the_artifacts(tmp_path):
     report_dir(arts, warn=lines.append, history=tmp_path / "cache" / "history.sqlite")
     assert len(_runs(tmp_path / "cache" / "history.sqlite")) == 2
     assert any("merged 2 run(s) from 2 job(s)" in line for line in lines)
+
+
+def test_a_matrix_whose_jobs_all_vanished_is_red_with_each_named(tmp_path):
+    rep = report_dir(_arts(tmp_path, [], matrix=[_job(TCP, 1, 2), _job(TCP, 2, 2)]),
+                     warn=lambda line: None)
+    assert rep.red and [j.label for j in rep.missing] == [f"{TCP} shard 1/2", f"{TCP} shard 2/2"]
+    assert [r.status_text for r in rep.rows] == ["no outcome"]

@@ -270,8 +270,10 @@ class CiReport:
         size = lambda lines: len("\n".join(lines).encode()) + len(lines)  # noqa: E731
         budget = limit - size(head) - size(tail) - 200
         kept: list[str] = []
+        used = 0
         for i, item in enumerate(items):
-            if size(kept) + len(item.encode()) + 1 > budget:
+            used += len(item.encode()) + 1
+            if used > budget:
                 kept.append(f"- ... and {len(items) - i} more (each job's summary.txt "
                             "artifact lists its own)")
                 break
