@@ -205,3 +205,14 @@ def test_a_matrix_whose_jobs_all_vanished_is_red_with_each_named(tmp_path):
                      warn=lambda line: None)
     assert rep.red and [j.label for j in rep.missing] == [f"{TCP} shard 1/2", f"{TCP} shard 2/2"]
     assert [r.status_text for r in rep.rows] == ["no outcome"]
+
+
+def test_a_history_destination_that_is_a_directory_is_refused_before_anything(tmp_path):
+    arts = _arts(tmp_path, [_outcome()], matrix=[_job(TCP)])
+    (tmp_path / "h").mkdir()
+    lines: list[str] = []
+    with pytest.raises(TaskError) as err:
+        report_dir(arts, warn=lines.append, history=tmp_path / "h",
+                   durations_out=tmp_path / "d.json")
+    assert err.value.code == 2 and "not a regular file" in str(err.value)
+    assert not lines and not (tmp_path / "d.json").exists() and not any((tmp_path / "h").iterdir())

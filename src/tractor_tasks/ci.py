@@ -401,9 +401,10 @@ def report_dir(directory: Path, *, durations_out: Path | None = None, warn=print
     from .cells import Row
     if not directory.is_dir():
         raise TaskError(f"error: {directory} is not a directory of job artifacts", 2)
-    if durations_out is not None:
-        from .fsutil import check_destination
-        check_destination(durations_out)  # refused before anything is read or printed
+    from .fsutil import check_destination
+    for dest in (durations_out, history):  # refused before anything is read or printed
+        if dest is not None:
+            check_destination(dest)
     matrix = matrix if matrix is not None else find_matrix(directory)
     jobs = load_matrix(matrix) if matrix is not None else None
     outcomes = sorted(directory.rglob(RunDir.OUTCOME))
