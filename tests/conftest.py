@@ -29,7 +29,10 @@ PORT = free_port()
 os.environ["SAMPLE_ACTORS_REGISTRY_PORT"] = str(PORT)
 os.environ["TRACTOR_TASKS_REGISTRY_PORT"] = str(PORT)
 for var in ("TRACTOR_TASKS_ROOT", "CI", "VIRTUAL_ENV", "SAMPLE_ACTORS_CHAOS",
-            "GITHUB_STEP_SUMMARY", "TRACTOR_TASKS_NOX_INVOCATION", "TRACTOR_TASKS_RUN"):
+            "GITHUB_STEP_SUMMARY", "TRACTOR_TASKS_NOX_INVOCATION", "TRACTOR_TASKS_RUN",
+            # the CI event decides a baseline (ci_event): tests give their own
+            "GITHUB_ACTIONS", "GITHUB_EVENT_NAME", "GITHUB_EVENT_PATH", "GITHUB_REF",
+            "GITLAB_CI", "CI_PIPELINE_SOURCE", "ImageOS", "ImageVersion", "RUNNER_OS"):
     os.environ.pop(var, None)
 
 

@@ -169,35 +169,21 @@ def _runs(path):
         return sorted(con.execute("SELECT run_id, cell FROM runs"))
 
 
-def test_merge_from_adds_every_jobs_runs_once_and_keeps_a_clashing_id_apart(tmp_path):
-    _hist(tmp_path / "a.sqlite", TCP, 100.0, run_id="r1")
-    _hist(tmp_path / "b.sqlite", UDS, 200.0, run_id="r1")   # same id, another run
-    _hist(tmp_path / "b.sqlite", UDS, 300.0, run_id="r2")
-    (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 50)
-    warns: list[str] = []
-    into = History(tmp_path / "into.sqlite", warn=warns.append)
-    paths = [tmp_path / "a.sqlite", tmp_path / "b.sqlite", tmp_path / "junk.sqlite"]
-    assert into.merge_from(paths) == 3
-    assert _runs(tmp_path / "into.sqlite") == [("r1", TCP), ("r1~1", UDS), ("r2", UDS)]
-    assert len(warns) == 1 and "junk.sqlite" in warns[0]
-    assert into.merge_from(paths[:2]) == 3   # again: replaced, not doubled
-    assert _runs(tmp_path / "into.sqlite") == [("r1", TCP), ("r1~1", UDS), ("r2", UDS)]
-    with sqlite3.connect(tmp_path / "into.sqlite") as con:
-        assert con.execute("SELECT count(*) FROM results").fetchone()[0] == 6
-    into.checkpoint()
-    assert not (tmp_path / "into.sqlite-wal").exists() or \
-        (tmp_path / "into.sqlite-wal").stat().st_size == 0
-
-
 def test_the_report_merges_the_histories_it_finds_in_the_artifacts(tmp_path):
     arts = _arts(tmp_path, [_outcome(shard="1/2"), _outcome(shard="2/2")],
                  matrix=[_job(TCP, 1, 2), _job(TCP, 2, 2)])
     _hist(arts / "shard-0" / "history.sqlite", TCP, 100.0)
     _hist(arts / "shard-1" / "history.sqlite", TCP, 200.0)
+    (arts / "shard-1" / "junk").mkdir()
+    (arts / "shard-1" / "junk" / "history.sqlite").write_bytes(b"not a database" * 100)
     lines: list[str] = []
-    report_dir(arts, warn=lines.append, history=tmp_path / "cache" / "history.sqlite")
-    assert len(_runs(tmp_path / "cache" / "history.sqlite")) == 2
-    assert any("merged 2 run(s) from 2 job(s)" in line for line in lines)
+    into = tmp_path / "cache" / "history.sqlite"
+    report_dir(arts, warn=lines.append, history=into)
+    assert len(_runs(into)) == 2  # a bad artifact costs its own rows only
+    assert any("junk/history.sqlite" in line and line.startswith("skipped:") for line in lines)
+    assert any("merged 2 new run(s) from 3 job(s)" in line for line in lines), lines
+    report_dir(arts, warn=lines.append, history=into)   # again: nothing doubled
+    assert len(_runs(into)) == 2 and "(2 already there)" in lines[-1]
 
 
 def test_a_matrix_whose_jobs_all_vanished_is_red_with_each_named(tmp_path):

@@ -167,7 +167,7 @@ def test_a_shard_that_never_reported_makes_the_report_red_and_names_it(push_run,
     art = push_run["runner"].artifacts / "job-0"
     kept = {p.name for p in art.rglob("*")}
     assert {"outcome.json", "junit.xml", "summary.txt", "trace.json", "history.sqlite"} <= kept
-    assert "merged 1 run(s) from 1 job(s)" in report.log
+    assert "history: merged 1 new run(s) from 1 job(s)" in report.log
     assert [p.name for p in gh["cache"].iterdir()] == ["tractor-tasks-history-main-101-1"]
 
 
@@ -204,9 +204,12 @@ def test_a_pull_request_that_breaks_a_test_is_red_with_the_test_named(pr_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs cibase: the baseline from the CI event (the "
-                   "merge commit's first parent); without it a depth-2 clone has no baseline "
-                   "and the broken test is [NEW]")
 def test_a_pull_request_that_breaks_a_test_calls_it_a_regression_with_its_file(pr_run):
-    named = next(line for line in pr_run["report"].summary.splitlines() if BROKEN in line)
-    assert "**REGRESSION**" in named and "sample_actors/_spawn.py" in named
+    """The baseline is the merge commit's first parent (the depth-2 clone has it): the
+    test passes there, so the step summary calls it a regression and names the file."""
+    lines = pr_run["report"].summary.splitlines()
+    named = next(line for line in lines if BROKEN in line)
+    assert "**REGRESSION**" in named and "sample_actors/_spawn.py" in named, named
+    assert "1 regression(s) · 0 new" in lines[0]
+    table = next(line for line in lines if line.startswith(f"| {CELL}"))
+    assert table.split("|")[4:6] == [" 1 ", " 0 "]  # the regressions and new columns

@@ -59,7 +59,7 @@ def test_an_old_file_is_migrated_in_place_and_keeps_its_rows(tmp_path, version):
     v1_file(path, [("tests/test_a.py::t1", 2.0), ("tests/test_b.py::t1", 5.0)], version)
     hist = History(path)
     with sqlite3.connect(path) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         cols = {r[1] for r in con.execute("PRAGMA table_info(results)")}
         assert {"cpu", "rss", "verdict"} <= cols
         assert {"cores", "freq"} <= {r[1] for r in con.execute("PRAGMA table_info(runs)")}

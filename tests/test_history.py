@@ -18,7 +18,7 @@ from helpers import wait_for
 from tractor_tasks.errors import TaskError
 from tractor_tasks.history import (
     OUTCOMES, SCHEMA_VERSION, FlakyCandidate, History, RunRow, TestRow, flaky_toml,
-    junit_nodeid, load_durations, signature)
+    load_durations)
 from tractor_tasks.target import id_glob as glob_to_regex
 from tractor_tasks.target import load_target
 
@@ -300,121 +300,6 @@ def test_flaky_toml_without_a_signature_comments_instead_of_matching_everything(
     text = flaky_toml([c])
     assert text.startswith("#") and tomllib.loads(text) == {}
     assert flaky_toml([]) == ""
-
-
-@pytest.mark.parametrize("message, text, expected", [
-    ("trio.TooSlowError", "", "trio.TooSlowError"),
-    ("AssertionError: assert 1 == 2\n + where 1 = f()", "", "AssertionError: assert 1 == 2"),
-    ('failed on setup with "RuntimeError: no server"', "", "RuntimeError: no server"),
-    ("", "tb\nE   pexpect.exceptions.TIMEOUT: Timeout exceeded.\nE   more",
-     "pexpect.exceptions.TIMEOUT: Timeout exceeded."),
-    ("assert 1 == 2", "", "assert 1 == 2"),
-    ("", "", ""),
-])
-def test_signature_is_the_first_line_of_the_message_else_of_the_traceback(message, text, expected):
-    assert signature(message, text) == expected
-
-
-# -- JUnit import ----------------------------------------------------------------------------
-
-_TINY = textwrap.dedent("""
-    import pytest
-
-    @pytest.fixture
-    def server():
-        raise RuntimeError("no server")
-
-    def test_pass():
-        pass
-
-    def test_fail():
-        raise ValueError("boom 1\\nsecond line")
-
-    @pytest.mark.parametrize("p", ["a-1", "b.2"])
-    def test_param(p):
-        pass
-
-    def test_skip():
-        pytest.skip("not here")
-
-    @pytest.mark.xfail(reason="known")
-    def test_xfail():
-        assert 0
-
-    def test_setup_error(server):
-        pass
-
-    class TestC:
-        def test_m(self):
-            pass
-""")
-
-
-@pytest.fixture(scope="module")
-def junit_files(tmp_path_factory):
-    """Real pytest JUnit files (default xunit2 without `file`, and xunit1 with it)."""
-    root = tmp_path_factory.mktemp("proj")
-    (root / "pytest.ini").write_text("[pytest]\n")  # pins the rootdir here
-    (root / "tests" / "Sub").mkdir(parents=True)  # a Capitalised dir: only root= gets it
-    (root / "tests" / "Sub" / "test_tiny.py").write_text(_TINY)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-    files = {}
-    for family in ("xunit2", "xunit1"):
-        files[family] = root / f"{family}.xml"
-        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        "-o", f"junit_family={family}", f"--junitxml={files[family]}",
-                        "tests/Sub/test_tiny.py"],
-                       cwd=root, env=env, capture_output=True, timeout=120)
-    return root, files
-
-
-EXPECTED = {
-    "tests/Sub/test_tiny.py::test_pass": "passed",
-    "tests/Sub/test_tiny.py::test_fail": "failed",
-    "tests/Sub/test_tiny.py::test_param[a-1]": "passed",
-    "tests/Sub/test_tiny.py::test_param[b.2]": "passed",
-    "tests/Sub/test_tiny.py::test_skip": "skipped",
-    "tests/Sub/test_tiny.py::test_xfail": "xfailed",
-    "tests/Sub/test_tiny.py::test_setup_error": "error",
-    "tests/Sub/test_tiny.py::TestC::test_m": "passed",
-}
-
-
-@pytest.mark.parametrize("family", ["xunit2", "xunit1"])
-@pytest.mark.slow
-def test_a_real_pytest_junit_file_imports_with_exact_ids(hist, junit_files, family):
-    root, files = junit_files
-    n = hist.import_junit(files[family], minor="3.11", tpt="uds", spawn="trio",
-                          cell="tests-3.11(tpt='uds')", commit="c0ffee", root=root)
-    assert n == len(EXPECTED)
-    rows = {r["nodeid"]: r for r in hist.recent(limit=100)}
-    assert {k: r["outcome"] for k, r in rows.items()} == EXPECTED
-    assert rows["tests/Sub/test_tiny.py::test_fail"]["signature"] == "ValueError: boom 1"
-    assert rows["tests/Sub/test_tiny.py::test_setup_error"]["signature"] == \
-        "RuntimeError: no server"
-    assert {(r["tpt"], r["cell"], r["commit"]) for r in rows.values()} == \
-        {("uds", "tests-3.11(tpt='uds')", "c0ffee")}
-    assert hist.import_junit(files[family], minor="3.11", tpt="uds", spawn="trio",
-                             cell="tests-3.11(tpt='uds')", commit="c0ffee", root=root) == n
-    assert len(hist.recent(limit=100)) == n  # the same file again replaces, not doubles
-
-
-def test_junit_node_ids_without_root_or_file_guess_modules_by_case():
-    assert junit_nodeid("tests.test_x.TestC", "test_y[p.q]") == \
-        "tests/test_x.py::TestC::test_y[p.q]"
-    assert junit_nodeid("tests.test_x", "test_y") == "tests/test_x.py::test_y"
-    assert junit_nodeid("", "tests.test_broken") == "tests/test_broken.py"  # collection error
-
-
-@pytest.mark.parametrize("content", [b"this is not xml", b"<html><body/></html>", None])
-def test_a_bad_junit_file_is_one_line_and_records_nothing(hist, tmp_path, content):
-    bad = tmp_path / "junit.xml"
-    bad.mkdir() if content is None else bad.write_bytes(content)
-    with pytest.raises(TaskError) as err:
-        hist.import_junit(bad)
-    assert err.value.code == 1 and "\n" not in str(err.value)
-    assert hist.recent() == []
 
 
 # -- the committed durations file --------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 from tractor_tasks.options import RunOptions
 from tractor_tasks.pipeline import exit_code
 from tractor_tasks.results import Results, TestResult, classify, read_pass
+from tractor_tasks.junit import write_junit
 from tractor_tasks.passes import RunResult
 from tractor_tasks.status import RunStatus, TestOutcome as O, Verdict as V
 from tractor_tasks.supervise import PassOutcome, Stop
@@ -118,7 +119,7 @@ def test_passes_merge_into_one_result_junit_and_lastfailed(target, tmp_path):
     assert r.not_run() == []
 
     junit = tmp_path / "junit.xml"
-    r.write_junit(junit)
+    write_junit(r, junit)
     suite = ET.parse(junit).getroot()
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "1", "1")
     hung = next(c for c in suite.iter("testcase") if c.get("name") == "t2")

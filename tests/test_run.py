@@ -12,8 +12,10 @@ import xml.etree.ElementTree as ET
 import psutil
 import pytest
 
+import junit_rules
 from helpers import (REPO, alive, copy_sample, bindspace, chaos_pids, command_of, git_state, invoke,
                      last_run, port_listening, private_dir_of, wait_for, wait_for_test)
+from tractor_tasks.junit import EXTRAS as JUNIT_EXTRAS
 from tractor_tasks.scope import ScopeView
 from tractor_tasks.target import load_target
 
@@ -194,6 +196,9 @@ def test_a_hung_test_costs_one_test_and_the_rest_resumes(sample_repo, monkeypatc
     ids = [(c.get("file"), c.get("name")) for c in junit(sample_repo).iter("testcase")]
     assert len(ids) == len(set(ids)) and len(ids) == len(got)
     assert sum("test_ids_with_addresses" in name for _, name in ids) == 2
+    assert not any("0x" in name for _, name in ids)   # masked, as the history keys them
+    for schema in (junit_rules.SUREFIRE, junit_rules.JENKINS):   # hung tests included
+        assert junit_rules.check(junit(sample_repo), schema, JUNIT_EXTRAS) == []
     rec = outcome_of(sample_repo)
     assert rec["passes"] == 3 and rec["code"] == 1 and sorted(rec["hung"]) == [
         "tests/test_signals.py::test_hang_again", "tests/test_spawning.py::test_hang"]

@@ -8,7 +8,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+import junit_rules
 from helpers import copy_sample, invoke, last_run
+from tractor_tasks.junit import EXTRAS as JUNIT_EXTRAS
 from tractor_tasks.results import stable_id
 
 pytestmark = pytest.mark.slow
@@ -112,8 +114,19 @@ def test_ci_jobs_split_a_cell_and_the_report_adds_them_up(repo, tmp_path):
                if line.startswith("tests-3.11(tpt='tcp')"))
     assert int(row[2]) == len(ran[0] | ran[1]) - int(row[9])  # passed = all - skipped
     assert "shards (wall per job):" in report.stdout and "imbalance" in report.stdout
-    durations = json.loads((tmp_path / "d.json").read_text())["durations"]
+    doc = json.loads((tmp_path / "d.json").read_text())
+    durations = doc["durations"]
     assert len(durations) >= len(ran[0] | ran[1]) - int(row[9])
+    # the costs the jobs measured came through their JUnit files (empty before), and ids
+    # with memory addresses are masked, so they match the next run's
+    assert doc["costs"] and set(doc["costs"]) <= set(durations)
+    assert all(c["cpu"] >= 0 for c in doc["costs"].values())
+    assert "0x" not in (tmp_path / "d.json").read_text()
+    assert any("test_ids_with_addresses" in k for k in durations)
+    for job in artifacts.iterdir():   # each job's file keeps both schemas' rules
+        suite = ET.parse(job / "junit.xml").getroot()
+        assert junit_rules.check(suite, junit_rules.SUREFIRE, JUNIT_EXTRAS) == []
+        assert junit_rules.check(suite, junit_rules.JENKINS, JUNIT_EXTRAS) == []
 
 
 def test_ci_shards_split_a_long_module_unless_a_fixture_spans_it(tmp_path):

@@ -441,6 +441,7 @@ def report_dir(directory: Path, *, durations_out: Path | None = None, warn=print
         import tempfile
 
         from .history import History
+        from .junit import import_junit
         with tempfile.TemporaryDirectory() as tmp:
             h = History(Path(tmp) / "h.sqlite")
             for outcome, rec in good:
@@ -448,9 +449,9 @@ def report_dir(directory: Path, *, durations_out: Path | None = None, warn=print
                 if not os.path.lexists(junit):
                     continue
                 try:  # a bad JUnit file costs its durations only, not the report
-                    h.import_junit(junit, minor=rec.get("minor") or "",
-                                   tpt=rec.get("tpt") or "", spawn=rec.get("spawn") or "",
-                                   cell=rec.get("cell") or "", follow=False)
+                    import_junit(h, junit, minor=rec.get("minor") or "",
+                                 tpt=rec.get("tpt") or "", spawn=rec.get("spawn") or "",
+                                 cell=rec.get("cell") or "", follow=False)
                 except TaskError as err:
                     warn(f"skipped: {str(err).removeprefix('error: ')}")
             n = h.export_durations(durations_out)
@@ -464,6 +465,14 @@ def _merge_histories(directory: Path, into: Path, warn) -> None:
     from .history import History
     paths = sorted(p for p in directory.rglob(HISTORY_FILE) if not p.is_symlink())
     h = History(into, warn=warn)
-    n = h.merge_from(paths)
+    added = known = 0
+    for path in paths:  # one at a time: a bad artifact costs its own rows only
+        try:
+            a, k = h.merge_from([path])
+        except TaskError as err:
+            warn(f"skipped: {str(err).removeprefix('error: ')}")
+            continue
+        added, known = added + a, known + k
     h.checkpoint()
-    warn(f"history: merged {n} run(s) from {len(paths)} job(s) into {into}")
+    warn(f"history: merged {added} new run(s) from {len(paths)} job(s) into {into} "
+         f"({known} already there)")

@@ -164,6 +164,13 @@ def changed_since(root: Path, commit: str) -> list[str]:
                    and not (f in ("noxfile.py", "tasks.py") and _is_shim(root / f))})
 
 
+def unchanged_since(root: Path, commit: str | None, path: str) -> bool:
+    """`path` (relative to `root`) is the same in the work tree as at `commit`."""
+    if not commit:
+        return False
+    return git(root, "diff", "--quiet", commit, "--", path, check=False) is not None
+
+
 class Ancestry:
     """`is an ancestor of HEAD`, asked of git once per commit."""
 
@@ -200,15 +207,45 @@ class Baseline:
 
 @dataclass
 class Choice:
-    """The baseline (None: the history decides) and the one line to say about it."""
+    """The baseline (None: the history decides) and the one line to say about it.
+
+    `published`: the tree is exactly a published tip of the default branch (nothing
+    changed, nothing to blame); `ancestor`: no baseline yet, the rule is the newest
+    ancestor of HEAD with a clean recorded run of this cell, else HEAD~1 (resolved
+    with the history: `resolve_ancestor`)."""
     baseline: Baseline | None
     note: str = ""
+    published: bool = False
+    ancestor: bool = False
+    ci: object = None      # the ci_event.Decision that chose it, in CI
 
 
-def choose(root: Path, requested: str | None) -> Choice:
-    """--baseline REF, else the default: where the branch (with its edits) left the
-    upstream default branch; on the default branch with no edits, none (the history
-    decides). A REF that does not exist, or any REF outside git, is a usage error."""
+class BaselineMissing(TaskError):
+    """A CI event's baseline commit is not in the clone: the job stops at once."""
+
+    def __init__(self, message: str):
+        super().__init__(message, 2)
+
+
+def remote_default(root: Path) -> str | None:
+    """The remote's default branch as a remote-tracking ref (origin/HEAD's target, else
+    origin/main, origin/master), None without one."""
+    head = git(root, "symbolic-ref", "-q", "--short", "refs/remotes/origin/HEAD", check=False)
+    for ref in ([head] if head else []) + ["origin/main", "origin/master"]:
+        if commit_of(root, ref):
+            return ref
+    return None
+
+
+def choose(root: Path, requested: str | None, env=None, event: dict | None = None) -> Choice:
+    """--baseline REF; else in CI the event's own baseline (ci_event); else the local
+    rule: a published tip of the default branch (HEAD equal to origin/<default>, no
+    edits) has none (nothing changed: nothing to blame); a branch compares with where
+    it left the default branch, edits on the default branch with HEAD; anything else
+    (local commits with no remote, a detached or bisected HEAD, a shallow clone) with
+    the newest ancestor that has a clean recorded run, else HEAD~1 (`ancestor`). A REF
+    that does not exist, or any REF outside git, is a usage error; a CI event's
+    baseline the clone lacks stops the job (BaselineMissing, exit 2)."""
     if requested is not None:
         if not requested.strip():
             raise usage("--baseline is empty; give a commit or branch, e.g. main")
@@ -227,29 +264,86 @@ def choose(root: Path, requested: str | None) -> Choice:
     head = commit_of(root, "HEAD")
     if head is None:
         return Choice(None, "verdict: no baseline (no commit yet): the history decides")
-    upstream = default_branch(root)
+    from . import ci_event
+    env = os.environ if env is None else env
+    if ci_event.detect(env):
+        d = ci_event.decide(env, event, CloneGit(root))
+        if d.missing:
+            raise BaselineMissing(d.stop_line())
+        if d.commit:
+            return Choice(Baseline(d.commit, d.label, d.why), ci=d)
+        if d.published and not edits(root):
+            return Choice(None, f"verdict: a {d.event} run of the default branch's tip: "
+                          "nothing changed to compare with", published=True, ci=d)
+        local = _local(root, head, published=False)
+        local.ci = d
+        if d.note:
+            local.note = "; ".join(n for n in (d.note, local.note) if n)
+        return local
+    return _local(root, head)
+
+
+def _local(root: Path, head: str, published: bool = True) -> Choice:
     dirty = bool(edits(root))
-    if upstream is None:
+    remote = remote_default(root)
+    if remote is not None:
+        if published and commit_of(root, remote) == head and not dirty:
+            return Choice(None, f"verdict: HEAD is {remote}'s tip with no edits: nothing "
+                          "changed to compare with", published=True)
+        base = git(root, "merge-base", "HEAD", remote, check=False)
+        if base is not None and base != head:
+            short = remote.removeprefix("origin/")
+            return Choice(Baseline(base, short if commit_of(root, short) == base else remote,
+                                   f"where this branch left {remote}"))
         if dirty:
-            return Choice(Baseline(head, "HEAD", "your edits against HEAD"))
-        return Choice(None, "verdict: no baseline (no default branch found): the history "
-                      "decides")
-    base = git(root, "merge-base", "HEAD", upstream, check=False)
-    if base is None:
-        shallow = git(root, "rev-parse", "--is-shallow-repository", check=False) == "true"
-        why = ("a shallow clone without the base commit: `git fetch --unshallow`" if shallow
-               else f"HEAD shares no history with {upstream}")
-        if dirty:
-            return Choice(Baseline(head, "HEAD", "your edits against HEAD"),
-                          f"verdict: compared with HEAD, not {upstream} ({why})")
-        return Choice(None, f"verdict: no baseline ({why}): the history decides")
-    if base == head:
-        if not dirty:
-            return Choice(None)  # on the default branch, nothing changed: history decides
+            note = "" if base is not None else                 f"verdict: compared with HEAD, not {remote} ({_no_base_why(root, remote)})"
+            return Choice(Baseline(head, "HEAD", "your edits against HEAD"), note)
+        if base is None:
+            return Choice(None, f"verdict: no base with {remote} "
+                          f"({_no_base_why(root, remote)})", ancestor=True)
+        return Choice(None, ancestor=True)    # an older commit of the default branch
+    local = next((b for b in ("main", "master") if commit_of(root, b)), None)
+    if dirty:
         return Choice(Baseline(head, "HEAD", "your edits against HEAD"))
-    return Choice(Baseline(base, upstream.removeprefix("origin/")
-                           if commit_of(root, upstream.removeprefix("origin/")) == base
-                           else upstream, f"where this branch left {upstream}"))
+    if local is not None:
+        base = git(root, "merge-base", "HEAD", local, check=False)
+        if base is not None and base != head:
+            return Choice(Baseline(base, local, f"where this branch left {local}"))
+    return Choice(None, ancestor=True)   # local commits with no remote, a detached HEAD
+
+
+def _no_base_why(root: Path, upstream: str) -> str:
+    shallow = git(root, "rev-parse", "--is-shallow-repository", check=False) == "true"
+    return ("a shallow clone without the base commit: `git fetch --unshallow`" if shallow
+            else f"HEAD shares no history with {upstream}")
+
+
+def newest_recorded(ancestors: list[str], recorded: set[str]) -> str | None:
+    """The first of `ancestors` (newest first) that has a recorded run."""
+    return next((c for c in ancestors if c in recorded), None)
+
+
+def resolve_ancestor(root: Path, choice: Choice, recorded: set[str]) -> Choice:
+    """An `ancestor` choice made whole: the newest ancestor of HEAD (HEAD itself left
+    out) with a clean recorded run of this cell, else HEAD~1; none when HEAD has no
+    parent in this clone (a root commit, a shallow clone: said once)."""
+    if not choice.ancestor or choice.baseline is not None:
+        return choice
+    out = git(root, "rev-list", "--max-count=2000", "HEAD^", check=False)
+    ancestors = out.splitlines() if out else []
+    note = choice.note
+    found = newest_recorded(ancestors, recorded)
+    if found is not None:
+        return Choice(Baseline(found, found[:10], "the newest ancestor of HEAD with a clean "
+                               "recorded run of this cell"), note, ci=choice.ci)
+    if ancestors:
+        return Choice(Baseline(ancestors[0], "HEAD~1", "the commit before HEAD (no ancestor "
+                               "has a clean recorded run of this cell)"), note, ci=choice.ci)
+    shallow = git(root, "rev-parse", "--is-shallow-repository", check=False) == "true"
+    why = ("a shallow clone without HEAD~1: `git fetch --deepen 1`" if shallow
+           else "HEAD has no parent")
+    return Choice(None, "; ".join(n for n in (note, f"verdict: no baseline ({why}): the "
+                                              "history decides") if n), ci=choice.ci)
 
 
 def export(root: Path, commit: str, dest: Path) -> Path:
@@ -299,3 +393,37 @@ def remove_export(path: Path) -> None:
     for d, dirs, _ in os.walk(path):
         os.chmod(d, 0o755)
     shutil.rmtree(path, ignore_errors=True)
+
+
+class CloneGit:
+    """ci_event.Git over a real clone (read-only queries, each asked once)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.head = commit_of(root, "HEAD")
+        self._anc = Ancestry(root)
+
+    def has(self, commit: str) -> bool:
+        return bool(commit) and git(self.root, "cat-file", "-e", f"{commit}^{{commit}}",
+                                    check=False) is not None
+
+    def parents(self, commit: str) -> list[str] | None:
+        """The parent ids the commit object names (a shallow clone's grafts hide them
+        from rev-list, not from the object itself)."""
+        raw = git(self.root, "cat-file", "commit", commit, check=False)
+        if raw is None:
+            return None
+        head, _, _ = raw.partition("\n\n")
+        return [ln.split()[1] for ln in head.splitlines() if ln.startswith("parent ")]
+
+    def is_ancestor(self, a: str, b: str) -> bool:
+        if b == self.head:
+            return self._anc(a)
+        return subprocess.run(["git", "merge-base", "--is-ancestor", a, b], cwd=self.root,
+                              capture_output=True).returncode == 0
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        return git(self.root, "merge-base", a, b, check=False)
+
+    def resolve(self, ref: str) -> str | None:
+        return commit_of(self.root, ref)

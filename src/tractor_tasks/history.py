@@ -1,5 +1,8 @@
 """The results history: every test outcome of every run and matrix cell, in one SQLite file.
 
+Tests are keyed by their stable id (results.stable_id: memory addresses masked), on
+the way in and on the way out, so a test matches itself in the next run.
+
 It answers the questions a single run cannot: how long does a test usually take
 (shard balancing), what did it do lately across cells (`recent`), and which tests
 flip between passing and failing in a cell (`flaky`, with ready-to-paste rules).
@@ -10,7 +13,6 @@ A connection is opened per operation, so a History survives fork().
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -19,21 +21,21 @@ import re
 import sqlite3
 import statistics
 import time
-import xml.etree.ElementTree as ET
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from itertools import groupby, pairwise
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import TaskError
+from .results import stable_id
 from .status import TestOutcome
 from .target import id_glob_body, under_tests
 from .fsutil import atomic_write
 
-SCHEMA_VERSION = 3   # 2: verdict, work-tree state; 3: per-test cpu, rss; per-run cores, freq
+SCHEMA_VERSION = 4   # 2: verdict, work-tree state; 3: per-test cpu, rss; per-run cores, freq
+                     # 4: per-run environment (interpreter, lock, image), machine class
 APPLICATION_ID = 0x74727474  # "trtt": marks the file as a tractor-tasks history
 # derived from the one vocabulary (status.py)
 OUTCOMES = tuple(o.value for o in TestOutcome)
@@ -60,7 +62,9 @@ _SCHEMA = (
         host       TEXT NOT NULL DEFAULT '',
         tree       TEXT NOT NULL DEFAULT '',
         cores      INTEGER,
-        freq       REAL)""",
+        freq       REAL,
+        environ    TEXT NOT NULL DEFAULT '',
+        machine    TEXT NOT NULL DEFAULT '')""",
     "CREATE INDEX IF NOT EXISTS runs_started ON runs(started)",
     # minor/tpt/spawn/started are copied from the run: every per-test query is then
     # one index range on this table, no join needed.
@@ -92,6 +96,8 @@ _MIGRATIONS = {
         "ALTER TABLE results ADD COLUMN rss INTEGER",
         "ALTER TABLE runs ADD COLUMN cores INTEGER",
         "ALTER TABLE runs ADD COLUMN freq REAL"),
+    4: ("ALTER TABLE runs ADD COLUMN environ TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE runs ADD COLUMN machine TEXT NOT NULL DEFAULT ''"),
 }
 
 
@@ -111,6 +117,8 @@ class RunRow:
     tree: str = ""         # "" for a clean work tree at `commit`, else a hash of its edits
     cores: int | None = None    # os.cpu_count() of the machine
     freq: float | None = None   # CPU frequency / its maximum (machine_freq()), None unknown
+    environ: str = ""      # "python=3.13.1;lock=ab12..;image=ubuntu24/2025..": environment()
+    machine: str = ""      # the machine class (ci_event.machine_class), "" unknown
 
 
 @dataclass
@@ -158,6 +166,9 @@ class Past:
     run_id: str
     started: float
     host: str
+    environ: str = ""
+    machine: str = ""
+
 
 @dataclass(frozen=True)
 class TestCost:
@@ -382,64 +393,15 @@ class History:
             con.execute("DELETE FROM results WHERE run_id = ?", (run.run_id,))
             con.execute(
                 "INSERT OR REPLACE INTO runs (run_id, started, finished, kind, cell, minor, "
-                "tpt, spawn, commit_sha, load, host, tree, cores, freq) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "tpt, spawn, commit_sha, load, host, tree, cores, freq, environ, machine) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run.run_id, run.started, run.finished, run.kind, run.cell, run.minor,
                  run.tpt, run.spawn, run.commit, run.load, run.host, run.tree, run.cores,
-                 run.freq))
+                 run.freq, run.environ, run.machine))
             con.executemany(
                 "INSERT INTO results (run_id, nodeid, minor, tpt, spawn, started, outcome, "
                 "duration, flaky, signature, verdict, cpu, rss) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-
-    # -- merging: CI jobs' copies into one history ---------------------------------
-
-    def merge_from(self, paths: Iterable[Path]) -> int:
-        """Add the runs of other histories (each CI job's copy) to this one, by run: a
-        run already here is replaced by the incoming copy of itself (same id, cell and
-        start), another run that happens to share its id is kept under a suffixed id. A
-        file that is not a readable tractor-tasks history is one warn() line and left out;
-        nothing of it is merged. Returns how many runs were merged."""
-        merged = 0
-        for path in paths:
-            try:
-                runs = _read_runs(Path(path))
-            except TaskError as err:
-                self.warn(f"skipped: {str(err).removeprefix('error: ')}")
-                continue
-            self._guard(self._merge, runs)
-            merged += len(runs)
-        return merged
-
-    def _merge(self, runs: list[tuple[dict, list[dict]]]) -> None:
-        with self._write() as con:
-            for run, results in runs:
-                run_id = run["run_id"]
-                for n in range(100):
-                    rid = run_id if n == 0 else f"{run_id}~{n}"
-                    have = con.execute("SELECT cell, started FROM runs WHERE run_id = ?",
-                                       (rid,)).fetchone()
-                    if have is None or (have[0], round(have[1], 3)) == (
-                            run.get("cell", ""), round(run["started"], 3)):
-                        break
-                run = {**run, "run_id": rid}
-                con.execute("DELETE FROM results WHERE run_id = ?", (rid,))
-                cols = list(run)
-                con.execute(f"INSERT OR REPLACE INTO runs ({', '.join(cols)}) "
-                            f"VALUES ({', '.join('?' * len(cols))})", [run[c] for c in cols])
-                for row in results:
-                    row = {**row, "run_id": rid}
-                    cols = list(row)
-                    con.execute(f"INSERT INTO results ({', '.join(cols)}) "
-                                f"VALUES ({', '.join('?' * len(cols))})", [row[c] for c in cols])
-
-    def checkpoint(self) -> None:
-        """Fold the write-ahead log into the database file, so a copy of the one file
-        (a CI cache, an artifact) holds every row."""
-        def run():
-            with self._conn() as con:
-                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._guard(run)
 
     # -- reading -------------------------------------------------------------------
 
@@ -460,13 +422,21 @@ class History:
 
         def query():
             with self._conn() as con:
-                ids = (wanted if wanted is not None else
-                       [r[0] for r in con.execute("SELECT DISTINCT nodeid FROM results")])
+                # rows stored before ids were normalized count under their stable id
+                raw = ("SELECT DISTINCT nodeid FROM results" if wanted is None else
+                       "SELECT DISTINCT nodeid FROM results WHERE nodeid LIKE '% at 0x%'")
+                ids = {stable_id(n): [stable_id(n)] for n in wanted or ()}
+                for (nodeid,) in con.execute(raw):
+                    key = stable_id(nodeid)
+                    if wanted is None or key in ids:
+                        ids.setdefault(key, [key])
+                        if nodeid != key:
+                            ids[key].append(nodeid)
                 out = {}
-                for nodeid in ids:
-                    found = _last_durations(con, nodeid, minor, tpt, spawn, last)
+                for nodeid, raws in ids.items():
+                    found = _last_durations(con, raws, minor, tpt, spawn, last)
                     if not found and (minor or tpt or spawn):
-                        found = _last_durations(con, nodeid, "", "", "", last)
+                        found = _last_durations(con, raws, "", "", "", last)
                     if found:
                         out[nodeid] = statistics.median(found)
                 return out
@@ -477,11 +447,11 @@ class History:
         """Per test, the medians of its last `last` timed rows in the cell (else in any
         cell, as durations() does): wall, and CPU and RSS where rows recorded them (rows
         from before schema 2 have none: cpu None means unknown, not free)."""
-        wanted = set(nodeids) if nodeids is not None else None
+        wanted = set(map(stable_id, nodeids)) if nodeids is not None else None
         marks = ",".join("?" * len(TIMED))
-        rows = self._read(
-            f"SELECT nodeid, minor, tpt, spawn, duration, cpu, rss FROM results "
-            f"WHERE outcome IN ({marks}) ORDER BY nodeid, started DESC, id DESC", TIMED)
+        rows = _stable_rows(self._read(
+            f"SELECT nodeid, minor, tpt, spawn, duration, cpu, rss, started, id FROM results "
+            f"WHERE outcome IN ({marks})", TIMED), lambda r: (r[0], -r[7], -r[8]))
         out: dict[str, TestCost] = {}
         for nodeid, group in groupby(rows, key=lambda r: r[0]):
             if wanted is not None and nodeid not in wanted:
@@ -552,7 +522,8 @@ class History:
                 for nodeid in wanted:
                     cur = con.execute(
                         "SELECT t.outcome, t.signature, r.commit_sha, r.tree, r.kind, "
-                        "t.verdict, t.run_id, t.started, r.host FROM results t "
+                        "t.verdict, t.run_id, t.started, r.host, r.environ, r.machine "
+                        "FROM results t "
                         "JOIN runs r USING (run_id) WHERE t.nodeid = ? AND t.minor = ? "
                         "AND t.tpt = ? AND t.spawn = ? ORDER BY t.started DESC, t.id DESC "
                         "LIMIT ?", (nodeid, minor, tpt, spawn, last))
@@ -570,10 +541,10 @@ class History:
         fixed long ago drops off. Highest flip rate first; ties by flips, runs, node id, cell.
         """
         marks = ",".join("?" * len(PASS | FAIL))
-        rows = self._read(
-            "SELECT nodeid, minor, tpt, spawn, outcome, signature FROM results "
-            f"WHERE outcome IN ({marks}) ORDER BY nodeid, minor, tpt, spawn, started, id",
-            tuple(sorted(PASS | FAIL)))
+        rows = _stable_rows(self._read(
+            "SELECT nodeid, minor, tpt, spawn, outcome, signature, started, id FROM results "
+            f"WHERE outcome IN ({marks})", tuple(sorted(PASS | FAIL))),
+            lambda r: (*r[:4], r[6], r[7]))
         names = self._cell_names()
         found = []
         for (nodeid, minor, tpt, spawn), group in groupby(rows, key=lambda r: r[:4]):
@@ -594,49 +565,85 @@ class History:
                           "ORDER BY started")
         return {tuple(r[:3]): r[3] for r in rows}
 
-    # -- import / export -------------------------------------------------------------
+    def clean_commits(self, *, minor: str, tpt: str, spawn: str, tree: str = "") -> set[str]:
+        """The commits with a recorded run of this cell (minor, tpt, spawn) whose work
+        tree was clean (`tree`: the run's state, "" or its verdict_env part): what the
+        no-remote baseline rule looks for among HEAD's ancestors."""
+        rows = self._read("SELECT DISTINCT commit_sha FROM runs WHERE minor = ? AND tpt = ? "
+                          "AND spawn = ? AND tree = ? AND commit_sha IS NOT NULL "
+                          "AND kind != 'baseline'", (minor, tpt, spawn, tree))
+        return {r[0] for r in rows}
 
-    def import_junit(self, path: Path, *, minor: str = "", tpt: str = "", spawn: str = "",
-                     cell: str = "", commit: str | None = None,
-                     root: Path | None = None, follow: bool = True) -> int:
-        """Record a pytest JUnit file (e.g. a CI artifact) as one run; returns the test count.
+    # -- merging histories (CI artifacts, a CI cache) ------------------------------------
 
-        The run id is a hash of the file and the cell, so importing the same file twice
-        replaces, not doubles. `root` (the dir pytest ran in) makes node ids exact when the
-        file has no `file` attributes (pytest's default xunit2 family has none). The file
-        is read bounded (fsutil.read_bounded: a regular file, a symlink only with `follow`).
-        """
-        from .fsutil import NotRegular, read_bounded
-        path = Path(path)
+    def merge_from(self, paths: Iterable[Path]) -> tuple[int, int]:
+        """Merge other histories (each a history.sqlite: a CI job's artifact, a restored
+        cache) into this one, by run: a run id already here is left as it is, so merging
+        the same file twice adds nothing. Files of any schema version up to ours are read
+        (columns they lack are NULL/empty); a file that is not a tractor-tasks history is
+        a one-line TaskError naming it, and nothing of it is merged. Returns (runs
+        added, runs already here). The result is checkpointed (checkpoint())."""
+        added = known = 0
+        for path in paths:
+            a, k = self._guard(self._merge_one, Path(path))
+            added, known = added + a, known + k
+        self.checkpoint()
+        return added, known
+
+    def _merge_one(self, path: Path) -> tuple[int, int]:
+        if not path.is_file():
+            raise TaskError(f"error: {path} is not a history file; give a history.sqlite "
+                            "(or a directory holding them)", 2)
+        if path.resolve() == self.path.resolve():
+            return 0, 0
         try:
-            data = read_bounded(path, follow=follow)
-            tree = ET.ElementTree(ET.fromstring(data))
-        except NotRegular as err:
-            raise TaskError(f"error: JUnit file {path} is {err.strerror}; nothing recorded", 1)
-        except OSError as err:
-            raise TaskError(f"cannot read JUnit file {path} ({err.strerror or err})", 1)
-        except ET.ParseError as err:
-            raise TaskError(f"{path} is not valid JUnit XML ({err}); nothing recorded", 1)
-        top = tree.getroot()
-        if top.tag not in ("testsuites", "testsuite"):
-            raise TaskError(f"{path} is XML but not JUnit (root <{top.tag}>); "
-                            "nothing recorded", 1)
-        cases = list(top.iter("testcase"))
-        named = [c for c in cases if (c.get("classname") or "").strip(". ")
-                 or (c.get("name") or "").strip(". ")]
-        if len(named) < len(cases):
-            self.warn(f"note: {len(cases) - len(named)} testcase(s) of {path} have no classname "
-                      "and no name; skipped")
-        bad_times = sum(_seconds(c.get("time")) != _float(c.get("time")) for c in named)
-        if bad_times:
-            self.warn(f"note: {bad_times} testcase time(s) of {path} are not a number of "
-                      f"seconds under {MAX_SECONDS:g}; counted as 0")
-        tests = [_junit_test(case, root) for case in named]
-        started, finished, host = _junit_times(top, path)
-        run_id = hashlib.sha256(data + repr((minor, tpt, spawn, cell, commit)).encode())
-        self.record(RunRow(run_id.hexdigest()[:32], started, finished, "import", cell=cell,
-                           minor=minor, tpt=tpt, spawn=spawn, commit=commit, host=host), tests)
-        return len(tests)
+            src = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_SECONDS)
+        except sqlite3.Error as err:
+            raise TaskError(f"error: cannot open history {path} ({err})", 1) from None
+        try:
+            try:
+                version, app_id, _ = _header(src)
+            except sqlite3.DatabaseError as err:
+                raise TaskError(f"error: {path} is not a tractor-tasks history ({err}); "
+                                "nothing of it merged", 1) from None
+            if app_id != APPLICATION_ID or not 1 <= version <= SCHEMA_VERSION:
+                raise TaskError(f"error: {path} is not a tractor-tasks history of schema "
+                                f"1..{SCHEMA_VERSION} (application id {app_id:#x}, version "
+                                f"{version}); nothing of it merged", 1)
+            run_cols = _columns(src, "runs")
+            res_cols = _columns(src, "results")
+            runs = src.execute(f"SELECT {', '.join(_or_null(c, run_cols) for c in _RUN_COLS)} "
+                               "FROM runs").fetchall()
+            with self._write() as con:
+                have = {r[0] for r in con.execute("SELECT run_id FROM runs")}
+                new = [r for r in runs if r[0] not in have]
+                con.executemany(f"INSERT INTO runs ({', '.join(_RUN_COLS)}) VALUES "
+                                f"({','.join('?' * len(_RUN_COLS))})",
+                                [tuple(_fill(c, v) for c, v in zip(_RUN_COLS, r)) for r in new])
+                cols = ", ".join(_or_null(c, res_cols) for c in _RES_COLS)
+                for r in new:
+                    rows = src.execute(f"SELECT {cols} FROM results WHERE run_id = ?",
+                                       (r[0],)).fetchall()
+                    con.executemany(f"INSERT INTO results ({', '.join(_RES_COLS)}) VALUES "
+                                    f"({','.join('?' * len(_RES_COLS))})",
+                                    [tuple(_fill(c, v) for c, v in zip(_RES_COLS, row))
+                                     for row in rows])
+            return len(new), len(runs) - len(new)
+        except sqlite3.DatabaseError as err:
+            raise TaskError(f"error: history {path} is unreadable ({err}); nothing of it "
+                            "merged", 1) from None
+        finally:
+            src.close()
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the database file, so the file alone (what a CI
+        cache or an artifact saves) holds every row."""
+        def run():
+            with self._conn() as con:
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._guard(run)
+
+    # -- export -------------------------------------------------------------
 
     def export_durations(self, path: Path, **cell) -> int:
         """Write {"version": 2, "durations": {nodeid: seconds}, "costs": {nodeid: {"cpu":
@@ -658,66 +665,6 @@ class History:
 
 
 # -- helpers: rows and queries ---------------------------------------------------------
-
-def _read_runs(path: Path) -> list[tuple[dict, list[dict]]]:
-    """Every run of another history file and its results, as column -> value (only the
-    columns this schema has). Read from a private copy (a -wal beside it is copied
-    along and folded in), so the file itself is never written; a file that is not a
-    regular file, not SQLite, not a tractor-tasks history or newer than this schema is
-    a TaskError naming it."""
-    import shutil
-    import stat
-    import tempfile
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            raise TaskError(f"{path} is not a regular file")
-        with tempfile.TemporaryDirectory() as tmp:
-            copy = Path(tmp) / "h.sqlite"
-            shutil.copyfile(path, copy)
-            wal = Path(f"{path}-wal")
-            if os.path.isfile(wal) and not os.path.islink(wal):
-                shutil.copyfile(wal, f"{copy}-wal")
-            con = sqlite3.connect(copy)
-            try:
-                version, app_id, _ = _header(con)
-                if app_id != APPLICATION_ID:
-                    raise TaskError(f"{path} is not a tractor-tasks history")
-                if version > SCHEMA_VERSION:
-                    raise TaskError(f"{path} has schema version {version}, newer than this "
-                                    f"tractor-tasks knows ({SCHEMA_VERSION})")
-                runs_cols = _common_cols(con, "runs", exclude=())
-                res_cols = _common_cols(con, "results", exclude=("id",))
-                results: dict[str, list[dict]] = {}
-                for values in con.execute(f"SELECT {', '.join(res_cols)} FROM results"):
-                    row = dict(zip(res_cols, values))
-                    results.setdefault(row["run_id"], []).append(row)
-                return [(run, results.get(run["run_id"], [])) for run in (
-                    dict(zip(runs_cols, values)) for values in con.execute(
-                        f"SELECT {', '.join(runs_cols)} FROM runs ORDER BY started"))]
-            finally:
-                con.close()
-    except OSError as err:
-        raise TaskError(f"cannot read {path} ({err.strerror or err})") from None
-    except sqlite3.DatabaseError as err:
-        raise TaskError(f"{path} is not a readable history ({err})") from None
-
-
-def _common_cols(con: sqlite3.Connection, table: str, exclude: tuple[str, ...]) -> list[str]:
-    """The columns of `table` in both that file and this schema (an older file lacks some:
-    they take their defaults)."""
-    theirs = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
-    mem = sqlite3.connect(":memory:")
-    try:
-        for stmt in _SCHEMA:
-            mem.execute(stmt)
-        ours = [r[1] for r in mem.execute(f"PRAGMA table_info({table})")]
-    finally:
-        mem.close()
-    cols = [c for c in dict.fromkeys(ours) if c in theirs and c not in exclude]
-    if "run_id" not in cols or "started" not in cols:
-        raise sqlite3.DatabaseError(f"its {table} table lacks run_id or started")
-    return cols
-
 
 def _ident(path: Path) -> tuple[int, int] | None:
     try:
@@ -750,19 +697,29 @@ def _quick_check(con: sqlite3.Connection) -> None:
 def _result_row(run: RunRow, t: TestRow) -> tuple:
     if t.outcome not in OUTCOMES:
         raise ValueError(f"outcome {t.outcome!r} of {t.nodeid} is not one of {OUTCOMES}")
-    return (run.run_id, t.nodeid, run.minor, run.tpt, run.spawn, run.started, t.outcome,
-            float(t.duration), t.flaky, t.signature, t.verdict,
+    return (run.run_id, stable_id(t.nodeid), run.minor, run.tpt, run.spawn, run.started,
+            t.outcome, float(t.duration), t.flaky, t.signature, t.verdict,
             None if t.cpu is None else float(t.cpu), None if t.rss is None else int(t.rss))
 
 
-def _last_durations(con, nodeid: str, minor: str, tpt: str, spawn: str, last: int) -> list[float]:
+def _last_durations(con, nodeids: list[str], minor: str, tpt: str, spawn: str,
+                    last: int) -> list[float]:
+    """The newest `last` timed durations of a test stored under any of `nodeids` (its
+    stable id and the raw ids of rows stored before ids were normalized)."""
     marks = ",".join("?" * len(TIMED))
+    ids = ",".join("?" * len(nodeids))
     cur = con.execute(
-        f"SELECT duration FROM results WHERE nodeid = ? AND outcome IN ({marks}) "
+        f"SELECT duration FROM results WHERE nodeid IN ({ids}) AND outcome IN ({marks}) "
         "AND (? = '' OR minor = ?) AND (? = '' OR tpt = ?) AND (? = '' OR spawn = ?) "
         "ORDER BY started DESC, id DESC LIMIT ?",
-        (nodeid, *TIMED, minor, minor, tpt, tpt, spawn, spawn, last))
+        (*nodeids, *TIMED, minor, minor, tpt, tpt, spawn, spawn, last))
     return [r[0] for r in cur if sane_seconds(r[0])]
+
+
+def _stable_rows(rows: list[tuple], key) -> list[tuple]:
+    """Rows whose first column is a node id, with it made stable (rows stored before ids
+    were normalized join their test), sorted by `key`."""
+    return sorted(((stable_id(r[0]), *r[1:]) for r in rows), key=key)
 
 
 def _cell_label(minor: str, tpt: str, spawn: str) -> str:
@@ -777,109 +734,33 @@ def _dominant(signatures: tuple[str, ...]) -> str:
     return max(signatures, key=lambda s: (counts[s], -signatures.index(s)))
 
 
-# -- helpers: JUnit -------------------------------------------------------------------------
-
-_WRAPPED = re.compile(r'failed on (?:setup|teardown) with "(.*)"\Z', re.S)
-
-
-def signature(message: str, text: str = "") -> str:
-    """The first line of a failure's message ("trio.TooSlowError: deadline exceeded"), else
-    its traceback's first E line: the same head line the probe-based results record, so
-    imported and run rows of one failure share a signature."""
-    head = (message or "").strip()
-    wrapped = _WRAPPED.match(head)  # a setup/teardown error, as pytest's junitxml words it
-    if wrapped:
-        head = wrapped.group(1).strip()
-    if not head:
-        e_lines = [ln[1:].strip() for ln in (text or "").splitlines() if ln.startswith("E ")]
-        head = next((ln for ln in e_lines if ln), "")
-    return head.splitlines()[0].strip()[:200] if head else ""
+_RUN_COLS = ("run_id", "started", "finished", "kind", "cell", "minor", "tpt", "spawn",
+             "commit_sha", "load", "host", "tree", "cores", "freq", "environ", "machine")
+_RES_COLS = ("run_id", "nodeid", "minor", "tpt", "spawn", "started", "outcome", "duration",
+             "flaky", "signature", "cpu", "rss", "verdict")
+_NOT_NULL = {"cell", "minor", "tpt", "spawn", "host", "tree", "environ", "machine", "flaky",
+             "signature", "verdict"}
 
 
-def _junit_test(case: ET.Element, root: Path | None) -> TestRow:
-    nodeid = junit_nodeid(case.get("classname", ""), case.get("name", ""), case.get("file"), root)
-    duration = _seconds(case.get("time"))
-    failed, errored, skipped = case.find("failure"), case.find("error"), case.find("skipped")
-    bad = failed if failed is not None else errored
-    if bad is not None:
-        outcome = "failed" if failed is not None else "error"
-        return TestRow(nodeid, outcome, duration,
-                       signature=signature(bad.get("message", ""), bad.text or ""))
-    if skipped is not None:
-        outcome = "xfailed" if skipped.get("type") == "pytest.xfail" else "skipped"
-        return TestRow(nodeid, outcome, duration)
-    return TestRow(nodeid, "passed", duration)
+def _columns(con, table: str) -> set[str]:
+    return {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
 
 
-def junit_nodeid(classname: str, name: str, file: str | None = None,
-                 root: Path | None = None) -> str:
-    """pytest's node id back from JUnit: classname "tests.test_x.TestC" + name "test_y[p]"
-    -> "tests/test_x.py::TestC::test_y[p]".
-
-    The module part is, in order: the `file` attribute; the longest dotted prefix that is
-    a .py file under `root`; else the prefix up to the first Capitalised (class) part.
-    """
-    parts = [p for p in classname.split(".") if p]
-    if not parts:  # a collection error: the name is the dotted module
-        parts, name = name.split("."), ""
-    if file:
-        mod = list(Path(file).with_suffix("").parts)
-        rest = parts[len(mod):] if parts[:len(mod)] == mod else []
-        return "::".join([Path(file).as_posix(), *rest, *([name] if name else [])])
-    cut = _module_cut(parts, root)
-    module = "/".join(parts[:cut]) + ".py"
-    return "::".join([module, *parts[cut:], *([name] if name else [])])
+def _or_null(col: str, have: set[str]) -> str:
+    return col if col in have else "NULL"
 
 
-def _module_cut(parts: list[str], root: Path | None) -> int:
-    if root is not None:
-        for i in range(len(parts), 0, -1):
-            if (Path(root) / Path(*parts[:i]).with_suffix(".py")).is_file():
-                return i
-    for i, part in enumerate(parts):
-        if i and part[:1].isupper():
-            return i
-    return len(parts)
+def _fill(col: str, value):
+    return "" if value is None and col in _NOT_NULL else value
 
 
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value or 0)
-    except ValueError:
-        return None
-
-
-def _seconds(value: str | None) -> float:
-    """A JUnit time attribute; a missing, garbled or absurd one (negative, not finite,
-    MAX_SECONDS or more: what a durations file refuses) counts as 0, not as a bad file."""
-    seconds = _float(value)
-    return seconds if seconds is not None and 0 <= seconds < MAX_SECONDS else 0.0
-
+# -- helpers: durations -------------------------------------------------------------------
 
 def sane_seconds(value) -> bool:
     """A duration the history keeps and exports (rows stored before imports were checked
     may hold 1e300)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and \
         math.isfinite(value) and 0 <= value < MAX_SECONDS
-
-
-def _junit_times(top: ET.Element, path: Path) -> tuple[float, float, str]:
-    """(started, finished, host) from the testsuite attributes, else the file's mtime."""
-    suites = [top] if top.tag == "testsuite" else list(top.iter("testsuite"))
-    seconds = sum(_seconds(s.get("time")) for s in suites)
-    stamps = []
-    for s in suites:
-        try:
-            stamp = datetime.fromisoformat(s.get("timestamp") or "").timestamp()
-        except (ValueError, OverflowError, OSError):
-            continue
-        if 0 <= stamp < 1e11:  # within years 1970..5138: else junk, the mtime stands
-            stamps.append(stamp)
-    host = next((s.get("hostname") for s in suites if s.get("hostname")), "")
-    if stamps:
-        return min(stamps), min(stamps) + seconds, host
-    mtime = path.stat().st_mtime
-    return mtime - seconds, mtime, host
 
 
 # -- the committed durations file and flaky rules --------------------------------------------
@@ -914,8 +795,8 @@ def load_costs(path: Path) -> dict[str, TestCost]:
         raise TaskError(f'error: durations file {path} is not {{"version": 2, "durations": '
                         '{nodeid: seconds}, "costs": {nodeid: {"cpu", "rss"}}} (or version 1 '
                         'without costs); re-export it with `invoke durations`', 1)
-    return {k: TestCost(float(v), float(costs[k]["cpu"]) if k in costs else None,
-                        costs[k].get("rss") if k in costs else None)
+    return {stable_id(k): TestCost(float(v), float(costs[k]["cpu"]) if k in costs else None,
+                                   costs[k].get("rss") if k in costs else None)
             for k, v in doc["durations"].items()}
 
 

@@ -91,9 +91,10 @@ def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | Non
         if c is None:
             raise usage("--junit needs --cell \"tests-3.13(tpt='tcp')\" (which cell "
                         "the file is from)")
+        from .junit import import_junit
         history = _open(target, create=True)
-        n = history.import_junit(Path(junit), minor=c.minor, tpt=c.tpt, spawn=c.spawn,
-                                 cell=c.name, root=target.root, follow=True)
+        n = import_junit(history, Path(junit), minor=c.minor, tpt=c.tpt, spawn=c.spawn,
+                         cell=c.name, root=target.root, follow=True)
         print(f"imported {n} test result(s) from {junit} as {c.name}")
     history = _open(target)
     found = history.flaky(min_runs=min_runs) if history else []
@@ -108,3 +109,32 @@ def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | Non
     print(flaky_toml(found, target.tests_dir, table="quarantine" if quarantine else "flaky"),
           end="")
 
+
+
+def merge_histories(target: Target, source: str | None, patterns=None) -> None:
+    """`invoke history --import SRC` (a history file, or every history.sqlite under a
+    directory) and `--checkpoint`: one line saying what was merged."""
+    if patterns:
+        raise usage("--import/--checkpoint take no test patterns; run `invoke history "
+                    "GLOB` on its own")
+    if source is not None:
+        src = Path(source)
+        if not src.is_absolute():
+            src = Path.cwd() / src
+        if src.is_dir():
+            files = sorted(p for p in src.rglob("*.sqlite") if p.is_file())
+            if not files:
+                raise usage(f"--import {source}: no *.sqlite history under it; give the "
+                            "directory CI's history artifacts were downloaded to")
+        elif src.is_file():
+            files = [src]
+        else:
+            raise usage(f"--import {source}: no such file or directory")
+    hist = _open(target, create=True)
+    if source is None:
+        hist.checkpoint()
+        print(f"history {shown(str(hist.path))}: checkpointed")
+        return
+    added, known = hist.merge_from(files)
+    print(f"history {shown(str(hist.path))}: merged {added} run(s) from {len(files)} file(s)"
+          + (f"; {known} already here" if known else ""))

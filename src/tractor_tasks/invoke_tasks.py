@@ -53,11 +53,19 @@ def _extra(c) -> list[str]:
 
 
 def _run(c, words, values: dict, *, last_failed=False, resolved=None) -> None:
+    from .gitref import BaselineMissing
     from .pipeline import execute, plan
     target = _target(c, values.get("root"))
     opts = RunOptions.parse(values, extra=_extra(c))
     opts.last_failed = last_failed
-    result = execute(plan(target, words, opts, resolved=resolved))
+    try:
+        checked = plan(target, words, opts, resolved=resolved)
+    except BaselineMissing as err:   # a CI job whose clone lacks its event's baseline
+        from .pipeline import record_unrun
+        from .status import RunStatus
+        record_unrun(target, None, RunStatus.ERROR, err.code, str(err))
+        raise
+    result = execute(checked)
     if result.code:
         raise Exit(code=result.code)
 
@@ -295,15 +303,24 @@ def ci_matrix(c, smoke=False, shards=None, root=None):
 
 @_task(help={"patterns": "node id globs (only * and ? are wild), e.g. 'test_rpc.py::*'; "
                          "none = every test", "limit": "rows per test (default 10)",
+             "import": "merge another history into this one, by run (a history.sqlite, or "
+                       "a directory of them, e.g. CI's artifacts); merging again adds nothing",
+             "checkpoint": "fold the history's write-ahead log into its file (before a CI "
+                           "cache or artifact saves it)",
              "root": ROOT_HELP}, klass=_invoke_words.words_task({}), positional=["patterns"])
-def history(c, patterns=None, limit=None, root=None):
+def history(c, patterns=None, limit=None, root=None, import_=None, checkpoint=False):
     """Recent outcomes of tests across cells, from the results history.
 
     invoke history [GLOB ...] [--limit N]
+    invoke history --import DIR     (merge CI's histories into this one)
     """
     from .history_view import show_history
     from .options import count
     target = _target(c, root)
+    if import_ is not None or checkpoint:
+        from .history_view import merge_histories
+        merge_histories(target, import_, patterns)
+        return
     n = 10 if limit is None else count("--limit", limit)
     if n < 1:
         raise usage("--limit must be 1 or more")

@@ -92,6 +92,12 @@ def run_cell(session, target: Target, cell: Cell) -> None:
         result = execute(p, out=out) if not worker else _quiet(p, out)
     except TaskError as err:
         record_unrun(target, cell, RunStatus.ERROR, err.code, str(err), invocation)
+        from .gitref import BaselineMissing
+        if isinstance(err, BaselineMissing):
+            # a CI job whose clone lacks its event's baseline: loud, and exit 2 (nox's
+            # own session error would be 1, the code of failing tests)
+            print(err, file=sys.stderr, flush=True)
+            raise SystemExit(err.code)
         session.error(str(err))
     if result.status is RunStatus.INTERRUPTED:
         raise KeyboardInterrupt

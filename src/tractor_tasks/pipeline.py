@@ -157,13 +157,21 @@ def plan(target: Target, words, opts: RunOptions, *, cell: Cell | None = None,
         what = "is a directory" if Path(opts.durations_file).is_dir() else "no such file"
         raise usage(f"--durations-file {opts.durations_file}: {what}; give the JSON "
                     "file `invoke durations` writes")
-    choice = (gitref.choose(target.root, opts.baseline)
-              if opts.baseline is not None and not opts.dry_run else None)
+    choice = None
+    if not opts.dry_run and (opts.baseline is not None or _in_ci()):
+        # --baseline is checked up front; in CI the event's baseline too, so a clone
+        # that lacks it stops the job at once (BaselineMissing, exit 2)
+        choice = gitref.choose(target.root, opts.baseline)
     containment = contain.detect("auto" if opts.contain else "off")
     timeout = opts.timeout or (target.timeout_file if is_single_file(paths)
                                else target.timeout_full)
     return Plan(target, paths, opts, minor, containment, timeout, cell,
                 cell.cache_dir(target) if cell else None, invocation, choice)
+
+
+def _in_ci() -> bool:
+    from .ci_event import detect
+    return detect(os.environ) is not None
 
 
 def dry_run(p: Plan, out) -> RunResult:
@@ -269,6 +277,15 @@ def _judge(p: Plan, runner: PassRunner, result: RunResult, *, parallel: bool, ou
     choice = p.choice
     if choice is None and result.results.failures:
         choice = gitref.choose(p.target.root, None)  # the default: git asked only now
+    if choice is not None and choice.ancestor:
+        recorded = set()
+        if history is not None:
+            try:
+                recorded = history.clean_commits(minor=p.minor, tpt=p.tpt, spawn=p.spawn,
+                                                 tree=gitref.env_state(p.target.verdict_env))
+            except TaskError:
+                pass
+        choice = gitref.resolve_ancestor(p.target.root, choice, recorded)
     j = verdict.judge(runner, result.results, history=history, choice=choice,
                       confirm=p.opts.confirm, parallel=parallel)
     for o in j.passes:
@@ -319,7 +336,8 @@ def finish(p: Plan, result: RunResult, run_dir: RunDir, out) -> None:
     results = result.results
     result.code = exit_code(result, p.opts)
     result.status = RunStatus.decide((o.stop for o in result.passes), result.code)
-    results.write_junit(run_dir.junit)
+    from .junit import write_junit
+    write_junit(results, run_dir.junit)
     if any(o.stop is not Stop.FINISHED for o in result.passes) or len(result.passes) > 1 \
             or result.shards:
         results.write_lastfailed()  # pytest could not write it whole itself
@@ -332,6 +350,7 @@ def _record_history(p: Plan, result: RunResult, out) -> None:
     try:
         from .history import History, RunRow, TestRow, machine_freq
         from .selection import head_commit
+        from .verdict import environment, machine
         results = result.results
         load = os.getloadavg()[0] / (os.cpu_count() or 1)
         row = RunRow(run_id=result.run_dir.name, started=time.time() - results.seconds,
@@ -341,7 +360,8 @@ def _record_history(p: Plan, result: RunResult, out) -> None:
                      spawn=p.spawn, commit=head_commit(p.target.root), load=round(load, 2),
                      host=os.uname().nodename, tree=gitref.tree_state(p.target.root)
                      if gitref.is_repo(p.target.root) else "",
-                     cores=os.cpu_count(), freq=machine_freq())
+                     cores=os.cpu_count(), freq=machine_freq(),
+                     environ=environment(p.target, p.minor), machine=machine())
         tests = [TestRow(key, t.outcome.value, round(t.duration, 3),
                          "known" if t.flaky else "", t.signature,
                          t.verdict.value if t.verdict else "", cpu=t.cpu, rss=t.rss)
@@ -358,6 +378,7 @@ def _record_history(p: Plan, result: RunResult, out) -> None:
 # free while it waits, so a short run's start-up does not pay for them
 AFTER_RUN = ("xml.etree.ElementTree", "sqlite3", "tractor_tasks.history",
              "tractor_tasks.verdict", "tractor_tasks.outcome", "tractor_tasks.trace",
+             "tractor_tasks.junit",
              "tractor_tasks.report", "tractor_tasks.shard_plan")
 
 
@@ -374,22 +395,25 @@ def warm_after_run() -> threading.Thread:
     return t
 
 
-def record_unrun(target: Target, cell: Cell, status: RunStatus, code: int, why: str,
+def record_unrun(target: Target, cell: Cell | None, status: RunStatus, code: int, why: str,
                  invocation: str | None = None) -> Path | None:
-    """A cell that errored before running, or was skipped (its minor is missing), still
-    gets a run dir whose outcome.json says so: the matrix table shows it. Best effort:
-    when the state dir itself is the problem, nothing is written."""
+    """A cell (or an `invoke` run: `cell` None) that errored before running, or was
+    skipped (its minor is missing), still gets a run dir whose outcome.json says so: the
+    matrix table and the CI report show it. Best effort: when the state dir itself is
+    the problem, nothing is written."""
     from .outcome import Outcome
     try:
-        run_dir = State(target).new_run(cell.slug)
+        run_dir = State(target).new_run(cell.slug if cell else None)
     except TaskError:
         return None
     try:
-        write_json(run_dir.run_json, {"cell": cell.name, "invocation": invocation,
+        write_json(run_dir.run_json, {"cell": cell.name if cell else None,
+                                       "invocation": invocation,
                                        "started": time.time(), "pid": os.getpid()})
         write_json(run_dir.outcome, Outcome(
-            status=status.value, code=code, cell=cell.name, minor=cell.minor, tpt=cell.tpt,
-            spawn=cell.spawn, invocation=invocation, note=why).to_json())
+            status=status.value, code=code, cell=cell.name if cell else None,
+            minor=cell.minor if cell else "", tpt=cell.tpt if cell else None,
+            spawn=cell.spawn if cell else None, invocation=invocation, note=why).to_json())
         return run_dir.path
     except (TaskError, OSError):
         return None

@@ -3,8 +3,8 @@
 The probe's `results.jsonl` is the single source (exact node ids, written as each
 report happens, so it survives a killed pytest). The test running when a pass was
 stopped gets the stop's outcome (hung, interrupted, timeout), never "passed".
-From the merged results come the counts, the flaky classification, the JUnit file
-we write for the whole run, and the lastfailed cache pytest's own `--lf` reads.
+From the merged results come the counts, the flaky classification and the lastfailed
+cache pytest's own `--lf` reads (the JUnit file is junit.py's).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import TaskError, usage
-from .fsutil import atomic_write, xml_clean
+from .fsutil import atomic_write
 from .rundirs import PassDir, pass_dirs
 from .status import TestOutcome as O, Verdict
 from .target import FlakyRule, Target, id_glob, under_tests
@@ -360,9 +360,6 @@ class Results:
 
     # -- files ------------------------------------------------------------------
 
-    def write_junit(self, path: Path) -> None:
-        write_junit(self, path)
-
     def write_lastfailed(self) -> Path | None:
         """The lastfailed cache pytest's own `--lf` reads, over every pass: failed,
         errored and hung tests in, tests that passed or skipped out (pytest's rules)."""
@@ -397,81 +394,6 @@ def match_rule(rules, target: Target, t: TestResult) -> FlakyRule | None:
                 (not rule.error or re.search(rule.error, haystack)):
             return rule
     return None
-
-
-# -- JUnit --------------------------------------------------------------------
-
-def _classname(nodeid: str) -> tuple[str, str, str]:
-    """(classname, name, file) as pytest's junitxml spells them."""
-    path, _, rest = nodeid.partition("::")
-    parts = rest.split("::") if rest else [path]
-    module = path.removesuffix(".py").replace("/", ".")
-    return ".".join([module, *parts[:-1]]), parts[-1], path
-
-
-def _failure_element(parent, tag: str, t: TestResult):
-    import xml.etree.ElementTree as ET
-    el = ET.SubElement(parent, tag, message=t.message[:500])
-    if t.outcome is not O.FAILED and t.outcome is not O.ERROR:
-        el.set("type", t.outcome.value)
-    el.text = t.text + (f"\n(full dump: {t.dump})" if t.dump else "")
-    return el
-
-
-def _testcase(suite, t: TestResult, written: dict) -> None:
-    """One testcase: a failure explained as flaky (it passed alone) is written as
-    nextest does, `<flakyFailure>` with no `<failure>`; a failure that failed again
-    alone keeps its element, each failing re-run a `<rerunFailure>`."""
-    import xml.etree.ElementTree as ET
-    classname, name, file = _classname(t.nodeid)
-    case = ET.SubElement(suite, "testcase", classname=classname, name=name, file=file,
-                         time=f"{t.duration:.3f}")
-    passed_alone = any(r.outcome is O.PASSED for r in t.reruns)
-    tag = t.outcome.junit
-    if tag in ("failure", "error"):
-        if passed_alone:
-            _failure_element(case, "flakyFailure", t)
-        else:
-            _failure_element(case, tag, t)
-            written["failures" if tag == "failure" else "errors"] += 1
-        for r in t.reruns:
-            if r.outcome.bad or r.outcome.cut:
-                _failure_element(case, "flakyFailure" if passed_alone else "rerunFailure", r)
-    elif tag == "skipped":
-        ET.SubElement(case, "skipped",
-                      type="pytest.xfail" if t.outcome is O.XFAILED else "pytest.skip")
-        written["skipped"] += 1
-    props = []
-    if t.flaky is not None:
-        props.append(("known-flaky", t.flaky.note or t.flaky.error))
-    if t.verdict is not None:
-        props += [("verdict", t.verdict.value), ("verdict-reason", t.why)]
-        props += [("likely-cause", c.removeprefix("likely cause: ")) for c in t.cause]
-        if t.baseline is not None:
-            props.append(("baseline-outcome", t.baseline.outcome.value))
-        if t.reruns:
-            props.append(("reruns", ", ".join(r.outcome.value for r in t.reruns)))
-    if props:
-        el = ET.SubElement(case, "properties")
-        for k, v in props:
-            el.append(ET.Element("property", name=k, value=v))
-
-
-def write_junit(results: Results, path: Path) -> None:
-    """One JUnit file for the whole run (every pass and shard), for CI."""
-    import xml.etree.ElementTree as ET  # here: `invoke lastfailed` starts without it
-    suite = ET.Element("testsuite", name="pytest", tests=str(len(results.tests)),
-                       failures="0", errors="0", skipped="0", time=f"{results.seconds:.3f}")
-    props = ET.SubElement(suite, "properties")
-    ET.SubElement(props, "property", name="leaked", value=str(results.leaks.count()))
-    if results.leaks:
-        ET.SubElement(props, "property", name="leaks", value=results.leaks.line(first=20))
-    written = {"failures": 0, "errors": 0, "skipped": 0}
-    for t in results.tests.values():
-        _testcase(suite, t, written)
-    suite.attrib.update({k: str(v) for k, v in written.items()})
-    xml_clean(suite)  # a test's id or message may hold ESC, BEL, NUL: XML 1.0 forbids them
-    atomic_write(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True))
 
 
 # -- lastfailed ---------------------------------------------------------------

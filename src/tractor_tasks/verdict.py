@@ -101,6 +101,7 @@ class Judgement:
     strict: bool = False
     confirm: int = 1            # re-runs asked for (0: --no-confirm)
     stopped: bool = False       # a stop or the verdict's time cut its passes short
+    published: bool = False     # the tree is a published tip: nothing to blame
 
     def what(self, t: TestResult) -> str:
         """What confirmation said of a failure, for its reason."""
@@ -134,7 +135,7 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
     p = runner.p
     target = p.target
     j = Judgement(baseline=choice.baseline if choice else None, strict=p.opts.strict,
-                  confirm=confirm)
+                  confirm=confirm, published=bool(choice and choice.published))
     if choice and choice.note:
         j.notes.append(choice.note)
     fails = results.failures
@@ -154,11 +155,13 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
     ancestry = gitref.Ancestry(target.root) if gitref.is_repo(target.root) else None
     at_base: dict[str, TestResult] = {}
     env = gitref.env_state(target.verdict_env)
+    environ = environment(target, p.minor)
     for t in open_:
         rows = past.get(stable_id(t.nodeid), [])
         if base is not None:
+            # rows at the baseline count wherever they were recorded, in this environment
             there = [r for r in rows if r.commit == base.commit and _comparable(r, env)
-                     and O(r.outcome).flip][:RECENT]
+                     and not env_diff(r.environ, environ) and O(r.outcome).flip][:RECENT]
             if there:
                 row = there[0]
                 at_base[stable_id(t.nodeid)] = TestResult(t.nodeid, O(row.outcome),
@@ -170,14 +173,14 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
                 if why:
                     _set(t, V.PRE_EXISTING, why)
         elif ancestry is not None:
-            why = _preexisting_by_history(t, rows, ancestry, p)
+            why = _preexisting_by_history(t, rows, ancestry, p, environ)
             if why:
                 _set(t, V.PRE_EXISTING, why)
     # confirmation: alone, after every shard
     todo = [t for t in fails if t.verdict is None]
     if todo and confirm > 0:
         t0 = time.monotonic()
-        _confirm(runner, todo, confirm, j)
+        _confirm(runner, todo, confirm, j, t0)
         j.confirm_seconds = time.monotonic() - t0
         j.confirmed = len(todo)
     j.stopped = j.stopped or any(r.outcome.cut for t in todo for r in t.reruns)
@@ -193,14 +196,14 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
         unknown = [t for t in todo if stable_id(t.nodeid) not in at_base]
         if unknown:
             t0 = time.monotonic()
-            at_base.update(_at_baseline(runner, unknown, base, j, history))
+            at_base.update(_at_baseline(runner, unknown, base, j, history, environ))
             j.baseline_seconds = time.monotonic() - t0
             j.at_baseline = len(unknown)
         for t in todo:
             _by_baseline(t, at_base.get(stable_id(t.nodeid)), base, j.what(t))
     elif todo:
         for t in todo:
-            _by_history_alone(t, past.get(stable_id(t.nodeid), []), ancestry, p, j.what(t))
+            _by_history_alone(t, past.get(stable_id(t.nodeid), []), ancestry, p, j, environ)
     if base is not None and any(t.verdict in (V.REGRESSION, V.NEW) for t in fails):
         j.changed = gitref.changed_since(target.root, base.commit)
         for t in fails:
@@ -258,35 +261,106 @@ def _comparable(row, env: str) -> bool:
     return gitref.split_state(row.tree) == ("", env)
 
 
-def _clean_ancestor_rows(rows, ancestry, host: str, env: str = "") -> list:
-    return [r for r in rows if _comparable(r, env) and r.host == host and O(r.outcome).flip
+# -- the environment a run's outcomes belong to --------------------------------------------
+
+_ENV_NAMES = {"python": "the interpreter", "lock": "the lock file (a dependency)",
+              "image": "the runner image"}
+
+
+def environment(target, minor: str, env=None) -> str:
+    """What besides the code makes outcomes comparable: the venv interpreter's exact
+    version, the lock file's hash, on a CI runner its image (ImageOS/ImageVersion);
+    "python=3.13.1;lock=ab12cd34ef56;image=ubuntu24/20250105.1", parts left out when
+    unknown."""
+    import hashlib
+    from .ci_event import runner_image
+    parts = {}
+    try:
+        cfg = (target.venv_dir(minor) / "pyvenv.cfg").read_text(errors="replace")
+        found = re.search(r"^version(?:_info)?\s*=\s*(\S+)", cfg, re.M)
+        if found:
+            parts["python"] = found.group(1)
+    except (OSError, AttributeError, TypeError):
+        pass
+    try:
+        parts["lock"] = hashlib.sha256((target.root / "uv.lock").read_bytes()).hexdigest()[:12]
+    except (OSError, AttributeError, TypeError):
+        pass
+    image = runner_image(env)
+    if image:
+        parts["image"] = image
+    return ";".join(f"{k}={v}" for k, v in parts.items())
+
+
+def _parts(environ: str) -> dict[str, str]:
+    return dict(p.split("=", 1) for p in (environ or "").split(";") if "=" in p)
+
+
+def env_diff(recorded: str, now: str) -> list[str]:
+    """The parts of the environment that differ between a row and this run, each as a
+    phrase ("the interpreter (3.13.0, now 3.13.1)"); a part either side does not know
+    is no difference (rows from before environments were recorded stay comparable)."""
+    a, b = _parts(recorded), _parts(now)
+    out = []
+    for key in ("python", "lock", "image"):
+        if key in a and key in b and a[key] != b[key]:
+            out.append(f"{_ENV_NAMES[key]} ({a[key]}, now {b[key]})" if key != "lock"
+                       else _ENV_NAMES[key])
+    return out
+
+
+def machine() -> str:
+    from .ci_event import machine_class
+    return machine_class()
+
+
+def _same_machine(row, mine: str) -> bool:
+    """The no-baseline rule's rows come from this machine class (a CI runner's OS, image
+    and cores; locally the host); rows recorded before classes were, by hostname."""
+    if row.machine:
+        return row.machine == mine
+    return row.host == os.uname().nodename
+
+
+def _clean_ancestor_rows(rows, ancestry, mine: str, env: str = "", environ: str = "") -> list:
+    return [r for r in rows if _comparable(r, env) and _same_machine(r, mine)
+            and not env_diff(r.environ, environ) and O(r.outcome).flip
             and ancestry(r.commit)]
 
 
-def _preexisting_by_history(t: TestResult, rows, ancestry, p) -> str:
+def _preexisting_by_history(t: TestResult, rows, ancestry, p, environ: str = "") -> str:
     """Pre-existing when it failed the same way in most of its recent runs of this cell
-    on this machine at ancestors of HEAD (clean work trees only)."""
+    on this machine class at ancestors of HEAD (clean work trees, this environment), out
+    of at least two runs, or out of one when the test's file is unchanged since it."""
     env = gitref.env_state(p.target.verdict_env)
-    recent = _clean_ancestor_rows(rows, ancestry, os.uname().nodename, env)[:RECENT]
+    recent = _clean_ancestor_rows(rows, ancestry, machine(), env, environ)[:RECENT]
     same = [r for r in recent if O(r.outcome).bad and same_failure(t.signature, r.signature)]
-    if recent and len(same) * 2 > len(recent):
-        return (f"failed the same way in {len(same)} of its last {len(recent)} run(s) of this "
-                "cell at ancestors of HEAD")
-    return ""
+    if not recent or len(same) * 2 <= len(recent):
+        return ""
+    if len(recent) < 2 and not all(
+            gitref.unchanged_since(ancestry.root, r.commit, test_file(p.target, t.nodeid))
+            for r in recent):
+        return ""   # one run, and the test's own file changed since: no evidence
+    return (f"failed the same way in {len(same)} of its last {len(recent)} run(s) of this "
+            "cell at ancestors of HEAD")
 
 
-def _by_history_alone(t: TestResult, rows, ancestry, p, what: str) -> None:
-    """No baseline (an unchanged default branch): the code is the code of earlier runs
-    at this very commit, so what still fails after confirmation is flaky when it passed
-    here before, pre-existing when it failed here before (however it failed), flaky
-    when it flips in its history, else new."""
+def _by_history_alone(t: TestResult, rows, ancestry, p, j: Judgement, environ: str = "") -> None:
+    """No baseline (a published tip of the default branch, or no commit to compare
+    with): the code is the code of earlier runs at this very commit, so what still fails
+    after confirmation is flaky when it passed here before, pre-existing when it failed
+    here before (however it failed), a regression of the environment when it passed
+    here under another one, flaky when it flips in its history; on a published tip
+    pre-existing (nothing changed to compare with), else new."""
+    what = j.what(t)
     env = gitref.env_state(p.target.verdict_env)
-    recent = (_clean_ancestor_rows(rows, ancestry, os.uname().nodename, env)[:RECENT * 2]
+    mine = machine()
+    recent = (_clean_ancestor_rows(rows, ancestry, mine, env, environ)[:RECENT * 2]
               if ancestry is not None else [])
     head = ancestry.head if ancestry is not None else None
     here = [r for r in recent if r.commit == head]
-    unchanged = bool(here) and not gitref.edits(p.target.root)
-    if unchanged and O(here[0].outcome).bad:
+    unchanged = head is not None and not gitref.edits(p.target.root)
+    if unchanged and here and O(here[0].outcome).bad:
         _set(t, V.PRE_EXISTING, f"{what}; failed at this same commit in its last run here "
              f"too ({here[0].signature or here[0].outcome}): the code did not change")
         return
@@ -294,11 +368,23 @@ def _by_history_alone(t: TestResult, rows, ancestry, p, what: str) -> None:
         _set(t, V.FLAKY, f"{what}, but passed at this same commit (clean tree) in an "
              "earlier run: the code did not change")
         return
+    if unchanged and _ran(t):
+        elsewhere = [r for r in rows if r.commit == head and _comparable(r, env)
+                     and O(r.outcome) is O.PASSED and env_diff(r.environ, environ)]
+        if elsewhere:
+            _set(t, V.REGRESSION, f"{what}; passed at this same commit under another "
+                 f"environment: {', '.join(env_diff(elsewhere[0].environ, environ))} "
+                 "changed")
+            return
     sides = [O(r.outcome).flip for r in recent]
     flips = sum(a != b for a, b in zip(sides, sides[1:]))
     if flips >= 2:
         _set(t, V.FLAKY, f"{what}; flips in the history ({flips} flips in its last "
              f"{len(recent)} runs)")
+        return
+    if j.published and (_ran(t) or j.stopped):
+        _set(t, V.PRE_EXISTING, f"{what}; nothing changed to compare with (a published "
+             "tip of the default branch)")
         return
     _set(t, V.NEW, f"{what}; no baseline to compare with")
 
@@ -339,17 +425,77 @@ def _by_module(tests: list[TestResult]) -> dict[str, list[TestResult]]:
     return groups
 
 
-def _confirm(runner, tests: list[TestResult], times: int, j: Judgement) -> None:
+class Progress:
+    """The verdict's passes as they go, one line: the phase, what runs now, how many
+    are left and the time since the phase began. On a terminal it is redrawn in place
+    every second; in a CI log (no terminal) it is a plain line at each step and every
+    `every` seconds while one step runs."""
+
+    def __init__(self, out, phase: str, t0: float | None = None, every: float = 30.0):
+        import threading
+        self.out = out
+        self.phase = phase
+        self.t0 = time.monotonic() if t0 is None else t0
+        self.every = every
+        self.now = ""
+        self._stop = threading.Event()
+        self._thread = None
+        self.tty = bool(getattr(out, "tty", False)) and hasattr(out, "status")
+
+    def line(self) -> str:
+        return f"verdict: {self.phase}: {self.now} · {time.monotonic() - self.t0:.0f}s"
+
+    def _draw(self, plain: bool) -> None:
+        if self.out is None:
+            return
+        if self.tty:
+            self.out.status([self.line()])
+        elif plain:
+            self.out(self.line())
+
+    def step(self, now: str) -> None:
+        """A new step starts: `now` says what runs and how many are left."""
+        import threading
+        self.now = now
+        self._draw(plain=True)
+        if self._thread is None and self.out is not None:
+            self._thread = threading.Thread(target=self._tick, daemon=True,
+                                            name="tt-verdict-progress")
+            self._thread.start()
+
+    def _tick(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(1.0):
+            if self.tty:
+                self._draw(plain=False)
+            elif time.monotonic() - last >= self.every:
+                last = time.monotonic()
+                self._draw(plain=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        if self.tty:
+            self.out.status([])
+
+
+def _confirm(runner, tests: list[TestResult], times: int, j: Judgement,
+             t0: float | None = None) -> None:
     opts = _quiet_opts(runner.p.opts)
-    groups = _by_module(tests)
-    n = 0
-    for r in range(times):
-        for module, group in groups.items():
+    steps = [(r, module, group) for r in range(times)
+             for module, group in _by_module(tests).items()]
+    progress = Progress(getattr(runner, "out", None), "re-running failures alone", t0)
+    try:
+        for n, (r, module, group) in enumerate(steps, 1):
             if runner.stopped():
                 j.notes.append("verdict: stopped before every failure was re-run")
                 j.stopped = True
                 return
-            n += 1
+            left = sum(len(g) for _, _, g in steps[n - 1:])
+            progress.step(f"{module} ({len(group)} test{'s' * (len(group) != 1)}"
+                          + (f", round {r + 1} of {times}" if times > 1 else "")
+                          + f") · step {n} of {len(steps)} · {left} test run(s) left")
             lane = runner.lane(only={stable_id(t.nodeid) for t in group}, shard=None,
                                echo=None, opts=opts, phase=f"confirm-{n}")
             j.passes += lane.passes
@@ -357,10 +503,12 @@ def _confirm(runner, tests: list[TestResult], times: int, j: Judgement) -> None:
                 again = lane.results.tests.get(stable_id(t.nodeid))
                 t.reruns.append(again or TestResult(t.nodeid, O.INTERRUPTED,
                                                     message="did not run when re-run alone"))
+    finally:
+        progress.close()
 
 
 def _at_baseline(runner, tests: list[TestResult], base, j: Judgement,
-                 history) -> dict[str, TestResult]:
+                 history, environ: str = "") -> dict[str, TestResult]:
     """Run the tests at the baseline commit: its tree exported read-only, the target's
     own venv, the export imported first; record the outcomes for the next run."""
     p = runner.p
@@ -383,22 +531,29 @@ def _at_baseline(runner, tests: list[TestResult], base, j: Judgement,
                        f"`import {target.package}` there resolves to {where}")
     opts = _quiet_opts(p.opts)
     ids = {stable_id(t.nodeid) for t in tests}
-    lane = runner.lane(only=ids, shard=None, echo=None, opts=opts, phase="baseline",
-                       at=root)
+    progress = Progress(getattr(runner, "out", None), f"at the baseline {base.name}")
+    progress.step(f"{len(ids)} test(s) of {len(_by_module(tests))} module(s) in one pytest "
+                  "start")
+    try:
+        lane = runner.lane(only=ids, shard=None, echo=None, opts=opts, phase="baseline",
+                           at=root)
+    finally:
+        progress.close()
     j.passes += lane.passes
     found = {k: v for k, v in lane.results.tests.items() if k in ids}
     if history is not None and lane.results.tests and not runner.stopped():
-        _record_baseline(history, p, base, runner, lane.results)
+        _record_baseline(history, p, base, runner, lane.results, environ)
     return found
 
 
-def _record_baseline(history, p, base, runner, results: Results) -> None:
+def _record_baseline(history, p, base, runner, results: Results, environ: str = "") -> None:
     from .history import RunRow, TestRow
     now = time.time()
     row = RunRow(run_id=f"{runner.run_dir.path.name}-baseline", started=now, finished=now,
                  kind="baseline", cell=p.cell.name if p.cell else "", minor=p.minor,
                  tpt=p.tpt, spawn=p.spawn, commit=base.commit, host=os.uname().nodename,
-                 tree=gitref.env_state(p.target.verdict_env))
+                 tree=gitref.env_state(p.target.verdict_env), environ=environ,
+                 machine=machine())
     tests = [TestRow(k, t.outcome.value, round(t.duration, 3), "", t.signature)
              for k, t in results.tests.items()]
     try:
@@ -538,7 +693,9 @@ def headline(results: Results, j: Judgement | None) -> str:
     c = counts(results)
     base = j.baseline if j else None
     words = {V.REGRESSION: "", V.NEW: "", V.PRE_EXISTING:
-             f" (fail at {base.label} too)" if base else " (failed before too)",
+             f" (fail at {base.label} too)" if base else
+             " (nothing changed to compare with)" if j and j.published else
+             " (failed before too)",
              V.FLAKY: " (passed alone)", V.LOAD_SENSITIVE: " (passed alone)",
              V.KNOWN_FLAKY: "", V.QUARANTINED: ""}
     parts = [f"{c[V.REGRESSION]} regression{'' if c[V.REGRESSION] == 1 else 's'}"]
