@@ -245,7 +245,7 @@ def test_ci_report_skips_a_fifo_and_a_dev_zero_outcome_and_reports_the_rest(tmp_
     (arts / "link" / "outcome.json").symlink_to(arts / "good" / "outcome.json")
     os.mkfifo(arts / "good" / "junit.xml")
     lines = []
-    rows = _finishes(report_dir, arts, durations_out=tmp_path / "d.json", warn=lines.append)
+    rows = _finishes(report_dir, arts, durations_out=tmp_path / "d.json", warn=lines.append).rows
     assert [r.cell for r in rows] == ["tests-3.11(tpt='tcp')"] and rows[0].passed == 1
     text = "\n".join(lines)
     assert "fifo/outcome.json" in text and "FIFO" in text

@@ -61,9 +61,9 @@ def test_the_exact_session_name_runs_one_cell_and_reports(matrix_repo, tmp_path)
     assert f"cache_dir={d / 'pytest-cache'}" in command and "XDG_RUNTIME_DIR=" in command
     table = out.stdout.splitlines()
     header = next(i for i, line in enumerate(table) if line.startswith("cell "))
-    assert table[header].split() == ["cell", "status", "passed", "failed", "pre-existing",
-                                     "flaky", "known-flaky", "hung", "skipped", "leaked",
-                                     "duration"]
+    assert table[header].split() == ["cell", "status", "passed", "regressions", "new",
+                                     "pre-existing", "flaky", "known-flaky", "hung", "skipped",
+                                     "leaked", "duration"]
     assert table[header + 1].startswith(TCP) and " passed " in table[header + 1]
     md = summary.read_text()
     assert "| cell | status |" in md and TCP in md

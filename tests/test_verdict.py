@@ -552,12 +552,12 @@ def test_the_matrix_table_has_the_verdicts_columns(tmp_path):
     from tractor_tasks.cells import Row, table_text
     row = Row.of(tmp_path / "o.json", {"cell": "tests-3.13(tpt='tcp')", "status": "passed",
                                        "seconds": 9.0, "summary": {
-                                           "passed": 400, "new_failures": 0, "known_flaky": 2,
+                                           "passed": 400, "new_failures": 3, "known_flaky": 2,
                                            "hung": 0, "skipped": 5, "leaked": 0,
-                                           "pre_existing": 21, "flaky": 4}})
+                                           "regressions": 1, "pre_existing": 21, "flaky": 4}})
     head, line = table_text([row]).splitlines()
-    assert head.split()[3:6] == ["failed", "pre-existing", "flaky"]
-    assert line.split()[2:7] == ["400", "0", "21", "4", "2"]
+    assert head.split()[3:7] == ["regressions", "new", "pre-existing", "flaky"]
+    assert line.split()[2:8] == ["400", "1", "2", "21", "4", "2"]
 
 
 def test_a_target_below_its_repositorys_top_sees_its_own_paths(tmp_path):

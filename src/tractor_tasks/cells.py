@@ -106,6 +106,20 @@ class Row:
     seconds: float
     pre_existing: int = 0   # explained failures (the verdict): they do not fail the cell
     flaky: int = 0          # flaky and load-sensitive: passed when re-run alone
+    regressions: int = 0    # of `failed` (the rest are new, or not judged)
+    missing: int = 0        # CI jobs of this cell that reported nothing (ci-report)
+    reported: int = 1       # CI jobs of this cell that did report
+
+    @property
+    def new(self) -> int:
+        return self.failed - self.regressions
+
+    @property
+    def status_text(self) -> str:
+        """A cell none of whose jobs reported has no status: it must never read as one."""
+        if self.missing and not self.reported:
+            return "no outcome"
+        return self.status.value + (f" +{self.missing} no outcome" if self.missing else "")
 
     @classmethod
     def of(cls, path: Path, rec: dict | None = None) -> Row:
@@ -163,7 +177,7 @@ def _row(path: Path, rec: dict | None = None) -> Row:
     cell = rec["cell"].encode("unicode_escape").decode("ascii")  # no escapes to the terminal
     return Row(cell, status, num("passed"), num("new_failures"), num("known_flaky"),
                num("hung"), num("skipped"), num("leaked"), num("seconds", whole=False),
-               num("pre_existing"), num("flaky"))
+               num("pre_existing"), num("flaky"), num("regressions"))
 
 
 def read_rows(target: Target, invocation: str | None = None,
@@ -191,12 +205,12 @@ def read_rows(target: Target, invocation: str | None = None,
     return rows
 
 
-_COLS = ("cell", "status", "passed", "failed", "pre-existing", "flaky", "known-flaky", "hung",
-         "skipped", "leaked", "duration")
+_COLS = ("cell", "status", "passed", "regressions", "new", "pre-existing", "flaky",
+         "known-flaky", "hung", "skipped", "leaked", "duration")
 
 
 def _cols(row: Row) -> list[str]:
-    return [row.cell, row.status.value, str(row.passed), str(row.failed),
+    return [row.cell, row.status_text, str(row.passed), str(row.regressions), str(row.new),
             str(row.pre_existing), str(row.flaky), str(row.known_flaky), str(row.hung),
             str(row.skipped), str(row.leaked), f"{row.seconds:.1f}s"]
 

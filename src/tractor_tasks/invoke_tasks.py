@@ -348,35 +348,47 @@ def flaky(c, min_runs=None, junit=None, cell=None, quarantine=False, root=None):
 
 @_task(help={"directory": "where the jobs' artifacts were downloaded",
              "durations_out": "also write a durations file for the next sharded run",
+             "matrix": "the matrix the jobs ran (`invoke ci-matrix` output; default: the "
+                       "one matrix.json under DIRECTORY)",
+             "history": "merge every job's history.sqlite under DIRECTORY into this file "
+                        "(checkpointed, ready for the cache to save)",
              "root": ROOT_HELP})
-def ci_report(c, directory, durations_out=None, root=None):
-    """CI's last job: the jobs' outcomes, shards added up, as the matrix table; then each
-    sharded cell's wall per job (with its plan's prediction) and the imbalance max/mean.
+def ci_report(c, directory, durations_out=None, matrix=None, history=None, root=None):
+    """CI's last job: the verdict over every job of the matrix (a job that reported
+    nothing is named), the regressions and new failures by name, then the table (shards
+    added up) and each sharded cell's wall per job and the imbalance max/mean.
 
-    Also appended to $GITHUB_STEP_SUMMARY when set. A bad artifact is named in one line
-    and skipped: a bad junit.xml costs only its durations, a bad outcome.json (its
-    cell's result unknown) makes the exit code 1 as a failed cell does."""
-    from .cells import append_step_summary, table_text
-    from .rundirs import RunDir
+    Also written to $GITHUB_STEP_SUMMARY when set (under GitHub's 1 MiB). Exit 1 when a
+    job has a regression, a new failure, a problem of its own (timeout, error, tests that
+    never ran), no outcome, or an unreadable outcome.json; a bad junit.xml costs only its
+    durations."""
+    import os
+
+    from .cells import table_markdown, table_text
     from .ci import report_dir, shard_walls
-    unknown = []
-
-    def warn(line: str) -> None:
-        if line.startswith("error:"):
-            unknown.append(line)
+    from .fsutil import shown
+    from .rundirs import RunDir
+    rep = report_dir(Path(directory), warn=print,
+                     durations_out=Path(durations_out) if durations_out else None,
+                     matrix=Path(matrix) if matrix else None,
+                     history=Path(history) if history else None)
+    for line in rep.lines():
         print(line)
-    rows = report_dir(Path(directory), warn=warn,
-                      durations_out=Path(durations_out) if durations_out else None)
-    print(table_text(rows))
+    print(table_text(rep.rows))
     walls = shard_walls(sorted(Path(directory).rglob(RunDir.OUTCOME)))
     if walls:
         print("shards (wall per job):")
         for line in walls:
             print(f"  {line}")
-    note = append_step_summary(rows)
-    if note:
-        print(note)
-    if unknown or any(r.status.value not in ("passed", "skipped") for r in rows):
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        table = table_markdown(rep.rows) + ("".join(f"\n- shards: {shown(w)}" for w in walls))
+        try:
+            with open(summary, "a") as f:
+                f.write(rep.markdown(table))
+        except OSError as err:
+            print(f"note: could not append to GITHUB_STEP_SUMMARY ({err.strerror})")
+    if rep.red:
         raise Exit(code=1)
 
 

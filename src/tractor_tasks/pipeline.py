@@ -243,8 +243,13 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
             from . import trace
             trace.write(run_dir.path, result.results)
             from . import report
-            for line in report.render(p, result):
+            lines = report.render(p, result)
+            for line in lines:
                 out(line)
+            try:  # what CI keeps of the run beside outcome.json (best effort)
+                (run_dir.path / RunDir.SUMMARY).write_text("\n".join(lines) + "\n")
+            except OSError:
+                pass
             return result
         finally:
             run_dir.close()

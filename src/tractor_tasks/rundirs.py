@@ -277,6 +277,7 @@ class RunDir:
 
     JUNIT, OUTCOME, RUN, TRACE = "junit.xml", "outcome.json", "run.json", "trace.json"
     UNITS, CONTENTION, SHARD = "units.json", "contention.json", "shard.json"  # -n, CI jobs
+    SUMMARY = "summary.txt"   # the run's printed summary (verdict, failures): a CI artifact
 
     @property
     def junit(self) -> Path:
