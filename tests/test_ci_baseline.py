@@ -329,3 +329,21 @@ def test_on_a_terminal_the_progress_line_is_redrawn_in_place_and_cleared():
     assert out.lines == []      # nothing scrolls: the status block only
     assert out.drawn[0][0].startswith("verdict: re-running failures alone: tests/test_a.py")
     assert out.drawn[-1] == []  # cleared when the pass is over
+
+
+def test_two_ci_jobs_started_in_one_second_by_one_pid_get_different_run_ids(tmp_path, monkeypatch):
+    """A run's id in the history is its run dir's name, and the report job merges every
+    job's history by run id: two runners that start a job in the same second with the
+    same pid (containers start alike) must not make one job's rows vanish in the merge."""
+    import time
+    from types import SimpleNamespace
+    from tractor_tasks.rundirs import State
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261206-060000")
+    names = []
+    for job in ("job1", "job2"):
+        target = SimpleNamespace(root=tmp_path / job, state_dir=tmp_path / job / ".tractor-tasks")
+        target.root.mkdir()
+        run = State(target).new_run()
+        names.append(run.path.name)
+        run.close()
+    assert names[0] != names[1]

@@ -171,8 +171,10 @@ class State:
     def _new_run(self, slug: str | None) -> RunDir:
         self.runs.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
+        # the name is the run's id in the history, which CI jobs merge: the random part
+        # keeps two jobs that start in the same second with the same pid apart
         for i in range(1000):
-            path = self.runs / f"{stamp}-{os.getpid()}-{i}"
+            path = self.runs / f"{stamp}-{os.getpid()}-{os.urandom(3).hex()}"
             try:
                 path.mkdir()
                 break
