@@ -16,6 +16,7 @@ from invoke import Collection, Exit, Task, task
 
 from . import _invoke_words
 from .errors import TaskError, usage
+from .fsutil import shown
 from .options import RUN_OPTIONS, RunOptions
 
 ROOT_HELP = "the target checkout (default: see README, target resolution)"
@@ -30,7 +31,7 @@ def _guard(fn):
         try:
             return fn(c, *args, **kwargs)
         except TaskError as err:
-            raise Exit(str(err), code=err.code)
+            raise Exit(shown(str(err)), code=err.code)
         except KeyboardInterrupt:  # before a run is supervised (venv sync, preflight)
             raise Exit("interrupted", code=130)
     return body
@@ -131,13 +132,13 @@ def _affected(c, values):
     base, list_ = values.pop("base"), values.pop("list_")
     aff = affected(target, base)
     for line in aff.lines():
-        print(line)
+        print(shown(line))
     if not aff.files:
         return None
     aff.check()
     if list_:
         for path in resolve_words(target, aff.words):
-            print(path)
+            print(shown(path))
         return None
     return aff.words
 
@@ -161,8 +162,8 @@ def quick(c, python=None, root=None):
     if not res.imported:
         raise TaskError(f"`import {target.package}` failed in {venv.path.name}: "
                         f"{res.import_error}; fix the import error before running tests")
-    print(f"{target.package} imports from {res.import_path} ({res.import_seconds:.1f}s)")
-    print("\n".join(res.tail_lines(3)))
+    print(shown(f"{target.package} imports from {res.import_path} ({res.import_seconds:.1f}s)"))
+    print(shown("\n".join(res.tail_lines(3))))
     if not res.collected_ok:
         raise TaskError("collection failed (see above)")
 
@@ -178,13 +179,13 @@ def lastfailed(c, session=None, all_=False, root=None):
         ids = read_lastfailed(target, path)
         head = f"[{label}] " if len(found) > 1 or session else ""
         if ids is None:
-            print(f"{head}no lastfailed cache ({path})")
+            print(shown(f"{head}no lastfailed cache ({path})"))
         elif not ids:
-            print(f"{head}no failures recorded")
+            print(shown(f"{head}no failures recorded"))
         else:
-            print(f"{head}{len(ids)} last-failed test(s):")
+            print(shown(f"{head}{len(ids)} last-failed test(s):"))
             for i in ids:
-                print(f"  {i}")
+                print(shown(f"  {i}"))
 
 
 @_task(help={"python": "Python minor, e.g. 3.13", "force": "sync even if up to date",
@@ -198,7 +199,7 @@ def venv(c, python=None, force=False, root=None):
     from .venv import ensure_venv, shell_command
     target = _target(c, root)
     minor = pick_minor(target, python)
-    print(f"$ {shell_command(target, minor)}  (in {target.root})")
+    print(shown(f"$ {shell_command(target, minor)}  (in {target.root})"))
     with State(target).venv_lock(minor):
         result = ensure_venv(target, minor, force=force, stream=sys.stdout)
     print(result.line())
@@ -245,12 +246,12 @@ def clean(c, dry_run=False, grace=None, parent=None, shm=False, root=None):
     report = sweep(target, venv=target.first_venv(), grace=0.3 if grace_s is None else grace_s,
                    dry_run=dry_run, parent=pid)
     for line in report.lines():
-        print(line)
+        print(shown(line))
     shm_ok = True
     if shm:
         from . import shm as shm_mod
         for line in shm_mod.remove(target.state_dir, dry_run=dry_run):
-            print(line)
+            print(shown(line))
             shm_ok = shm_ok and not line.startswith(("could not", "kept shared memory /"))
     if not dry_run:
         print("clean" if report.clean and shm_ok else "NOT clean: see above")
@@ -274,16 +275,17 @@ def report(c, trace=False, root=None):
         if path is None:
             raise TaskError(f"no run with a timeline under {State(target).runs}; "
                             "run `invoke test` first")
-        print(path)
+        print(shown(str(path)))
         return
     bad: list[str] = []
     rows = read_rows(target, warn=bad.append)
     for line in bad:
-        print(line, file=sys.stderr)
+        print(shown(line), file=sys.stderr)
     if rows:
         print(table_text(rows))
     elif not bad:
-        print(f"no cell results under {target.state_dir / 'cells'}; run some nox sessions first")
+        print(shown(f"no cell results under {target.state_dir / 'cells'}; run some nox "
+                    "sessions first"))
     if bad:
         raise Exit(code=1)
 
@@ -363,7 +365,7 @@ def ci_report(c, directory, durations_out=None, root=None):
     def warn(line: str) -> None:
         if line.startswith("error:"):
             unknown.append(line)
-        print(line)
+        print(shown(line))   # it names artifact dirs: whatever CI's jobs called them
     rows = report_dir(Path(directory), warn=warn,
                       durations_out=Path(durations_out) if durations_out else None)
     print(table_text(rows))
@@ -371,7 +373,7 @@ def ci_report(c, directory, durations_out=None, root=None):
     if walls:
         print("shards (wall per job):")
         for line in walls:
-            print(f"  {line}")
+            print(shown(f"  {line}"))
     note = append_step_summary(rows)
     if note:
         print(note)
@@ -392,7 +394,7 @@ def durations(c, out=".tractor-tasks-durations.json", python=None, tpt=None, spa
     from .history_view import export_durations
     target = _target(c, root)
     n, dest = export_durations(target, Path(out), minor=python, tpt=tpt, spawn=spawn)
-    print(f"wrote durations of {n} test(s) to {dest}")
+    print(shown(f"wrote durations of {n} test(s) to {dest}"))
 
 
 def collection(shim_file: str) -> Collection:
