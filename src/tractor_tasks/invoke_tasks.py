@@ -20,13 +20,21 @@ from .fsutil import shown
 from .options import RUN_OPTIONS, RunOptions
 
 ROOT_HELP = "the target checkout (default: see README, target resolution)"
+# what `--help` calls a numeric option's value (invoke's own word is STRING)
+METAVARS = {"seconds": "SECONDS", "bound": "SECONDS", "count": "N", "shards": "N|auto",
+            "shard": "I/N"}
 
 
-def _guard(fn):
-    """TaskError -> one line and its exit code."""
+def _guard(fn, needs_stdout=False):
+    """TaskError -> one line (control characters escaped: it may quote a ref, a path, a
+    test id) and its exit code. A task whose whole answer is its stdout
+    (`needs_stdout`) refuses to start without one, rather than answer into nothing."""
     @functools.wraps(fn)
     def body(c, *args, **kwargs):
         from .output import guard_std_fds
+        if needs_stdout and _closed(1):
+            raise Exit(f"error: stdout is closed; `invoke {fn.__name__.replace('_', '-')}` "
+                       "writes its answer there: give it one (e.g. > matrix.json)", code=2)
         guard_std_fds()  # `invoke test >&-`: /dev/null in place of a closed stdout
         try:
             return fn(c, *args, **kwargs)
@@ -37,10 +45,22 @@ def _guard(fn):
     return body
 
 
-def _task(help=None, klass=Task, positional=None):
+def _closed(fd: int) -> bool:
+    import os
+    try:
+        os.fstat(fd)
+        return False
+    except OSError:
+        return True
+
+
+def _task(help=None, klass=Task, positional=None, metavars=None, needs_stdout=False):
+    if metavars:   # `--limit=N`, not invoke's `--limit=STRING`
+        klass = _invoke_words.short_task({}, metavars)
+
     def deco(fn):
         return task(auto_shortflags=False, help=help or {}, klass=klass,
-                    positional=positional)(_guard(fn))
+                    positional=positional)(_guard(fn, needs_stdout))
     return deco
 
 
@@ -218,10 +238,11 @@ def doctor(c, python=None, json=False, fix=False, collect=True, fast=False, verb
     target = _target(c, root)
     minor = pick_minor(target, python)
     checks = doc.run_checks(target, minor, collect=collect, slow=not fast, verbose=verbose)
-    if fix and not doc.healthy(checks):
-        doc.fix(target, minor, checks, out=(lambda line: None) if json else print)
+    if fix and doc.worth_fixing(checks):
+        doc.fix(target, minor, checks,
+                out=(lambda line: None) if json else (lambda line: print(shown(line))))
         checks = doc.run_checks(target, minor, collect=collect, slow=not fast, verbose=verbose)
-    print(doc.as_json(target, minor, checks) if json else doc.table(checks))
+    print(doc.as_json(target, minor, checks) if json else shown(doc.table(checks)))
     if not doc.healthy(checks):
         raise Exit(code=1)
 
@@ -291,7 +312,8 @@ def report(c, trace=False, root=None):
 
 
 @_task(help={"smoke": "include the smoke cells",
-             "shards": "split every cell into N jobs (session, shard, of)", "root": ROOT_HELP})
+             "shards": "split every cell into N jobs (session, shard, of)", "root": ROOT_HELP},
+       metavars={"shards": "N"}, needs_stdout=True)
 def ci_matrix(c, smoke=False, shards=None, root=None):
     """Print the GitHub Actions matrix JSON, derived from `nox --list --json`."""
     from .ci import matrix_json
@@ -323,9 +345,7 @@ def history(c, patterns=None, limit=None, root=None, import_=None, checkpoint=Fa
         from .history_view import merge_histories
         merge_histories(target, import_, patterns)
         return
-    n = 10 if limit is None else count("--limit", limit)
-    if n < 1:
-        raise usage("--limit must be 1 or more")
+    n = 10 if limit is None else count("--limit", limit, least=1)
     for pattern in patterns or [None]:
         show_history(target, pattern, n)
 
@@ -335,15 +355,14 @@ def history(c, patterns=None, limit=None, root=None, import_=None, checkpoint=Fa
              "cell": "the cell the imported JUnit file belongs to, e.g. \"tests-3.13(tpt='tcp')\"",
              "quarantine": "write [[tool.tractor-tasks.quarantine]] entries instead (they run "
                            "and are reported, and never fail the run)",
-             "root": ROOT_HELP})
+             "root": ROOT_HELP}, metavars={"min_runs": "N"})
 def flaky(c, min_runs=None, junit=None, cell=None, quarantine=False, root=None):
-    """Rank tests by how often they flip per cell; print ready-to-paste flaky (or
-    --quarantine) entries."""
+    """Rank tests by how often they flip per cell, with ready-to-paste entries.
+
+    The entries are [[tool.tractor-tasks.flaky]] ones (--quarantine: quarantine ones)."""
     from .history_view import show_flaky
     from .options import count
-    n = 3 if min_runs is None else count("--min-runs", min_runs)
-    if n < 2:
-        raise usage("--min-runs must be 2 or more (a flip needs two runs)")
+    n = 3 if min_runs is None else count("--min-runs", min_runs, least=2)   # a flip: 2 runs
     show_flaky(_target(c, root), n, junit, cell, quarantine=quarantine)
 
 
