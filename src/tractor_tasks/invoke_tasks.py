@@ -73,11 +73,12 @@ def _extra(c) -> list[str]:
     return shlex.split(getattr(c, "remainder", "") or "")
 
 
-def _run(c, words, values: dict, *, last_failed=False, resolved=None) -> None:
+def _run(c, words, values: dict, *, last_failed=False, resolved=None, task=None) -> None:
     from .gitref import BaselineMissing
     from .pipeline import execute, plan
     target = _target(c, values.get("root"))
-    opts = RunOptions.parse(values, extra=_extra(c))
+    opts = RunOptions.parse(values, extra=_extra(c),
+                            flag_names=_invoke_words.typed(task) if task else None)
     opts.last_failed = last_failed
     try:
         checked = plan(target, words, opts, resolved=resolved)
@@ -110,7 +111,7 @@ def _run_task(name: str, doc: str, *, words: bool = False, extra_params=(), extr
             if got is None:
                 return
             words_given = got
-        _run(c, words_given, values, last_failed=last_failed)
+        _run(c, words_given, values, last_failed=last_failed, task=name)
     body.__name__ = body.__qualname__ = name
     body.__doc__ = doc
     body.__signature__ = inspect.Signature(params)
@@ -121,7 +122,10 @@ def _run_task(name: str, doc: str, *, words: bool = False, extra_params=(), extr
         help["targets"] = ("test file(s), dir(s), node id(s) or pattern(s); none = the whole "
                            "suite")
     shorts = {o.name: o.short for o in RUN_OPTIONS if o.short}
-    klass = _invoke_words.words_task(shorts) if words else _invoke_words.short_task(shorts)
+    metavars = {o.name: METAVARS[o.kind] for o in RUN_OPTIONS if o.kind in METAVARS}
+    hidden = {o.name for o in RUN_OPTIONS if o.dest is None}   # no-ops kept for old scripts
+    klass = (_invoke_words.words_task if words else _invoke_words.short_task)(
+        shorts, metavars, hidden)
     return task(auto_shortflags=False, help=help, klass=klass,
                 positional=["targets"] if words else [], name=name)(_guard(body))
 
@@ -252,7 +256,7 @@ def doctor(c, python=None, json=False, fix=False, collect=True, fast=False, verb
              "parent": "also end the descendants of this live pid (e.g. a hung pytest)",
              "shm": "also remove /dev/shm segments this checkout's runs left that no "
                     "process holds (see README: shared memory)",
-             "root": ROOT_HELP})
+             "root": ROOT_HELP}, metavars={"grace": "SECONDS", "parent": "PID"})
 def clean(c, dry_run=False, grace=None, parent=None, shm=False, root=None):
     """Sweep: SIGINT, grace, SIGKILL this checkout's leaked actors; remove stale sockets."""
     from .options import count, seconds
@@ -283,8 +287,9 @@ def clean(c, dry_run=False, grace=None, parent=None, shm=False, root=None):
 @_task(help={"trace": "print the path of the newest run's timeline (trace.json) instead",
              "root": ROOT_HELP})
 def report(c, trace=False, root=None):
-    """Print the matrix table again from the cells' outcome files on disk (--trace: the
-    path of the newest run's timeline)."""
+    """Print the matrix table again, from the cells' outcome files on disk.
+
+    --trace: print the path of the newest run's timeline (trace.json) instead."""
     import sys
 
     from .cells import read_rows, table_text
@@ -331,7 +336,8 @@ def ci_matrix(c, smoke=False, shards=None, root=None):
                        "a directory of them, e.g. CI's artifacts); merging again adds nothing",
              "checkpoint": "fold the history's write-ahead log into its file (before a CI "
                            "cache or artifact saves it)",
-             "root": ROOT_HELP}, klass=_invoke_words.words_task({}), positional=["patterns"])
+             "root": ROOT_HELP}, klass=_invoke_words.words_task({}, {"limit": "N"}),
+       positional=["patterns"])
 def history(c, patterns=None, limit=None, root=None, import_=None, checkpoint=False):
     """Recent outcomes of tests across cells, from the results history.
 
@@ -370,8 +376,10 @@ def flaky(c, min_runs=None, junit=None, cell=None, quarantine=False, root=None):
              "durations_out": "also write a durations file for the next sharded run",
              "root": ROOT_HELP})
 def ci_report(c, directory, durations_out=None, root=None):
-    """CI's last job: the jobs' outcomes, shards added up, as the matrix table; then each
-    sharded cell's wall per job (with its plan's prediction) and the imbalance max/mean.
+    """CI's last job: the jobs' outcomes, shards added up, as the matrix table.
+
+    Then each sharded cell's wall per job (with its plan's prediction) and the
+    imbalance max/mean.
 
     Also appended to $GITHUB_STEP_SUMMARY when set. A bad artifact is named in one line
     and skipped: a bad junit.xml costs only its durations, a bad outcome.json (its
