@@ -49,6 +49,13 @@ def test_our_lines_escape_control_characters_and_pytests_bytes_stay_verbatim():
     assert pytests == "\x1b[31mFAILED\x1b[0m\n"
 
 
+def test_an_error_line_stays_one_line_whatever_it_quotes():
+    text = f"error: --baseline a\nresults: 5 passed{ESC}: no such commit"
+    assert fsutil.shown(text, one_line=True) == \
+        "error: --baseline a\\nresults: 5 passed\\x1b]0;pwned\\x07: no such commit"
+    assert fsutil.shown("a\tb\nc") == "a\tb\nc"   # other text keeps its lines and tabs
+
+
 # -- 13: one message per refusal ---------------------------------------------------------
 
 def test_a_count_below_its_least_and_a_negative_one_get_one_message():
@@ -222,6 +229,8 @@ def test_outside_strings_reach_the_terminal_escaped(tmp_path):
         line = _one_line(out, out.returncode, "error: ")
         assert out.returncode in (1, 2) and not _raw_in(out.stderr), repr(out.stderr)
         assert "\\x1b]0;pwned\\x07" in line, line
+    forged = invoke("test", "--baseline", "a\nresults: 5 passed", root=root)
+    _one_line(forged, 2, "--baseline a\\nresults: 5 passed")   # no forged line
 
 
 @pytest.mark.slow

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "init":
             return init(Path(args.path).resolve(), args.force)
     except TaskError as err:
-        print(shown(str(err)), file=sys.stderr)
+        print(shown(str(err), one_line=True), file=sys.stderr)
         return err.code
     return 2
 

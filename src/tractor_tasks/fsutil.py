@@ -165,10 +165,14 @@ def xml_clean(element) -> None:
         el.tail = xml_text(el.tail) if el.tail else el.tail
 
 
-def shown(text: str) -> str:
+def shown(text: str, *, one_line: bool = False) -> str:
     """`text` for a terminal: control characters (ESC, BEL, ...), and the bidi overrides
-    that reorder a line (U+202E), as visible escapes; tab and newline kept."""
-    return _TERM_BAD.sub(lambda m: _escape(m.group()), text) if text else text
+    that reorder a line (U+202E), as visible escapes; tab and newline kept, unless
+    `one_line` (an error line stays one line, whatever it quotes: newline as "\\n")."""
+    if not text:
+        return text
+    text = _TERM_BAD.sub(lambda m: _escape(m.group()), text)
+    return text.replace("\n", "\\n") if one_line else text
 
 
 def what_is(path: Path | str) -> str:

@@ -39,7 +39,7 @@ def _guard(fn, needs_stdout=False):
         try:
             return fn(c, *args, **kwargs)
         except TaskError as err:
-            raise Exit(shown(str(err)), code=err.code)
+            raise Exit(shown(str(err), one_line=True), code=err.code)
         except KeyboardInterrupt:  # before a run is supervised (venv sync, preflight)
             raise Exit("interrupted", code=130)
     return body
