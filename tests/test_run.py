@@ -623,7 +623,7 @@ def test_an_uncontained_run_killed_hard_leaves_nothing_after_clean(sample_repo, 
     (["test", "--test-timeout", "1e-400"], "0 or a positive number", 2),
     (["test", "test_local.py::test_no_runtime", "-n", "3"], "3 shards for 1 test(s)", 2),
     (["ci-matrix", "--shards", "99999999"], "1 to 256", 2),
-    (["history", "--limit", "0"], "--limit must be 1 or more", 2),
+    (["history", "--limit", "0"], "--limit must be a whole number (1 or more), got '0'", 2),
 ])
 def test_more_bad_usage_is_one_line_and_writes_nothing(tmp_path, args, needle, code):
     from helpers import copy_sample

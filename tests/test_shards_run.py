@@ -155,6 +155,8 @@ def test_ci_shards_split_a_long_module_unless_a_fixture_spans_it(tmp_path):
                      "--strict", "--no-confirm", "--shard", f"{k}/2",
                      "--durations-file", str(dfile), root=root, timeout=600)
         assert out.returncode == 0, out.stdout + out.stderr
+        results = next(x for x in out.stdout.splitlines() if x.startswith("results:"))
+        assert results.endswith(f"(shard {k}/2)"), results   # one shard ran, not 2
         assert ("shard plan: split at test boundaries (no module- or class-scoped fixture "
                 "shared): tests/test_spawning.py") in out.stdout, out.stdout
         scopes = json.loads((last_run(root) / "collect" / "scopes.json").read_text())

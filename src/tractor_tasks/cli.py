@@ -1,4 +1,7 @@
-"""`tractor-tasks init [PATH]`: put the noxfile.py and tasks.py shims into a checkout."""
+"""`tractor-tasks init [PATH]`: put the noxfile.py and tasks.py shims into a checkout.
+
+The rest of the tool is the checkout's `invoke` tasks and `nox` sessions, which the
+shims load; `tractor-tasks --help` says so, `--version` names the installed version."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import TaskError, usage
-from .fsutil import atomic_write, check_destination
+from .fsutil import atomic_write, check_destination, shown
 
 SHIMS = {
     "noxfile.py": '''"""nox sessions for this checkout's test matrix, from tractor-tasks (see `nox --list`)."""
@@ -41,10 +44,33 @@ def init(path: Path, force: bool = False) -> int:
     return 0
 
 
+EPILOG = """\
+what it offers, once `init` has put the shims in a checkout (run these there):
+  invoke --list        the tasks: test, smoke, rerun, affected, quick, lastfailed,
+                       doctor, clean, venv, history, flaky, durations, report,
+                       ci-matrix, ci-report (`invoke --help TASK`: its options)
+  nox --list           the test matrix: one session per Python x transport cell
+                       (and the smoke and backend cells)
+start with `invoke doctor`, then `invoke test`; the README has the rest."""
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+    try:
+        return dist_version("tractor-tasks")
+    except PackageNotFoundError:   # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tractor-tasks",
-                                     description="test tasks for tractor-style checkouts")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="tractor-tasks", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="nox sessions and invoke tasks that run tractor's multi-process test\n"
+                    "suite (a tractor-style checkout's) contained, bounded, and leaving\n"
+                    "the machine clean.", epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"tractor-tasks {version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands")
     p_init = sub.add_parser("init", help="write noxfile.py and tasks.py shims into a checkout")
     p_init.add_argument("path", nargs="?", default=".", help="the checkout (default: .)")
     p_init.add_argument("--force", action="store_true", help="overwrite existing shims")
@@ -53,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "init":
             return init(Path(args.path).resolve(), args.force)
     except TaskError as err:
-        print(err, file=sys.stderr)
+        print(shown(str(err), one_line=True), file=sys.stderr)
         return err.code
     return 2
 

@@ -176,6 +176,12 @@ def needs(checks: list[Check]) -> set[str]:
     return out
 
 
+def worth_fixing(checks: list[Check]) -> bool:
+    """Whether `--fix` has work: a failed check, or this checkout's orphan shared memory
+    (a warning alone, which the README promises `--fix` removes)."""
+    return not healthy(checks) or "shm" in needs(checks)
+
+
 def fix(target: Target, minor: str, checks: list[Check], out) -> None:
     """The safe fixes: sync the venv; sweep this checkout's leftovers (never a holder
     outside it); remove its orphan shared memory segments."""

@@ -200,7 +200,23 @@ def xml_clean(element) -> None:
         el.tail = xml_text(el.tail) if el.tail else el.tail
 
 
-def shown(text: str) -> str:
+def shown(text: str, *, one_line: bool = False) -> str:
     """`text` for a terminal: control characters (ESC, BEL, ...), and the bidi overrides
-    that reorder a line (U+202E), as visible escapes; tab and newline kept."""
-    return _TERM_BAD.sub(lambda m: _escape(m.group()), text) if text else text
+    that reorder a line (U+202E), as visible escapes; tab and newline kept, unless
+    `one_line` (an error line stays one line, whatever it quotes: newline as "\\n")."""
+    if not text:
+        return text
+    text = _TERM_BAD.sub(lambda m: _escape(m.group()), text)
+    return text.replace("\n", "\\n") if one_line else text
+
+
+def what_is(path: Path | str) -> str:
+    """What stands at `path` (links followed), for an error line that refuses it:
+    "no such file", "is a directory", "is a FIFO", ... ("is a regular file" for one)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    return "is a regular file" if stat.S_ISREG(st.st_mode) else f"is {_kind(st.st_mode)}"

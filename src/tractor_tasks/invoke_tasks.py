@@ -16,30 +16,51 @@ from invoke import Collection, Exit, Task, task
 
 from . import _invoke_words
 from .errors import TaskError, usage
+from .fsutil import shown
 from .options import RUN_OPTIONS, RunOptions
 
 ROOT_HELP = "the target checkout (default: see README, target resolution)"
+# what `--help` calls a numeric option's value (invoke's own word is STRING)
+METAVARS = {"seconds": "SECONDS", "bound": "SECONDS", "count": "N", "shards": "N|auto",
+            "shard": "I/N"}
 
 
-def _guard(fn):
-    """TaskError -> one line and its exit code."""
+def _guard(fn, needs_stdout=False):
+    """TaskError -> one line (control characters escaped: it may quote a ref, a path, a
+    test id) and its exit code. A task whose whole answer is its stdout
+    (`needs_stdout`) refuses to start without one, rather than answer into nothing."""
     @functools.wraps(fn)
     def body(c, *args, **kwargs):
         from .output import guard_std_fds
+        if needs_stdout and _closed(1):
+            raise Exit(f"error: stdout is closed; `invoke {fn.__name__.replace('_', '-')}` "
+                       "writes its answer there: give it one (e.g. > matrix.json)", code=2)
         guard_std_fds()  # `invoke test >&-`: /dev/null in place of a closed stdout
         try:
             return fn(c, *args, **kwargs)
         except TaskError as err:
-            raise Exit(str(err), code=err.code)
+            raise Exit(shown(str(err), one_line=True), code=err.code)
         except KeyboardInterrupt:  # before a run is supervised (venv sync, preflight)
             raise Exit("interrupted", code=130)
     return body
 
 
-def _task(help=None, klass=Task, positional=None):
+def _closed(fd: int) -> bool:
+    import os
+    try:
+        os.fstat(fd)
+        return False
+    except OSError:
+        return True
+
+
+def _task(help=None, klass=Task, positional=None, metavars=None, needs_stdout=False):
+    if metavars:   # `--limit=N`, not invoke's `--limit=STRING`
+        klass = _invoke_words.short_task({}, metavars)
+
     def deco(fn):
         return task(auto_shortflags=False, help=help or {}, klass=klass,
-                    positional=positional)(_guard(fn))
+                    positional=positional)(_guard(fn, needs_stdout))
     return deco
 
 
@@ -52,11 +73,12 @@ def _extra(c) -> list[str]:
     return shlex.split(getattr(c, "remainder", "") or "")
 
 
-def _run(c, words, values: dict, *, last_failed=False, resolved=None) -> None:
+def _run(c, words, values: dict, *, last_failed=False, resolved=None, task=None) -> None:
     from .gitref import BaselineMissing
     from .pipeline import execute, plan
     target = _target(c, values.get("root"))
-    opts = RunOptions.parse(values, extra=_extra(c))
+    opts = RunOptions.parse(values, extra=_extra(c),
+                            flag_names=_invoke_words.typed(task) if task else None)
     opts.last_failed = last_failed
     try:
         checked = plan(target, words, opts, resolved=resolved)
@@ -89,7 +111,7 @@ def _run_task(name: str, doc: str, *, words: bool = False, extra_params=(), extr
             if got is None:
                 return
             words_given = got
-        _run(c, words_given, values, last_failed=last_failed)
+        _run(c, words_given, values, last_failed=last_failed, task=name)
     body.__name__ = body.__qualname__ = name
     body.__doc__ = doc
     body.__signature__ = inspect.Signature(params)
@@ -100,7 +122,10 @@ def _run_task(name: str, doc: str, *, words: bool = False, extra_params=(), extr
         help["targets"] = ("test file(s), dir(s), node id(s) or pattern(s); none = the whole "
                            "suite")
     shorts = {o.name: o.short for o in RUN_OPTIONS if o.short}
-    klass = _invoke_words.words_task(shorts) if words else _invoke_words.short_task(shorts)
+    metavars = {o.name: METAVARS[o.kind] for o in RUN_OPTIONS if o.kind in METAVARS}
+    hidden = {o.name for o in RUN_OPTIONS if o.dest is None}   # no-ops kept for old scripts
+    klass = (_invoke_words.words_task if words else _invoke_words.short_task)(
+        shorts, metavars, hidden)
     return task(auto_shortflags=False, help=help, klass=klass,
                 positional=["targets"] if words else [], name=name)(_guard(body))
 
@@ -131,13 +156,13 @@ def _affected(c, values):
     base, list_ = values.pop("base"), values.pop("list_")
     aff = affected(target, base)
     for line in aff.lines():
-        print(line)
+        print(shown(line))
     if not aff.files:
         return None
     aff.check()
     if list_:
         for path in resolve_words(target, aff.words):
-            print(path)
+            print(shown(path))
         return None
     return aff.words
 
@@ -161,8 +186,8 @@ def quick(c, python=None, root=None):
     if not res.imported:
         raise TaskError(f"`import {target.package}` failed in {venv.path.name}: "
                         f"{res.import_error}; fix the import error before running tests")
-    print(f"{target.package} imports from {res.import_path} ({res.import_seconds:.1f}s)")
-    print("\n".join(res.tail_lines(3)))
+    print(shown(f"{target.package} imports from {res.import_path} ({res.import_seconds:.1f}s)"))
+    print(shown("\n".join(res.tail_lines(3))))
     if not res.collected_ok:
         raise TaskError("collection failed (see above)")
 
@@ -178,13 +203,13 @@ def lastfailed(c, session=None, all_=False, root=None):
         ids = read_lastfailed(target, path)
         head = f"[{label}] " if len(found) > 1 or session else ""
         if ids is None:
-            print(f"{head}no lastfailed cache ({path})")
+            print(shown(f"{head}no lastfailed cache ({path})"))
         elif not ids:
-            print(f"{head}no failures recorded")
+            print(shown(f"{head}no failures recorded"))
         else:
-            print(f"{head}{len(ids)} last-failed test(s):")
+            print(shown(f"{head}{len(ids)} last-failed test(s):"))
             for i in ids:
-                print(f"  {i}")
+                print(shown(f"  {i}"))
 
 
 @_task(help={"python": "Python minor, e.g. 3.13", "force": "sync even if up to date",
@@ -198,7 +223,7 @@ def venv(c, python=None, force=False, root=None):
     from .venv import ensure_venv, shell_command
     target = _target(c, root)
     minor = pick_minor(target, python)
-    print(f"$ {shell_command(target, minor)}  (in {target.root})")
+    print(shown(f"$ {shell_command(target, minor)}  (in {target.root})"))
     with State(target).venv_lock(minor):
         result = ensure_venv(target, minor, force=force, stream=sys.stdout)
     print(result.line())
@@ -217,10 +242,11 @@ def doctor(c, python=None, json=False, fix=False, collect=True, fast=False, verb
     target = _target(c, root)
     minor = pick_minor(target, python)
     checks = doc.run_checks(target, minor, collect=collect, slow=not fast, verbose=verbose)
-    if fix and not doc.healthy(checks):
-        doc.fix(target, minor, checks, out=(lambda line: None) if json else print)
+    if fix and doc.worth_fixing(checks):
+        doc.fix(target, minor, checks,
+                out=(lambda line: None) if json else (lambda line: print(shown(line))))
         checks = doc.run_checks(target, minor, collect=collect, slow=not fast, verbose=verbose)
-    print(doc.as_json(target, minor, checks) if json else doc.table(checks))
+    print(doc.as_json(target, minor, checks) if json else shown(doc.table(checks)))
     if not doc.healthy(checks):
         raise Exit(code=1)
 
@@ -230,7 +256,7 @@ def doctor(c, python=None, json=False, fix=False, collect=True, fast=False, verb
              "parent": "also end the descendants of this live pid (e.g. a hung pytest)",
              "shm": "also remove /dev/shm segments this checkout's runs left that no "
                     "process holds (see README: shared memory)",
-             "root": ROOT_HELP})
+             "root": ROOT_HELP}, metavars={"grace": "SECONDS", "parent": "PID"})
 def clean(c, dry_run=False, grace=None, parent=None, shm=False, root=None):
     """Sweep: SIGINT, grace, SIGKILL this checkout's leaked actors; remove stale sockets."""
     from .options import count, seconds
@@ -245,12 +271,12 @@ def clean(c, dry_run=False, grace=None, parent=None, shm=False, root=None):
     report = sweep(target, venv=target.first_venv(), grace=0.3 if grace_s is None else grace_s,
                    dry_run=dry_run, parent=pid)
     for line in report.lines():
-        print(line)
+        print(shown(line))
     shm_ok = True
     if shm:
         from . import shm as shm_mod
         for line in shm_mod.remove(target.state_dir, dry_run=dry_run):
-            print(line)
+            print(shown(line))
             shm_ok = shm_ok and not line.startswith(("could not", "kept shared memory /"))
     if not dry_run:
         print("clean" if report.clean and shm_ok else "NOT clean: see above")
@@ -261,8 +287,9 @@ def clean(c, dry_run=False, grace=None, parent=None, shm=False, root=None):
 @_task(help={"trace": "print the path of the newest run's timeline (trace.json) instead",
              "root": ROOT_HELP})
 def report(c, trace=False, root=None):
-    """Print the matrix table again from the cells' outcome files on disk (--trace: the
-    path of the newest run's timeline)."""
+    """Print the matrix table again, from the cells' outcome files on disk.
+
+    --trace: print the path of the newest run's timeline (trace.json) instead."""
     import sys
 
     from .cells import read_rows, table_text
@@ -274,22 +301,24 @@ def report(c, trace=False, root=None):
         if path is None:
             raise TaskError(f"no run with a timeline under {State(target).runs}; "
                             "run `invoke test` first")
-        print(path)
+        print(shown(str(path)))
         return
     bad: list[str] = []
     rows = read_rows(target, warn=bad.append)
     for line in bad:
-        print(line, file=sys.stderr)
+        print(shown(line), file=sys.stderr)
     if rows:
         print(table_text(rows))
     elif not bad:
-        print(f"no cell results under {target.state_dir / 'cells'}; run some nox sessions first")
+        print(shown(f"no cell results under {target.state_dir / 'cells'}; run some nox "
+                    "sessions first"))
     if bad:
         raise Exit(code=1)
 
 
 @_task(help={"smoke": "include the smoke cells",
-             "shards": "split every cell into N jobs (session, shard, of)", "root": ROOT_HELP})
+             "shards": "split every cell into N jobs (session, shard, of)", "root": ROOT_HELP},
+       metavars={"shards": "N"}, needs_stdout=True)
 def ci_matrix(c, smoke=False, shards=None, root=None):
     """Print the GitHub Actions matrix JSON, derived from `nox --list --json`."""
     from .ci import matrix_json
@@ -307,7 +336,8 @@ def ci_matrix(c, smoke=False, shards=None, root=None):
                        "a directory of them, e.g. CI's artifacts); merging again adds nothing",
              "checkpoint": "fold the history's write-ahead log into its file (before a CI "
                            "cache or artifact saves it)",
-             "root": ROOT_HELP}, klass=_invoke_words.words_task({}), positional=["patterns"])
+             "root": ROOT_HELP}, klass=_invoke_words.words_task({}, {"limit": "N"}),
+       positional=["patterns"])
 def history(c, patterns=None, limit=None, root=None, import_=None, checkpoint=False):
     """Recent outcomes of tests across cells, from the results history.
 
@@ -321,9 +351,7 @@ def history(c, patterns=None, limit=None, root=None, import_=None, checkpoint=Fa
         from .history_view import merge_histories
         merge_histories(target, import_, patterns)
         return
-    n = 10 if limit is None else count("--limit", limit)
-    if n < 1:
-        raise usage("--limit must be 1 or more")
+    n = 10 if limit is None else count("--limit", limit, least=1)
     n = min(n, 1_000_000)   # past any history's rows (SQLite's integers end at 2**63)
     for pattern in patterns or [None]:
         show_history(target, pattern, n)
@@ -334,15 +362,14 @@ def history(c, patterns=None, limit=None, root=None, import_=None, checkpoint=Fa
              "cell": "the cell the imported JUnit file belongs to, e.g. \"tests-3.13(tpt='tcp')\"",
              "quarantine": "write [[tool.tractor-tasks.quarantine]] entries instead (they run "
                            "and are reported, and never fail the run)",
-             "root": ROOT_HELP})
+             "root": ROOT_HELP}, metavars={"min_runs": "N"})
 def flaky(c, min_runs=None, junit=None, cell=None, quarantine=False, root=None):
-    """Rank tests by how often they flip per cell; print ready-to-paste flaky (or
-    --quarantine) entries."""
+    """Rank tests by how often they flip per cell, with ready-to-paste entries.
+
+    The entries are [[tool.tractor-tasks.flaky]] ones (--quarantine: quarantine ones)."""
     from .history_view import show_flaky
     from .options import count
-    n = 3 if min_runs is None else count("--min-runs", min_runs)
-    if n < 2:
-        raise usage("--min-runs must be 2 or more (a flip needs two runs)")
+    n = 3 if min_runs is None else count("--min-runs", min_runs, least=2)   # a flip: 2 runs
     show_flaky(_target(c, root), n, junit, cell, quarantine=quarantine)
 
 
@@ -354,9 +381,10 @@ def flaky(c, min_runs=None, junit=None, cell=None, quarantine=False, root=None):
                         "(checkpointed, ready for the cache to save)",
              "root": ROOT_HELP})
 def ci_report(c, directory, durations_out=None, matrix=None, history=None, root=None):
-    """CI's last job: the verdict over every job of the matrix (a job that reported
-    nothing is named), the regressions and new failures by name, then the table (shards
-    added up) and each sharded cell's wall per job and the imbalance max/mean.
+    """CI's last job: the verdict over every job of the matrix, with what broke by name.
+
+    A job that reported nothing is named; then the table (shards added up) and each
+    sharded cell's wall per job and the imbalance max/mean.
 
     Also written to $GITHUB_STEP_SUMMARY when set (under GitHub's 1 MiB). Exit 1 when a
     job has a regression, a new failure, a problem of its own (timeout, error, tests that
@@ -368,18 +396,19 @@ def ci_report(c, directory, durations_out=None, matrix=None, history=None, root=
     from .ci import report_dir, shard_walls
     from .fsutil import shown
     from .rundirs import RunDir
-    rep = report_dir(Path(directory), warn=print,
+    # warnings name artifact dirs: whatever CI's jobs called them
+    rep = report_dir(Path(directory), warn=lambda line: print(shown(line)),
                      durations_out=Path(durations_out) if durations_out else None,
                      matrix=Path(matrix) if matrix else None,
                      history=Path(history) if history else None)
     for line in rep.lines():
-        print(line)
+        print(shown(line))
     print(table_text(rep.rows))
     walls = shard_walls(sorted(Path(directory).rglob(RunDir.OUTCOME)))
     if walls:
         print("shards (wall per job):")
         for line in walls:
-            print(f"  {line}")
+            print(shown(f"  {line}"))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         table = table_markdown(rep.rows) + ("".join(f"\n- shards: {shown(w)}" for w in walls))
@@ -405,7 +434,7 @@ def durations(c, out=".tractor-tasks-durations.json", python=None, tpt=None, spa
     from .history_view import export_durations
     target = _target(c, root)
     n, dest = export_durations(target, Path(out), minor=python, tpt=tpt, spawn=spawn)
-    print(f"wrote durations of {n} test(s) to {dest}")
+    print(shown(f"wrote durations of {n} test(s) to {dest}"))
 
 
 def collection(shim_file: str) -> Collection:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .cells import Cell, append_step_summary, read_rows, table_text
 from .errors import TaskError
+from .fsutil import shown
 from .status import RunStatus
 from .target import Target, resolve
 
@@ -96,9 +97,9 @@ def run_cell(session, target: Target, cell: Cell) -> None:
         if isinstance(err, BaselineMissing):
             # a CI job whose clone lacks its event's baseline: loud, and exit 2 (nox's
             # own session error would be 1, the code of failing tests)
-            print(err, file=sys.stderr, flush=True)
+            print(shown(str(err), one_line=True), file=sys.stderr, flush=True)
             raise SystemExit(err.code)
-        session.error(str(err))
+        session.error(shown(str(err), one_line=True))
     if result.status is RunStatus.INTERRUPTED:
         raise KeyboardInterrupt
     if result.code:
@@ -192,7 +193,7 @@ def register(shim_file: str) -> Target:
     try:
         target = resolve(Path(shim_file).resolve().parent)
     except TaskError as err:
-        print(err, file=sys.stderr)
+        print(shown(str(err), one_line=True), file=sys.stderr)
         raise SystemExit(err.code)
     for minor in target.pythons:
         _define(nox, target, minor)

@@ -95,12 +95,13 @@ def seconds(name: str, value, *, allow_zero: bool = False) -> float | None:
     return n
 
 
-def count(name: str, value) -> int | None:
+def count(name: str, value, least: int = 0) -> int | None:
+    """A whole number, `least` or more: one message for every value refused (0, -1, x)."""
     if value is None:
         return None
     text = str(value)
-    if not (text.isascii() and text.isdigit()):
-        raise usage(f"{name} must be a whole number (0 or more), got {value!r}")
+    if not (text.isascii() and text.isdigit()) or int(text) < least:
+        raise usage(f"{name} must be a whole number ({least} or more), got {value!r}")
     return int(text)
 
 

@@ -11,6 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
+from .fsutil import shown
+
 
 def guard_std_fds() -> None:
     """A front end started with stdout (or stdin/stderr) closed (`invoke test >&-`): put
@@ -89,9 +91,11 @@ class Output:
         self.line(text)
 
     def line(self, text: str = "") -> None:
+        """One line of ours: what it quotes (test ids, refs, paths, commands) shown with
+        control characters escaped (fsutil.shown); pytest's own output is write_bytes'."""
         if self.quiet:
             return
-        self.write(text + "\n")
+        self.write(shown(text) + "\n")
 
     def status(self, lines: list[str]) -> None:
         """Redraw the status block (a terminal's live lines) in place."""
@@ -101,7 +105,7 @@ class Output:
         width = max(20, shutil.get_terminal_size().columns - 1)
         with self._lock:
             self._clear()
-            self._raw("".join(line[:width] + "\n" for line in lines))
+            self._raw("".join(shown(line)[:width] + "\n" for line in lines))
             self._status = len(lines)
 
     def _clear(self) -> None:

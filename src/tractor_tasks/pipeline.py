@@ -151,10 +151,11 @@ def plan(target: Target, words, opts: RunOptions, *, cell: Cell | None = None,
         raise usage("a debugger (--tpdb, --pdb) needs the terminal: it cannot run in "
                     "shards; drop --shards/-n")
     if opts.shards not in (None, 1) and opts.shard:
-        raise usage("--shard I/N runs one shard (a CI job); --shards N runs them all "
+        raise usage("--shard I/N runs one shard (a CI job); -n/--shards N runs them all "
                     "here: give one of them")
     if opts.durations_file and not Path(opts.durations_file).is_file():
-        what = "is a directory" if Path(opts.durations_file).is_dir() else "no such file"
+        from .fsutil import what_is
+        what = what_is(opts.durations_file)   # a FIFO is not "no such file"
         raise usage(f"--durations-file {opts.durations_file}: {what}; give the JSON "
                     "file `invoke durations` writes")
     choice = None

@@ -26,7 +26,9 @@ def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> lis
                          + (f" during {o.running}" if o.running else ""))
     passes = len(result.passes)
     extra = []
-    if result.shards:
+    if p.opts.shard:   # a CI job: one shard of N ran here
+        extra.append("shard %d/%d" % p.opts.shard)
+    elif result.shards:
         extra.append(f"{result.shards} shards")
     if passes > 1 and not result.shards:
         extra.append(f"{passes} passes")

@@ -108,6 +108,8 @@ def _git(root: Path, *args: str) -> list[str]:
 
 def changed_files(root: Path, base: str | None = None) -> list[str]:
     """Files changed under `root`: committed since `base`, staged, unstaged, untracked."""
+    from .options import text
+    text("--base", base)   # `--base ""` refused as `--baseline ""` is, not taken as none
     _git(root, "rev-parse", "--git-dir")
     files: list[str] = []
     if base:

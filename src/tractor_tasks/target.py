@@ -403,6 +403,10 @@ def load_target(root: Path, env: dict | None = None) -> Target:
         _check_names(kw["spawn_backends"], "spawn_backends", KNOWN_BACKENDS, where)
     if "capsys_backends" in kw:
         _check_names(kw["capsys_backends"], "capsys_backends", KNOWN_BACKENDS, where)
+    if kw.get("smoke") == ():   # no words is the whole suite: no smoke subset at all
+        raise usage(f"[tool.tractor-tasks] smoke in {where} is empty, so `invoke smoke` "
+                    "would run the whole suite; list its test files, or leave smoke out "
+                    "for the default")
     backends = kw.get("spawn_backends", Target.spawn_backends)
     default_backend = kw.get("default_spawn_backend", Target.default_spawn_backend)
     if default_backend not in backends:
