@@ -14,7 +14,7 @@ from tractor_tasks.output import Output
 from tractor_tasks.passes import RunResult
 from tractor_tasks.results import Results, TestResult
 from tractor_tasks.schedule import Unit
-from tractor_tasks.status import RunStatus, Stop, TestOutcome as O
+from tractor_tasks.status import Stop, TestOutcome as O
 from tractor_tasks.supervise import PassOutcome
 from tractor_tasks.rundirs import RunDir
 from tractor_tasks.target import Target
@@ -63,7 +63,7 @@ class FakeLanes:
             t.window = (t0 + k, t0 + k + 1)
             results.tests[nodeid] = t
         passes = [PassOutcome(1, c.run_dir.path, Stop.FINISHED, rc, 0.01)]
-        return RunResult(0, RunStatus.PASSED, results, passes=passes)
+        return RunResult(results, passes=passes)
 
 
 def test_a_worker_that_dies_mid_unit_loses_no_test(tmp_path):

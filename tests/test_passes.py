@@ -22,7 +22,7 @@ from tractor_tasks.passes import PassRunner, RunResult
 from tractor_tasks.pipeline import Plan
 from tractor_tasks.results import Results, TestResult
 from tractor_tasks.rundirs import State
-from tractor_tasks.status import RunStatus, Stop, TestOutcome as O
+from tractor_tasks.status import Stop, TestOutcome as O
 from tractor_tasks.supervise import PassOutcome, Signals
 from tractor_tasks.target import load_target
 
@@ -170,7 +170,7 @@ def test_a_signal_during_a_hang_starts_no_more_passes(target, monkeypatch):
                                                                      echo=None)
     assert len(fake.starts) == 1  # the second pass was not started
     assert [o.stop for o in result.passes] == [Stop.HUNG, Stop.INTERRUPTED]
-    assert result.status is RunStatus.INTERRUPTED
+    assert result.stopped() is Stop.INTERRUPTED
     assert result.results.not_run() == TESTS[2:]
 
 
@@ -181,9 +181,10 @@ def test_the_whole_run_bound_expiring_during_a_hang_ends_the_lane(target, monkey
     result = runner(target, monkeypatch, fake, deadline=1500.0).lane(only=None, shard=None,
                                                                      echo=None)
     assert len(fake.starts) == 1
-    assert [o.stop for o in result.passes] == [Stop.HUNG, Stop.TIMEOUT]
+    assert [o.stop for o in result.passes] == [Stop.HUNG]   # no pass of its own: the
+    assert result.stop is Stop.TIMEOUT                      # run's stop says it
     assert result.notes == ["the whole-run bound expired after the hang: 4 test(s) did not run"]
-    assert result.status is RunStatus.TIMEOUT
+    assert result.stopped() is Stop.TIMEOUT
 
 
 def test_a_pytest_killed_from_elsewhere_leaves_its_running_test_interrupted(target,
@@ -207,7 +208,7 @@ def lane_result(target, shard: int, outcomes_: dict[str, O], *, stop=Stop.FINISH
     results.cachedir = f"/cache/{shard}"
     if leaks:
         results.leaks.merge(leaks)
-    return RunResult(0, RunStatus.PASSED, results, passes=[PassOutcome(1, None, stop, 0, 1.0)],
+    return RunResult(results, passes=[PassOutcome(1, None, stop, 0, 1.0)],
                      notes=list(notes))
 
 

@@ -8,7 +8,6 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tractor_tasks.options import RunOptions
-from tractor_tasks.pipeline import exit_code
 from tractor_tasks.results import Results, TestResult, classify, read_pass
 from tractor_tasks.passes import RunResult
 from tractor_tasks.status import RunStatus, TestOutcome as O, Verdict as V
@@ -149,9 +148,14 @@ def results_with(target, *kinds):
     return r
 
 
-def run_of(passes, results, *, cut=None, broken=()):
-    return RunResult(0, RunStatus.PASSED, results, passes=list(passes), cut=cut,
-                     broken=list(broken))
+def run_of(passes, results, *, cut=None, broken=(), unfinished=()):
+    return RunResult(results, passes=list(passes), cut=cut, broken=list(broken),
+                     unfinished=list(unfinished))
+
+
+def exit_code(run, opts):
+    """The run's exit code, as its end decides it (status.conclude)."""
+    return run.end(opts).code
 
 
 @pytest.mark.parametrize("passes, kinds, opts, code", [

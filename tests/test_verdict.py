@@ -17,7 +17,7 @@ from tractor_tasks.errors import TaskError
 from tractor_tasks.options import RunOptions
 from tractor_tasks.passes import RunResult
 from tractor_tasks.results import Results, TestResult
-from tractor_tasks.status import RunStatus, TestOutcome as O, Verdict as V
+from tractor_tasks.status import TestOutcome as O, Verdict as V
 from tractor_tasks.target import FlakyRule, load_target
 
 
@@ -200,7 +200,7 @@ class FakeRunner:
             outcome = self.script[nodeid].pop(0)
             r.tests[nodeid] = TestResult(nodeid, outcome, message="AssertionError: boom"
                                          if outcome.bad else "")
-        return RunResult(0, RunStatus.PASSED, r)
+        return RunResult(r)
 
 
 def failed(results, nodeid, message="AssertionError: boom"):
@@ -277,7 +277,7 @@ def test_the_baseline_splits_regressions_from_pre_existing(tmp_path):
             "tests/test_core.py::test_old", O.FAILED, message="AssertionError: boom")
         res.tests["tests/test_core.py::test_other_way"] = TestResult(
             "tests/test_core.py::test_other_way", O.FAILED, message="KeyError: 'k'")
-        return RunResult(0, RunStatus.PASSED, res)
+        return RunResult(res)
     runner.lane = lane
     verdict.judge(runner, r, choice=gitref.Choice(base))
     v = {k.split("::")[1]: (t.verdict, t.why) for k, t in r.tests.items()}

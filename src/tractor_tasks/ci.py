@@ -66,9 +66,6 @@ def matrix_json(shim_dir: Path, root: str | None = None, smoke: bool = False,
 
 # -- the merge job: every job's outcome.json (and JUnit) -> one table -------------------
 
-_WORST = ("interrupted", "timeout", "error", "failed", "skipped", "passed")
-
-
 def read_outcomes(paths: list[Path], warn=lambda line: None) -> list[tuple[Path, dict]]:
     """The outcome files that are good, each checked (cells.read_outcome); a bad one is
     one warn() line naming it, and left out."""
@@ -90,15 +87,15 @@ def merge_outcomes(paths: list[Path], warn=lambda line: None, *,
     """Rows of the matrix with a cell's shards added up (counts summed, the worst status,
     the longest shard's time: they ran side by side)."""
     from .cells import Row
-    from .status import RunStatus
+    from .status import worst
     cells: dict[str, list[Row]] = {}
     for path, rec in read_outcomes(paths, warn) if outcomes is None else outcomes:
         row = Row.of(path, rec)
         cells.setdefault(row.cell, []).append(row)
     out = []
     for name, rows in cells.items():
-        worst = min((r.status.value for r in rows), key=_WORST.index)
-        out.append(Row(name, RunStatus(worst), *(sum(getattr(r, k) for r in rows) for k in (
+        status = worst(r.status for r in rows)
+        out.append(Row(name, status, *(sum(getattr(r, k) for r in rows) for k in (
             "passed", "failed", "known_flaky", "hung", "skipped", "leaked")),
             max(r.seconds for r in rows),
             *(sum(getattr(r, k) for r in rows) for k in ("pre_existing", "flaky"))))

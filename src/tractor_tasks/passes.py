@@ -20,7 +20,7 @@ from .options import RunOptions
 from .results import Results, read_pass, stable_id
 from .rundirs import PassDir, RunDir, pass_dirs
 from .scope import ENV_RUN, RunMarker, ScopeView
-from .status import RunStatus, Stop, TestOutcome
+from .status import Ending, Facts, RunStatus, Stop, TestOutcome, conclude, stop_of
 from .supervise import PassOutcome, Signals, keep_tmp_writes, run_pass
 from .sweep import sweep
 from .venv import venv_python
@@ -28,9 +28,9 @@ from .venv import venv_python
 
 @dataclass
 class RunResult:
-    """What a lane, the shards or a whole run give back."""
-    code: int
-    status: RunStatus
+    """What a lane, the shards or a whole run give back: facts (what ran, how each test
+    ended, how each pass and the run stopped); the run's status and exit code are
+    decided once, at its end (`end`, status.conclude)."""
     results: Results | None = None
     run_dir: Path | None = None
     passes: list[PassOutcome] = field(default_factory=list)
@@ -38,7 +38,24 @@ class RunResult:
     shards: int = 0
     cut: str | None = None     # why tests of the selection may not have run (-x, ...)
     broken: list[str] = field(default_factory=list)   # passes that ended early, unasked
+    unfinished: list[str] = field(default_factory=list)  # passes whose pytest ended
+                                                         # without finishing its session
+    stop: Stop | None = None   # the run's own stop (not a pass's): a stop request between
+                               # passes, the whole-run bound after a hang
     verdict: object = None     # the verdict's Judgement
+    ending: Ending | None = None   # the run's status and exit code: set by `end` only
+
+    @property
+    def status(self) -> RunStatus | None:
+        return self.ending.status if self.ending else None
+
+    @property
+    def code(self) -> int | None:
+        return self.ending.code if self.ending else None
+
+    def stopped(self) -> Stop | None:
+        """How the run was stopped (interrupted, out of time), by a pass or by itself."""
+        return stop_of([*(o.stop for o in self.passes), *([self.stop] if self.stop else [])])
 
     def unaccounted(self) -> list[str]:
         """Selected tests that never ran when nothing (-x, the hang limit, a stop)
@@ -46,6 +63,24 @@ class RunResult:
         if self.cut and not self.broken:
             return []
         return self.results.not_run() if self.results else []
+
+    def facts(self) -> Facts:
+        finished = [o for o in self.passes if o.stop is Stop.FINISHED]
+        r = self.results
+        return Facts(
+            stops=tuple(o.stop for o in self.passes), stop=self.stop,
+            returncode=finished[-1].returncode if finished else None,
+            unfinished=tuple(self.unfinished), broken=tuple(self.broken),
+            failures=len(r.failures) if r else 0, failing=len(r.new_failures) if r else 0,
+            unaccounted=len(self.unaccounted()),
+            cut_short=bool(r and self.cut == "-x" and r.not_run()),
+            leaks=r.leaks.count() if r else 0)
+
+    def end(self, opts: RunOptions) -> Ending:
+        """The run's status and exit code, from its facts (status.conclude decides)."""
+        self.ending = conclude(self.facts(), strict=opts.strict,
+                               fail_on_leak=opts.fail_on_leak)
+        return self.ending
 
 
 def command(p, pass_dir: Path, private: str, *, color: bool = False,
@@ -172,7 +207,9 @@ class PassRunner:
         skip: set[str] = set()
         notes: list[str] = []
         broken: list[str] = []
+        unfinished: list[str] = []
         cut = None
+        stop = None
         hangs = 0
         number = 1
         while True:
@@ -184,10 +221,12 @@ class PassRunner:
                        Stop.INTERRUPTED: TestOutcome.INTERRUPTED}.get(outcome.stop)
             if stopped is None and log.exitstatus is None and outcome.stop is Stop.FINISHED:
                 # pytest ended without finishing its session (os._exit, a kill from
-                # elsewhere): what it did not run is unaccounted for
-                broken.append(f"{where}: pytest ended (exit status {outcome.returncode}) "
-                              "without finishing its session"
-                              + (f", during {log.running}" if log.running else ""))
+                # elsewhere): never a pass, and what it did not run is unaccounted for
+                why = (f"{where}: pytest ended (exit status {outcome.returncode}) without "
+                       "finishing its session"
+                       + (f", during {log.running}" if log.running else ""))
+                unfinished.append(why)
+                broken.append(why)
                 if log.running:
                     stopped = TestOutcome.INTERRUPTED
             results.add(log, stopped=stopped, where=where, dump=outcome.stacks,
@@ -213,13 +252,13 @@ class PassRunner:
             if time.monotonic() >= self.deadline:
                 notes.append(f"the whole-run bound expired after the hang: {len(left)} test(s) "
                              "did not run")
-                passes.append(PassOutcome(number + 1, outcome.dir, Stop.TIMEOUT, None, 0.0))
+                stop = Stop.TIMEOUT
                 break
             number += 1
         if opts.exitfirst and results.failures:
             cut = cut or "-x"
-        return RunResult(0, RunStatus.decide((o.stop for o in passes), 0), results,
-                         passes=passes, notes=notes, cut=cut, broken=broken)
+        return RunResult(results, passes=passes, notes=notes, cut=cut, broken=broken,
+                         unfinished=unfinished, stop=stop)
 
     def retry(self, results: Results) -> list[str]:
         """Known-flaky failures once more, in a pass of their own; each outcome is

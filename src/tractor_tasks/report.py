@@ -51,6 +51,9 @@ def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> lis
                      "not run (use --no-x to run past them)")
     for why in result.broken:
         lines.append(f"NOT RUN: {why}")
+    for why in result.unfinished:
+        if why not in result.broken:  # every test ran, but pytest never finished
+            lines.append(f"UNFINISHED: {why}")
     missing = result.unaccounted()
     if missing:
         listed = ", ".join(missing[:10]) + (f", ... (+{len(missing) - 10})"

@@ -35,7 +35,7 @@ from .progress import Board
 from .results import Results, stable_id
 from .fsutil import atomic_write
 from .rundirs import RunDir, State
-from .status import RunStatus, Stop, TestOutcome
+from .status import Stop, TestOutcome, stop_of
 from .supervise import PassOutcome
 
 
@@ -140,11 +140,6 @@ def costs(p) -> dict[str, TestCost]:
     return History(path).test_costs(minor=p.minor, tpt=p.tpt, spawn=p.spawn)
 
 
-def durations(p) -> dict[str, float]:
-    """Predicted seconds per test (see costs())."""
-    return {k: c.wall for k, c in costs(p).items()}
-
-
 SHORT = 0.5        # seconds: a measured unit shorter than this is admitted at most at
 SHORT_RATE = 0.5   # this rate (its CPU ticks over a few ms say little, and it ends soon)
 
@@ -209,8 +204,7 @@ def heavy_modules(ids: list[str], found: dict[str, TestCost], target) -> set[str
 
 
 def _stopped(plan: ShardPlan, ctx: PassRunner) -> RunResult:
-    results = Results(ctx.p.target)
-    return RunResult(0, RunStatus.decide([plan.stopped.stop], 0), results, passes=[plan.stopped],
+    return RunResult(Results(ctx.p.target), passes=[plan.stopped],
                      notes=["stopped while collecting the tests for the shards"])
 
 
@@ -319,7 +313,11 @@ def run_shards(ctx: PassRunner, plan: ShardPlan, *, lane_fn=None) -> RunResult:
     # a pass whose pytest died goes last: the exit code reads the last finished pass's
     # status, as it would in a serial run that died there
     passes.sort(key=lambda o: o.stop is Stop.FINISHED and (o.returncode or 0) < 0)
-    status = RunStatus.decide((o.stop for o in passes), 0)
+    stop = stop_of(lane.result.stop for lane in lanes if lane.result and lane.result.stop)
+    # a lane whose pytest ended without finishing its session fails the run, even when
+    # every test of it ran (its last one called os._exit) or its rest ran elsewhere
+    unfinished = [f"{lane.unit.name}: {u}" for lane in lanes if lane.result
+                  for u in lane.result.unfinished]
     # what did not run is accounted for as a lane's is: `cut` (-x, the hang limit) says
     # why, `broken` names the lanes that ended early unasked (their rest, if it then ran
     # elsewhere, leaves nothing unaccounted) and the tests reported not run
@@ -330,8 +328,8 @@ def run_shards(ctx: PassRunner, plan: ShardPlan, *, lane_fn=None) -> RunResult:
     broken += [f"{lane.unit.name} could not run ({lane.error})" for lane in lanes
                if lane.error is not None]
     broken += lost
-    return RunResult(0, status, merged, passes=passes, notes=notes, shards=plan.workers,
-                     cut=cut, broken=broken)
+    return RunResult(merged, passes=passes, notes=notes, shards=plan.workers, cut=cut,
+                     broken=broken, unfinished=unfinished, stop=stop)
 
 
 def busy_elsewhere(cores: int, samples: int = 5) -> float:
@@ -498,7 +496,7 @@ def run_one_shard(ctx: PassRunner, plan: ShardPlan) -> RunResult:
         ctx.out(f"note: shard {i}/{n} is empty: the {len(plan.ids)} tests are in "
                 f"{len(plan.groups)} group(s) (modules, or parts of a module split at "
                 f"test boundaries)")
-        return RunResult(0, RunStatus.PASSED, Results(ctx.p.target), shards=n)
+        return RunResult(Results(ctx.p.target), shards=n)
     group = plan.groups[i - 1]
     ctx.out(planner.describe(plan.groups, plan.known)[i - 1])
     predicted = planner.predicted(group, plan.known, plan.ids)

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from . import gitref
 from .results import Results, TestResult, match_rule, stable_id
+from .runner import Runner
 from .shard_plan import module_of
 from .status import TestOutcome as O, Verdict as V
 
@@ -128,7 +129,7 @@ def _set(t: TestResult, verdict: V, why: str) -> None:
     t.verdict, t.why = verdict, why
 
 
-def judge(runner, results: Results, *, history=None, choice: gitref.Choice | None = None,
+def judge(runner: Runner, results: Results, *, history=None, choice: gitref.Choice | None = None,
           confirm: int = 1, parallel: bool = False) -> Judgement:
     """Give every failure of `results` its verdict (see the module's docstring)."""
     p = runner.p
@@ -153,6 +154,7 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
     base = j.baseline
     ancestry = gitref.Ancestry(target.root) if gitref.is_repo(target.root) else None
     at_base: dict[str, TestResult] = {}
+    base_bad: dict[str, tuple[int, int]] = {}   # failed at the baseline: in how many of
     env = gitref.env_state(target.verdict_env)
     for t in open_:
         rows = past.get(stable_id(t.nodeid), [])
@@ -165,7 +167,8 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
                                                           message=row.signature)
                 j.known_at_baseline += 1
                 # how often it failed at the baseline at all (a flip there), of how many
-                t.base_bad = (sum(O(r.outcome).bad for r in there), len(there))
+                base_bad[stable_id(t.nodeid)] = (sum(O(r.outcome).bad for r in there),
+                                                 len(there))
                 why = _preexisting_at_base(t, there, base)
                 if why:
                     _set(t, V.PRE_EXISTING, why)
@@ -183,7 +186,7 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
     j.stopped = j.stopped or any(r.outcome.cut for t in todo for r in t.reruns)
     for t in todo:
         if any(r.outcome is O.PASSED for r in t.reruns):
-            if getattr(t, "parallel", False):
+            if t.parallel:
                 _set(t, V.LOAD_SENSITIVE, "failed beside other work (parallel), passed "
                      "when re-run alone" + _beside(t))
             else:
@@ -197,7 +200,8 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
             j.baseline_seconds = time.monotonic() - t0
             j.at_baseline = len(unknown)
         for t in todo:
-            _by_baseline(t, at_base.get(stable_id(t.nodeid)), base, j.what(t))
+            _by_baseline(t, at_base.get(stable_id(t.nodeid)), base, j.what(t),
+                         base_bad.get(stable_id(t.nodeid), (0, 0)))
     elif todo:
         for t in todo:
             _by_history_alone(t, past.get(stable_id(t.nodeid), []), ancestry, p, j.what(t))
@@ -235,8 +239,7 @@ def _varies(rows) -> bool:
 
 
 def _beside(t: TestResult) -> str:
-    alongside = getattr(t, "alongside", None) or []
-    load = getattr(t, "load", None)
+    alongside, load = t.alongside, t.load
     bits = []
     if alongside:
         bits.append("beside " + ", ".join(alongside[:3])
@@ -303,12 +306,14 @@ def _by_history_alone(t: TestResult, rows, ancestry, p, what: str) -> None:
     _set(t, V.NEW, f"{what}; no baseline to compare with")
 
 
-def _by_baseline(t: TestResult, there: TestResult | None, base, what: str) -> None:
+def _by_baseline(t: TestResult, there: TestResult | None, base, what: str,
+                 base_bad: tuple[int, int] = (0, 0)) -> None:
+    """`base_bad`: in how many of its last runs at the baseline it failed, of how many."""
     t.baseline = there
     if there is None:
         _set(t, V.NEW, f"{what}; not in {base.name} (a new test, or not collected there)")
-    elif there.outcome is O.PASSED and getattr(t, "base_bad", (0, 0))[0]:
-        bad, runs = t.base_bad
+    elif there.outcome is O.PASSED and base_bad[0]:
+        bad, runs = base_bad
         _set(t, V.FLAKY, f"{what}; passed at {base.name} in its last run there, but failed "
              f"there in {bad} of its last {runs}: flaky there too")
     elif there.outcome is O.PASSED:
@@ -339,7 +344,7 @@ def _by_module(tests: list[TestResult]) -> dict[str, list[TestResult]]:
     return groups
 
 
-def _confirm(runner, tests: list[TestResult], times: int, j: Judgement) -> None:
+def _confirm(runner: Runner, tests: list[TestResult], times: int, j: Judgement) -> None:
     opts = _quiet_opts(runner.p.opts)
     groups = _by_module(tests)
     n = 0
@@ -359,7 +364,7 @@ def _confirm(runner, tests: list[TestResult], times: int, j: Judgement) -> None:
                                                     message="did not run when re-run alone"))
 
 
-def _at_baseline(runner, tests: list[TestResult], base, j: Judgement,
+def _at_baseline(runner: Runner, tests: list[TestResult], base, j: Judgement,
                  history) -> dict[str, TestResult]:
     """Run the tests at the baseline commit: its tree exported read-only, the target's
     own venv, the export imported first; record the outcomes for the next run."""
@@ -392,7 +397,7 @@ def _at_baseline(runner, tests: list[TestResult], base, j: Judgement,
     return found
 
 
-def _record_baseline(history, p, base, runner, results: Results) -> None:
+def _record_baseline(history, p, base, runner: Runner, results: Results) -> None:
     from .history import RunRow, TestRow
     now = time.time()
     row = RunRow(run_id=f"{runner.run_dir.path.name}-baseline", started=now, finished=now,
