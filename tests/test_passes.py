@@ -43,9 +43,10 @@ class FakePytest:
     docstring. `hang` are tests that never report; `fail` report a failure;
     `on_hang` runs when a pass hangs (a signal arriving, the clock moving on)."""
 
-    def __init__(self, tests, *, hang=(), fail=(), killed=(), on_hang=None):
+    def __init__(self, tests, *, hang=(), fail=(), killed=(), exits=(), on_hang=None):
         self.tests, self.hang, self.fail, self.killed = list(tests), set(hang), set(fail), \
             set(killed)
+        self.exits = set(exits)   # call os._exit(0): pytest ends, no finished.json
         self.on_hang = on_hang
         self.starts: list[dict] = []   # each start's select.json (None: no selection)
 
@@ -70,6 +71,8 @@ class FakePytest:
                                        bound=5.0, dump_text=f"stack of {nodeid}")
                 if nodeid in self.killed:  # pytest killed from elsewhere: no finished.json
                     return PassOutcome(number, pass_dir, Stop.FINISHED, -9, 1.0)
+                if nodeid in self.exits:   # the test called os._exit(0)
+                    return PassOutcome(number, pass_dir, Stop.FINISHED, 0, 1.0)
                 bad = nodeid in self.fail
                 log.write(json.dumps({"nodeid": nodeid, "when": "call",
                                       "outcome": "failed" if bad else "passed",
@@ -194,6 +197,20 @@ def test_a_pytest_killed_from_elsewhere_leaves_its_running_test_interrupted(targ
     assert len(fake.starts) == 1
     got = outcomes(result)
     assert got["a"] is O.PASSED and got["c"] is O.INTERRUPTED and "d" not in got
+
+
+def test_a_last_test_that_exits_leaves_an_unfinished_pass_that_fails_the_run(target,
+                                                                         monkeypatch):
+    """Issue 26 HIGH 1, the lane's half: every test is accounted for (the last one cut
+    while running), and the lane says its pytest never finished: the run fails."""
+    fake = FakePytest(TESTS, exits=[TESTS[-1]], fail=[TESTS[0]])
+    result = runner(target, monkeypatch, fake).lane(only=None, shard=None, echo=None)
+    assert result.results.not_run() == [] and result.unaccounted() == []
+    assert result.unfinished == [f"pass 1: pytest ended (exit status 0) without finishing "
+                                 f"its session, during {TESTS[-1]}"]
+    ending = result.end(RunOptions())
+    assert (ending.status.value, ending.code) == ("failed", 1)
+    assert ending.why == result.unfinished[0]
 
 
 # -- the shard merge -------------------------------------------------------------

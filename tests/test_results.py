@@ -212,6 +212,47 @@ def test_tests_that_never_ran_fail_the_run_unless_accounted_for(target):
     assert exit_code(run_of([outcome(rc=0)], r, cut="--max-hangs"), RunOptions()) == 0
 
 
+def test_pytest_ending_without_its_session_finish_is_never_a_pass(target):
+    """Issue 26 HIGH 1: the last test called os._exit(0): every test is accounted for
+    and pytest's status is 0, yet the run failed, whatever the verdict says of the
+    failures before it; the reason is the pass that ended early."""
+    why = "pass 1: pytest ended (exit status 0) without finishing its session, during x"
+    for kinds in ((), ("pre-existing",), ("quarantined", "flaky-verdict")):
+        r = results_with(target, *kinds)
+        r.collected = list(r.tests)
+        run = run_of([outcome(rc=0)], r, unfinished=[why])
+        ending = run.end(RunOptions(exitfirst=False))
+        assert (ending.status, ending.code, ending.why) == (RunStatus.FAILED, 1, why)
+        assert (run.status, run.code) == (RunStatus.FAILED, 1)
+    # a usage error or an interrupt still says what it is
+    assert exit_code(run_of([outcome(Stop.INTERRUPTED, None)], r, unfinished=[why]),
+                     RunOptions()) == 130
+    assert exit_code(run_of([outcome(rc=4)], r, unfinished=[why]), RunOptions()) == 2
+
+
+def test_a_run_level_stop_decides_like_a_stopped_pass(target):
+    """The run's own stop (a stop request between passes, the bound after a hang) is no
+    fake pass: it decides the status and code as a pass's stop does, interrupt first."""
+    r = results_with(target, "hung")
+    run = run_of([outcome(Stop.HUNG, None)], r)
+    run.stop = Stop.TIMEOUT
+    assert (run.end(RunOptions()).status, run.code) == (RunStatus.TIMEOUT, 124)
+    run.stop = Stop.INTERRUPTED
+    assert (run.end(RunOptions()).status, run.code) == (RunStatus.INTERRUPTED, 130)
+    run = run_of([outcome(Stop.TIMEOUT, None)], results_with(target))
+    run.stop = Stop.INTERRUPTED
+    assert (run.end(RunOptions()).status, run.code) == (RunStatus.INTERRUPTED, 130)
+
+
+def test_statuses_side_by_side_combine_to_the_worst():
+    from tractor_tasks.status import worst
+    order = ["interrupted", "timeout", "error", "failed", "skipped", "passed"]
+    for k, status in enumerate(order):
+        assert worst(order[k:]) is RunStatus(status)
+        assert worst(reversed(order[k:])) is RunStatus(status)
+    assert worst([RunStatus.PASSED]) is RunStatus.PASSED
+
+
 def test_a_leak_fails_the_run_only_with_fail_on_leak(target):
     r = results_with(target)
     r.leaks.processes.append((123, "_subactor[x@123]"))
