@@ -650,6 +650,35 @@ def test_help_for_a_task_with_words(sample_repo):
         assert out.returncode == 0 and "--test-timeout" in out.stdout, out.stdout + out.stderr
 
 
+EXITS_LAST = ("import os\n\n\ndef test_a():\n    pass\n\n\ndef test_b():\n    assert 0, 'b'\n"
+              "\n\ndef test_c():\n    assert 0, 'c'\n\n\ndef test_z():\n    os._exit(0)\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "n2"])
+def test_a_last_test_that_calls_os_exit_is_never_a_pass(tmp_path, parallel):
+    """Issue 26 HIGH 1: the last selected test calls os._exit(0), so pytest ends with
+    status 0 and every test accounted for, but without finishing its session: the run
+    fails (exit 1, outcome.json not passed, the reason in it), serial and with -n 2,
+    and lastfailed keeps the failures before it (so `invoke rerun` runs those)."""
+    from tractor_tasks.pipeline import prepare_venv
+    repo = copy_sample(tmp_path / "exit", git=True)
+    (repo / "tests" / "test_early.py").write_text("def test_ok():\n    pass\n")
+    (repo / "tests" / "test_zexit.py").write_text(EXITS_LAST)
+    prepare_venv(load_target(repo), "3.11", out=lambda line: None)
+    out = invoke("test", "tests/test_early.py", "tests/test_zexit.py", "--no-x",
+                 "--no-confirm", *(["-n", "2"] if parallel else []), root=repo)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "without finishing its session, during tests/test_zexit.py::test_z" in out.stdout
+    rec = outcome_of(repo)
+    assert (rec["status"], rec["code"]) == ("failed", 1)
+    assert "pytest ended (exit status 0) without finishing its session" in rec["reason"]
+    assert rec["counts"]["failed"] == 2 and rec["counts"]["passed"] == 2
+    assert rec["shards"] == (2 if parallel else 0)
+    lastfailed = json.loads((repo / ".pytest_cache" / "v" / "cache" / "lastfailed").read_text())
+    assert sorted(lastfailed) == ["tests/test_zexit.py::test_b", "tests/test_zexit.py::test_c"]
+
+
 @pytest.mark.slow
 def test_tests_that_never_ran_are_never_a_pass(tmp_path):
     """A test that calls os._exit(0) ends pytest part-way with status 0: the run fails,
