@@ -660,9 +660,12 @@ def test_a_last_test_that_calls_os_exit_is_never_a_pass(tmp_path, parallel):
     """Issue 26 HIGH 1: the last selected test calls os._exit(0), so pytest ends with
     status 0 and every test accounted for, but without finishing its session: the run
     fails (exit 1, outcome.json not passed, the reason in it), serial and with -n 2,
-    and lastfailed keeps the failures before it (so `invoke rerun` runs those)."""
+    and lastfailed keeps the failures before it (so `invoke rerun` runs those). The
+    failures are quarantined: no verdict class excuses a pytest that never finished."""
     from tractor_tasks.pipeline import prepare_venv
     repo = copy_sample(tmp_path / "exit", git=True)
+    with open(repo / "pyproject.toml", "a") as f:
+        f.write('\n[[tool.tractor-tasks.quarantine]]\ntest = "test_zexit.py::*"\n')
     (repo / "tests" / "test_early.py").write_text("def test_ok():\n    pass\n")
     (repo / "tests" / "test_zexit.py").write_text(EXITS_LAST)
     prepare_venv(load_target(repo), "3.11", out=lambda line: None)
@@ -674,6 +677,7 @@ def test_a_last_test_that_calls_os_exit_is_never_a_pass(tmp_path, parallel):
     assert (rec["status"], rec["code"]) == ("failed", 1)
     assert "pytest ended (exit status 0) without finishing its session" in rec["reason"]
     assert rec["counts"]["failed"] == 2 and rec["counts"]["passed"] == 2
+    assert rec["verdicts"] == {"quarantined": 2}
     assert rec["shards"] == (2 if parallel else 0)
     lastfailed = json.loads((repo / ".pytest_cache" / "v" / "cache" / "lastfailed").read_text())
     assert sorted(lastfailed) == ["tests/test_zexit.py::test_b", "tests/test_zexit.py::test_c"]
