@@ -102,6 +102,7 @@ def test_failures_of_a_parallel_run_carry_what_ran_alongside(tmp_path):
 def test_a_serial_run_is_not_marked_parallel(tmp_path):
     c = ctx(tmp_path)
     res = sharding.run_shards(c, plan(units(), workers=1), lane_fn=FakeLanes())
+    assert set(res.results.tests) == set(IDS)   # every test ran, and none is marked
     assert not any(t.parallel for t in res.results.tests.values())
 
 
