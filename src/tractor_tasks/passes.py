@@ -119,9 +119,15 @@ class PassRunner:
     def test_bound(self, nodeid: str) -> float | None:
         return self.p.target.test_bound(nodeid, self.p.opts.test_timeout)
 
+    def stop_now(self) -> Stop | None:
+        """Why no more passes start: a stop was asked for, or the bound is spent."""
+        if self.signals.count:
+            return Stop.INTERRUPTED
+        return Stop.TIMEOUT if time.monotonic() >= self.deadline else None
+
     def stopped(self) -> bool:
         """A stop was asked for, or the whole-run bound is spent: start no more passes."""
-        return bool(self.signals.count) or time.monotonic() >= self.deadline
+        return self.stop_now() is not None
 
     def import_check(self, at: Path) -> str | None:
         """Where `import <package>` resolves for a pass run at `at` (None: it failed)."""
@@ -139,13 +145,10 @@ class PassRunner:
                  phase: str | None = None, at: Path | None = None
                  ) -> tuple[PassOutcome, object]:
         """One contained, bounded pytest start (the shard plan's `--co` is one too);
-        `at` runs it in another tree of the target (a baseline export)."""
+        `at` runs it in another tree of the target (a baseline export). The caller asks
+        `stop_now()` first: a stop between passes is the run's, not a pass."""
         p = self.p if opts is None else replace(self.p, opts=opts)
         pass_dir = pass_dir or self.run_dir.pass_dir(number, shard, phase)
-        if self.signals.count or time.monotonic() >= self.deadline:
-            # stopped between passes: start nothing more
-            stop = Stop.INTERRUPTED if self.signals.count else Stop.TIMEOUT
-            return PassOutcome(number, pass_dir, stop, None, 0.0), read_pass(pass_dir)
         select = None
         if only is not None or skip:
             select = PassDir(pass_dir).select
@@ -213,6 +216,9 @@ class PassRunner:
         hangs = 0
         number = 1
         while True:
+            stop = self.stop_now()
+            if stop is not None:   # stopped between passes: start nothing more
+                break
             outcome, log = self.one_pass(number, shard=shard, only=only, skip=skip, echo=echo,
                                          opts=opts, phase=phase, at=at)
             passes.append(outcome)
@@ -264,6 +270,9 @@ class PassRunner:
         """Known-flaky failures once more, in a pass of their own; each outcome is
         reported (the run's result stands)."""
         ids = [t.nodeid for t in results.known_flaky]
+        if self.stopped():
+            return [f"{len(ids)} known-flaky failure(s) not retried: the run was stopped "
+                    "or its time is spent"]
         opts = replace(self.p.opts, exitfirst=False, last_failed=False,
                        extra=[a for a in self.p.opts.extra if a not in ("--lf", "--last-failed")])
         number = len(pass_dirs(self.run_dir.path)) + 1

@@ -201,7 +201,7 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
         if p.opts.shard or p.opts.shards not in (None, 1):
             from .sharding import make_plan
             shard_plan = make_plan(ctx)  # checked before anything is kept
-            if not p.opts.shard and shard_plan.stopped is None and shard_plan.workers == 1:
+            if not p.opts.shard and shard_plan.stop is None and shard_plan.workers == 1:
                 # one worker: a lane per module would only add pytest starts
                 out("parallel: 1 worker, so the tests run in one pytest, as a serial run's do")
                 shutil.rmtree(shard_plan.collect_dir, ignore_errors=True)

@@ -46,7 +46,8 @@ class ShardPlan:
     groups: list[list[str]]         # --shard I/N: the static plan's groups
     known: dict[str, float]         # predicted seconds per test
     collect_dir: Path               # the `--co` pass's files, kept in the run dir later
-    stopped: PassOutcome | None = None   # collection interrupted or out of time
+    stopped: PassOutcome | None = None   # the collection pass, interrupted or out of time
+    stop: Stop | None = None        # why it stopped, or why collection never started
     units: list[schedule.Unit] = field(default_factory=list)   # -n: the queue's units
     workers: int = 0
 
@@ -61,10 +62,13 @@ def make_plan(ctx: PassRunner) -> ShardPlan:
     errors raised before anything is kept."""
     p, out = ctx.p, ctx.out
     tmp = Path(tempfile.mkdtemp(prefix="tt-collect-"))
+    stop = ctx.stop_now()
+    if stop is not None:
+        return ShardPlan([], [], {}, tmp, stop=stop)
     outcome, log = ctx.one_pass(0, shard=None, only=None, skip=set(), echo=None,
                                 extra_args=["--co", "-q"], pass_dir=tmp)
     if outcome.stop is not Stop.FINISHED:
-        return ShardPlan([], [], {}, tmp, stopped=outcome)
+        return ShardPlan([], [], {}, tmp, stopped=outcome, stop=outcome.stop)
     if outcome.returncode not in (0, 5) or log.collected is None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise TaskError(f"collecting the tests failed (pytest exit {outcome.returncode})"
@@ -204,8 +208,8 @@ def heavy_modules(ids: list[str], found: dict[str, TestCost], target) -> set[str
 
 
 def _stopped(plan: ShardPlan, ctx: PassRunner) -> RunResult:
-    return RunResult(Results(ctx.p.target), passes=[plan.stopped],
-                     notes=["stopped while collecting the tests for the shards"])
+    return RunResult(Results(ctx.p.target), passes=[plan.stopped] if plan.stopped else [],
+                     stop=plan.stop, notes=["stopped while collecting the tests for the shards"])
 
 
 @dataclass
@@ -236,7 +240,7 @@ def run_shards(ctx: PassRunner, plan: ShardPlan, *, lane_fn=None) -> RunResult:
     `lane_fn(ctx, unit_tests, lane_number)` runs one unit (default: a real lane; the
     fast tests give a fake at the process boundary)."""
     p, out = ctx.p, ctx.out
-    if plan.stopped is not None:
+    if plan.stop is not None:
         return _stopped(plan, ctx)
     lane_fn = lane_fn or _real_lane(plan)
     cores = os.cpu_count() or 1
@@ -489,7 +493,7 @@ def run_one_shard(ctx: PassRunner, plan: ShardPlan) -> RunResult:
     """A CI job's share of a sharded cell: the same plan every job computes (collection
     and the durations file are the same), then only group I of N. At its end the job
     says its predicted and its real wall (also in shard.json, which `ci-report` reads)."""
-    if plan.stopped is not None:
+    if plan.stop is not None:
         return _stopped(plan, ctx)
     i, n = ctx.p.opts.shard
     if i > len(plan.groups):
