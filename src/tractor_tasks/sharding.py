@@ -392,8 +392,7 @@ def _after(ctx: PassRunner, sched: schedule.Scheduler, lane: Lane, again: set[st
     why = (f"its lane failed ({lane.error})" if lane.error is not None else
            _died(res) or "")
     ours = (ctx.signals.count or time.monotonic() >= ctx.deadline or ctx.p.opts.exitfirst
-            or (res is not None and (res.cut or any("bound expired" in n
-                                                    for n in res.notes))))
+            or (res is not None and (res.cut or res.stop is not None)))
     if ours or not why:
         if not ours:
             lost.append(f"{lane.unit.name}: {len(rest)} test(s) did not run (pytest ended "
