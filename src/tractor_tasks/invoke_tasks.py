@@ -15,7 +15,7 @@ from pathlib import Path
 from invoke import Collection, Exit, Task, task
 
 from . import _invoke_words
-from .errors import TaskError, usage
+from .errors import INTERRUPTED, TaskError, usage
 from .options import RUN_OPTIONS, RunOptions
 
 ROOT_HELP = "the target checkout (default: see README, target resolution)"
@@ -32,7 +32,7 @@ def _guard(fn):
         except TaskError as err:
             raise Exit(str(err), code=err.code)
         except KeyboardInterrupt:  # before a run is supervised (venv sync, preflight)
-            raise Exit("interrupted", code=130)
+            raise Exit("interrupted", code=INTERRUPTED)
     return body
 
 
