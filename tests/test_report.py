@@ -104,6 +104,20 @@ def test_tests_that_never_ran_unaccounted_are_named(target):
            "tests/test_a.py::test_never" in lines
 
 
+def test_a_pytest_that_ended_after_its_last_test_is_named_unfinished(target):
+    """Every test ran (the last one cut by its own os._exit): no NOT RUN line, but the
+    unfinished pass is named, and the cut test ran when pytest ended, not at a stop."""
+    r = results_of(target, TestResult("tests/test_a.py::test_ok", O.PASSED),
+                   TestResult("tests/test_a.py::test_exit", O.INTERRUPTED))
+    why = ("shard 2: pass 1: pytest ended (exit status 0) without finishing its session, "
+           "during tests/test_a.py::test_exit")
+    lines = render(RunResult(r, ending=Ending(RunStatus.FAILED, 1), unfinished=[why],
+                             passes=[PassOutcome(1, Path("/p1"), Stop.FINISHED, 0, 1.0)]))
+    assert f"UNFINISHED: {why}" in lines
+    assert "  INTERRUPTED tests/test_a.py::test_exit  (running when pytest ended)" in lines
+    assert not any(line.startswith(("NOT RUN", "INTERRUPTED")) for line in lines)
+
+
 def test_the_summary_says_when_x_cut_a_known_flaky_run_short(target):
     t = TestResult("tests/test_k.py::test_f", O.FAILED, message="Timeout",
                    flaky=FlakyRule("test_k.py::*", "Timeout", ""))

@@ -688,6 +688,8 @@ def test_a_last_test_that_calls_os_exit_is_never_a_pass(tmp_path, parallel):
                  "--no-confirm", *(["-n", "2"] if parallel else []), root=repo)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "without finishing its session, during tests/test_zexit.py::test_z" in out.stdout
+    assert "  INTERRUPTED tests/test_zexit.py::test_z  (running when pytest ended)" \
+        in out.stdout
     rec = outcome_of(repo)
     assert (rec["status"], rec["code"]) == ("failed", 1)
     assert "pytest ended (exit status 0) without finishing its session" in rec["reason"]

@@ -34,9 +34,12 @@ def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> lis
                  + (f" ({', '.join(extra)})" if extra else ""))
     lines += _failures(results, result.verdict, traceback_lines, dump_lines,
                        strict=p.opts.strict)
+    # a test cut while running: by a stop of the run, or by its pytest ending (os._exit,
+    # a kill from elsewhere) when nothing stopped the run
+    when = "the run stopped" if result.stopped() else "pytest ended"
     for t in results.tests.values():
         if t.outcome in (O.INTERRUPTED, O.TIMEOUT):
-            lines.append(f"  {t.outcome.upper()} {t.nodeid}  (running when the run stopped)")
+            lines.append(f"  {t.outcome.upper()} {t.nodeid}  (running when {when})")
     not_run = results.not_run()
     if not_run and (results.hung or result.status in (RunStatus.INTERRUPTED,
                                                       RunStatus.TIMEOUT)):
