@@ -118,6 +118,22 @@ def test_a_pytest_that_ended_after_its_last_test_is_named_unfinished(target):
     assert not any(line.startswith(("NOT RUN", "INTERRUPTED")) for line in lines)
 
 
+def test_the_runs_own_stop_is_said_once(target):
+    """A stop between passes has no pass to say it: the summary does, once."""
+    r = results_of(target, TestResult("tests/test_a.py::test_ok", O.PASSED))
+    hung = PassOutcome(1, Path("/p1"), Stop.HUNG, -9, 1.0)
+    lines = render(RunResult(r, ending=Ending(RunStatus.TIMEOUT, 124), passes=[hung],
+                             stop=Stop.TIMEOUT))
+    assert lines[0] == "TIMEOUT: the whole-run bound expired between passes"
+    lines = render(RunResult(r, ending=Ending(RunStatus.INTERRUPTED, 130), passes=[hung],
+                             stop=Stop.INTERRUPTED))
+    assert lines[0] == "INTERRUPTED between passes"
+    stopped = PassOutcome(2, Path("/p2"), Stop.INTERRUPTED, 2, 1.0, running="tests/x")
+    lines = render(RunResult(r, ending=Ending(RunStatus.INTERRUPTED, 130),
+                             passes=[hung, stopped], stop=Stop.INTERRUPTED))
+    assert [ln for ln in lines if "INTERRUPTED" in ln] == ["INTERRUPTED during tests/x"]
+
+
 def test_the_summary_says_when_x_cut_a_known_flaky_run_short(target):
     t = TestResult("tests/test_k.py::test_f", O.FAILED, message="Timeout",
                    flaky=FlakyRule("test_k.py::*", "Timeout", ""))

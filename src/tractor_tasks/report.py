@@ -24,6 +24,10 @@ def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> lis
         elif o.stop is Stop.FINISHED and (o.returncode or 0) < 0:
             lines.append(f"pytest was killed by signal {-o.returncode}"
                          + (f" during {o.running}" if o.running else ""))
+    if result.stop is not None and all(o.stop is not result.stop for o in result.passes):
+        # the run's own stop, between passes (no pass was running to say it)
+        lines.append("INTERRUPTED between passes" if result.stop is Stop.INTERRUPTED else
+                     "TIMEOUT: the whole-run bound expired between passes")
     passes = len(result.passes)
     extra = []
     if result.shards:
