@@ -130,6 +130,11 @@ def test_a_hang_resumes_the_rest_in_a_fresh_pass_without_the_done_or_hung(target
     assert (result.passes[1].dir / "select.json").is_file()
 
 
+def test_the_pass_runner_is_the_runner_the_verdict_declares(target, monkeypatch):
+    from tractor_tasks.runner import Runner
+    assert isinstance(runner(target, monkeypatch, FakePytest(TESTS)), Runner)
+
+
 def test_resume_keeps_a_shards_only_set(target, monkeypatch):
     fake = FakePytest(TESTS, hang=[TESTS[2]])
     group = set(TESTS[1:5])

@@ -203,6 +203,23 @@ class FakeRunner:
         return RunResult(r)
 
 
+def test_the_verdict_drives_its_runner_through_the_declared_interface():
+    """verdict.py uses of its runner only what runner.Runner declares, and both the
+    fake and PassRunner (test_passes) are Runners."""
+    import ast
+    import inspect
+
+    from tractor_tasks import verdict
+    from tractor_tasks.runner import Runner
+    declared = {n for n in dir(Runner) if not n.startswith("_")} | \
+        set(Runner.__annotations__)
+    used = {node.attr for node in ast.walk(ast.parse(inspect.getsource(verdict)))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.value.id == "runner"}
+    assert used and used <= declared, used - declared
+    assert isinstance(FakeRunner(None, {}), Runner)
+
+
 def failed(results, nodeid, message="AssertionError: boom"):
     results.tests[nodeid] = TestResult(nodeid, O.FAILED, message=message)
 

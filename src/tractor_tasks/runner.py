@@ -5,7 +5,7 @@ declared here, below both, so the verdict needs nothing of the pipeline's object
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from .options import RunOptions
@@ -22,6 +22,7 @@ class RunDirLike(Protocol):
     path: Path
 
 
+@runtime_checkable
 class Runner(Protocol):
     """Lanes of passes for the verdict: its re-runs alone and its baseline runs."""
     p: Any                   # the run's plan (pipeline.Plan): target, opts, cell, ...

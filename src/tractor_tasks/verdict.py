@@ -129,8 +129,8 @@ def _set(t: TestResult, verdict: V, why: str) -> None:
     t.verdict, t.why = verdict, why
 
 
-def judge(runner: Runner, results: Results, *, history=None, choice: gitref.Choice | None = None,
-          confirm: int = 1, parallel: bool = False) -> Judgement:
+def judge(runner: Runner, results: Results, *, history=None,
+          choice: gitref.Choice | None = None, confirm: int = 1, parallel: bool = False) -> Judgement:
     """Give every failure of `results` its verdict (see the module's docstring)."""
     p = runner.p
     target = p.target
@@ -154,7 +154,7 @@ def judge(runner: Runner, results: Results, *, history=None, choice: gitref.Choi
     base = j.baseline
     ancestry = gitref.Ancestry(target.root) if gitref.is_repo(target.root) else None
     at_base: dict[str, TestResult] = {}
-    base_bad: dict[str, tuple[int, int]] = {}   # failed at the baseline: in how many of
+    base_bad: dict[str, tuple[int, int]] = {}   # failed in how many runs there, of how many
     env = gitref.env_state(target.verdict_env)
     for t in open_:
         rows = past.get(stable_id(t.nodeid), [])
