@@ -227,7 +227,10 @@ def test_pytest_ending_without_its_session_finish_is_never_a_pass(target):
     # a usage error or an interrupt still says what it is
     assert exit_code(run_of([outcome(Stop.INTERRUPTED, None)], r, unfinished=[why]),
                      RunOptions()) == 130
-    assert exit_code(run_of([outcome(rc=4)], r, unfinished=[why]), RunOptions()) == 2
+    assert exit_code(run_of([outcome(rc=4)], Results(target), unfinished=[why]),
+                     RunOptions()) == 2
+    # ...but a test's own os._exit(4) is no usage error
+    assert exit_code(run_of([outcome(rc=4)], r, unfinished=[why]), RunOptions()) == 1
 
 
 def test_a_run_level_stop_decides_like_a_stopped_pass(target):

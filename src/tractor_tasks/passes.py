@@ -71,6 +71,7 @@ class RunResult:
             stops=tuple(o.stop for o in self.passes), stop=self.stop,
             returncode=finished[-1].returncode if finished else None,
             unfinished=tuple(self.unfinished), broken=tuple(self.broken),
+            tests=len(r.tests) if r else 0,
             failures=len(r.failures) if r else 0, failing=len(r.new_failures) if r else 0,
             unaccounted=len(self.unaccounted()),
             cut_short=bool(r and self.cut == "-x" and r.not_run()),

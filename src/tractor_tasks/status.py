@@ -170,6 +170,7 @@ class Facts:
     unfinished: tuple[str, ...] = ()  # passes whose pytest ended without finishing its
                                       # session (os._exit, a kill from elsewhere)
     broken: tuple[str, ...] = ()     # why selected tests did not run, unasked
+    tests: int = 0                   # tests with an outcome
     failures: int = 0                # failed, errored and hung tests
     failing: int = 0                 # of them, those that fail the run without --strict
                                      # (regressions and new ones)
@@ -196,8 +197,8 @@ def conclude(facts: Facts, *, strict: bool = False, fail_on_leak: bool = False) 
     """The one place a run's status and exit code are decided, from its facts.
 
     130 interrupted; 124 the whole-run bound; pytest interrupted on its own (its exit
-    status 2) 130 and its usage error (4) 2; 1 when pytest ended without finishing its
-    session (never a pass: no verdict excuses it), for regressions or new failures
+    status 2) 130 and its usage error (4, no test ran) 2; 1 when pytest ended without its
+    session finish (never a pass: no verdict excuses it), for regressions or new failures
     (every failure, --strict), selected tests that never ran with nothing to account
     for them, a leak with --fail-on-leak, an explained failure -x stopped the run at, a
     hang with no hung test, pytest killed by a signal or failing on its own; 0 when
@@ -214,7 +215,7 @@ def conclude(facts: Facts, *, strict: bool = False, fail_on_leak: bool = False) 
     rc = facts.returncode or 0
     if rc == 2 and not facts.broken and not facts.unfinished:
         return _failed(errors.INTERRUPTED, "pytest was interrupted (exit status 2)")
-    if rc == 4:
+    if rc == 4 and not facts.tests:  # a test's os._exit(4) is no usage error
         return _failed(errors.USAGE, "pytest rejected its command line (exit status 4)")
     if facts.unfinished:
         return _failed(errors.PROBLEM, facts.unfinished[0])
