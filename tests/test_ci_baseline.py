@@ -90,7 +90,7 @@ class Runner:
             outcome = self.script[nodeid].pop(0)
             r.tests[nodeid] = TestResult(nodeid, outcome, message="AssertionError: boom"
                                          if outcome.bad else "")
-        return RunResult(0, RunStatus.PASSED, r)
+        return RunResult(r)
 
 
 class Hist:

@@ -1,4 +1,4 @@
-"""The baseline a CI event names (ci_event.decide): every event kind over a fake git
+"""The baseline a CI event names (ci_event.baseline_of): every event kind over a fake git
 (fast), then real clones made the way actions/checkout makes them (slow)."""
 from __future__ import annotations
 
@@ -70,37 +70,37 @@ def pr_event(head="f2", base="m3"):
 
 
 def test_a_pull_request_compares_with_the_base_tip_it_was_merged_onto():
-    d = ci_event.decide(gh("pull_request"), pr_event(), FakeGit(GRAPH, "M"))
+    d = ci_event.baseline_of(gh("pull_request"), pr_event(), FakeGit(GRAPH, "M"))
     assert (d.commit, d.label, d.missing) == ("m3", "main", None)
 
 
 def test_a_pull_request_whose_merge_parents_are_not_fetched_stops_naming_fetch_depth():
     # fetch-depth 1: the merge commit is there, its parents are not
-    d = ci_event.decide(gh("pull_request"), pr_event(), FakeGit(GRAPH, "M", present={"M"}))
+    d = ci_event.baseline_of(gh("pull_request"), pr_event(), FakeGit(GRAPH, "M", present={"M"}))
     assert d.commit is None and d.missing == "m3"
     line = d.stop_line()
     assert "m3" in line and "fetch-depth: 2" in line and "\n" not in line
 
 
 def test_a_pull_request_checked_out_at_its_head_compares_with_its_merge_base():
-    d = ci_event.decide(gh("pull_request"), pr_event(), FakeGit(GRAPH, "f2"))
+    d = ci_event.baseline_of(gh("pull_request"), pr_event(), FakeGit(GRAPH, "f2"))
     assert d.commit == "m2"
-    shallow = ci_event.decide(gh("pull_request"), pr_event(),
+    shallow = ci_event.baseline_of(gh("pull_request"), pr_event(),
                               FakeGit(GRAPH, "f2", present={"f2", "f1"}))
     assert shallow.missing == "m3" and "fetch-depth: 0" in shallow.stop_line()
 
 
 def test_a_merge_commit_of_another_head_is_not_taken_on_trust():
-    d = ci_event.decide(gh("pull_request"), pr_event(head="zz"), FakeGit(GRAPH, "M"))
+    d = ci_event.baseline_of(gh("pull_request"), pr_event(head="zz"), FakeGit(GRAPH, "M"))
     assert d.commit is None and d.local and "neither" in d.note
 
 
 def test_a_merge_group_compares_with_its_base_sha():
     ev = {**REPO, "merge_group": {"base_sha": "m3", "head_sha": "q",
                                   "base_ref": "refs/heads/main"}}
-    d = ci_event.decide(gh("merge_group"), ev, FakeGit(GRAPH, "q"))
+    d = ci_event.baseline_of(gh("merge_group"), ev, FakeGit(GRAPH, "q"))
     assert (d.commit, d.label) == ("m3", "main")
-    assert ci_event.decide(gh("merge_group"), ev,
+    assert ci_event.baseline_of(gh("merge_group"), ev,
                            FakeGit(GRAPH, "q", present={"q"})).missing == "m3"
 
 
@@ -110,21 +110,21 @@ def push(before, forced=False, ref="refs/heads/main"):
 
 
 def test_a_push_to_main_compares_with_before():
-    d = ci_event.decide(gh("push"), push("m1"), FakeGit(GRAPH, "m3"))
+    d = ci_event.baseline_of(gh("push"), push("m1"), FakeGit(GRAPH, "m3"))
     assert (d.commit, d.label) == ("m1", "main@before")
     # the clone is too shallow to hold `before`: stop, naming it and fetch-depth
-    d = ci_event.decide(gh("push"), push("m1"), FakeGit(GRAPH, "m3", present={"m3", "m2"}))
+    d = ci_event.baseline_of(gh("push"), push("m1"), FakeGit(GRAPH, "m3", present={"m3", "m2"}))
     assert d.missing == "m1" and "fetch-depth: 0" in d.stop_line()
 
 
 def test_a_force_push_compares_with_where_the_old_and_new_tips_meet():
-    d = ci_event.decide(gh("push"), push("m3", forced=True), FakeGit(GRAPH, "x1"))
+    d = ci_event.baseline_of(gh("push"), push("m3", forced=True), FakeGit(GRAPH, "x1"))
     assert d.commit == "m1" and "force push" in d.why
     # `before` not an ancestor counts as forced even when the event says otherwise
-    d = ci_event.decide(gh("push"), push("m3"), FakeGit(GRAPH, "x1"))
+    d = ci_event.baseline_of(gh("push"), push("m3"), FakeGit(GRAPH, "x1"))
     assert d.commit == "m1"
     # the old tip is not in the clone: the local rule, said once
-    d = ci_event.decide(gh("push"), push("m3", forced=True),
+    d = ci_event.baseline_of(gh("push"), push("m3", forced=True),
                         FakeGit(GRAPH, "x1", present={"x1", "m1"}))
     assert d.commit is None and d.local and "not in this clone" in d.note
 
@@ -132,30 +132,30 @@ def test_a_force_push_compares_with_where_the_old_and_new_tips_meet():
 def test_a_push_to_a_feature_branch_compares_with_main_never_its_earlier_push():
     # before = f1 (the branch's earlier push, which may have broken a test): not the baseline
     ev = push("f1", ref="refs/heads/feature")
-    d = ci_event.decide(gh("push"), ev, FakeGit(GRAPH, "f2", refs={"refs/remotes/origin/main":
+    d = ci_event.baseline_of(gh("push"), ev, FakeGit(GRAPH, "f2", refs={"refs/remotes/origin/main":
                                                                   "m3"}))
     assert (d.commit, d.label) == ("m2", "main")
-    d = ci_event.decide(gh("push"), ev, FakeGit(GRAPH, "f2"))   # origin/main not fetched
+    d = ci_event.baseline_of(gh("push"), ev, FakeGit(GRAPH, "f2"))   # origin/main not fetched
     assert d.missing == "origin/main" and "fetch-depth: 0" in d.stop_line()
 
 
 def test_a_branch_created_by_the_push_and_a_tag_use_the_local_rule():
-    assert ci_event.decide(gh("push"), push(ZERO), FakeGit(GRAPH, "m3")).local
-    assert ci_event.decide(gh("push"), push("m2", ref="refs/tags/v1"), FakeGit(GRAPH, "m3")).local
+    assert ci_event.baseline_of(gh("push"), push(ZERO), FakeGit(GRAPH, "m3")).local
+    assert ci_event.baseline_of(gh("push"), push("m2", ref="refs/tags/v1"), FakeGit(GRAPH, "m3")).local
 
 
 @pytest.mark.parametrize("name", ["schedule", "workflow_dispatch"])
 def test_a_scheduled_or_manual_run_of_main_is_a_published_tip(name):
-    d = ci_event.decide(gh(name, GITHUB_REF="refs/heads/main"), {**REPO, "ref": "refs/heads/main"},
+    d = ci_event.baseline_of(gh(name, GITHUB_REF="refs/heads/main"), {**REPO, "ref": "refs/heads/main"},
                         FakeGit(GRAPH, "m3"))
     assert d.local and d.published and d.commit is None
-    d = ci_event.decide(gh(name, GITHUB_REF="refs/heads/feature"), REPO, FakeGit(GRAPH, "f2"))
+    d = ci_event.baseline_of(gh(name, GITHUB_REF="refs/heads/feature"), REPO, FakeGit(GRAPH, "f2"))
     assert d.local and not d.published
 
 
 def test_outside_ci_there_is_no_event():
-    assert ci_event.decide({}, None, FakeGit(GRAPH, "m3")) is None
-    assert ci_event.decide({"GITHUB_ACTIONS": "false", "GITHUB_EVENT_NAME": "push"}, None,
+    assert ci_event.baseline_of({}, None, FakeGit(GRAPH, "m3")) is None
+    assert ci_event.baseline_of({"GITHUB_ACTIONS": "false", "GITHUB_EVENT_NAME": "push"}, None,
                            FakeGit(GRAPH, "m3")) is None
 
 
@@ -163,24 +163,24 @@ def test_gitlab_merge_requests_and_pushes():
     g = FakeGit(GRAPH, "M")
     mr = {"GITLAB_CI": "true", "CI_PIPELINE_SOURCE": "merge_request_event",
           "CI_MERGE_REQUEST_TARGET_BRANCH_NAME": "main", "CI_MERGE_REQUEST_DIFF_BASE_SHA": "m2"}
-    assert ci_event.decide(mr, None, g).commit == "m2"
+    assert ci_event.baseline_of(mr, None, g).commit == "m2"
     merged = {**mr, "CI_MERGE_REQUEST_EVENT_TYPE": "merged_result",
               "CI_MERGE_REQUEST_TARGET_BRANCH_SHA": "m3"}
-    assert ci_event.decide(merged, None, g).commit == "m3"
-    assert "GIT_DEPTH" in ci_event.decide(merged, None, FakeGit(GRAPH, "M", present={"M"})) \
+    assert ci_event.baseline_of(merged, None, g).commit == "m3"
+    assert "GIT_DEPTH" in ci_event.baseline_of(merged, None, FakeGit(GRAPH, "M", present={"M"})) \
         .stop_line()
     p = {"GITLAB_CI": "true", "CI_PIPELINE_SOURCE": "push", "CI_COMMIT_BRANCH": "main",
          "CI_DEFAULT_BRANCH": "main", "CI_COMMIT_BEFORE_SHA": "m2"}
-    assert ci_event.decide(p, None, FakeGit(GRAPH, "m3")).commit == "m2"
+    assert ci_event.baseline_of(p, None, FakeGit(GRAPH, "m3")).commit == "m2"
     s = {"GITLAB_CI": "true", "CI_PIPELINE_SOURCE": "schedule", "CI_COMMIT_BRANCH": "main",
          "CI_DEFAULT_BRANCH": "main"}
-    assert ci_event.decide(s, None, FakeGit(GRAPH, "m3")).published
+    assert ci_event.baseline_of(s, None, FakeGit(GRAPH, "m3")).published
 
 
 def test_the_event_payload_is_read_from_github_event_path(tmp_path):
     path = tmp_path / "event.json"
     path.write_text(json.dumps(push("m1")))
-    d = ci_event.decide(gh("push", GITHUB_EVENT_PATH=str(path)), None, FakeGit(GRAPH, "m3"))
+    d = ci_event.baseline_of(gh("push", GITHUB_EVENT_PATH=str(path)), None, FakeGit(GRAPH, "m3"))
     assert d.commit == "m1"
 
 

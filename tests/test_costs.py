@@ -66,7 +66,8 @@ def test_an_old_file_is_migrated_in_place_and_keeps_its_rows(tmp_path, version):
     # old rows: walls known, costs unknown (None: not free)
     costs = hist.test_costs(minor="3.13", tpt="tcp")
     assert costs["tests/test_a.py::t1"] == TestCost(2.0, None, None)
-    units = hist.unit_costs(["tests/test_a.py::t1", "tests/test_b.py::t1"])
+    ids = ["tests/test_a.py::t1", "tests/test_b.py::t1"]
+    units = aggregate(ids, hist.test_costs(ids))
     assert units["tests/test_b.py"].wall == 5.0 and units["tests/test_b.py"].rate is None
     # and the migrated file takes new rows with costs
     hist.record(RunRow(uuid.uuid4().hex, 3.0, 4.0, "run", minor="3.13", tpt="tcp", cores=2,
@@ -86,8 +87,9 @@ def test_unit_costs_are_module_sums_and_rates(tmp_path):
             TestRow("tests/test_light.py::a", "passed", 10.0, cpu=1.0),
             TestRow("tests/test_light.py::skip", "skipped", 0.0),
         ])
-    units = hist.unit_costs(["tests/test_heavy.py::a", "tests/test_heavy.py::b",
-                             "tests/test_light.py::a", "tests/test_new.py::x"], tpt="tcp")
+    ids = ["tests/test_heavy.py::a", "tests/test_heavy.py::b", "tests/test_light.py::a",
+           "tests/test_new.py::x"]
+    units = aggregate(ids, hist.test_costs(ids, tpt="tcp"))
     assert set(units) == {"tests/test_heavy.py", "tests/test_light.py"}  # new: unseen
     heavy = units["tests/test_heavy.py"]
     assert heavy.wall == 6.0 and heavy.rate == pytest.approx((7.0 + 2.0) / 6.0, abs=1e-3)

@@ -125,7 +125,7 @@ def test_one_ci_shard_says_which_shard_it_ran(tmp_path):
     (tmp_path / "tests").mkdir()
     r = Results(load_target(tmp_path))
     r.seconds = 1.0
-    result = RunResult(0, RunStatus.PASSED, r, passes=[], shards=4)
+    result = RunResult(r, passes=[], shards=4)
     one = report.render(SimpleNamespace(opts=RunOptions(shard=(1, 4))), result)
     line = next(x for x in one if x.startswith("results:"))
     assert line.endswith("(shard 1/4)") and "4 shards" not in line, line

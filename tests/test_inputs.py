@@ -342,9 +342,9 @@ def test_the_summary_and_history_show_control_characters_escaped(target, tmp_pat
     from tractor_tasks.history_view import show_history
     from tractor_tasks.options import RunOptions
     from tractor_tasks.passes import RunResult
-    from tractor_tasks.status import RunStatus
+    from tractor_tasks.status import Ending, RunStatus
     r, nodeid = _nasty_results(target)
-    result = RunResult(1, RunStatus.FAILED, r)
+    result = RunResult(r, ending=Ending(RunStatus.FAILED, 1))
     text = "\n".join(report.render(SimpleNamespace(opts=RunOptions()), result))
     assert "test_x[\\x1b[2J\\x07\\x00\\x08\\u202e]" in text
     assert not any(c in text for c in RAW)

@@ -14,7 +14,7 @@ from tractor_tasks.output import Output
 from tractor_tasks.passes import RunResult
 from tractor_tasks.results import Results, TestResult
 from tractor_tasks.schedule import Unit
-from tractor_tasks.status import RunStatus, Stop, TestOutcome as O
+from tractor_tasks.status import Stop, TestOutcome as O
 from tractor_tasks.supervise import PassOutcome
 from tractor_tasks.rundirs import RunDir
 from tractor_tasks.target import Target
@@ -44,15 +44,22 @@ class FakeLanes:
     """lane_fn: runs every test given (passed, with a time window), except that pytest
     "dies" (SIGKILL) once at each test in `dies`."""
 
-    def __init__(self, *dies):
+    def __init__(self, *dies, exits=()):
         self.dies, self.calls = set(dies), []
+        self.exits = set(exits)   # the test calls os._exit(0): pytest ends with 0, unfinished
 
     def __call__(self, c, tests, number):
         self.calls.append(list(tests))
         results = Results(c.p.target)
         rc = 0
+        unfinished = []
         t0 = time.time()
         for k, nodeid in enumerate(tests):
+            if nodeid in self.exits:
+                results.tests[nodeid] = TestResult(nodeid, O.INTERRUPTED)
+                unfinished.append("pass 1: pytest ended (exit status 0) without finishing "
+                                  f"its session, during {nodeid}")
+                break
             if nodeid in self.dies:
                 self.dies.discard(nodeid)
                 results.tests[nodeid] = TestResult(nodeid, O.INTERRUPTED)
@@ -63,7 +70,7 @@ class FakeLanes:
             t.window = (t0 + k, t0 + k + 1)
             results.tests[nodeid] = t
         passes = [PassOutcome(1, c.run_dir.path, Stop.FINISHED, rc, 0.01)]
-        return RunResult(0, RunStatus.PASSED, results, passes=passes)
+        return RunResult(results, passes=passes, unfinished=unfinished)
 
 
 def test_a_worker_that_dies_mid_unit_loses_no_test(tmp_path):
@@ -77,6 +84,21 @@ def test_a_worker_that_dies_mid_unit_loses_no_test(tmp_path):
     assert any("queued again" in n for n in res.notes)
     assert res.broken == [] and res.unaccounted() == []  # nothing to report not run
     assert res.passes[-1].returncode == -9  # the run fails, as a serial run would
+
+
+def test_a_lane_whose_last_test_exits_fails_the_parallel_run(tmp_path):
+    """Issue 26 HIGH 1 with -n: every test is accounted for, nothing is queued again,
+    yet the merged run carries the unfinished lane, and its end is a failure for it."""
+    from tractor_tasks.options import RunOptions
+    c = ctx(tmp_path)
+    lanes = FakeLanes(exits=["tests/test_c.py::t3"])
+    res = sharding.run_shards(c, plan(units()), lane_fn=lanes)
+    assert res.results.not_run() == [] and res.unaccounted() == [] and res.broken == []
+    assert len(lanes.calls) == 3   # its rest: none, so nothing queued again
+    assert res.unfinished == ["tests/test_c.py: pass 1: pytest ended (exit status 0) "
+                              "without finishing its session, during tests/test_c.py::t3"]
+    ending = res.end(RunOptions())
+    assert (ending.status.value, ending.code, ending.why) == ("failed", 1, res.unfinished[0])
 
 
 def test_a_unit_that_dies_twice_reports_its_rest_not_run(tmp_path):
@@ -102,6 +124,7 @@ def test_failures_of_a_parallel_run_carry_what_ran_alongside(tmp_path):
 def test_a_serial_run_is_not_marked_parallel(tmp_path):
     c = ctx(tmp_path)
     res = sharding.run_shards(c, plan(units(), workers=1), lane_fn=FakeLanes())
+    assert set(res.results.tests) == set(IDS)   # every test ran, and none is marked
     assert not any(t.parallel for t in res.results.tests.values())
 
 

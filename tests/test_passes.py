@@ -22,7 +22,7 @@ from tractor_tasks.passes import PassRunner, RunResult
 from tractor_tasks.pipeline import Plan
 from tractor_tasks.results import Results, TestResult
 from tractor_tasks.rundirs import State
-from tractor_tasks.status import RunStatus, Stop, TestOutcome as O
+from tractor_tasks.status import Stop, TestOutcome as O
 from tractor_tasks.supervise import PassOutcome, Signals
 from tractor_tasks.target import load_target
 
@@ -43,9 +43,10 @@ class FakePytest:
     docstring. `hang` are tests that never report; `fail` report a failure;
     `on_hang` runs when a pass hangs (a signal arriving, the clock moving on)."""
 
-    def __init__(self, tests, *, hang=(), fail=(), killed=(), on_hang=None):
+    def __init__(self, tests, *, hang=(), fail=(), killed=(), exits=(), on_hang=None):
         self.tests, self.hang, self.fail, self.killed = list(tests), set(hang), set(fail), \
             set(killed)
+        self.exits = set(exits)   # call os._exit(0): pytest ends, no finished.json
         self.on_hang = on_hang
         self.starts: list[dict] = []   # each start's select.json (None: no selection)
 
@@ -70,6 +71,8 @@ class FakePytest:
                                        bound=5.0, dump_text=f"stack of {nodeid}")
                 if nodeid in self.killed:  # pytest killed from elsewhere: no finished.json
                     return PassOutcome(number, pass_dir, Stop.FINISHED, -9, 1.0)
+                if nodeid in self.exits:   # the test called os._exit(0)
+                    return PassOutcome(number, pass_dir, Stop.FINISHED, 0, 1.0)
                 bad = nodeid in self.fail
                 log.write(json.dumps({"nodeid": nodeid, "when": "call",
                                       "outcome": "failed" if bad else "passed",
@@ -127,6 +130,11 @@ def test_a_hang_resumes_the_rest_in_a_fresh_pass_without_the_done_or_hung(target
     assert (result.passes[1].dir / "select.json").is_file()
 
 
+def test_the_pass_runner_is_the_runner_the_verdict_declares(target, monkeypatch):
+    from tractor_tasks.runner import Runner
+    assert isinstance(runner(target, monkeypatch, FakePytest(TESTS)), Runner)
+
+
 def test_resume_keeps_a_shards_only_set(target, monkeypatch):
     fake = FakePytest(TESTS, hang=[TESTS[2]])
     group = set(TESTS[1:5])
@@ -169,8 +177,8 @@ def test_a_signal_during_a_hang_starts_no_more_passes(target, monkeypatch):
     result = runner(target, monkeypatch, fake, signals=signals).lane(only=None, shard=None,
                                                                      echo=None)
     assert len(fake.starts) == 1  # the second pass was not started
-    assert [o.stop for o in result.passes] == [Stop.HUNG, Stop.INTERRUPTED]
-    assert result.status is RunStatus.INTERRUPTED
+    assert [o.stop for o in result.passes] == [Stop.HUNG]   # the stop is the run's own
+    assert result.stop is Stop.INTERRUPTED and result.stopped() is Stop.INTERRUPTED
     assert result.results.not_run() == TESTS[2:]
 
 
@@ -181,9 +189,10 @@ def test_the_whole_run_bound_expiring_during_a_hang_ends_the_lane(target, monkey
     result = runner(target, monkeypatch, fake, deadline=1500.0).lane(only=None, shard=None,
                                                                      echo=None)
     assert len(fake.starts) == 1
-    assert [o.stop for o in result.passes] == [Stop.HUNG, Stop.TIMEOUT]
+    assert [o.stop for o in result.passes] == [Stop.HUNG]   # no pass of its own: the
+    assert result.stop is Stop.TIMEOUT                      # run's stop says it
     assert result.notes == ["the whole-run bound expired after the hang: 4 test(s) did not run"]
-    assert result.status is RunStatus.TIMEOUT
+    assert result.stopped() is Stop.TIMEOUT
 
 
 def test_a_pytest_killed_from_elsewhere_leaves_its_running_test_interrupted(target,
@@ -193,6 +202,20 @@ def test_a_pytest_killed_from_elsewhere_leaves_its_running_test_interrupted(targ
     assert len(fake.starts) == 1
     got = outcomes(result)
     assert got["a"] is O.PASSED and got["c"] is O.INTERRUPTED and "d" not in got
+
+
+def test_a_last_test_that_exits_leaves_an_unfinished_pass_that_fails_the_run(target,
+                                                                         monkeypatch):
+    """Issue 26 HIGH 1, the lane's half: every test is accounted for (the last one cut
+    while running), and the lane says its pytest never finished: the run fails."""
+    fake = FakePytest(TESTS, exits=[TESTS[-1]], fail=[TESTS[0]])
+    result = runner(target, monkeypatch, fake).lane(only=None, shard=None, echo=None)
+    assert result.results.not_run() == [] and result.unaccounted() == []
+    assert result.unfinished == [f"pass 1: pytest ended (exit status 0) without finishing "
+                                 f"its session, during {TESTS[-1]}"]
+    ending = result.end(RunOptions())
+    assert (ending.status.value, ending.code) == ("failed", 1)
+    assert ending.why == result.unfinished[0]
 
 
 # -- the shard merge -------------------------------------------------------------
@@ -207,7 +230,7 @@ def lane_result(target, shard: int, outcomes_: dict[str, O], *, stop=Stop.FINISH
     results.cachedir = f"/cache/{shard}"
     if leaks:
         results.leaks.merge(leaks)
-    return RunResult(0, RunStatus.PASSED, results, passes=[PassOutcome(1, None, stop, 0, 1.0)],
+    return RunResult(results, passes=[PassOutcome(1, None, stop, 0, 1.0)],
                      notes=list(notes))
 
 

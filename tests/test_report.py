@@ -15,7 +15,7 @@ from tractor_tasks.options import RunOptions
 from tractor_tasks.passes import RunResult
 from tractor_tasks.leaks import Leaks
 from tractor_tasks.results import Results, TestResult
-from tractor_tasks.status import Check as S, RunStatus, Stop, TestOutcome as O
+from tractor_tasks.status import Check as S, Ending, RunStatus, Stop, TestOutcome as O
 from tractor_tasks.supervise import PassOutcome
 from tractor_tasks.target import FlakyRule, load_target
 
@@ -59,7 +59,7 @@ def test_the_summary_of_a_resumed_run_with_a_hang_a_failure_and_a_leak(target):
     passes = [PassOutcome(1, Path("/run/pass-1"), Stop.HUNG, -9, 1.0,
                           teardown=["ended 2 process(es)"]),
               PassOutcome(2, Path("/run/pass-2"), Stop.FINISHED, 1, 1.0)]
-    result = RunResult(1, RunStatus.FAILED, r, run_dir=Path("/run"), passes=passes,
+    result = RunResult(r, ending=Ending(RunStatus.FAILED, 1), run_dir=Path("/run"), passes=passes,
                        notes=["a note"], cut="--max-hangs")
     lines = render(result)
     assert lines[0] == "teardown (pass 1): ended 2 process(es)"
@@ -83,7 +83,7 @@ def test_the_summary_of_stops_and_a_killed_pytest(target):
                           stacks=Path("/p1/stacks.txt")),
               PassOutcome(2, Path("/p2"), Stop.INTERRUPTED, None, 1.0, running="tests/x"),
               PassOutcome(3, Path("/p3"), Stop.FINISHED, -9, 1.0, running="tests/y")]
-    lines = render(RunResult(124, RunStatus.TIMEOUT, r, passes=passes, shards=2))
+    lines = render(RunResult(r, ending=Ending(RunStatus.TIMEOUT, 124), passes=passes, shards=2))
     assert lines[:3] == ["TIMEOUT: no test was running (collection or session setup/teardown); "
                          "stacks in /p1/stacks.txt",
                          "INTERRUPTED during tests/x",
@@ -96,7 +96,7 @@ def test_the_summary_of_stops_and_a_killed_pytest(target):
 def test_tests_that_never_ran_unaccounted_are_named(target):
     r = results_of(target, TestResult("tests/test_a.py::test_ok", O.PASSED),
                    collected=["tests/test_a.py::test_never"])
-    lines = render(RunResult(1, RunStatus.FAILED, r, passes=[],
+    lines = render(RunResult(r, ending=Ending(RunStatus.FAILED, 1), passes=[],
                              broken=["pass 1: pytest ended (exit status 0) without finishing "
                                      "its session, during tests/test_a.py::test_exit"]))
     assert "NOT RUN: pass 1: pytest ended (exit status 0) without finishing its session, " \
@@ -105,14 +105,44 @@ def test_tests_that_never_ran_unaccounted_are_named(target):
            "tests/test_a.py::test_never" in lines
 
 
+def test_a_pytest_that_ended_after_its_last_test_is_named_unfinished(target):
+    """Every test ran (the last one cut by its own os._exit): no NOT RUN line, but the
+    unfinished pass is named, and the cut test ran when pytest ended, not at a stop."""
+    r = results_of(target, TestResult("tests/test_a.py::test_ok", O.PASSED),
+                   TestResult("tests/test_a.py::test_exit", O.INTERRUPTED))
+    why = ("shard 2: pass 1: pytest ended (exit status 0) without finishing its session, "
+           "during tests/test_a.py::test_exit")
+    lines = render(RunResult(r, ending=Ending(RunStatus.FAILED, 1), unfinished=[why],
+                             passes=[PassOutcome(1, Path("/p1"), Stop.FINISHED, 0, 1.0)]))
+    assert f"UNFINISHED: {why}" in lines
+    assert "  INTERRUPTED tests/test_a.py::test_exit  (running when pytest ended)" in lines
+    assert not any(line.startswith(("NOT RUN", "INTERRUPTED")) for line in lines)
+
+
+def test_the_runs_own_stop_is_said_once(target):
+    """A stop between passes has no pass to say it: the summary does, once."""
+    r = results_of(target, TestResult("tests/test_a.py::test_ok", O.PASSED))
+    hung = PassOutcome(1, Path("/p1"), Stop.HUNG, -9, 1.0)
+    lines = render(RunResult(r, ending=Ending(RunStatus.TIMEOUT, 124), passes=[hung],
+                             stop=Stop.TIMEOUT))
+    assert lines[0] == "TIMEOUT: the whole-run bound expired between passes"
+    lines = render(RunResult(r, ending=Ending(RunStatus.INTERRUPTED, 130), passes=[hung],
+                             stop=Stop.INTERRUPTED))
+    assert lines[0] == "INTERRUPTED between passes"
+    stopped = PassOutcome(2, Path("/p2"), Stop.INTERRUPTED, 2, 1.0, running="tests/x")
+    lines = render(RunResult(r, ending=Ending(RunStatus.INTERRUPTED, 130),
+                             passes=[hung, stopped], stop=Stop.INTERRUPTED))
+    assert [ln for ln in lines if "INTERRUPTED" in ln] == ["INTERRUPTED during tests/x"]
+
+
 def test_the_summary_says_when_x_cut_a_known_flaky_run_short(target):
     t = TestResult("tests/test_k.py::test_f", O.FAILED, message="Timeout",
                    flaky=FlakyRule("test_k.py::*", "Timeout", ""))
     r = results_of(target, t, collected=["tests/test_k.py::test_later"])
-    lines = render(RunResult(1, RunStatus.FAILED, r, passes=[], cut="-x"), exitfirst=True)
+    lines = render(RunResult(r, ending=Ending(RunStatus.FAILED, 1), passes=[], cut="-x"), exitfirst=True)
     assert lines[-1].startswith("only explained failures, but -x stopped the run at one")
     assert "  FAILED tests/test_k.py::test_f  [known flaky (Timeout)]" in lines
-    lines = render(RunResult(0, RunStatus.PASSED, r, passes=[]), exitfirst=False,
+    lines = render(RunResult(r, ending=Ending(RunStatus.PASSED, 0), passes=[]), exitfirst=False,
                    fail_on_leak=True)
     assert not any("-x stopped" in line for line in lines)
 

@@ -8,7 +8,6 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tractor_tasks.options import RunOptions
-from tractor_tasks.pipeline import exit_code
 from tractor_tasks.results import Results, TestResult, classify, read_pass
 from tractor_tasks.junit import write_junit
 from tractor_tasks.passes import RunResult
@@ -150,9 +149,14 @@ def results_with(target, *kinds):
     return r
 
 
-def run_of(passes, results, *, cut=None, broken=()):
-    return RunResult(0, RunStatus.PASSED, results, passes=list(passes), cut=cut,
-                     broken=list(broken))
+def run_of(passes, results, *, cut=None, broken=(), unfinished=()):
+    return RunResult(results, passes=list(passes), cut=cut, broken=list(broken),
+                     unfinished=list(unfinished))
+
+
+def exit_code(run, opts):
+    """The run's exit code, as its end decides it (status.conclude)."""
+    return run.end(opts).code
 
 
 @pytest.mark.parametrize("passes, kinds, opts, code", [
@@ -207,6 +211,50 @@ def test_tests_that_never_ran_fail_the_run_unless_accounted_for(target):
     assert exit_code(run, RunOptions()) == 1
     assert exit_code(run_of([outcome(rc=0)], r), RunOptions()) == 1   # not run, no reason
     assert exit_code(run_of([outcome(rc=0)], r, cut="--max-hangs"), RunOptions()) == 0
+
+
+def test_pytest_ending_without_its_session_finish_is_never_a_pass(target):
+    """Issue 26 HIGH 1: the last test called os._exit(0): every test is accounted for
+    and pytest's status is 0, yet the run failed, whatever the verdict says of the
+    failures before it; the reason is the pass that ended early."""
+    why = "pass 1: pytest ended (exit status 0) without finishing its session, during x"
+    for kinds in ((), ("pre-existing",), ("quarantined", "flaky-verdict")):
+        r = results_with(target, *kinds)
+        r.collected = list(r.tests)
+        run = run_of([outcome(rc=0)], r, unfinished=[why])
+        ending = run.end(RunOptions(exitfirst=False))
+        assert (ending.status, ending.code, ending.why) == (RunStatus.FAILED, 1, why)
+        assert (run.status, run.code) == (RunStatus.FAILED, 1)
+    # a usage error or an interrupt still says what it is
+    assert exit_code(run_of([outcome(Stop.INTERRUPTED, None)], r, unfinished=[why]),
+                     RunOptions()) == 130
+    assert exit_code(run_of([outcome(rc=4)], Results(target), unfinished=[why]),
+                     RunOptions()) == 2
+    # ...but a test's own os._exit(4) is no usage error
+    assert exit_code(run_of([outcome(rc=4)], r, unfinished=[why]), RunOptions()) == 1
+
+
+def test_a_run_level_stop_decides_like_a_stopped_pass(target):
+    """The run's own stop (a stop request between passes, the bound after a hang) is no
+    fake pass: it decides the status and code as a pass's stop does, interrupt first."""
+    r = results_with(target, "hung")
+    run = run_of([outcome(Stop.HUNG, None)], r)
+    run.stop = Stop.TIMEOUT
+    assert (run.end(RunOptions()).status, run.code) == (RunStatus.TIMEOUT, 124)
+    run.stop = Stop.INTERRUPTED
+    assert (run.end(RunOptions()).status, run.code) == (RunStatus.INTERRUPTED, 130)
+    run = run_of([outcome(Stop.TIMEOUT, None)], results_with(target))
+    run.stop = Stop.INTERRUPTED
+    assert (run.end(RunOptions()).status, run.code) == (RunStatus.INTERRUPTED, 130)
+
+
+def test_statuses_side_by_side_combine_to_the_worst():
+    from tractor_tasks.status import worst
+    order = ["interrupted", "timeout", "error", "failed", "skipped", "passed"]
+    for k, status in enumerate(order):
+        assert worst(order[k:]) is RunStatus(status)
+        assert worst(reversed(order[k:])) is RunStatus(status)
+    assert worst([RunStatus.PASSED]) is RunStatus.PASSED
 
 
 def test_a_leak_fails_the_run_only_with_fail_on_leak(target):

@@ -15,6 +15,7 @@ from .cells import Cell
 from .errors import TaskError
 from .fsutil import shown
 from .rundirs import RunDir
+from .status import Ending
 
 
 def nox_sessions(shim_dir: Path, root: str | None = None) -> list[dict]:
@@ -68,8 +69,7 @@ def matrix_json(shim_dir: Path, root: str | None = None, smoke: bool = False,
 
 # -- the report job: every job's outcome.json (and JUnit) -> one verdict and table ---------
 
-_WORST = ("interrupted", "timeout", "error", "failed", "skipped", "passed")
-NO_OUTCOME = "no outcome (cancelled, timed out or never started)"
+NO_OUTCOME = Ending.no_outcome().why   # a job of the matrix that reported nothing
 MATRIX_FILE = "matrix.json"        # the matrix job's output, uploaded as an artifact
 HISTORY_FILE = "history.sqlite"    # each job's history, uploaded beside its cells' dirs
 STEP_SUMMARY_LIMIT = 1024 * 1024   # GitHub's limit on one step's summary
@@ -146,31 +146,25 @@ def merge_outcomes(paths: list[Path], warn=lambda line: None, *,
     """Rows of the matrix with a cell's shards added up (counts summed, the worst status,
     the longest shard's time: they ran side by side)."""
     from .cells import Row
-    from .status import RunStatus
+    from .status import worst
     cells: dict[str, list[Row]] = {}
     for path, rec in read_outcomes(paths, warn) if outcomes is None else outcomes:
         row = Row.of(path, rec)
         cells.setdefault(row.cell, []).append(row)
     out = []
     for name, rows in cells.items():
-        worst = min((r.status.value for r in rows), key=_WORST.index)
         total = {k: sum(getattr(r, k) for r in rows) for k in (
             "passed", "failed", "known_flaky", "hung", "skipped", "leaked", "pre_existing",
             "flaky", "regressions")}
-        out.append(Row(name, RunStatus(worst), seconds=max(r.seconds for r in rows),
+        out.append(Row(name, worst(r.status for r in rows), seconds=max(r.seconds for r in rows),
                        reported=len(rows), **total))
     return out
 
 
 def job_fails(rec: dict) -> bool:
-    """Whether a job's own outcome fails the run: its status (status.py's rule where it
-    has one: RunStatus.fails_run), else anything but passed or skipped."""
-    from .status import RunStatus
-    status = RunStatus(rec["status"])
-    fails = getattr(status, "fails_run", None)
-    if fails is None:
-        fails = status not in (RunStatus.PASSED, RunStatus.SKIPPED)
-    return bool(fails) or (status is not RunStatus.SKIPPED and rec.get("code") not in (0, None))
+    """Whether a job's own outcome fails the run (status.job_fails)."""
+    from .status import job_fails as fails, stored
+    return fails(stored(rec["status"]), rec.get("code"))
 
 
 def _failure_fails(f: dict) -> bool:
@@ -292,7 +286,7 @@ def judge_jobs(good: list[tuple[Path, dict]], jobs: list[Job] | None) -> CiRepor
     """Every job's outcome against the matrix: which reported, which did not (without a
     matrix, a sharded cell's own shard count says which of its shards are missing), what
     each reported that fails the run."""
-    from .status import RunStatus
+    from .status import RunStatus, stored
     rep = CiReport(expected=len(jobs) if jobs is not None else None)
     latest: dict[Job, dict] = {}
     for _, rec in good:
@@ -335,7 +329,7 @@ def judge_jobs(good: list[tuple[Path, dict]], jobs: list[Job] | None) -> CiRepor
         if failing > len(named):
             rep.problems.append(f"{job.label}: {failing - len(named)} failing test(s) its "
                                 "outcome.json does not name; see its summary.txt")
-        status = RunStatus(rec["status"])
+        status = stored(rec["status"])
         not_run = rec.get("not_run") or []
         note = _one_line(rec.get("note") or "", 240)
         if status is RunStatus.TIMEOUT:
@@ -426,14 +420,13 @@ def report_dir(directory: Path, *, durations_out: Path | None = None, warn=print
     missing: dict[str, int] = {}
     for job in rep.missing:
         missing[job.cell] = missing.get(job.cell, 0) + 1
-    from .status import RunStatus
     by_cell = {r.cell: r for r in rep.rows}
     for cell, n in missing.items():
         key = cell.encode("unicode_escape").decode("ascii")
         if key in by_cell:
             by_cell[key].missing = n
         else:
-            rep.rows.append(Row(key, RunStatus.ERROR, 0, 0, 0, 0, 0, 0, 0.0, missing=n,
+            rep.rows.append(Row(key, Ending.no_outcome().status, 0, 0, 0, 0, 0, 0, 0.0, missing=n,
                                 reported=0))
     if history is not None:
         _merge_histories(directory, history, warn)

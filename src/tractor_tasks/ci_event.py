@@ -93,7 +93,7 @@ def read_event(env) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def decide(env, event: dict | None, git: Git) -> Decision | None:
+def baseline_of(env, event: dict | None, git: Git) -> Decision | None:
     """The CI event's baseline (see the module's docstring); None outside CI."""
     ci = detect(env)
     if ci == "github":

@@ -267,7 +267,7 @@ def choose(root: Path, requested: str | None, env=None, event: dict | None = Non
     from . import ci_event
     env = os.environ if env is None else env
     if ci_event.detect(env):
-        d = ci_event.decide(env, event, CloneGit(root))
+        d = ci_event.baseline_of(env, event, CloneGit(root))
         if d.missing:
             raise BaselineMissing(d.stop_line())
         if d.commit:

@@ -194,7 +194,11 @@ class UnitCost:
 
 def aggregate(nodeids: Iterable[str], costs: dict[str, TestCost], *,
               unit: Callable[[str], str] | None = None) -> dict[str, UnitCost]:
-    """Per-test costs -> per-unit predictions (see History.unit_costs)."""
+    """Per-test costs (History.test_costs) -> per-unit predictions: per unit (a module
+    by default: `unit` maps a node id to its unit), the predicted wall (the sum of its
+    tests' medians) and CPU rate (CPU seconds per wall second, from the tests whose rows
+    carry costs; None when none do: unmeasured). Tests without costs are left out of
+    the sums; a unit none of whose tests has costs is left out."""
     unit = unit or (lambda nodeid: nodeid.split("::", 1)[0])
     groups: dict[str, list[TestCost]] = {}
     for nodeid in nodeids:
@@ -574,16 +578,6 @@ class History:
                     (not tpt or r[2] == tpt) and (not spawn or r[3] == spawn)] or group
             out[nodeid] = _cost(mine[:last])
         return out
-
-    def unit_costs(self, nodeids: Iterable[str], *, unit: Callable[[str], str] | None = None,
-                   **cell) -> dict[str, UnitCost]:
-        """Per unit (a module by default: `unit` maps a node id to its unit), the
-        predicted wall (the sum of its tests' medians) and CPU rate (CPU seconds per wall
-        second, from the tests whose rows carry costs; None when none do: unmeasured).
-        Tests never seen are left out of the sums; a unit none of whose tests were
-        seen is left out. `cell` takes test_costs()'s keywords."""
-        ids = list(nodeids)
-        return aggregate(ids, self.test_costs(ids, **cell), unit=unit)
 
     def recent(self, pattern: str | None = None, limit: int = 10, *,
                per_test: int | None = None) -> list[dict]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from invoke import Collection, Exit, Task, task
 
 from . import _invoke_words
-from .errors import TaskError, usage
+from .errors import INTERRUPTED, TaskError, usage
 from .fsutil import shown
 from .options import RUN_OPTIONS, RunOptions
 
@@ -41,7 +41,7 @@ def _guard(fn, needs_stdout=False):
         except TaskError as err:
             raise Exit(shown(str(err), one_line=True), code=err.code)
         except KeyboardInterrupt:  # before a run is supervised (venv sync, preflight)
-            raise Exit("interrupted", code=130)
+            raise Exit("interrupted", code=INTERRUPTED)
     return body
 
 
@@ -84,8 +84,8 @@ def _run(c, words, values: dict, *, last_failed=False, resolved=None, task=None)
         checked = plan(target, words, opts, resolved=resolved)
     except BaselineMissing as err:   # a CI job whose clone lacks its event's baseline
         from .pipeline import record_unrun
-        from .status import RunStatus
-        record_unrun(target, None, RunStatus.ERROR, err.code, str(err))
+        from .status import Ending
+        record_unrun(target, None, Ending.unstarted(err.code, str(err)))
         raise
     result = execute(checked)
     if result.code:

@@ -19,7 +19,7 @@ from pathlib import Path
 from .cells import Cell, append_step_summary, read_rows, table_text
 from .errors import TaskError
 from .fsutil import shown
-from .status import RunStatus
+from .status import Ending, RunStatus
 from .target import Target, resolve
 
 ENV_INVOCATION = "TRACTOR_TASKS_NOX_INVOCATION"
@@ -81,7 +81,7 @@ def run_cell(session, target: Target, cell: Cell) -> None:
     invocation = os.environ.get(ENV_INVOCATION)
     if find_python(cell.minor) is None:
         missing = _missing_interpreter(cell.minor)
-        record_unrun(target, cell, RunStatus.SKIPPED, 0, str(missing), invocation)
+        record_unrun(target, cell, Ending.unstarted(0, str(missing)), invocation)
         raise missing
     worker = nox_args().worker
     try:
@@ -92,7 +92,7 @@ def run_cell(session, target: Target, cell: Cell) -> None:
         out = Output()
         result = execute(p, out=out) if not worker else _quiet(p, out)
     except TaskError as err:
-        record_unrun(target, cell, RunStatus.ERROR, err.code, str(err), invocation)
+        record_unrun(target, cell, Ending.unstarted(err.code, str(err)), invocation)
         from .gitref import BaselineMissing
         if isinstance(err, BaselineMissing):
             # a CI job whose clone lacks its event's baseline: loud, and exit 2 (nox's

@@ -1,12 +1,13 @@
 """outcome.json: what one run (an invoke run, a nox cell, a CI shard job) ended with, as
-one dataclass. The pipeline writes it, the matrix report and the CI merge read it.
+one dataclass. The pipeline writes it; the matrix report and the CI merge read it
+through cells.read_outcome (bounded, checked field by field) and cells.Row.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
-from .status import RunStatus, TestOutcome as O, Verdict as V
+from .status import TestOutcome as O, Verdict as V
 
 
 @dataclass
@@ -59,66 +60,10 @@ class Outcome:
     not_run: list[str] = field(default_factory=list)
     leaks: dict = field(default_factory=dict)
     note: str = ""      # why a cell that never ran (error, skipped) did not
+    reason: str = ""    # why the run ended as it did (status.conclude's one line)
 
     def to_json(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_json(cls, data) -> Outcome:
-        """A checked read: ValueError naming the first field that is wrong."""
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        if data.get("status") not in {s.value for s in RunStatus}:
-            raise ValueError(f"status {data.get('status')!r}")
-        kw = {}
-        for f in fields(cls):
-            if f.name not in data:
-                continue
-            value = data[f.name]
-            if f.name == "summary":
-                value = _summary(value)
-            elif f.name == "failures":
-                value = [_failure(x) for x in (value or [])]
-            elif not _type_ok(f.name, value):
-                raise ValueError(f"{f.name} {value!r}")
-            kw[f.name] = value
-        if "code" not in kw:
-            raise ValueError("no 'code'")
-        return cls(**kw)
-
-
-_TYPES = {"code": int, "seconds": (int, float), "finished": (int, float), "passes": int,
-          "shards": int, "counts": dict, "verdicts": dict, "verdict": dict, "hung": list,
-          "not_run": list, "leaks": dict, "status": str}
-_OPTIONAL_STR = ("cell", "minor", "tpt", "spawn", "invocation", "containment", "shard",
-                 "note")
-
-
-def _type_ok(name: str, value) -> bool:
-    if name in _OPTIONAL_STR:
-        return value is None or isinstance(value, str)
-    want = _TYPES.get(name)
-    return want is None or (isinstance(value, want) and not isinstance(value, bool))
-
-
-def _summary(value) -> Summary:
-    if not isinstance(value, dict):
-        raise ValueError("summary is not an object")
-    s = Summary()
-    for f in fields(Summary):
-        if f.name in value:
-            v = value[f.name]
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"summary.{f.name} {v!r}")
-            setattr(s, f.name, v)
-    return s
-
-
-def _failure(value) -> Failure:
-    if not isinstance(value, dict) or not isinstance(value.get("nodeid"), str):
-        raise ValueError("a failure without a node id")
-    return Failure(value["nodeid"], str(value.get("outcome", "")), str(value.get("verdict", "")),
-                   str(value.get("why", "")), [str(c) for c in value.get("cause") or []])
 
 
 def of_run(p, result, not_run: list[str]) -> Outcome:
@@ -146,4 +91,4 @@ def of_run(p, result, not_run: list[str]) -> Outcome:
                           t.why, list(t.cause)) for t in results.failures],
         verdict=result.verdict.as_dict() if result.verdict else {},
         hung=[t.nodeid for t in results.hung], not_run=not_run,
-        leaks=results.leaks.as_dict())
+        leaks=results.leaks.as_dict(), reason=result.ending.why if result.ending else "")

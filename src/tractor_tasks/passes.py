@@ -20,7 +20,7 @@ from .options import RunOptions
 from .results import Results, read_pass, stable_id
 from .rundirs import PassDir, RunDir, pass_dirs
 from .scope import ENV_RUN, RunMarker, ScopeView
-from .status import RunStatus, Stop, TestOutcome
+from .status import Ending, Facts, RunStatus, Stop, TestOutcome, conclude, stop_of
 from .supervise import PassOutcome, Signals, keep_tmp_writes, run_pass
 from .sweep import sweep
 from .venv import venv_python
@@ -28,9 +28,9 @@ from .venv import venv_python
 
 @dataclass
 class RunResult:
-    """What a lane, the shards or a whole run give back."""
-    code: int
-    status: RunStatus
+    """What a lane, the shards or a whole run give back: facts (what ran, how each test
+    ended, how each pass and the run stopped); the run's status and exit code are
+    decided once, at its end (`end`, status.conclude)."""
     results: Results | None = None
     run_dir: Path | None = None
     passes: list[PassOutcome] = field(default_factory=list)
@@ -38,7 +38,24 @@ class RunResult:
     shards: int = 0
     cut: str | None = None     # why tests of the selection may not have run (-x, ...)
     broken: list[str] = field(default_factory=list)   # passes that ended early, unasked
+    unfinished: list[str] = field(default_factory=list)  # passes whose pytest ended
+                                                         # without finishing its session
+    stop: Stop | None = None   # the run's own stop (not a pass's): a stop request between
+                               # passes, the whole-run bound after a hang
     verdict: object = None     # the verdict's Judgement
+    ending: Ending | None = None   # the run's status and exit code: set by `end` only
+
+    @property
+    def status(self) -> RunStatus | None:
+        return self.ending.status if self.ending else None
+
+    @property
+    def code(self) -> int | None:
+        return self.ending.code if self.ending else None
+
+    def stopped(self) -> Stop | None:
+        """How the run was stopped (interrupted, out of time), by a pass or by itself."""
+        return stop_of([*(o.stop for o in self.passes), *([self.stop] if self.stop else [])])
 
     def unaccounted(self) -> list[str]:
         """Selected tests that never ran when nothing (-x, the hang limit, a stop)
@@ -46,6 +63,25 @@ class RunResult:
         if self.cut and not self.broken:
             return []
         return self.results.not_run() if self.results else []
+
+    def facts(self) -> Facts:
+        finished = [o for o in self.passes if o.stop is Stop.FINISHED]
+        r = self.results
+        return Facts(
+            stops=tuple(o.stop for o in self.passes), stop=self.stop,
+            returncode=finished[-1].returncode if finished else None,
+            unfinished=tuple(self.unfinished), broken=tuple(self.broken),
+            tests=len(r.tests) if r else 0,
+            failures=len(r.failures) if r else 0, failing=len(r.new_failures) if r else 0,
+            unaccounted=len(self.unaccounted()),
+            cut_short=bool(r and self.cut == "-x" and r.not_run()),
+            leaks=r.leaks.count() if r else 0)
+
+    def end(self, opts: RunOptions) -> Ending:
+        """The run's status and exit code, from its facts (status.conclude decides)."""
+        self.ending = conclude(self.facts(), strict=opts.strict,
+                               fail_on_leak=opts.fail_on_leak)
+        return self.ending
 
 
 def command(p, pass_dir: Path, private: str, *, color: bool = False,
@@ -84,9 +120,15 @@ class PassRunner:
     def test_bound(self, nodeid: str) -> float | None:
         return self.p.target.test_bound(nodeid, self.p.opts.test_timeout)
 
+    def stop_now(self) -> Stop | None:
+        """Why no more passes start: a stop was asked for, or the bound is spent."""
+        if self.signals.count:
+            return Stop.INTERRUPTED
+        return Stop.TIMEOUT if time.monotonic() >= self.deadline else None
+
     def stopped(self) -> bool:
         """A stop was asked for, or the whole-run bound is spent: start no more passes."""
-        return bool(self.signals.count) or time.monotonic() >= self.deadline
+        return self.stop_now() is not None
 
     def import_check(self, at: Path) -> str | None:
         """Where `import <package>` resolves for a pass run at `at` (None: it failed)."""
@@ -104,13 +146,10 @@ class PassRunner:
                  phase: str | None = None, at: Path | None = None
                  ) -> tuple[PassOutcome, object]:
         """One contained, bounded pytest start (the shard plan's `--co` is one too);
-        `at` runs it in another tree of the target (a baseline export)."""
+        `at` runs it in another tree of the target (a baseline export). The caller asks
+        `stop_now()` first: a stop between passes is the run's, not a pass."""
         p = self.p if opts is None else replace(self.p, opts=opts)
         pass_dir = pass_dir or self.run_dir.pass_dir(number, shard, phase)
-        if self.signals.count or time.monotonic() >= self.deadline:
-            # stopped between passes: start nothing more
-            stop = Stop.INTERRUPTED if self.signals.count else Stop.TIMEOUT
-            return PassOutcome(number, pass_dir, stop, None, 0.0), read_pass(pass_dir)
         select = None
         if only is not None or skip:
             select = PassDir(pass_dir).select
@@ -172,10 +211,15 @@ class PassRunner:
         skip: set[str] = set()
         notes: list[str] = []
         broken: list[str] = []
+        unfinished: list[str] = []
         cut = None
+        stop = None
         hangs = 0
         number = 1
         while True:
+            stop = self.stop_now()
+            if stop is not None:   # stopped between passes: start nothing more
+                break
             outcome, log = self.one_pass(number, shard=shard, only=only, skip=skip, echo=echo,
                                          opts=opts, phase=phase, at=at)
             passes.append(outcome)
@@ -184,10 +228,12 @@ class PassRunner:
                        Stop.INTERRUPTED: TestOutcome.INTERRUPTED}.get(outcome.stop)
             if stopped is None and log.exitstatus is None and outcome.stop is Stop.FINISHED:
                 # pytest ended without finishing its session (os._exit, a kill from
-                # elsewhere): what it did not run is unaccounted for
-                broken.append(f"{where}: pytest ended (exit status {outcome.returncode}) "
-                              "without finishing its session"
-                              + (f", during {log.running}" if log.running else ""))
+                # elsewhere): never a pass, and what it did not run is unaccounted for
+                why = (f"{where}: pytest ended (exit status {outcome.returncode}) without "
+                       "finishing its session"
+                       + (f", during {log.running}" if log.running else ""))
+                unfinished.append(why)
+                broken.append(why)
                 if log.running:
                     stopped = TestOutcome.INTERRUPTED
             results.add(log, stopped=stopped, where=where, dump=outcome.stacks,
@@ -219,18 +265,21 @@ class PassRunner:
             if time.monotonic() >= self.deadline:
                 notes.append(f"the whole-run bound expired after the hang: {len(left)} test(s) "
                              "did not run")
-                passes.append(PassOutcome(number + 1, outcome.dir, Stop.TIMEOUT, None, 0.0))
+                stop = Stop.TIMEOUT
                 break
             number += 1
         if opts.exitfirst and results.failures:
             cut = cut or "-x"
-        return RunResult(0, RunStatus.decide((o.stop for o in passes), 0), results,
-                         passes=passes, notes=notes, cut=cut, broken=broken)
+        return RunResult(results, passes=passes, notes=notes, cut=cut, broken=broken,
+                         unfinished=unfinished, stop=stop)
 
     def retry(self, results: Results) -> list[str]:
         """Known-flaky failures once more, in a pass of their own; each outcome is
         reported (the run's result stands)."""
         ids = [t.nodeid for t in results.known_flaky]
+        if self.stopped():
+            return [f"{len(ids)} known-flaky failure(s) not retried: the run was stopped "
+                    "or its time is spent"]
         opts = replace(self.p.opts, exitfirst=False, last_failed=False,
                        extra=[a for a in self.p.opts.extra if a not in ("--lf", "--last-failed")])
         number = len(pass_dirs(self.run_dir.path)) + 1

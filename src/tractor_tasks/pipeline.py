@@ -3,8 +3,10 @@
 words + options -> checks (before anything is written) -> venv -> preflight
 (sweep) -> run dir -> passes (a pass per pytest start: a hang is dumped, ended
 and recorded, and the rest resumes in a fresh pass) or N shards of passes in
-parallel -> one merged result (JUnit, lastfailed, history, outcome.json) -> the
-summary (report.py) -> exit code.
+parallel -> facts (what ran, how each test ended, how each pass and the run
+stopped) -> the verdict on the failures -> one reduction of the facts to the run's
+status and exit code (status.conclude, through RunResult.end) -> one merged result
+(JUnit, lastfailed, history, outcome.json) -> the summary (report.py).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import contain, errors, gitref
+from . import contain, gitref
 from .command import check_names, show
 from .errors import TaskError, usage
 from .fsutil import write_json
@@ -28,9 +30,9 @@ from .preflight import check_scope
 from .rundirs import RunDir, State
 from .scope import ENV_RUN
 from .selection import is_single_file, resolve_words
-from .status import RunStatus, Stop
+from .status import Ending, Stop
 from .passes import PassRunner, RunResult, command
-from .supervise import PassOutcome, Signals
+from .supervise import Signals
 from .sweep import sweep
 from .target import Target
 from .venv import VenvResult, ensure_venv, worktree_check
@@ -185,7 +187,9 @@ def dry_run(p: Plan, out) -> RunResult:
            f"{p.target.timeout_test:g}s" if p.target.timeout_test else "no per-test bound")
         + f" per test; {p.containment.note}; the run also carries {ENV_RUN} to mark its "
         "processes)")
-    return RunResult(0, RunStatus.PASSED)
+    result = RunResult()
+    result.end(p.opts)
+    return result
 
 
 def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResult:
@@ -206,7 +210,7 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
         if p.opts.shard or p.opts.shards not in (None, 1):
             from .sharding import make_plan
             shard_plan = make_plan(ctx)  # checked before anything is kept
-            if not p.opts.shard and shard_plan.stopped is None and shard_plan.workers == 1:
+            if not p.opts.shard and shard_plan.stop is None and shard_plan.workers == 1:
                 # one worker: a lane per module would only add pytest starts
                 out("parallel: 1 worker, so the tests run in one pytest, as a serial run's do")
                 shutil.rmtree(shard_plan.collect_dir, ignore_errors=True)
@@ -227,17 +231,15 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
                 result = (run_one_shard if p.opts.shard else run_shards)(ctx, shard_plan)
             else:
                 result = ctx.lane(only=None, shard=None, echo=out if echo else None)
-            if result.status in (RunStatus.PASSED, RunStatus.FAILED) and not signals.count:
+            if result.stopped() is None and not signals.count:
                 result.verdict = _judge(p, ctx, result, parallel=bool(
                     result.shards and result.shards > 1 and not p.opts.shard) or bool(others),
                     out=out)
             if (p.opts.retry_flaky and result.results and result.results.known_flaky
-                    and result.status in (RunStatus.PASSED, RunStatus.FAILED)
-                    and not signals.count):
+                    and result.stopped() is None and not signals.count):
                 result.notes += ctx.retry(result.results)
-            if signals.count and result.status is not RunStatus.INTERRUPTED:
-                result.status = RunStatus.INTERRUPTED  # a stop request between passes
-                result.passes.append(PassOutcome(0, run_dir.path, Stop.INTERRUPTED, None, 0.0))
+            if signals.count:
+                result.stop = Stop.INTERRUPTED  # a stop request, between passes too
             result.results.seconds = time.monotonic() - t0
             result.run_dir = run_dir.path
             finish(p, result, run_dir, out)
@@ -295,62 +297,26 @@ def _judge(p: Plan, runner: PassRunner, result: RunResult, *, parallel: bool, ou
     return j
 
 
+# -- after the run ----------------------------------------------------------------
+
+
 def no_match(result: RunResult) -> bool:
     """pytest ended on its own with 5 (no tests ran) and no test ran in the whole run:
-    the selection (-k, ids, a file) matches nothing."""
+    the selection (-k, ids, a file) matches nothing (status.conclude makes it bad usage;
+    the summary says it in one line)."""
     finished = [o for o in result.passes if o.stop is Stop.FINISHED]
     return bool(finished) and finished[-1].returncode == 5 and not result.results.tests
 
 
-def exit_code(result: RunResult, opts: RunOptions) -> int:
-    """0: no regression or new failure (pre-existing, flaky, load-sensitive, known-flaky
-    and quarantined failures are reported, and fail the run only with --strict) and all
-    of the selection ran or is accounted for; 1: regressions or new failures, tests that
-    never ran with nothing to account for them, an explained failure -x stopped the
-    run at, pytest failing on its own, a leak with --fail-on-leak; 2 bad usage (a
-    selection that matches no test, pytest's 5, too); 124 the whole-run bound; 130
-    interrupted; pytest's 3 passes through."""
-    from .verdict import failing
-    passes, results = result.passes, result.results
-    stops = [o.stop for o in passes]
-    if Stop.INTERRUPTED in stops:
-        return errors.INTERRUPTED
-    if Stop.TIMEOUT in stops:
-        return errors.TIMEOUT
-    # pytest's own exit status counts only where pytest ended on its own: a pass ended
-    # for a hang exits however our teardown made it (2 after its SIGINT, -9 after SIGKILL)
-    finished = [o for o in passes if o.stop is Stop.FINISHED]
-    rc = (finished[-1].returncode if finished else 0) or 0
-    if rc == 2 and not result.broken:
-        return errors.INTERRUPTED  # pytest itself was interrupted
-    if rc == 4:
-        return errors.USAGE        # pytest rejected the command line
-    if no_match(result):
-        return errors.USAGE        # the selection matched no test: bad usage
-    if failing(results, opts.strict) or result.unaccounted():
-        return errors.PROBLEM
-    if opts.fail_on_leak and results.leaks:
-        return errors.PROBLEM
-    if results.failures:  # every one explained
-        cut = result.cut == "-x" and bool(results.not_run())
-        return errors.PROBLEM if cut else 0
-    if Stop.HUNG in stops or rc < 0:
-        return errors.PROBLEM      # a hang with no hung test, or pytest killed by a signal
-    return errors.PROBLEM if rc == 1 else rc
-
-
-# -- after the run ----------------------------------------------------------------
-
-
 def finish(p: Plan, result: RunResult, run_dir: RunDir, out) -> None:
-    """The exit code, then the merged JUnit, lastfailed, outcome.json and history rows."""
+    """The run's end (its status and exit code, decided once from its facts), then the
+    merged JUnit, lastfailed, outcome.json and history rows."""
     results = result.results
-    result.code = exit_code(result, p.opts)
-    result.status = RunStatus.decide((o.stop for o in result.passes), result.code)
+    result.end(p.opts)
     from .junit import write_junit
     write_junit(results, run_dir.junit)
     if any(o.stop is not Stop.FINISHED for o in result.passes) or len(result.passes) > 1 \
-            or result.shards:
+            or result.shards or result.unfinished or result.stop:
         results.write_lastfailed()  # pytest could not write it whole itself
     from .outcome import of_run
     write_json(run_dir.outcome, of_run(p, result, result.unaccounted()).to_json())
@@ -409,7 +375,7 @@ def warm_after_run() -> threading.Thread:
     return t
 
 
-def record_unrun(target: Target, cell: Cell | None, status: RunStatus, code: int, why: str,
+def record_unrun(target: Target, cell: Cell | None, ending: Ending,
                  invocation: str | None = None) -> Path | None:
     """A cell (or an `invoke` run: `cell` None) that errored before running, or was
     skipped (its minor is missing), still gets a run dir whose outcome.json says so: the
@@ -425,9 +391,10 @@ def record_unrun(target: Target, cell: Cell | None, status: RunStatus, code: int
                                        "invocation": invocation,
                                        "started": time.time(), "pid": os.getpid()})
         write_json(run_dir.outcome, Outcome(
-            status=status.value, code=code, cell=cell.name if cell else None,
+            status=ending.status.value, code=ending.code, cell=cell.name if cell else None,
             minor=cell.minor if cell else "", tpt=cell.tpt if cell else None,
-            spawn=cell.spawn if cell else None, invocation=invocation, note=why).to_json())
+            spawn=cell.spawn if cell else None, invocation=invocation, note=ending.why,
+            reason=ending.why).to_json())
         return run_dir.path
     except (TaskError, OSError):
         return None

@@ -24,6 +24,10 @@ def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> lis
         elif o.stop is Stop.FINISHED and (o.returncode or 0) < 0:
             lines.append(f"pytest was killed by signal {-o.returncode}"
                          + (f" during {o.running}" if o.running else ""))
+    if result.stop is not None and all(o.stop is not result.stop for o in result.passes):
+        # the run's own stop, between passes (no pass was running to say it)
+        lines.append("INTERRUPTED between passes" if result.stop is Stop.INTERRUPTED else
+                     "TIMEOUT: the whole-run bound expired between passes")
     passes = len(result.passes)
     extra = []
     if p.opts.shard:   # a CI job: one shard of N ran here
@@ -41,9 +45,12 @@ def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> lis
                      "expression or the test ids")
     lines += _failures(results, result.verdict, traceback_lines, dump_lines,
                        strict=p.opts.strict)
+    # a test cut while running: by a stop of the run, or by its pytest ending (os._exit,
+    # a kill from elsewhere) when nothing stopped the run
+    when = "the run stopped" if result.stopped() else "pytest ended"
     for t in results.tests.values():
         if t.outcome in (O.INTERRUPTED, O.TIMEOUT):
-            lines.append(f"  {t.outcome.upper()} {t.nodeid}  (running when the run stopped)")
+            lines.append(f"  {t.outcome.upper()} {t.nodeid}  (running when {when})")
     not_run = results.not_run()
     if not_run and (results.hung or result.status in (RunStatus.INTERRUPTED,
                                                       RunStatus.TIMEOUT)):
@@ -58,6 +65,9 @@ def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> lis
                      "not run (use --no-x to run past them)")
     for why in result.broken:
         lines.append(f"NOT RUN: {why}")
+    for why in result.unfinished:
+        if why not in result.broken:  # every test ran, but pytest never finished
+            lines.append(f"UNFINISHED: {why}")
     missing = result.unaccounted()
     if missing:
         listed = ", ".join(missing[:10]) + (f", ... (+{len(missing) - 10})"

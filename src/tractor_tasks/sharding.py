@@ -36,7 +36,7 @@ from .progress import Board
 from .results import Results, stable_id
 from .fsutil import atomic_write
 from .rundirs import RunDir, State
-from .status import RunStatus, Stop, TestOutcome
+from .status import Stop, TestOutcome, stop_of
 from .supervise import PassOutcome
 
 
@@ -47,7 +47,8 @@ class ShardPlan:
     groups: list[list[str]]         # --shard I/N: the static plan's groups
     known: dict[str, float]         # predicted seconds per test
     collect_dir: Path               # the `--co` pass's files, kept in the run dir later
-    stopped: PassOutcome | None = None   # collection interrupted or out of time
+    stopped: PassOutcome | None = None   # the collection pass, interrupted or out of time
+    stop: Stop | None = None        # why it stopped, or why collection never started
     units: list[schedule.Unit] = field(default_factory=list)   # -n: the queue's units
     workers: int = 0
 
@@ -62,10 +63,13 @@ def make_plan(ctx: PassRunner) -> ShardPlan:
     errors raised before anything is kept."""
     p, out = ctx.p, ctx.out
     tmp = Path(tempfile.mkdtemp(prefix="tt-collect-"))
+    stop = ctx.stop_now()
+    if stop is not None:
+        return ShardPlan([], [], {}, tmp, stop=stop)
     outcome, log = ctx.one_pass(0, shard=None, only=None, skip=set(), echo=None,
                                 extra_args=["--co", "-q"], pass_dir=tmp)
     if outcome.stop is not Stop.FINISHED:
-        return ShardPlan([], [], {}, tmp, stopped=outcome)
+        return ShardPlan([], [], {}, tmp, stopped=outcome, stop=outcome.stop)
     if outcome.returncode not in (0, 5) or log.collected is None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise TaskError(f"collecting the tests failed (pytest exit {outcome.returncode})"
@@ -141,11 +145,6 @@ def costs(p) -> dict[str, TestCost]:
     return History(path).test_costs(minor=p.minor, tpt=p.tpt, spawn=p.spawn)
 
 
-def durations(p) -> dict[str, float]:
-    """Predicted seconds per test (see costs())."""
-    return {k: c.wall for k, c in costs(p).items()}
-
-
 SHORT = 0.5        # seconds: a measured unit shorter than this is admitted at most at
 SHORT_RATE = 0.5   # this rate (its CPU ticks over a few ms say little, and it ends soon)
 
@@ -210,9 +209,8 @@ def heavy_modules(ids: list[str], found: dict[str, TestCost], target) -> set[str
 
 
 def _stopped(plan: ShardPlan, ctx: PassRunner) -> RunResult:
-    results = Results(ctx.p.target)
-    return RunResult(0, RunStatus.decide([plan.stopped.stop], 0), results, passes=[plan.stopped],
-                     notes=["stopped while collecting the tests for the shards"])
+    return RunResult(Results(ctx.p.target), passes=[plan.stopped] if plan.stopped else [],
+                     stop=plan.stop, notes=["stopped while collecting the tests for the shards"])
 
 
 @dataclass
@@ -243,7 +241,7 @@ def run_shards(ctx: PassRunner, plan: ShardPlan, *, lane_fn=None) -> RunResult:
     `lane_fn(ctx, unit_tests, lane_number)` runs one unit (default: a real lane; the
     fast tests give a fake at the process boundary)."""
     p, out = ctx.p, ctx.out
-    if plan.stopped is not None:
+    if plan.stop is not None:
         return _stopped(plan, ctx)
     lane_fn = lane_fn or _real_lane(plan)
     cores = os.cpu_count() or 1
@@ -320,7 +318,11 @@ def run_shards(ctx: PassRunner, plan: ShardPlan, *, lane_fn=None) -> RunResult:
     # a pass whose pytest died goes last: the exit code reads the last finished pass's
     # status, as it would in a serial run that died there
     passes.sort(key=lambda o: o.stop is Stop.FINISHED and (o.returncode or 0) < 0)
-    status = RunStatus.decide((o.stop for o in passes), 0)
+    stop = stop_of(lane.result.stop for lane in lanes if lane.result and lane.result.stop)
+    # a lane whose pytest ended without finishing its session fails the run, even when
+    # every test of it ran (its last one called os._exit) or its rest ran elsewhere
+    unfinished = [f"{lane.unit.name}: {u}" for lane in lanes if lane.result
+                  for u in lane.result.unfinished]
     # what did not run is accounted for as a lane's is: `cut` (-x, the hang limit) says
     # why, `broken` names the lanes that ended early unasked (their rest, if it then ran
     # elsewhere, leaves nothing unaccounted) and the tests reported not run
@@ -331,8 +333,8 @@ def run_shards(ctx: PassRunner, plan: ShardPlan, *, lane_fn=None) -> RunResult:
     broken += [f"{lane.unit.name} could not run ({lane.error})" for lane in lanes
                if lane.error is not None]
     broken += lost
-    return RunResult(0, status, merged, passes=passes, notes=notes, shards=plan.workers,
-                     cut=cut, broken=broken)
+    return RunResult(merged, passes=passes, notes=notes, shards=plan.workers, cut=cut,
+                     broken=broken, unfinished=unfinished, stop=stop)
 
 
 def busy_elsewhere(cores: int, samples: int = 5) -> float:
@@ -386,8 +388,7 @@ def _after(ctx: PassRunner, sched: schedule.Scheduler, lane: Lane, again: set[st
     why = (f"its lane failed ({lane.error})" if lane.error is not None else
            _died(res) or "")
     ours = (ctx.signals.count or time.monotonic() >= ctx.deadline or ctx.p.opts.exitfirst
-            or (res is not None and (res.cut or any("bound expired" in n
-                                                    for n in res.notes))))
+            or (res is not None and (res.cut or res.stop is not None)))
     if ours or not why:
         if not ours:
             lost.append(f"{lane.unit.name}: {len(rest)} test(s) did not run (pytest ended "
@@ -484,14 +485,14 @@ def run_one_shard(ctx: PassRunner, plan: ShardPlan) -> RunResult:
     """A CI job's share of a sharded cell: the same plan every job computes (collection
     and the durations file are the same), then only group I of N. At its end the job
     says its predicted and its real wall (also in shard.json, which `ci-report` reads)."""
-    if plan.stopped is not None:
+    if plan.stop is not None:
         return _stopped(plan, ctx)
     i, n = ctx.p.opts.shard
     if i > len(plan.groups):
         ctx.out(f"note: shard {i}/{n} is empty: the {len(plan.ids)} tests are in "
                 f"{len(plan.groups)} group(s) (modules, or parts of a module split at "
                 f"test boundaries)")
-        return RunResult(0, RunStatus.PASSED, Results(ctx.p.target), shards=n)
+        return RunResult(Results(ctx.p.target), shards=n)
     group = plan.groups[i - 1]
     ctx.out(planner.describe(plan.groups, plan.known)[i - 1])
     predicted = planner.predicted(group, plan.known, plan.ids)

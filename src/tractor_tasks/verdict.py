@@ -39,6 +39,7 @@ from pathlib import Path
 from . import gitref
 from .rundirs import State
 from .results import Results, TestResult, match_rule, stable_id
+from .runner import Runner
 from .shard_plan import module_of
 from .status import TestOutcome as O, Verdict as V
 
@@ -130,8 +131,8 @@ def _set(t: TestResult, verdict: V, why: str) -> None:
     t.verdict, t.why = verdict, why
 
 
-def judge(runner, results: Results, *, history=None, choice: gitref.Choice | None = None,
-          confirm: int = 1, parallel: bool = False) -> Judgement:
+def judge(runner: Runner, results: Results, *, history=None,
+          choice: gitref.Choice | None = None, confirm: int = 1, parallel: bool = False) -> Judgement:
     """Give every failure of `results` its verdict (see the module's docstring)."""
     p = runner.p
     target = p.target
@@ -155,6 +156,7 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
     base = j.baseline
     ancestry = gitref.Ancestry(target.root) if gitref.is_repo(target.root) else None
     at_base: dict[str, TestResult] = {}
+    base_bad: dict[str, tuple[int, int]] = {}   # failed in how many runs there, of how many
     env = gitref.env_state(target.verdict_env)
     environ = environment(target, p.minor)
     for t in open_:
@@ -169,7 +171,8 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
                                                           message=row.signature)
                 j.known_at_baseline += 1
                 # how often it failed at the baseline at all (a flip there), of how many
-                t.base_bad = (sum(O(r.outcome).bad for r in there), len(there))
+                base_bad[stable_id(t.nodeid)] = (sum(O(r.outcome).bad for r in there),
+                                                 len(there))
                 why = _preexisting_at_base(t, there, base)
                 if why:
                     _set(t, V.PRE_EXISTING, why)
@@ -187,7 +190,7 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
     j.stopped = j.stopped or any(r.outcome.cut for t in todo for r in t.reruns)
     for t in todo:
         if any(r.outcome is O.PASSED for r in t.reruns):
-            if getattr(t, "parallel", False):
+            if t.parallel:
                 _set(t, V.LOAD_SENSITIVE, "failed beside other work (parallel), passed "
                      "when re-run alone" + _beside(t))
             else:
@@ -201,7 +204,8 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
             j.baseline_seconds = time.monotonic() - t0
             j.at_baseline = len(unknown)
         for t in todo:
-            _by_baseline(t, at_base.get(stable_id(t.nodeid)), base, j.what(t))
+            _by_baseline(t, at_base.get(stable_id(t.nodeid)), base, j.what(t),
+                         base_bad.get(stable_id(t.nodeid), (0, 0)))
     elif todo:
         for t in todo:
             _by_history_alone(t, past.get(stable_id(t.nodeid), []), ancestry, p, j, environ)
@@ -239,8 +243,7 @@ def _varies(rows) -> bool:
 
 
 def _beside(t: TestResult) -> str:
-    alongside = getattr(t, "alongside", None) or []
-    load = getattr(t, "load", None)
+    alongside, load = t.alongside, t.load
     bits = []
     if alongside:
         bits.append("beside " + ", ".join(alongside[:3])
@@ -390,12 +393,14 @@ def _by_history_alone(t: TestResult, rows, ancestry, p, j: Judgement, environ: s
     _set(t, V.NEW, f"{what}; no baseline to compare with")
 
 
-def _by_baseline(t: TestResult, there: TestResult | None, base, what: str) -> None:
+def _by_baseline(t: TestResult, there: TestResult | None, base, what: str,
+                 base_bad: tuple[int, int] = (0, 0)) -> None:
+    """`base_bad`: in how many of its last runs at the baseline it failed, of how many."""
     t.baseline = there
     if there is None:
         _set(t, V.NEW, f"{what}; not in {base.name} (a new test, or not collected there)")
-    elif there.outcome is O.PASSED and getattr(t, "base_bad", (0, 0))[0]:
-        bad, runs = t.base_bad
+    elif there.outcome is O.PASSED and base_bad[0]:
+        bad, runs = base_bad
         _set(t, V.FLAKY, f"{what}; passed at {base.name} in its last run there, but failed "
              f"there in {bad} of its last {runs}: flaky there too")
     elif there.outcome is O.PASSED:
@@ -481,12 +486,12 @@ class Progress:
             self.out.status([])
 
 
-def _confirm(runner, tests: list[TestResult], times: int, j: Judgement,
+def _confirm(runner: Runner, tests: list[TestResult], times: int, j: Judgement,
              t0: float | None = None) -> None:
     opts = _quiet_opts(runner.p.opts)
     steps = [(r, module, group) for r in range(times)
              for module, group in _by_module(tests).items()]
-    progress = Progress(getattr(runner, "out", None), "re-running failures alone", t0)
+    progress = Progress(runner.out, "re-running failures alone", t0)
     try:
         for n, (r, module, group) in enumerate(steps, 1):
             if runner.stopped():
@@ -508,7 +513,7 @@ def _confirm(runner, tests: list[TestResult], times: int, j: Judgement,
         progress.close()
 
 
-def _at_baseline(runner, tests: list[TestResult], base, j: Judgement,
+def _at_baseline(runner: Runner, tests: list[TestResult], base, j: Judgement,
                  history, environ: str = "") -> dict[str, TestResult]:
     """Run the tests at the baseline commit: its tree exported read-only, the target's
     own venv, the export imported first; record the outcomes for the next run."""
@@ -534,7 +539,7 @@ def _at_baseline(runner, tests: list[TestResult], base, j: Judgement,
                        f"`import {target.package}` there resolves to {where}")
     opts = _quiet_opts(p.opts)
     ids = {stable_id(t.nodeid) for t in tests}
-    progress = Progress(getattr(runner, "out", None), f"at the baseline {base.name}")
+    progress = Progress(runner.out, f"at the baseline {base.name}")
     progress.step(f"{len(ids)} test(s) of {len(_by_module(tests))} module(s) in one pytest "
                   "start")
     try:
@@ -549,7 +554,7 @@ def _at_baseline(runner, tests: list[TestResult], base, j: Judgement,
     return found
 
 
-def _record_baseline(history, p, base, runner, results: Results, environ: str = "") -> None:
+def _record_baseline(history, p, base, runner: Runner, results: Results, environ: str = "") -> None:
     from .history import RunRow, TestRow
     now = time.time()
     row = RunRow(run_id=f"{runner.run_dir.path.name}-baseline", started=now, finished=now,
