@@ -487,9 +487,9 @@ def test_only_explained_failures_pass_the_run_and_strict_fails_it(scratch, tmp_p
     plain = run_vx(scratch, tmp_path, "--no-confirm")
     assert plain.returncode == 0, plain.stdout
     assert verdicts(scratch) == {"test_old_bug": "pre-existing"}
-    # the one clean run at an ancestor is the scratch repo's own on main (the feature
-    # branch's runs had edits in the tree: not comparable)
-    assert "test_old_bug  [PRE-EXISTING]: failed the same way in 1 of its last 1 run(s) " \
+    # the clean runs at ancestors are the scratch repo's own on main and the local one
+    # just above (the feature branch's runs had edits in the tree: not comparable)
+    assert "test_old_bug  [PRE-EXISTING]: failed the same way in 2 of its last 2 run(s) " \
            "of this cell at ancestors of HEAD" in plain.stdout
 
 
