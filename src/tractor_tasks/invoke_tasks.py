@@ -1,7 +1,7 @@
 """invoke front end: thin tasks over the library (a tasks.py shim loads `collection`).
 
-The run tasks (test, smoke, rerun, affected) are built from options.RUN_OPTIONS,
-so they take exactly the options the nox cells' table declares. Errors print one
+The run tasks (test, smoke, rerun, affected) are built from options.RUN_OPTIONS
+(read off RunOptions' fields): their keywords, defaults, help and short flags. Errors print one
 line and exit 2 (bad usage) or 1 (a problem found). Heavy imports stay inside the
 tasks so quick ones (lastfailed) start fast.
 """
@@ -123,7 +123,7 @@ def _run_task(name: str, doc: str, *, words: bool = False, extra_params=(), extr
                            "suite")
     shorts = {o.name: o.short for o in RUN_OPTIONS if o.short}
     metavars = {o.name: METAVARS[o.kind] for o in RUN_OPTIONS if o.kind in METAVARS}
-    hidden = {o.name for o in RUN_OPTIONS if o.dest is None}   # no-ops kept for old scripts
+    hidden = {o.name for o in RUN_OPTIONS if o.ignored}   # no-ops kept for old scripts
     klass = (_invoke_words.words_task if words else _invoke_words.short_task)(
         shorts, metavars, hidden)
     return task(auto_shortflags=False, help=help, klass=klass,
