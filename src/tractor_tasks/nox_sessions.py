@@ -21,6 +21,7 @@ from .cells import PARAMS, Cell, append_step_summary, read_rows, session_name, t
 from .errors import TaskError
 from .fsutil import shown
 from .interpreters import venv_name
+from .output import say
 from .status import Ending, RunStatus
 from .target import Target, resolve
 
@@ -99,7 +100,7 @@ def run_cell(session, target: Target, cell: Cell) -> None:
         if isinstance(err, BaselineMissing):
             # a CI job whose clone lacks its event's baseline: loud, and exit 2 (nox's
             # own session error would be 1, the code of failing tests)
-            print(shown(str(err), one_line=True), file=sys.stderr, flush=True)
+            say(str(err), one_line=True, err=True)
             raise SystemExit(err.code)
         session.error(shown(str(err), one_line=True))
     if result.status is RunStatus.INTERRUPTED:
@@ -192,7 +193,7 @@ def register(shim_file: str) -> Target:
     try:
         target = resolve(Path(shim_file).resolve().parent)
     except TaskError as err:
-        print(shown(str(err), one_line=True), file=sys.stderr)
+        say(str(err), one_line=True, err=True)
         raise SystemExit(err.code)
     for minor in target.pythons:
         _define(nox, target, minor)
