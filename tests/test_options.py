@@ -10,7 +10,8 @@ import pytest
 
 from tractor_tasks import options
 from tractor_tasks.errors import TaskError
-from tractor_tasks.options import KINDS, RUN_OPTIONS, Opt, RunOptions, cell_parser
+from tractor_tasks.options import (KINDS, RUN_OPTIONS, Opt, RunOptions, cell_options,
+                                   cell_parser)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -80,3 +81,20 @@ def test_every_flag_the_readme_lists_is_declared_with_its_cell_spelling():
     assert not unlisted, f"run options the README's Run options paragraph misses: {unlisted}"
     parser_flags = {a.option_strings[0] for a in cell_parser()._actions}
     assert parser_flags == {o.cell for o in RUN_OPTIONS if o.cell}
+
+
+def test_every_option_declares_a_known_kind_and_a_real_field():
+    fields = set(RunOptions.__dataclass_fields__)
+    for o in RUN_OPTIONS:
+        assert o.kind in KINDS, o.name
+        assert o.dest is None or o.dest in fields, o.name
+    got = RunOptions.parse({"no_x": True, "no_contain": True, "sweep": False, "tpdb": True,
+                            "isolate_net": True, "max_hangs": "0", "test_timeout": "0",
+                            "timeout": "2.5", "shards": "auto", "shard": "2/3", "k": "x"},
+                           extra=["-v"])
+    assert got == RunOptions(k="x", tpdb=True, timeout=2.5, test_timeout=0.0, max_hangs=0,
+                             sweep=False, exitfirst=False, contain=False, shards="auto",
+                             shard=(2, 3), extra=["-v"])
+    assert RunOptions.parse({}) == RunOptions()
+    assert cell_options(["--cell-timeout=30", "--max-hangs", "1", "-k", "y"], env={}) == \
+        RunOptions(timeout=30.0, max_hangs=1, exitfirst=False, extra=["-k", "y"])

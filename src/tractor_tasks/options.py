@@ -1,7 +1,8 @@
 """The run options, declared once: each `RunOptions` field carries its flags (an `Opt`
 in the field's metadata: spelling, help, kind, the nox cell's spelling), and
 RUN_OPTIONS, `invoke test/smoke/rerun/affected` and the nox cells' parser are all
-derived from those fields. Adding a field with its `Opt` is the only step. Every
+derived from those fields. Adding a field with its `Opt` is the only step in code
+(the README's Run options paragraph lists it: tests/test_options.py checks). Every
 value is checked here, before anything runs or is written.
 """
 from __future__ import annotations

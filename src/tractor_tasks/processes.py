@@ -1,4 +1,4 @@
-"""Processes: one look at each (a Proc), trees, and the one way we end them.
+"""Processes: one look at each (a Proc), trees, and the one way we end them (a ladder).
 
 A `Proc` keeps the `psutil.Process` it was read from, so every later signal goes
 through psutil's own pid-reuse guard (it compares the create time); nothing here
@@ -7,8 +7,10 @@ memory maps) is read on first use, so a snapshot of the machine stays cheap.
 
 `end_ladder` is the one ending ladder (SIGINT, a grace, SIGKILL until none is left):
 the sweep (`end`, over Procs) and a launched run's `end` (contain.py, over its
-members) both climb it. `nested_pid` is a process's pid inside a pid namespace of
-its own (a contained run's), the one reader of /proc/PID/status's NSpid.
+members) both climb it. What is killed at once, with no ladder, stays with its owner:
+a Launched's `kill()` (its teardown's last resort) and a stuck preflight probe (our
+own Popen child). `nested_pid` is a process's pid inside a pid namespace of its own
+(a contained run's), the one reader of /proc/PID/status's NSpid.
 """
 from __future__ import annotations
 
