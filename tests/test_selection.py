@@ -8,7 +8,7 @@ import pytest
 from helpers import SAMPLE, copy_sample, git_state, invoke
 from tractor_tasks.command import check_names, pytest_args
 from tractor_tasks.errors import TaskError
-from tractor_tasks.options import KINDS, RUN_OPTIONS, RunOptions, cell_options
+from tractor_tasks.options import RunOptions
 from tractor_tasks.pipeline import pick_minor
 from tractor_tasks.selection import changed_files, map_changes, resolve_words
 from tractor_tasks.target import load_target
@@ -81,23 +81,6 @@ def test_unknown_names_are_rejected_before_anything_runs(sample):
     with pytest.raises(TaskError, match="unknown spawn backend 'subint'") as err:
         pytest_args(sample, [], RunOptions(spawn="subint"))
     assert err.value.code == 2
-
-
-def test_every_option_declares_a_known_kind_and_a_real_field():
-    fields = set(RunOptions.__dataclass_fields__)
-    for o in RUN_OPTIONS:
-        assert o.kind in KINDS, o.name
-        assert o.dest is None or o.dest in fields, o.name
-    got = RunOptions.parse({"no_x": True, "no_contain": True, "sweep": False, "tpdb": True,
-                            "isolate_net": True, "max_hangs": "0", "test_timeout": "0",
-                            "timeout": "2.5", "shards": "auto", "shard": "2/3", "k": "x"},
-                           extra=["-v"])
-    assert got == RunOptions(k="x", tpdb=True, timeout=2.5, test_timeout=0.0, max_hangs=0,
-                             sweep=False, exitfirst=False, contain=False, shards="auto",
-                             shard=(2, 3), extra=["-v"])
-    assert RunOptions.parse({}) == RunOptions()
-    assert cell_options(["--cell-timeout=30", "--max-hangs", "1", "-k", "y"], env={}) == \
-        RunOptions(timeout=30.0, max_hangs=1, exitfirst=False, extra=["-k", "y"])
 
 
 @pytest.mark.parametrize("values, words, needle", [

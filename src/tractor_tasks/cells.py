@@ -4,7 +4,8 @@ the matrix report.
 A cell's name is its nox session name, encoded here and parsed here only:
 `tests-3.13(tpt='uds')` for the default spawn backend,
 `backends-3.13(spawn='mp_spawn', tpt='uds')` for the others, `smoke-3.13` for
-the core subset. Each run of a cell writes `outcome.json` into its run dir
+the core subset (nox_sessions.py defines the sessions with `session_name` and
+`PARAMS`, and nox writes the parameters in that order). Each run of a cell writes `outcome.json` into its run dir
 (`<target>/.tractor-tasks/cells/<slug>/last`): the matrix report reads only that.
 """
 from __future__ import annotations
@@ -23,6 +24,13 @@ from .target import Target
 
 _NAME_RE = re.compile(r"(?P<kind>tests|backends|smoke)-(?P<minor>3\.\d+)(?:\((?P<params>.*)\))?")
 _PARAM_RE = re.compile(r"(\w+)='([^']*)'")
+# each kind's nox parameters, in the order nox writes them into the session's name
+PARAMS = {"tests": ("tpt",), "backends": ("spawn", "tpt"), "smoke": ()}
+
+
+def session_name(kind: str, minor: str) -> str:
+    """A cell's nox session, its name before nox's parameters: `tests-3.13`."""
+    return f"{kind}-{minor}"
 
 
 @dataclass(frozen=True)
@@ -34,17 +42,14 @@ class Cell:
 
     @property
     def name(self) -> str:
-        if self.kind == "smoke":
-            return f"smoke-{self.minor}"
-        if self.kind == "tests":
-            return f"tests-{self.minor}(tpt='{self.tpt}')"
-        return f"backends-{self.minor}(spawn='{self.spawn}', tpt='{self.tpt}')"
+        params = ", ".join(f"{key}='{getattr(self, key)}'" for key in PARAMS[self.kind])
+        return session_name(self.kind, self.minor) + (f"({params})" if params else "")
 
     @property
     def slug(self) -> str:
         if self.kind == "smoke":
-            return f"smoke-{self.minor}"
-        return f"{self.kind}-{self.minor}-{self.spawn}-{self.tpt}"
+            return session_name(self.kind, self.minor)
+        return f"{session_name(self.kind, self.minor)}-{self.spawn}-{self.tpt}"
 
     def dir(self, target: Target) -> Path:
         return State(target).cell_dir(self.slug)
@@ -71,7 +76,7 @@ class Cell:
         cell = cls.parse(name, target)
         m = _NAME_RE.fullmatch(name.strip())
         keys = set(dict(_PARAM_RE.findall(m["params"] or "")))
-        wanted = {"smoke": set(), "tests": {"tpt"}, "backends": {"spawn", "tpt"}}[cell.kind]
+        wanted = set(PARAMS[cell.kind])
         cells = matrix_cells(target)
         if keys != wanted or cell not in cells:
             shown = ", ".join(c.name for c in cells[:6]) + (", ..." if len(cells) > 6 else "")

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from .errors import TaskError, usage
-from .fsutil import atomic_write, check_destination, shown
+from .fsutil import atomic_write, check_destination
+from .output import say
 
 SHIMS = {
     "noxfile.py": '''"""nox sessions for this checkout's test matrix, from tractor-tasks (see `nox --list`)."""
@@ -36,11 +37,11 @@ def init(path: Path, force: bool = False) -> int:
         check_destination(path / name)   # a link or FIFO there: refused before any write
     for name, text in SHIMS.items():
         atomic_write(path / name, text)   # a link there is refused, never written through
-        print(f"wrote {path / name}")
+        say(f"wrote {path / name}")
     if not (path / "pyproject.toml").exists():
-        print(f"note: {path} has no pyproject.toml; the defaults (tractor's) apply")
-    print("next: `invoke doctor`, `invoke test`, `nox --list` (the shims are yours to commit "
-          "or to keep untracked; tractor-tasks never runs git)")
+        say(f"note: {path} has no pyproject.toml; the defaults (tractor's) apply")
+    say("next: `invoke doctor`, `invoke test`, `nox --list` (the shims are yours to commit "
+        "or to keep untracked; tractor-tasks never runs git)")
     return 0
 
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "init":
             return init(Path(args.path).resolve(), args.force)
     except TaskError as err:
-        print(shown(str(err), one_line=True), file=sys.stderr)
+        say(str(err), one_line=True, err=True)
         return err.code
     return 2
 

@@ -1,4 +1,5 @@
-"""Contained runs, in one place: what a run may touch, and how all of it is ended.
+"""Contained runs, in one place: what a run may touch, and how all of it is ended
+(through processes.end_ladder, the one ending ladder).
 
 Three modes, best first:
   namespaces  the command runs in its own user, pid, network and mount namespaces with a
@@ -37,6 +38,7 @@ from pathlib import Path
 import psutil
 
 from .errors import TaskError, usage
+from .processes import end_ladder, live, nested_pid, send
 
 MODES = ("namespaces", "subreaper", "off")
 ENV_CONTAIN = "TRACTOR_TASKS_CONTAIN"   # auto|namespaces|subreaper|off
@@ -163,41 +165,13 @@ def _forced(mode: str, source: str | None) -> Containment:
 
 # -- processes ------------------------------------------------------------------------
 
-def _live(p: psutil.Process) -> bool:
-    """Running and not a zombie (zombies count as gone), and still the same process."""
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _send(p: psutil.Process, sig: int) -> bool:
-    """Signal one process, only if its pid still names the process we looked at."""
-    try:
-        if not _live(p):
-            return False
-        p.send_signal(sig)
-        return True
-    except (psutil.Error, ProcessLookupError):
-        return False
-
-
-def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    deadline = time.monotonic() + timeout
-    left = [p for p in procs if _live(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.02)
-        left = [p for p in left if _live(p)]
-    return left
-
-
 def _tree(p: psutil.Process) -> list[psutil.Process]:
     """p (when live) and its live descendants."""
     try:
         kids = p.children(recursive=True)
     except psutil.Error:
         kids = []
-    return [q for q in [p, *kids] if _live(q)]
+    return [q for q in [p, *kids] if live(q)]
 
 
 def _child_pids(pid: int) -> list[int]:
@@ -208,45 +182,6 @@ def _child_pids(pid: int) -> list[int]:
             return [c.pid for c in psutil.Process(pid).children()]
         except psutil.Error:
             return []
-
-
-def _ns_pid(pid: int) -> int | None:
-    """The pid a process has in its own (innermost) pid namespace."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("NSpid:"):
-                return int(line.split()[-1])
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _pid_list(procs) -> str:
-    return ", ".join(str(p.pid) for p in procs)
-
-
-def _end_ladder(members, grace: float) -> list[str]:
-    """SIGINT every member, wait `grace`, SIGKILL survivors (re-listed until none are left)."""
-    notes = []
-    first = members()
-    asked = [p for p in first if _send(p, signal.SIGINT)]
-    if asked:
-        notes.append(f"SIGINT -> {len(asked)} process(es) of the run: {_pid_list(asked)}")
-        _wait_gone(asked, grace)
-    killed: dict[int, psutil.Process] = {}
-    for _ in range(10):   # a forking tree can make new members while we kill
-        left = members()
-        if not left:
-            break
-        killed.update((p.pid, p) for p in left if _send(p, signal.SIGKILL))
-        _wait_gone(left, 2.0)
-    if killed:
-        notes.append(f"SIGKILL -> {len(killed)} process(es) of the run: "
-                     f"{_pid_list(sorted(killed.values(), key=lambda p: p.pid))}")
-    survivors = members()
-    if survivors:
-        notes.append(f"still alive after SIGKILL: {_pid_list(survivors)}")
-    return notes
 
 
 def _child_setup(pdeathsig: bool):
@@ -361,7 +296,7 @@ class Launched:
 
     def signal_command(self, sig: int) -> bool:
         """Signal the command by host pid; False when it is gone (never a reused pid)."""
-        return self._main is not None and _send(self._main, sig)
+        return self._main is not None and send(self._main, sig)
 
     def end(self, grace: float = 0.3) -> list[str]:
         """SIGINT every member, `grace`, SIGKILL; returns what was done. Afterwards
@@ -456,7 +391,7 @@ class _Contained(Launched):
         except psutil.Error:
             self._init = None
         if self._init is not None:   # None when the command is already reaped: it ran
-            host = [c for c in _child_pids(self._init.pid) if _ns_pid(c) == self._ns_main]
+            host = [c for c in _child_pids(self._init.pid) if nested_pid(c) == self._ns_main]
             self._set_main(host[0] if host else None)
 
     def _release(self) -> None:
@@ -488,17 +423,17 @@ class _Contained(Launched):
         return self._status_fd
 
     def members(self) -> list[psutil.Process]:
-        if self._init is None or not _live(self._init):
+        if self._init is None or not live(self._init):
             return []
         try:
             kids = self._init.children(recursive=True)
         except psutil.Error:
             return []
         me = os.getpid()
-        return sorted((p for p in kids if p.pid != me and _live(p)), key=lambda p: p.pid)
+        return sorted((p for p in kids if p.pid != me and live(p)), key=lambda p: p.pid)
 
     def tcp_listeners(self) -> list[tuple[str, int]]:
-        if self._init is None or not _live(self._init):
+        if self._init is None or not live(self._init):
             return []
         return _tcp_listeners_in(self._init.pid)
 
@@ -507,12 +442,12 @@ class _Contained(Launched):
         return tmp if tmp is not None and tmp.is_dir() else None
 
     def shm_root(self) -> Path | None:
-        if not self.shm_private or self._init is None or not _live(self._init):
+        if not self.shm_private or self._init is None or not live(self._init):
             return None
         return Path(f"/proc/{self._init.pid}/root/dev/shm")
 
     def end(self, grace: float = 0.3) -> list[str]:
-        notes = _end_ladder(self.members, grace)
+        notes = end_ladder(self.members, grace).notes()
         self._release()
         try:
             self._popen.wait(10)
@@ -526,7 +461,7 @@ class _Contained(Launched):
         return notes
 
     def kill(self) -> None:
-        if self._init is not None and _send(self._init, signal.SIGKILL):
+        if self._init is not None and send(self._init, signal.SIGKILL):
             return
         try:
             self._popen.kill()   # no init (yet): unshare's --kill-child takes it along
@@ -620,7 +555,7 @@ class _Plain(Launched):
         return sorted(found.values(), key=lambda p: p.pid)
 
     def end(self, grace: float = 0.3) -> list[str]:
-        notes = _end_ladder(self.members, grace)
+        notes = end_ladder(self.members, grace).notes()
         try:
             self._popen.wait(5)
         except subprocess.TimeoutExpired:
@@ -635,7 +570,7 @@ class _Plain(Launched):
             if not procs:
                 break
             for p in procs:
-                _send(p, signal.SIGKILL)
+                send(p, signal.SIGKILL)
 
     def close(self) -> None:
         if self._closed:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TaskError, usage
+from .interpreters import VENV_NAME
 
 SHIM_MARK = "tractor-tasks"  # the shims `tractor-tasks init` writes carry it
 STATE = ".tractor-tasks"     # the target's state dir (rundirs.State), never an edit
@@ -87,7 +88,7 @@ def edits(root: Path) -> list[str]:
     return files
 
 
-_VENV = re.compile(r"py3\d+/")
+_VENV = re.compile(VENV_NAME + "/")
 
 
 def _ours(path: str) -> bool:

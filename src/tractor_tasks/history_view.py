@@ -1,12 +1,11 @@
 """`invoke history` and `invoke flaky`: the results history, as text."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 from .errors import TaskError, usage
-from .fsutil import shown
+from .output import say
 from .history import History, flaky_toml
 from .rundirs import State
 from .target import Target
@@ -18,7 +17,7 @@ def _open(target: Target, create: bool = False) -> History | None:
         return None
     if create:
         State(target).ensure()
-    return History(path, warn=lambda line: print(line, file=sys.stderr))
+    return History(path, warn=lambda line: say(line, err=True))
 
 
 def export_durations(target: Target, out: Path, *, minor: str | None = None,
@@ -47,8 +46,8 @@ def show_history(target: Target, pattern: str | None, limit: int) -> None:
     history = _open(target)
     rows = history.recent(pattern, per_test=limit) if history else []
     if not rows:
-        print("no results recorded" + (f" for {pattern!r}" if pattern else "")
-              + "; runs and nox cells record them as they finish")
+        say("no results recorded" + (f" for {pattern!r}" if pattern else "")
+            + "; runs and nox cells record them as they finish")
         return
     by_test: dict[str, list[dict]] = {}
     for row in rows:
@@ -58,15 +57,15 @@ def show_history(target: Target, pattern: str | None, limit: int) -> None:
         trail = "".join("." if r["outcome"] == "passed" else
                         "s" if r["outcome"] in ("skipped", "xfailed") else
                         "H" if r["outcome"] == "hung" else "F" for r in reversed(runs))
-        print(shown(f"{nodeid}  {trail}  (oldest -> newest)"))
+        say(f"{nodeid}  {trail}  (oldest -> newest)")
         for r in runs:
             when = _when(r["time"])
             cell = r["cell"] or f"{r['minor']} {r['tpt']} {r['spawn']}".strip()
             sig = f"  {r['signature']}" if r["signature"] else ""
             commit = (r["commit"] or "")[:9] + (" (baseline)" if r["kind"] == "baseline" else "")
             verdict = f"[{r['verdict']}]" if r["verdict"] else ""
-            print(shown(f"  {when}  {cell:32}  {r['outcome']:8} {verdict:16} "
-                        f"{r['duration']:7.2f}s  {commit}{sig}"))
+            say(f"  {when}  {cell:32}  {r['outcome']:8} {verdict:16} "
+                f"{r['duration']:7.2f}s  {commit}{sig}")
 
 
 def _when(stamp) -> str:
@@ -95,19 +94,18 @@ def show_flaky(target: Target, min_runs: int, junit: str | None, cell: str | Non
         history = _open(target, create=True)
         n = import_junit(history, Path(junit), minor=c.minor, tpt=c.tpt, spawn=c.spawn,
                          cell=c.name, root=target.root, follow=True)
-        print(f"imported {n} test result(s) from {junit} as {c.name}")
+        say(f"imported {n} test result(s) from {junit} as {c.name}")
     history = _open(target)
     found = history.flaky(min_runs=min_runs) if history else []
     if not found:
-        print(f"no test flips between passing and failing in any cell (at least {min_runs} "
-              "runs per cell)")
+        say(f"no test flips between passing and failing in any cell (at least {min_runs} "
+            "runs per cell)")
         return
     for c in found:
-        print(shown(f"{c.rate:4.0%}  {c.flips}/{c.runs - 1} flips  {c.cell:32}  {c.nodeid}"
-                    + (f"  [{c.signature}]" if c.signature else "")))
-    print("\n# ready to paste into [tool.tractor-tasks] of pyproject.toml:\n")
-    print(flaky_toml(found, target.tests_dir, table="quarantine" if quarantine else "flaky"),
-          end="")
+        say(f"{c.rate:4.0%}  {c.flips}/{c.runs - 1} flips  {c.cell:32}  {c.nodeid}"
+            + (f"  [{c.signature}]" if c.signature else ""))
+    say("\n# ready to paste into [tool.tractor-tasks] of pyproject.toml:\n")
+    say(flaky_toml(found, target.tests_dir, table="quarantine" if quarantine else "flaky"), end="")
 
 
 
@@ -133,8 +131,8 @@ def merge_histories(target: Target, source: str | None, patterns=None) -> None:
     hist = _open(target, create=True)
     if source is None:
         hist.checkpoint()
-        print(f"history {shown(str(hist.path))}: checkpointed")
+        say(f"history {hist.path}: checkpointed")
         return
     added, known = hist.merge_from(files)
-    print(f"history {shown(str(hist.path))}: merged {added} run(s) from {len(files)} file(s)"
-          + (f"; {known} already here" if known else ""))
+    say(f"history {hist.path}: merged {added} run(s) from {len(files)} file(s)"
+        + (f"; {known} already here" if known else ""))

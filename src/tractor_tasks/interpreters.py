@@ -23,6 +23,20 @@ from .errors import TaskError, usage
 
 _MINOR_RE = re.compile(r"3\.\d{1,2}")
 
+# A target's venv for a minor is the directory py<MINOR> at its top (3.13: py313): its
+# name is spelled (venv_name) and read (VENV_NAME, minor_of_venv) here only.
+VENV_NAME = r"py3\d+"
+
+
+def venv_name(minor: str) -> str:
+    """The venv directory's name for a minor: "3.13" -> "py313"."""
+    return "py" + minor.replace(".", "")
+
+
+def minor_of_venv(name: str) -> str | None:
+    """The minor a venv directory's name stands for ("py313" -> "3.13"), else None."""
+    return f"{name[2]}.{name[3:]}" if re.fullmatch(VENV_NAME, name) else None
+
 
 @dataclass(frozen=True)
 class Interpreter:
@@ -36,8 +50,7 @@ class Interpreter:
 
 def check_minor(minor: str) -> str:
     minor = str(minor).strip()
-    if minor.startswith("py") and minor[2:].isdigit():  # accept py313
-        minor = f"{minor[2]}.{minor[3:]}"
+    minor = minor_of_venv(minor) or minor  # accept py313
     if not _MINOR_RE.fullmatch(minor):
         raise usage(f"{minor!r} is not a Python minor; write it like 3.13")
     return minor

@@ -1,7 +1,7 @@
 """invoke front end: thin tasks over the library (a tasks.py shim loads `collection`).
 
-The run tasks (test, smoke, rerun, affected) are built from options.RUN_OPTIONS,
-so they take exactly the options the nox cells' table declares. Errors print one
+The run tasks (test, smoke, rerun, affected) are built from options.RUN_OPTIONS
+(read off RunOptions' fields): their keywords, defaults, help and short flags. Errors print one
 line and exit 2 (bad usage) or 1 (a problem found). Heavy imports stay inside the
 tasks so quick ones (lastfailed) start fast.
 """
@@ -18,6 +18,7 @@ from . import _invoke_words
 from .errors import INTERRUPTED, TaskError, usage
 from .fsutil import shown
 from .options import RUN_OPTIONS, RunOptions
+from .output import say
 
 ROOT_HELP = "the target checkout (default: see README, target resolution)"
 # what `--help` calls a numeric option's value (invoke's own word is STRING)
@@ -123,7 +124,7 @@ def _run_task(name: str, doc: str, *, words: bool = False, extra_params=(), extr
                            "suite")
     shorts = {o.name: o.short for o in RUN_OPTIONS if o.short}
     metavars = {o.name: METAVARS[o.kind] for o in RUN_OPTIONS if o.kind in METAVARS}
-    hidden = {o.name for o in RUN_OPTIONS if o.dest is None}   # no-ops kept for old scripts
+    hidden = {o.name for o in RUN_OPTIONS if o.ignored}   # no-ops kept for old scripts
     klass = (_invoke_words.words_task if words else _invoke_words.short_task)(
         shorts, metavars, hidden)
     return task(auto_shortflags=False, help=help, klass=klass,
@@ -156,13 +157,13 @@ def _affected(c, values):
     base, list_ = values.pop("base"), values.pop("list_")
     aff = affected(target, base)
     for line in aff.lines():
-        print(shown(line))
+        say(line)
     if not aff.files:
         return None
     aff.check()
     if list_:
         for path in resolve_words(target, aff.words):
-            print(shown(path))
+            say(path)
         return None
     return aff.words
 
@@ -186,8 +187,8 @@ def quick(c, python=None, root=None):
     if not res.imported:
         raise TaskError(f"`import {target.package}` failed in {venv.path.name}: "
                         f"{res.import_error}; fix the import error before running tests")
-    print(shown(f"{target.package} imports from {res.import_path} ({res.import_seconds:.1f}s)"))
-    print(shown("\n".join(res.tail_lines(3))))
+    say(f"{target.package} imports from {res.import_path} ({res.import_seconds:.1f}s)")
+    say("\n".join(res.tail_lines(3)))
     if not res.collected_ok:
         raise TaskError("collection failed (see above)")
 
@@ -203,13 +204,13 @@ def lastfailed(c, session=None, all_=False, root=None):
         ids = read_lastfailed(target, path)
         head = f"[{label}] " if len(found) > 1 or session else ""
         if ids is None:
-            print(shown(f"{head}no lastfailed cache ({path})"))
+            say(f"{head}no lastfailed cache ({path})")
         elif not ids:
-            print(shown(f"{head}no failures recorded"))
+            say(f"{head}no failures recorded")
         else:
-            print(shown(f"{head}{len(ids)} last-failed test(s):"))
+            say(f"{head}{len(ids)} last-failed test(s):")
             for i in ids:
-                print(shown(f"  {i}"))
+                say(f"  {i}")
 
 
 @_task(help={"python": "Python minor, e.g. 3.13", "force": "sync even if up to date",
@@ -223,10 +224,10 @@ def venv(c, python=None, force=False, root=None):
     from .venv import ensure_venv, shell_command
     target = _target(c, root)
     minor = pick_minor(target, python)
-    print(shown(f"$ {shell_command(target, minor)}  (in {target.root})"))
+    say(f"$ {shell_command(target, minor)}  (in {target.root})")
     with State(target).venv_lock(minor):
         result = ensure_venv(target, minor, force=force, stream=sys.stdout)
-    print(result.line())
+    say(result.line())
 
 
 @_task(help={"python": "Python minor, e.g. 3.13", "json": "machine-readable output",
@@ -244,9 +245,9 @@ def doctor(c, python=None, json=False, fix=False, collect=True, fast=False, verb
     checks = doc.run_checks(target, minor, collect=collect, slow=not fast, verbose=verbose)
     if fix and doc.worth_fixing(checks):
         doc.fix(target, minor, checks,
-                out=(lambda line: None) if json else (lambda line: print(shown(line))))
+                out=(lambda line: None) if json else (lambda line: say(line)))
         checks = doc.run_checks(target, minor, collect=collect, slow=not fast, verbose=verbose)
-    print(doc.as_json(target, minor, checks) if json else shown(doc.table(checks)))
+    say(doc.as_json(target, minor, checks) if json else doc.table(checks))
     if not doc.healthy(checks):
         raise Exit(code=1)
 
@@ -271,15 +272,15 @@ def clean(c, dry_run=False, grace=None, parent=None, shm=False, root=None):
     report = sweep(target, venv=target.first_venv(), grace=0.3 if grace_s is None else grace_s,
                    dry_run=dry_run, parent=pid)
     for line in report.lines():
-        print(shown(line))
+        say(line)
     shm_ok = True
     if shm:
         from . import shm as shm_mod
         for line in shm_mod.remove(target.state_dir, dry_run=dry_run):
-            print(shown(line))
+            say(line)
             shm_ok = shm_ok and not line.startswith(("could not", "kept shared memory /"))
     if not dry_run:
-        print("clean" if report.clean and shm_ok else "NOT clean: see above")
+        say("clean" if report.clean and shm_ok else "NOT clean: see above")
     if (not report.clean or not shm_ok) and not dry_run:
         raise Exit(code=1)
 
@@ -290,8 +291,6 @@ def report(c, trace=False, root=None):
     """Print the matrix table again, from the cells' outcome files on disk.
 
     --trace: print the path of the newest run's timeline (trace.json) instead."""
-    import sys
-
     from .cells import read_rows, table_text
     target = _target(c, root)
     if trace:
@@ -301,17 +300,17 @@ def report(c, trace=False, root=None):
         if path is None:
             raise TaskError(f"no run with a timeline under {State(target).runs}; "
                             "run `invoke test` first")
-        print(shown(str(path)))
+        say(str(path))
         return
     bad: list[str] = []
     rows = read_rows(target, warn=bad.append)
     for line in bad:
-        print(shown(line), file=sys.stderr)
+        say(line, err=True)
     if rows:
-        print(table_text(rows))
+        say(table_text(rows))
     elif not bad:
-        print(shown(f"no cell results under {target.state_dir / 'cells'}; run some nox "
-                    "sessions first"))
+        say(f"no cell results under {target.state_dir / 'cells'}; run some nox "
+            "sessions first")
     if bad:
         raise Exit(code=1)
 
@@ -326,8 +325,8 @@ def ci_matrix(c, smoke=False, shards=None, root=None):
     n = parse_shards("--shards", shards)
     if n == "auto":
         raise usage("--shards for CI must be a number of jobs per cell, not auto")
-    print(matrix_json(Path(c.config.tractor_tasks.shim_dir), root=root, smoke=smoke,
-                      shards=n or 1))
+    say(matrix_json(Path(c.config.tractor_tasks.shim_dir), root=root, smoke=smoke,
+                    shards=n or 1))
 
 
 @_task(help={"patterns": "node id globs (only * and ? are wild), e.g. 'test_rpc.py::*'; "
@@ -397,18 +396,18 @@ def ci_report(c, directory, durations_out=None, matrix=None, history=None, root=
     from .fsutil import shown
     from .rundirs import RunDir
     # warnings name artifact dirs: whatever CI's jobs called them
-    rep = report_dir(Path(directory), warn=lambda line: print(shown(line)),
+    rep = report_dir(Path(directory), warn=lambda line: say(line),
                      durations_out=Path(durations_out) if durations_out else None,
                      matrix=Path(matrix) if matrix else None,
                      history=Path(history) if history else None)
     for line in rep.lines():
-        print(shown(line))
-    print(table_text(rep.rows))
+        say(line)
+    say(table_text(rep.rows))
     walls = shard_walls(sorted(Path(directory).rglob(RunDir.OUTCOME)))
     if walls:
-        print("shards (wall per job):")
+        say("shards (wall per job):")
         for line in walls:
-            print(shown(f"  {line}"))
+            say(f"  {line}")
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         table = table_markdown(rep.rows) + ("".join(f"\n- shards: {shown(w)}" for w in walls))
@@ -416,7 +415,7 @@ def ci_report(c, directory, durations_out=None, matrix=None, history=None, root=
             with open(summary, "a") as f:
                 f.write(rep.markdown(table))
         except OSError as err:
-            print(f"note: could not append to GITHUB_STEP_SUMMARY ({err.strerror})")
+            say(f"note: could not append to GITHUB_STEP_SUMMARY ({err.strerror})")
     if rep.red:
         raise Exit(code=1)
 
@@ -434,7 +433,7 @@ def durations(c, out=".tractor-tasks-durations.json", python=None, tpt=None, spa
     from .history_view import export_durations
     target = _target(c, root)
     n, dest = export_durations(target, Path(out), minor=python, tpt=tpt, spawn=spawn)
-    print(shown(f"wrote durations of {n} test(s) to {dest}"))
+    say(f"wrote durations of {n} test(s) to {dest}")
 
 
 def collection(shim_file: str) -> Collection:

@@ -2,7 +2,8 @@
 
 Sessions use `venv_backend="none"`: the tests run in the target's own py<MINOR>
 uv venv (shared with the developer's shell), so nox makes no venv at all. Names
-carry the minor explicitly (`tests-3.13(tpt='uds')`). posargs go to pytest,
+carry the minor explicitly (`tests-3.13(tpt='uds')`): cells.py spells them
+(`session_name`, `PARAMS`), this module only defines the sessions. posargs go to pytest,
 except the cell's own options (options.RUN_OPTIONS, parsed with argparse:
 `--cell-timeout 30` and `--cell-timeout=30` alike).
 """
@@ -16,9 +17,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cells import Cell, append_step_summary, read_rows, table_text
+from .cells import PARAMS, Cell, append_step_summary, read_rows, session_name, table_text
 from .errors import TaskError
 from .fsutil import shown
+from .interpreters import venv_name
+from .output import say
 from .status import Ending, RunStatus
 from .target import Target, resolve
 
@@ -97,7 +100,7 @@ def run_cell(session, target: Target, cell: Cell) -> None:
         if isinstance(err, BaselineMissing):
             # a CI job whose clone lacks its event's baseline: loud, and exit 2 (nox's
             # own session error would be 1, the code of failing tests)
-            print(shown(str(err), one_line=True), file=sys.stderr, flush=True)
+            say(str(err), one_line=True, err=True)
             raise SystemExit(err.code)
         session.error(shown(str(err), one_line=True))
     if result.status is RunStatus.INTERRUPTED:
@@ -131,17 +134,14 @@ def _quiet(p, out):
         stop.set()
 
 
-def _py(minor: str) -> str:
-    return "py" + minor.replace(".", "")
-
-
 def _describe(kind: str, minor: str, target: Target) -> str:
     if kind == "tests":
-        return (f"{target.tests_dir}/ in {_py(minor)}/ with the {target.default_spawn_backend} "
-                "spawn backend over the cell's transport.")
+        return (f"{target.tests_dir}/ in {venv_name(minor)}/ with the "
+                f"{target.default_spawn_backend} spawn backend over the cell's transport.")
     if kind == "backends":
-        return f"{target.tests_dir}/ in {_py(minor)}/ with the cell's spawn backend and transport."
-    return f"The smoke subset ({', '.join(target.smoke)}) in {_py(minor)}/."
+        return (f"{target.tests_dir}/ in {venv_name(minor)}/ with the cell's spawn backend and "
+                "transport.")
+    return f"The smoke subset ({', '.join(target.smoke)}) in {venv_name(minor)}/."
 
 
 def _define(nox, target: Target, minor: str) -> None:
@@ -150,9 +150,9 @@ def _define(nox, target: Target, minor: str) -> None:
     def tests(session, tpt):
         run_cell(session, target, Cell("tests", minor, tpt, target.default_spawn_backend))
     tests.__doc__ = _describe("tests", minor, target)
-    nox.session(name=f"tests-{minor}", venv_backend="none", allow_parallel=True,
-                tags=["tests", target.default_spawn_backend, _py(minor)])(
-        nox.parametrize("tpt", tpts)(tests))
+    nox.session(name=session_name("tests", minor), venv_backend="none", allow_parallel=True,
+                tags=["tests", target.default_spawn_backend, venv_name(minor)])(
+        nox.parametrize(list(PARAMS["tests"]), tpts)(tests))
 
     others = [s for s in target.spawn_backends if s != target.default_spawn_backend]
     if others:
@@ -160,16 +160,16 @@ def _define(nox, target: Target, minor: str) -> None:
             run_cell(session, target, Cell("backends", minor, tpt, spawn))
         backends.__doc__ = _describe("backends", minor, target)
         combos = [nox.param(s, t, tags=[s, t]) for s in others for t in target.transports]
-        nox.session(name=f"backends-{minor}", venv_backend="none", allow_parallel=True,
-                    tags=["backends", _py(minor)])(
-            nox.parametrize(["spawn", "tpt"], combos)(backends))
+        nox.session(name=session_name("backends", minor), venv_backend="none",
+                    allow_parallel=True, tags=["backends", venv_name(minor)])(
+            nox.parametrize(list(PARAMS["backends"]), combos)(backends))
 
     def smoke(session):
         run_cell(session, target, Cell("smoke", minor, target.transports[0],
                                         target.default_spawn_backend))
     smoke.__doc__ = _describe("smoke", minor, target)
-    nox.session(name=f"smoke-{minor}", venv_backend="none", allow_parallel=True,
-                tags=["smoke", _py(minor)])(smoke)
+    nox.session(name=session_name("smoke", minor), venv_backend="none", allow_parallel=True,
+                tags=["smoke", venv_name(minor)])(smoke)
 
 
 def _report(target: Target, invocation: str, stop_progress) -> None:
@@ -193,7 +193,7 @@ def register(shim_file: str) -> Target:
     try:
         target = resolve(Path(shim_file).resolve().parent)
     except TaskError as err:
-        print(shown(str(err), one_line=True), file=sys.stderr)
+        say(str(err), one_line=True, err=True)
         raise SystemExit(err.code)
     for minor in target.pythons:
         _define(nox, target, minor)

@@ -1,6 +1,9 @@
-"""The run options, declared once: `invoke test/smoke/rerun/affected` and the nox
-cells (their own posargs) are both built from this table, and every value is
-checked here, before anything runs or is written.
+"""The run options, declared once: each `RunOptions` field carries its flags (an `Opt`
+in the field's metadata: spelling, help, kind, the nox cell's spelling), and
+RUN_OPTIONS, `invoke test/smoke/rerun/affected` and the nox cells' parser are all
+derived from those fields. Adding a field with its `Opt` is the only step in code
+(the README's Run options paragraph lists it: tests/test_options.py checks). Every
+value is checked here, before anything runs or is written.
 """
 from __future__ import annotations
 
@@ -8,73 +11,38 @@ import argparse
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 from .errors import usage
 
 
 @dataclass(frozen=True)
 class Opt:
-    name: str            # the keyword (invoke turns _ into -: no_x -> --no-x)
+    """One flag of a run option: declared on the RunOptions field it sets (the field's
+    metadata), so the field, its flags, their help and their kinds are one declaration."""
     help: str
-    default: object = None    # invoke's default for the keyword
     kind: str = "str"    # how its value is checked: a key of KINDS
-    cell: str | None = None   # the nox cell's own flag for it, when cells take it
+    cell: str | None = None   # the nox cell's own flag for it (None: invoke's only)
     short: str | None = None
-    field: str | None = ""    # the RunOptions field it sets ("": its name; None: none)
+    name: str = ""       # the invoke keyword ("": the field's name; invoke turns _ into -)
     negate: bool = False      # a flag that turns its field off (--no-x: exitfirst)
     sets: object = None       # a flag that sets its field to this (--no-confirm: confirm 0)
+    ignored: bool = False     # accepted and dropped (kept for old scripts)
+    dest: str | None = None   # the field it sets (filled in from the field; None: ignored)
+    default: object = None    # invoke's default for the keyword (filled in)
 
     @property
-    def dest(self) -> str | None:
-        return self.name if self.field == "" else self.field
+    def fronts(self) -> tuple[str, ...]:
+        """The front ends that take it: every run task, and the nox cells when `cell`."""
+        return ("invoke", "nox") if self.cell else ("invoke",)
 
 
-RUN_OPTIONS: tuple[Opt, ...] = (
-    Opt("k", "pytest -k expression"),
-    Opt("tpt", "transport: tcp or uds (default: the plugin's, tcp)"),
-    Opt("spawn", "spawn backend: trio, mp_spawn, mp_forkserver"),
-    Opt("ll", "tractor log level (--ll)"),
-    Opt("tpdb", "enable tractor's multi-process debugger (--tpdb)", False, "flag"),
-    Opt("python", "Python minor whose py<MINOR> venv to use, e.g. 3.13"),
-    Opt("timeout", "whole-run bound in seconds (default from the config: 1800 for a suite, "
-        "300 for one file)",
-        None, "seconds", cell="--cell-timeout"),
-    Opt("test_timeout", "per-test bound in seconds; a test past it is dumped, ended and "
-        "reported HUNG, and the rest of the run resumes (0 = off; default from the config)",
-        None, "bound", cell="--test-timeout"),
-    Opt("max_hangs", "resume after at most this many hung tests (default 3)", None, "count",
-        cell="--max-hangs"),
-    Opt("dry_run", "print the exact command and environment; run nothing", False, "flag"),
-    Opt("sweep", "sweep in-scope leftovers before the run (--no-sweep: stop instead)",
-        True, "flag"),
-    Opt("no_x", "do not stop at the first failure (drop the default -x)", False, "flag",
-        field="exitfirst", negate=True),
-    Opt("retry_flaky", "rerun known-flaky failures once and report both outcomes", False,
-        "flag", cell="--retry-flaky"),
-    Opt("no_contain", "run pytest uncontained (no own pid/net/user namespaces)", False,
-        "flag", cell="--no-contain", field="contain", negate=True),
-    Opt("isolate_net", "kept for old scripts: contained runs already have their own network",
-        False, "flag", cell="--isolate-net", field=None),
-    Opt("fail_on_leak", "fail the run when it leaves processes, listeners or sockets",
-        False, "flag", cell="--fail-on-leak"),
-    Opt("shards", "run the tests' modules on N parallel contained workers, admitted by "
-        "their recorded CPU cost (N or auto)", None, "shards", cell="--shards", short="n"),
-    Opt("shard", "run only shard I of N (I/N), as a CI job of a sharded matrix does", None,
-        "shard", cell="--shard"),
-    Opt("durations_file", "durations for shards from this JSON file (what `invoke "
-        "durations` writes) instead of the history", None, cell="--durations-file"),
-    Opt("confirm", "re-run each failure not already explained (pre-existing, known-flaky, "
-        "quarantined) alone this many times after the run (default 1)", None, "count",
-        cell="--confirm"),
-    Opt("no_confirm", "no confirmation re-runs: failures are judged on their one outcome",
-        False, "flag", cell="--no-confirm", field="confirm", sets=0),
-    Opt("baseline", "compare failures with this commit or branch (default: where the branch "
-        "left the default branch when there are changes; none on an unchanged default "
-        "branch, where the history decides)", None, cell="--baseline"),
-    Opt("strict", "every failure fails the run (pre-existing, flaky, known-flaky and "
-        "quarantined ones too)", False, "flag", cell="--strict"),
-)
+def _option(default, *flags: Opt, factory=None):
+    """A RunOptions field and the flags that set it (none: set by the front end itself)."""
+    meta = {"flags": flags}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 def seconds(name: str, value, *, allow_zero: bool = False) -> float | None:
@@ -159,30 +127,68 @@ KINDS = {
 
 @dataclass
 class RunOptions:
-    """Everything a run is asked to do besides which tests (the words)."""
-    k: str | None = None
-    tpt: str | None = None
-    spawn: str | None = None
-    ll: str | None = None
-    tpdb: bool = False
-    python: str | None = None
-    timeout: float | None = None
-    test_timeout: float | None = None   # None: the config's; 0: off
-    max_hangs: int = 3
-    dry_run: bool = False
-    sweep: bool = True
-    exitfirst: bool = True
-    retry_flaky: bool = False
-    contain: bool = True
-    fail_on_leak: bool = False
-    shards: int | str | None = None
-    shard: tuple[int, int] | None = None
-    durations_file: str | None = None
-    confirm: int = 1                    # confirmation re-runs per failure (0: none)
-    baseline: str | None = None         # --baseline REF (None: the default choice)
-    strict: bool = False
-    extra: list[str] = field(default_factory=list)   # pytest args, verbatim
-    last_failed: bool = False
+    """Everything a run is asked to do besides which tests (the words). Each field
+    carries its flags (`Opt`, in its metadata): RUN_OPTIONS, the invoke tasks' keywords
+    and help, and the nox cell's parser are all read off these fields."""
+    k: str | None = _option(None, Opt("pytest -k expression"))
+    tpt: str | None = _option(None, Opt("transport: tcp or uds (default: the plugin's, tcp)"))
+    spawn: str | None = _option(None, Opt("spawn backend: trio, mp_spawn, mp_forkserver"))
+    ll: str | None = _option(None, Opt("tractor log level (--ll)"))
+    tpdb: bool = _option(False, Opt("enable tractor's multi-process debugger (--tpdb)",
+                                    "flag"))
+    python: str | None = _option(None, Opt("Python minor whose py<MINOR> venv to use, "
+                                           "e.g. 3.13"))
+    timeout: float | None = _option(None, Opt(
+        "whole-run bound in seconds (default from the config: 1800 for a suite, 300 for "
+        "one file)", "seconds", cell="--cell-timeout"))
+    test_timeout: float | None = _option(None, Opt(   # None: the config's; 0: off
+        "per-test bound in seconds; a test past it is dumped, ended and reported HUNG, and "
+        "the rest of the run resumes (0 = off; default from the config)", "bound",
+        cell="--test-timeout"))
+    max_hangs: int = _option(3, Opt("resume after at most this many hung tests (default 3)",
+                                    "count", cell="--max-hangs"))
+    dry_run: bool = _option(False, Opt("print the exact command and environment; run nothing",
+                                       "flag"))
+    sweep: bool = _option(True, Opt("sweep in-scope leftovers before the run (--no-sweep: "
+                                     "stop instead)", "flag"))
+    exitfirst: bool = _option(True, Opt("do not stop at the first failure (drop the default "
+                                        "-x)", "flag", name="no_x", negate=True))
+    retry_flaky: bool = _option(False, Opt("rerun known-flaky failures once and report both "
+                                           "outcomes", "flag", cell="--retry-flaky"))
+    contain: bool = _option(
+        True,
+        Opt("run pytest uncontained (no own pid/net/user namespaces)", "flag",
+            cell="--no-contain", name="no_contain", negate=True),
+        Opt("kept for old scripts: contained runs already have their own network", "flag",
+            cell="--isolate-net", name="isolate_net", ignored=True))
+    fail_on_leak: bool = _option(False, Opt("fail the run when it leaves processes, "
+                                            "listeners or sockets", "flag",
+                                            cell="--fail-on-leak"))
+    shards: int | str | None = _option(None, Opt(
+        "run the tests' modules on N parallel contained workers, admitted by their recorded "
+        "CPU cost (N or auto)", "shards", cell="--shards", short="n"))
+    shard: tuple[int, int] | None = _option(None, Opt(
+        "run only shard I of N (I/N), as a CI job of a sharded matrix does", "shard",
+        cell="--shard"))
+    durations_file: str | None = _option(None, Opt(
+        "durations for shards from this JSON file (what `invoke durations` writes) instead "
+        "of the history", cell="--durations-file"))
+    confirm: int = _option(   # confirmation re-runs per failure (0: none)
+        1,
+        Opt("re-run each failure not already explained (pre-existing, known-flaky, "
+            "quarantined) alone this many times after the run (default 1)", "count",
+            cell="--confirm"),
+        Opt("no confirmation re-runs: failures are judged on their one outcome", "flag",
+            cell="--no-confirm", name="no_confirm", sets=0))
+    baseline: str | None = _option(None, Opt(   # None: the default choice
+        "compare failures with this commit or branch (default: where the branch left the "
+        "default branch when there are changes; none on an unchanged default branch, where "
+        "the history decides)", cell="--baseline"))
+    strict: bool = _option(False, Opt("every failure fails the run (pre-existing, flaky, "
+                                      "known-flaky and quarantined ones too)", "flag",
+                                      cell="--strict"))
+    extra: list[str] = _option(None, factory=list)   # pytest args, verbatim (after --)
+    last_failed: bool = _option(False)               # `invoke rerun` sets it
 
     @property
     def interactive(self) -> bool:
@@ -194,7 +200,7 @@ class RunOptions:
     def parse(cls, values: dict, *, extra=(), flag_names: dict | None = None) -> RunOptions:
         """From invoke keywords or argparse results: each option's value checked by its
         declared kind (exit 2); a value left out keeps the field's default."""
-        fields = {}
+        given = {}
         for o in RUN_OPTIONS:
             shown = (flag_names or {}).get(o.name) or "--" + o.name.replace("_", "-")
             value = KINDS[o.kind](shown, values.get(o.name))
@@ -203,14 +209,31 @@ class RunOptions:
             if o.sets is not None:
                 if not value:
                     continue
-                if fields.get(o.dest) not in (None, o.sets):
+                if given.get(o.dest) not in (None, o.sets):
                     raise usage(f"{shown} contradicts the {o.dest} given with it; give one "
                                 "of them")
                 value = o.sets
             elif o.negate:
                 value = not value
-            fields[o.dest] = value
-        return cls(**fields, extra=list(extra))
+            given[o.dest] = value
+        return cls(**given, extra=list(extra))
+
+
+def _declared() -> tuple[Opt, ...]:
+    """Every flag, in field order, with its field (dest), its invoke keyword and its
+    invoke default filled in from the field it is declared on."""
+    out = []
+    for f in fields(RunOptions):
+        for o in f.metadata["flags"]:
+            flag_default = o.kind == "flag" and not (o.negate or o.ignored or
+                                                     o.sets is not None)
+            out.append(replace(o, name=o.name or f.name, dest=None if o.ignored else f.name,
+                               default=(f.default if flag_default else
+                                        False if o.kind == "flag" else None)))
+    return tuple(out)
+
+
+RUN_OPTIONS: tuple[Opt, ...] = _declared()
 
 
 # -- the nox cell's own posargs ---------------------------------------------------

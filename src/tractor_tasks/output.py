@@ -1,8 +1,11 @@
 """The one place that writes to the user, and the copy of pytest's output.
 
-A lost stdout (a closed pipe, a closed terminal) never stops a run: the first
-failed write switches our stdout to /dev/null and the run goes on, supervised and
-torn down as usual, its results on disk.
+Every line of ours goes through here: `Output` for a run (its status block, pytest's
+copy), `say()` for a task's answer and a front end's error line. Both escape control
+characters (fsutil.shown) and both survive a lost stdout (a closed pipe, a closed
+terminal): the first failed write switches that stream to /dev/null and the run (or
+the task) goes on, a run supervised and torn down as usual, its results on disk.
+A test (tests/test_output.py) counts the print() calls elsewhere in src/.
 """
 from __future__ import annotations
 
@@ -32,12 +35,20 @@ def guard_std_fds() -> None:
     if 1 in closed or sys.stdout is None:
         sys.stdout = open(1, "w", closefd=False)
         if 2 not in closed and sys.stderr is not None:
-            print("note: stdout is closed: the run goes on and writes nothing there; its "
-                  "results are in .tractor-tasks/last (`invoke report`)", file=sys.stderr)
+            say("note: stdout is closed: the run goes on and writes nothing there; its "
+                "results are in .tractor-tasks/last (`invoke report`)", err=True)
     if 2 in closed or sys.stderr is None:
         sys.stderr = open(2, "w", closefd=False)
     if 0 in closed or sys.stdin is None:
         sys.stdin = open(0, "r", closefd=False)
+
+
+def say(text: str = "", *, err: bool = False, one_line: bool = False,
+        end: str = "\n") -> None:
+    """One message of a task to the user, on stdout (stderr with `err`): control
+    characters escaped (`one_line`: newlines too, for an error line), the stream
+    flushed; a lost stream swallows it and what follows, quietly (Output's policy)."""
+    Output(sys.stderr if err else sys.stdout).write(shown(str(text), one_line=one_line) + end)
 
 
 def _stdout_gone() -> bool:

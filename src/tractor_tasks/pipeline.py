@@ -23,7 +23,7 @@ from . import contain, gitref
 from .command import check_names, show
 from .errors import TaskError, usage
 from .fsutil import write_json
-from .interpreters import check_minor, find_python
+from .interpreters import check_minor, find_python, minor_of_venv
 from .options import RunOptions
 from .output import Output
 from .preflight import check_scope
@@ -54,11 +54,9 @@ def pick_minor(target: Target, requested: str | None = None, env: dict | None = 
                         f"({', '.join(target.pythons)}); pick one of those or set "
                         "[tool.tractor-tasks] pythons")
         return minor
-    active = Path(env.get("VIRTUAL_ENV") or "/").name
-    if active.startswith("py3") and active[2:].isdigit():
-        minor = f"3.{active[3:]}"
-        if minor in target.pythons:
-            return minor
+    minor = minor_of_venv(Path(env.get("VIRTUAL_ENV") or "/").name)
+    if minor in target.pythons:
+        return minor
     here = "%d.%d" % sys.version_info[:2]
     if here in target.pythons:
         return here

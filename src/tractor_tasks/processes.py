@@ -1,9 +1,16 @@
-"""Processes: one look at each (a Proc), trees, and the one way we end them.
+"""Processes: one look at each (a Proc), trees, and the one way we end them (a ladder).
 
 A `Proc` keeps the `psutil.Process` it was read from, so every later signal goes
 through psutil's own pid-reuse guard (it compares the create time); nothing here
 signals a bare pid. What a Proc does not need at once (its environment, its
 memory maps) is read on first use, so a snapshot of the machine stays cheap.
+
+`end_ladder` is the one ending ladder (SIGINT, a grace, SIGKILL until none is left):
+the sweep (`end`, over Procs) and a launched run's `end` (contain.py, over its
+members) both climb it. What is killed at once, with no ladder, stays with its owner:
+a Launched's `kill()` (its teardown's last resort) and a stuck preflight probe (our
+own Popen child). `nested_pid` is a process's pid inside a pid namespace of its own
+(a contained run's), the one reader of /proc/PID/status's NSpid.
 """
 from __future__ import annotations
 
@@ -12,6 +19,8 @@ import re
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -108,24 +117,31 @@ class Proc:
 
     def alive(self) -> bool:
         """Still this process, and not a zombie (an exited process counts as gone)."""
-        if self.ps is None:
-            return False
-        try:
-            return self.ps.is_running() and self.ps.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
+        return self.ps is not None and live(self.ps)
 
     def signal(self, sig: int) -> bool:
         """Signal it, only if the pid still is this process (psutil checks)."""
-        if self.ps is None:
+        return self.ps is not None and send(self.ps, sig)
+
+
+def live(p: psutil.Process) -> bool:
+    """Running and not a zombie (zombies count as gone), and still the same process."""
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def send(p: psutil.Process, sig: int) -> bool:
+    """Signal one live process, only if its pid still names the process we looked at
+    (psutil compares the create time); False when it is gone or not ours to signal."""
+    try:
+        if not live(p):
             return False
-        try:
-            self.ps.send_signal(sig)
-            return True
-        except (psutil.NoSuchProcess, ProcessLookupError):
-            return False
-        except psutil.AccessDenied:
-            return False
+        p.send_signal(sig)
+        return True
+    except (psutil.Error, ProcessLookupError):
+        return False
 
 
 def snapshot() -> dict[int, Proc]:
@@ -161,26 +177,78 @@ def own_lineage() -> set[int]:
     return pids
 
 
-def wait_gone(procs: list[Proc], timeout: float) -> list[Proc]:
-    """Wait until the processes exit (zombies count as gone); return the survivors."""
+def nested_pid(pid: int) -> int | None:
+    """Its pid inside the innermost pid namespace it lives in, when that is not ours
+    (a contained run's: what the run's own dumps print); None for a process of our
+    namespace, or one gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                ids = line.split()[1:]
+                return int(ids[-1]) if len(ids) > 1 else None
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to `timeout` until the processes exit (zombies count as gone); return
+    the survivors."""
     deadline = time.monotonic() + timeout
-    alive = list(procs)
-    while alive:
-        alive = [p for p in alive if p.alive()]
-        if not alive or time.monotonic() >= deadline:
-            break
+    left = [p for p in procs if live(p)]
+    while left and time.monotonic() < deadline:
         time.sleep(0.02)
-    return alive
+        left = [p for p in left if live(p)]
+    return left
+
+
+@dataclass
+class Ended:
+    """What the ladder did: pids asked to stop, killed, and still alive at its end."""
+    interrupted: list[int]
+    killed: list[int]
+    survivors: list[int]
+
+    def notes(self, whose: str = "of the run") -> list[str]:
+        """One line per rung climbed, e.g. `SIGINT -> 2 process(es) of the run: 7, 9`."""
+        out = []
+        for sig, pids in (("SIGINT", self.interrupted), ("SIGKILL", self.killed)):
+            if pids:
+                out.append(f"{sig} -> {len(pids)} process(es) {whose}: "
+                           + ", ".join(map(str, pids)))
+        if self.survivors:
+            out.append("still alive after SIGKILL: " + ", ".join(map(str, self.survivors)))
+        return out
+
+
+def end_ladder(members: Callable[[], list[psutil.Process]], grace: float, *,
+               kill_wait: float = 2.0, rounds: int = 10) -> Ended:
+    """The one way we end processes: SIGINT every member (tractor cancels its actor tree
+    on it), wait `grace`, then SIGKILL what is left and wait `kill_wait`, re-listing the
+    members up to `rounds` times (a forking tree makes new ones while we kill). Every
+    signal goes through psutil's pid-reuse guard (`send`)."""
+    asked = [p for p in members() if send(p, signal.SIGINT)]
+    if asked:
+        wait_gone(asked, grace)
+    killed: dict[int, psutil.Process] = {}
+    for _ in range(rounds):
+        left = members()
+        if not left:
+            break
+        killed.update((p.pid, p) for p in left if send(p, signal.SIGKILL))
+        wait_gone(left, kill_wait)
+    return Ended([p.pid for p in asked], sorted(killed),
+                 sorted(p.pid for p in members()))
 
 
 def end(procs: list[Proc], grace: float, kill_wait: float = 3.0
         ) -> tuple[list[int], list[int], list[int]]:
-    """The ladder: SIGINT (tractor cancels its actor tree on it), `grace`, SIGKILL.
+    """End a fixed set of processes (the sweep's) with the ladder: SIGINT, `grace`,
+    SIGKILL, `kill_wait` (one round: a fixed set grows no new members).
 
     Returns the pids (interrupted, killed, survivors).
     """
-    interrupted = [p.pid for p in procs if p.signal(signal.SIGINT)]
-    left = wait_gone(procs, grace)
-    killed = [p.pid for p in left if p.signal(signal.SIGKILL)]
-    survivors = wait_gone(left, kill_wait)
-    return interrupted, killed, [p.pid for p in survivors]
+    ps = [p.ps for p in procs if p.ps is not None]
+    done = end_ladder(lambda: [q for q in ps if live(q)], grace, kill_wait=kill_wait,
+                      rounds=1)
+    return done.interrupted, done.killed, done.survivors

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from .interpreters import VENV_NAME
 from .processes import Proc, own_lineage, snapshot
 from .target import Target
 
@@ -124,7 +125,7 @@ class ScopeView:
         self.root = str(self.target.root)
         self.private_dirs = tuple(str(d).rstrip(os.sep) for d in self.private_dirs)
         # this checkout's venvs: <root>/py313/... (never another checkout's)
-        self._venv = re.compile(re.escape(self.root + os.sep) + r"py3\d+/")
+        self._venv = re.compile(re.escape(self.root + os.sep) + VENV_NAME + "/")
         self._cache: dict[int, InScope | None] = {}
 
     # -- in scope -------------------------------------------------------------

@@ -35,7 +35,7 @@ import psutil
 from . import shm, stalls
 from .contain import Containment, Launched, launch
 from .output import Output, Tee
-from .processes import Proc
+from .processes import Proc, nested_pid
 from .fsutil import atomic_write
 from .leaks import Leaks, runaway_text
 from .probelog import ProbeLog, Report, read_text
@@ -131,18 +131,6 @@ def _captured_files(pid: int) -> dict[tuple[int, int], tuple[str, int]]:
     return out
 
 
-def _ns_pid(pid: int) -> int | None:
-    """Its pid inside the run's pid namespace (what the target's own dumps print)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("NSpid:"):
-                ids = line.split()[1:]
-                return int(ids[-1]) if len(ids) > 1 else None
-    except (OSError, ValueError):
-        pass
-    return None
-
-
 def _grown(link: str, since: int) -> str:
     try:
         with open(link, "rb") as f:
@@ -189,7 +177,7 @@ def dump_stacks(procs: list[Proc], pass_dir: Path, tmp: Path | None = None,
     if found:
         parts.append("\n".join(found))
     for p in procs:
-        ns = _ns_pid(p.pid)
+        ns = nested_pid(p.pid)
         head = f"=== pid {p.pid}{f' (pid {ns} in the run)' if ns else ''} ppid {p.ppid}: {p.title}"
         if pyspy:
             try:

@@ -169,7 +169,8 @@ class Target:
         return self.root / ".tractor-tasks"
 
     def venv_dir(self, minor: str) -> Path:
-        return self.root / ("py" + minor.replace(".", ""))
+        from .interpreters import venv_name
+        return self.root / venv_name(minor)
 
     def first_venv(self) -> Path | None:
         """The first configured minor's venv that exists (what `invoke clean` asks about

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import TaskError
 from .fsutil import atomic_write
-from .interpreters import Interpreter, require_python, uv_binary
+from .interpreters import Interpreter, minor_of_venv, require_python, uv_binary
 from .target import Target
 
 STAMP = ".tractor-tasks-synced"
@@ -130,7 +130,7 @@ def active_venv_check(target: Target, minor: str, env: dict | None = None) -> Ve
     want = target.venv_dir(minor)
     if active:
         path = Path(active).resolve()
-        if path.parent == target.root and path.name.startswith("py3"):
+        if path.parent == target.root and minor_of_venv(path.name):
             return VenvCheck("ok", "A", f"active venv {path}")
         return VenvCheck("warn", "A", f"active venv {path} is not a py<MINOR> venv of this target;"
                          f" runs use {want}/bin/python anyway", "")
