@@ -607,6 +607,43 @@ class History:
                             f"({err.strerror or err})", 1) from None
         return len(found)
 
+    # -- footprints (footprints.py): per test, the code it executed, by commit and cell.
+    # Their own table, made on first use (older files simply have none yet).
+
+    _FOOTPRINTS = ("CREATE TABLE IF NOT EXISTS footprints (run_id TEXT NOT NULL, "
+                   "nodeid TEXT NOT NULL, cell TEXT NOT NULL, commit_sha TEXT, "
+                   "recorded REAL NOT NULL, data BLOB NOT NULL, PRIMARY KEY (run_id, nodeid))")
+
+    def record_footprints(self, run_id: str, commit: str | None, cell: str,
+                          prints: dict) -> None:
+        """{nodeid: footprints.Footprint} of one run; recording a run again replaces it."""
+        now = time.time()
+        rows = [(run_id, nodeid, cell, commit, now, fp.to_blob())
+                for nodeid, fp in sorted(prints.items())]
+
+        def write():
+            with self._write() as con:
+                con.execute(self._FOOTPRINTS)
+                con.execute("DELETE FROM footprints WHERE run_id = ?", (run_id,))
+                con.executemany("INSERT INTO footprints VALUES (?,?,?,?,?,?)", rows)
+        self._guard(write)
+
+    def latest_footprints(self) -> list[tuple]:
+        """[(nodeid, cell, commit, Footprint)]: each test's latest per cell."""
+        from .footprints import Footprint
+
+        def query():
+            with self._conn() as con:
+                if not con.execute("SELECT 1 FROM sqlite_master WHERE name='footprints'"
+                                   ).fetchone():
+                    return []
+                return con.execute(
+                    "SELECT f.nodeid, f.cell, f.commit_sha, f.data FROM footprints f "
+                    "JOIN (SELECT nodeid, cell, MAX(recorded) AS r FROM footprints "
+                    "GROUP BY nodeid, cell) g ON f.nodeid = g.nodeid AND f.cell = g.cell "
+                    "AND f.recorded = g.r ORDER BY f.nodeid, f.cell").fetchall()
+        return [(n, c, sha, Footprint.from_blob(d)) for n, c, sha, d in self._guard(query)]
+
 
 # -- helpers: rows and queries ---------------------------------------------------------
 
