@@ -254,3 +254,20 @@ def test_footprint_from_an_older_commit_is_not_used_for_code_changed_since(recor
     assert got["test_sub_crunch"] == (f"its footprint (at {head[:10]}) executed "
                                       "sample_actors/_work.py:crunch, changed since")
     assert "test_killed_child" in got and "test_no_crunch" not in got
+
+
+@pytest.mark.slow
+def test_forkserver_child_is_recorded(recorded):
+    """With mp_forkserver the subactor is a fork of the fork server (stale environment,
+    events already disabled): it re-arms after the fork and its records count for the
+    test that ran then. (Last here: it adds a cell to the history.)"""
+    run = invoke("test", f"{FP_TESTS}::test_sub_crunch", "--spawn", "mp_forkserver",
+                 root=recorded, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    _edit(recorded, "sample_actors/_work.py", "return n * 2", "return n * 2 + 0")
+    try:
+        out = _affected(recorded)
+    finally:
+        _reset(recorded)
+    assert "tests/test_fp.py::test_sub_crunch: executed sample_actors/_work.py:helper in " \
+           "a child forked from pid" in out

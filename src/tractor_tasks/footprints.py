@@ -132,7 +132,7 @@ class ProcList:
                 argv = (p.cmdline or "").split()
                 env = p.environ()
                 entry["flags"] = _hiding_flags(argv)
-                entry["env"] = bool(env) and ENV_DIR in env
+                entry["env"] = ENV_DIR in env if env else None   # None: unreadable
             self.seen[key] = entry
 
     def write(self) -> None:
@@ -156,6 +156,8 @@ class ProcRecord:
     exit: float | None = None
     last: float = 0.0
 
+    title: str = ""    # what the supervisor saw it called (setproctitle)
+
     @property
     def label(self) -> str:
         argv = self.head.get("argv") or []
@@ -164,7 +166,8 @@ class ProcRecord:
         if "--uid" in argv[:-1]:
             return f"subactor {argv[argv.index('--uid') + 1]!r}"
         if self.head.get("forked"):
-            return f"a child forked from pid {self.head.get('ppid')}"
+            return f"a child forked from pid {self.head.get('ppid')}" + (
+                f" (`{self.title[:60]}`)" if self.title else "")
         shown = " ".join(argv)
         return f"process `{shown[:60]}`"
 
@@ -263,6 +266,9 @@ def attribute(fp_dir: Path) -> dict[str, Footprint]:
     for e in seen:
         if e.get("tick") is not None:
             last_seen[e["tick"]] = max(last_seen.get(e["tick"], 0.0), e.get("last", 0.0))
+    titles = {e.get("tick"): e.get("cmd", "") for e in seen if e.get("python")}
+    for p in procs:
+        p.title = titles.get(p.head.get("tick"), "")
     windows: list[tuple[str, float, float]] = []
     mains = [p for p in procs if p.tests]
     for p in mains:
@@ -315,7 +321,7 @@ def attribute(fp_dir: Path) -> dict[str, Footprint]:
         if not e.get("python"):
             continue
         why = (f"started with {e['flags']}" if e.get("flags") else
-               "without the run's environment" if not e.get("env") else
+               "without the run's environment" if e.get("env") is False else
                "no record of it" if e.get("tick") not in ticks else "")
         if not why:
             continue
