@@ -271,3 +271,22 @@ def test_forkserver_child_is_recorded(recorded):
         _reset(recorded)
     assert "tests/test_fp.py::test_sub_crunch: executed sample_actors/_work.py:helper in " \
            "a child forked from pid" in out
+
+
+@pytest.mark.slow
+def test_likely_cause_names_the_changed_function_the_test_executed(recorded):
+    """A commit breaks helper(), which only the subactor runs: the regression's likely
+    cause is that function, in that process. (Last: it records a run at the bug.)"""
+    head = _git(recorded, "rev-parse", "HEAD").strip()
+    _edit(recorded, "sample_actors/_work.py", "return n * 2", "return n * 3")
+    _git(recorded, "commit", "-qam", "a bug in helper")
+    try:
+        run = invoke("test", f"{FP_TESTS}::test_sub_crunch", "--baseline", head,
+                     root=recorded, timeout=300)
+    finally:
+        _git(recorded, "reset", "-q", "--hard", head)
+    assert run.returncode == 1, run.stdout + run.stderr
+    cause = [ln.strip() for ln in run.stdout.splitlines() if "likely cause:" in ln]
+    assert cause and cause[0].startswith(
+        "likely cause: sample_actors/_work.py:helper (the test executed it in subactor "
+        "'cruncher'; changed since"), run.stdout

@@ -634,3 +634,31 @@ def affected_words(target, base: str | None, list_: bool, out=print):
         out("nothing to run")
         return None
     return words
+
+
+def executed_changes(target, nodeid: str, commit: str | None,
+                     run_dir: Path | None = None) -> list[tuple[str, str, list[str]]]:
+    """The functions changed since `commit` that the test executed, with where:
+    [(file, qualname, [where])], from this run's own footprint (else the history's
+    latest). [] when there is none or git cannot tell."""
+    from .rundirs import State
+    if not commit:
+        return []
+    try:
+        key = _stable(nodeid)
+        fp = of_run(run_dir).get(key) if run_dir is not None else None
+        if fp is None and State(target).history.exists():
+            from .history import History
+            found = [f for n, _, _, f in History(State(target).history).latest_footprints()
+                     if n == key]
+            fp = found[0] if found else None
+        if fp is None:
+            return []
+        out = []
+        for u in diff_units(target.root, commit, target.package):
+            hit = fp.executed(u.file, u.qual) if u.qual else None
+            if hit:
+                out.append((u.file, hit[0], hit[1]))
+        return out
+    except Exception:  # noqa: BLE001 - a cause is a hint: never cost the verdict
+        return []

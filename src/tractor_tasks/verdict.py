@@ -205,7 +205,8 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
         j.changed = gitref.changed_since(target.root, base.commit)
         for t in fails:
             if t.verdict in (V.REGRESSION, V.NEW):
-                t.cause = likely_cause(target, t, j.changed, base)
+                t.cause = likely_cause(target, t, j.changed, base,
+                                       run_dir=runner.run_dir.path)
     return j
 
 
@@ -422,8 +423,9 @@ def _prune_exports(parent: Path, keep: set[str], most: int = 3) -> None:
 
 # -- likely cause ----------------------------------------------------------------------------
 
-def likely_cause(target, t: TestResult, changed: list[str], base) -> list[str]:
-    """The changed files ranked by what ties each to the failing test, with the reasons:
+def likely_cause(target, t: TestResult, changed: list[str], base, run_dir=None) -> list[str]:
+    """First the changed functions the failing test executed (its footprint, with the
+    process that ran them); then the changed files ranked by what ties each to it:
     the test file itself, its traceback, its test module's direct imports, the change
     map, the package it imports."""
     if not changed:
@@ -431,6 +433,12 @@ def likely_cause(target, t: TestResult, changed: list[str], base) -> list[str]:
     test_path = test_file(target, t.nodeid)
     direct, packages = _imports(target.root / test_path)
     since = f"changed since {base.label}"
+    from .footprints import executed_changes
+    ran = [f"likely cause: {f}:{q} (the test executed it {' and '.join(f'in {w}' for w in where)}"
+           f"; {since})" for f, q, where in
+           executed_changes(target, t.nodeid, getattr(base, "commit", None), run_dir)][:3]
+    if ran:
+        return ran
     scored = []
     for f in changed:
         reasons, score = [since], 0
