@@ -290,3 +290,80 @@ def test_likely_cause_names_the_changed_function_the_test_executed(recorded):
     assert cause and cause[0].startswith(
         "likely cause: sample_actors/_work.py:helper (the test executed it in subactor "
         "'cruncher'; changed since"), run.stdout
+
+
+def _python312():
+    import shutil
+    for name in ("python3.13", "python3.12"):
+        found = shutil.which(name)
+        if found and subprocess.run([found, "-c", "import sys"], capture_output=True
+                                    ).returncode == 0:
+            return found
+    for v in sorted(Path("/root/.pyenv/versions").glob("3.1[2-9]*"), reverse=True):
+        if (v / "bin" / "python3").exists():
+            return str(v / "bin" / "python3")
+    return None
+
+
+def _recorder_run(tmp_path, python, script, extra_path=()):
+    from tractor_tasks.footprints import ENV_DIR, ENV_ROOTS, RECORDER_DIR
+    out = tmp_path / "fp"
+    out.mkdir(exist_ok=True)
+    pkg = tmp_path / "pkg"
+    pkg.mkdir(exist_ok=True)
+    (pkg / "__init__.py").write_text("def f():\n    return 1\n")
+    env = {"PATH": "/usr/bin:/bin", ENV_DIR: str(out), ENV_ROOTS: f"{tmp_path}={pkg}",
+           "PYTHONPATH": ":".join([str(RECORDER_DIR), *map(str, extra_path)])}
+    run = subprocess.run([python, "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60)
+    return run, [f.read_text() for f in sorted(out.glob("*.fp"))]
+
+
+@pytest.mark.slow
+def test_recorder_chains_to_the_sitecustomize_it_hides(tmp_path):
+    """Another sitecustomize later on the path still runs, after ours recorded."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "sitecustomize.py").write_text("import builtins\nbuiltins.CHAINED = 42\n")
+    import sys
+    run, files = _recorder_run(tmp_path, sys.executable,
+                               "import pkg, builtins; pkg.f(); print(builtins.CHAINED)",
+                               extra_path=[other])
+    assert run.returncode == 0 and run.stdout.strip() == "42", run.stderr
+    assert len(files) == 1 and "\tpkg/__init__.py\t1\tf\t" in files[0]
+
+
+@pytest.mark.slow
+def test_monitoring_tool_id_taken_records_nothing_and_says_so(tmp_path):
+    """Python 3.12+: sys.monitoring; when the tool id is another tool's, the process
+    says so in its file and records nothing (the other tool keeps working)."""
+    python = _python312()
+    if python is None:
+        pytest.skip("no Python 3.12+ here")
+    run, files = _recorder_run(tmp_path, python, "import pkg; pkg.f()")
+    assert run.returncode == 0, run.stderr
+    assert '"how": "monitoring"' in files[0] and "\tf\t" in files[0]
+    for f in (tmp_path / "fp").glob("*.fp"):
+        f.unlink()
+    # a sitecustomize that runs before ours takes tool id 4 (it is first on the path,
+    # then chains to ours by hand)
+    first = tmp_path / "first"
+    first.mkdir()
+    from tractor_tasks.footprints import RECORDER_DIR
+    (first / "sitecustomize.py").write_text(
+        "import sys\nif 'sc_done' not in sys.modules:\n"
+        "    sys.modules['sc_done'] = sys\n"
+        "    sys.monitoring.use_tool_id(4, 'other-tool')\n"
+        "    import importlib.util as u\n"
+        f"    s = u.spec_from_file_location('sc', {str(RECORDER_DIR / 'sitecustomize.py')!r})\n"
+        "    s.loader.exec_module(u.module_from_spec(s))\n")
+    from tractor_tasks.footprints import ENV_DIR, ENV_ROOTS
+    env = {"PATH": "/usr/bin:/bin", ENV_DIR: str(tmp_path / "fp"),
+           ENV_ROOTS: f"{tmp_path}={tmp_path / 'pkg'}", "PYTHONPATH": str(first)}
+    run = subprocess.run([python, "-c", "import sys, pkg; pkg.f(); "
+                          "print(sys.monitoring.get_tool(4))"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "other-tool", run.stderr
+    assert run.stderr == ""
+    text = "".join(f.read_text() for f in (tmp_path / "fp").glob("*.fp"))
+    assert "tool id 4 is taken by 'other-tool'" in text and "\nC\t" not in text

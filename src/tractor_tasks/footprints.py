@@ -271,8 +271,9 @@ def attribute(fp_dir: Path) -> dict[str, Footprint]:
         p.title = titles.get(p.head.get("tick"), "")
     windows: list[tuple[str, float, float]] = []
     mains = [p for p in procs if p.tests]
+    # the last test ran until the pass's last sign of life
+    end = max([p.last for p in procs] + [e.get("last", 0.0) for e in seen] + [0.0])
     for p in mains:
-        end = max(p.last, last_seen.get(p.head.get("tick"), 0.0))
         for i, (t, nodeid) in enumerate(p.tests):
             stop = p.tests[i + 1][0] if i + 1 < len(p.tests) else end
             windows.append((nodeid, t, stop))
@@ -359,15 +360,15 @@ def of_run(run_dir: Path) -> dict[str, Footprint]:
 
 # -- the diff, mapped to functions -------------------------------------------------
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Unit:
     """A changed function (qual set), or a change outside any function (qual None)."""
     file: str
     qual: str | None
     why: str = ""
 
-    def key(self) -> tuple[str, str | None]:
-        return (self.file, self.qual)
+    def key(self) -> tuple[str, str, str]:
+        return (self.file, self.qual or "", self.why)
 
 
 def _git(root: Path, *args: str, check: bool = True) -> str:
@@ -475,7 +476,7 @@ def diff_units(root: Path, rev: str, package: str) -> list[Unit]:
                            if not path.endswith(".py") else "a change"))
         else:
             units |= _py_units(root, rev, path)
-    return sorted(units)
+    return sorted(units, key=Unit.key)
 
 
 def _py_units(root: Path, rev: str, path: str) -> set[Unit]:
@@ -555,8 +556,8 @@ def select(target, history, base: str | None) -> Selection | None:
             continue
         stale = changed_since(commit)
         if stale is None:
-            sel.select(nodeid, f"its footprint is from commit {str(commit)[:10]}, "
-                               "not in this checkout")
+            sel.select(nodeid, f"its footprint is from commit {commit[:10]}, not in this "
+                               "checkout" if commit else "its footprint has no commit")
             continue
         test_file = nodeid.split("::")[0]
         for u in stale:

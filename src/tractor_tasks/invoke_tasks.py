@@ -121,6 +121,8 @@ def _affected(c, values):
     from .selection import affected, resolve_words
     target = _target(c, values.get("root"))
     base, list_ = values.pop("base"), values.pop("list_")
+    if base and not values.get("baseline"):
+        values["baseline"] = base   # the verdict compares failures with the same base
     if not values.pop("map_", False):
         from .footprints import NO_FOOTPRINTS, affected_words
         from .selection import changed_files
