@@ -1,6 +1,6 @@
 """Benchmark footprint recording (issue 24): the same run with and without it.
 
-    python bench/footprints.py [--root PATH] [--repeat N] [--tests WORDS]
+    python bench/footprints.py [--root PATH] [--repeat N] [--tests WORDS] [--python 3.13]
 
 Each side is `invoke test --no-x <tests>` (default: the whole suite), run alternately
 `--repeat` times; footprints are switched off on one side with
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, Sandbox, main, med, parse_args
+from _common import REPO, Sandbox, main, med, parse_args, venv_python
 
 GOAL = 1.05
 
@@ -41,9 +41,13 @@ def one(sb: Sandbox, argv: list[str], on: bool) -> tuple[float, float]:
 
 
 def bench(args) -> None:
-    with Sandbox(args.root) as sb:
+    sb = Sandbox(args.root)
+    if args.python and args.root is None:
+        sb.minor = args.python          # the copy of the sample gets this venv instead
+        sb.python = venv_python(sb.root, sb.minor)
+    with sb:
         sb.header("footprints: the same run with and without recording", args.repeat)
-        argv = sb.invoke("test", "--no-x", *shlex.split(args.tests or ""))
+        argv = sb.invoke("test", "--no-x", *shlex.split(args.tests or ""), python=True)
         print(f"command: {shlex.join(argv)}", flush=True)
         one(sb, argv, False)   # warm: bytecode, caches
         walls = {True: [], False: []}
@@ -66,4 +70,5 @@ def bench(args) -> None:
 
 if __name__ == "__main__":
     main(lambda: bench(parse_args("footprints", __doc__.splitlines()[0], 3, extra=[
-        ("--tests", "", "test words for `invoke test` (default: the whole suite)")])))
+        ("--tests", "", "test words for `invoke test` (default: the whole suite)"),
+        ("--python", "", "the sample's venv minor, e.g. 3.13 (default 3.11)")])))

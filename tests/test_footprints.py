@@ -367,3 +367,24 @@ def test_monitoring_tool_id_taken_records_nothing_and_says_so(tmp_path):
     assert run.stderr == ""
     text = "".join(f.read_text() for f in (tmp_path / "fp").glob("*.fp"))
     assert "tool id 4 is taken by 'other-tool'" in text and "\nC\t" not in text
+
+
+@pytest.mark.slow
+def test_a_test_with_no_footprint_is_left_to_the_change_map(recorded):
+    """test_local.py ran without recording (TRACTOR_TASKS_FOOTPRINTS=0): a change the
+    map sends to test_local.py selects its tests, by the map. (Last: it adds them to
+    the history.)"""
+    run = invoke("test", "tests/test_local.py", root=recorded, timeout=300,
+                 env={"TRACTOR_TASKS_FOOTPRINTS": "0"})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "footprints:" not in run.stdout
+    _edit(recorded, "sample_actors/discovery/_registry.py", "return self._table.get(name)",
+          "return self._table.get(name, None)")
+    try:
+        out = _affected(recorded)
+    finally:
+        _reset(recorded)
+    local = [ln.strip() for ln in out.splitlines() if ln.startswith("  tests/test_local.py::")]
+    assert local and all(ln.endswith(": no footprint yet; the change map maps "
+                                     "sample_actors/discovery/_registry.py to it")
+                         for ln in local), out

@@ -25,6 +25,7 @@ unchanged since: a test whose footprint executed code changed since is selected.
 from __future__ import annotations
 
 import ast
+import bisect
 import json
 import os
 import re
@@ -249,9 +250,15 @@ class Footprint:
         got = self.funcs.get((file, qual))
         if got is not None:
             return qual, got[1]
-        for (f, q), (_, where) in sorted(self.funcs.items()):
-            if f == file and q.startswith(qual + "."):
-                return q, where
+        by_file = self.__dict__.get("_by_file")
+        if by_file is None or len(self.funcs) != self.__dict__.get("_indexed"):
+            by_file = {}
+            for f, q in sorted(self.funcs):
+                by_file.setdefault(f, []).append(q)
+            self.__dict__["_by_file"], self.__dict__["_indexed"] = by_file, len(self.funcs)
+        for q in by_file.get(file, ()):
+            if q.startswith(qual + "."):
+                return q, self.funcs[(file, q)][1]
         return None
 
 
@@ -284,13 +291,16 @@ def attribute(fp_dir: Path) -> dict[str, Footprint]:
     for p in mains:
         order = [n for _, n in p.tests]
         starts = [t for t, _ in p.tests]
+        later: dict[int, list[str]] = {}    # i -> this test and the later ones of its module
         for t, file, line, qual, phase in p.codes:
-            i = _index(starts, t)
+            i = bisect.bisect_right(starts, t) - 1
             if i < 0:
                 owners = tests                        # collection, imports
             elif phase == "setup":
-                mod = order[i].split("::")[0]
-                owners = [n for n in order[i:] if n.split("::")[0] == mod]
+                if i not in later:
+                    mod = order[i].split("::")[0]
+                    later[i] = [n for n in order[i:] if n.split("::")[0] == mod]
+                owners = later[i]
             else:
                 owners = [order[i]]
             for n in owners:
@@ -331,16 +341,6 @@ def attribute(fp_dir: Path) -> dict[str, Footprint]:
             prints[n].blind.append(f"pid {e['pid']} `{e['cmd'][:80]}` ({why}) could not "
                                    "be recorded")
     return prints
-
-
-def _index(starts: list[float], t: float) -> int:
-    i = -1
-    for j, s in enumerate(starts):
-        if s <= t:
-            i = j
-        else:
-            break
-    return i
 
 
 def of_run(run_dir: Path) -> dict[str, Footprint]:
@@ -450,16 +450,19 @@ def _ignored(root: Path, path: str) -> bool:
     return _ours(path) or (path in ("noxfile.py", "tasks.py") and _is_shim(root / path))
 
 
-def diff_units(root: Path, rev: str, package: str) -> list[Unit]:
-    """What changed from `rev` to the work tree (commits, index, edits, untracked)."""
+def diff_units(root: Path, rev: str, package: str, to: str | None = None) -> list[Unit]:
+    """What changed from `rev` to the work tree (commits, index, edits, untracked), or
+    to the commit `to` (a replay of history: bench/impact.py)."""
     pkg = package.replace(".", "/") + "/"
-    status = _git(root, "diff", "--no-renames", "--name-status", "--relative", rev)
+    status = _git(root, "diff", "--no-renames", "--name-status", "--relative", rev,
+                  *([to] if to else []))
     changed: dict[str, str] = {}
     for line in status.splitlines():
         st, _, path = line.partition("\t")
         if path:
             changed[path] = st[:1]
-    for path in _git(root, "ls-files", "--others", "--exclude-standard").splitlines():
+    for path in ([] if to else
+                 _git(root, "ls-files", "--others", "--exclude-standard").splitlines()):
         if path.strip():
             changed.setdefault(path.strip(), "A")
     units: set[Unit] = set()
@@ -475,19 +478,19 @@ def diff_units(root: Path, rev: str, package: str) -> list[Unit]:
             units.add(Unit(path, None, "a change to a non-Python file"
                            if not path.endswith(".py") else "a change"))
         else:
-            units |= _py_units(root, rev, path)
+            units |= _py_units(root, rev, path, to)
     return sorted(units, key=Unit.key)
 
 
-def _py_units(root: Path, rev: str, path: str) -> set[Unit]:
+def _py_units(root: Path, rev: str, path: str, to: str | None = None) -> set[Unit]:
     old_src = _git(root, "show", f"{rev}:{path}", check=False)
     try:
-        new_src = (root / path).read_text()
+        new_src = _git(root, "show", f"{to}:{path}") if to else (root / path).read_text()
         old_scopes, new_scopes = scopes(old_src), scopes(new_src)
     except (OSError, SyntaxError, ValueError):
         return {Unit(path, None, "a change (the file does not parse)")}
-    old_lines, new_lines = _hunk_lines(_git(root, "diff", "-U0", "--no-renames", rev, "--",
-                                            path))
+    old_lines, new_lines = _hunk_lines(_git(root, "diff", "-U0", "--no-renames", rev,
+                                            *([to] if to else []), "--", path))
     units = _units_of_lines(path, old_lines, old_scopes, "") | \
         _units_of_lines(path, new_lines, new_scopes, "")
     gone = {s.qual for s in old_scopes} - {s.qual for s in new_scopes}
@@ -516,17 +519,19 @@ def _where(where: list[str]) -> str:
     return " and ".join(f"in {w}" for w in where)
 
 
-def select(target, history, base: str | None) -> Selection | None:
+def select(target, history, base: str | None, to: str | None = None,
+           prints: list | None = None) -> Selection | None:
     """The tests the change from `base` (its merge-base with HEAD; else HEAD) to the work
-    tree can break, from the latest footprints per test and cell. None: no footprints."""
+    tree (or to the commit `to`) can break, from the latest footprints per test and
+    cell. None: no footprints."""
     from .selection import map_changes
-    prints = history.latest_footprints()
+    prints = history.latest_footprints() if prints is None else prints
     if not prints:
         return None
     root = target.root
-    rev = (_git(root, "merge-base", base, "HEAD").strip() if base else
+    rev = (_git(root, "merge-base", base, to or "HEAD").strip() if base else
            _git(root, "rev-parse", "HEAD").strip())
-    sel = Selection(units=diff_units(root, rev, target.package), rev=rev)
+    sel = Selection(units=diff_units(root, rev, target.package, to), rev=rev)
     sel.known = sorted({n for n, _, _, _ in prints})
     if not sel.units:
         return sel
@@ -537,7 +542,7 @@ def select(target, history, base: str | None) -> Selection | None:
             ok = bool(commit) and subprocess.run(
                 ["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=root,
                 capture_output=True).returncode == 0
-            since[commit] = diff_units(root, commit, target.package) if ok else None
+            since[commit] = diff_units(root, commit, target.package, to) if ok else None
         return since[commit]
 
     touched: set[str] = set()
@@ -580,9 +585,39 @@ def select(target, history, base: str | None) -> Selection | None:
         elif not sel.whole:
             sel.whole = (f"{u.file} ({u.why}): no footprint touched it and the change map "
                          "has no entry for it")
+    _unrecorded(target, history, sel)
     if not (sel.reasons or sel.words or sel.whole):
         sel.notes.append("no recorded test executed the changed code")
     return sel
+
+
+def _covers(target, word: str, test_file: str) -> bool:
+    from .errors import TaskError
+    from .selection import resolve_word
+    try:
+        paths = resolve_word(target, word)
+    except TaskError:
+        return False
+    return any(test_file == p or (p.endswith("/") and test_file.startswith(p)) for p in paths)
+
+
+def _unrecorded(target, history, sel: Selection) -> None:
+    """Tests the history ran but no footprint covers: the change map decides for them."""
+    from .selection import map_changes
+    bare = sorted(set(history.durations()) - set(sel.known))
+    if not bare or not sel.units:
+        return
+    mapped = map_changes(target, sorted({u.file for u in sel.units}))
+    for nodeid in bare:
+        test_file = nodeid.split("::")[0]
+        if mapped.fell_back:
+            sel.select(nodeid, f"no footprint yet, and the change map has no entry for "
+                               f"{mapped.fell_back[0]}")
+            continue
+        for f, words in mapped.mapped.items():
+            if any(_covers(target, w, test_file) for w in words):
+                sel.select(nodeid, f"no footprint yet; the change map maps {f} to it")
+                break
 
 
 def share(history, selected: list[str], known: list[str]) -> tuple[float, float]:
@@ -616,7 +651,16 @@ def affected_words(target, base: str | None, list_: bool, out=print):
         out(f"the whole suite runs: {sel.whole}")
         words = ["all"]
     else:
-        words = sorted(sel.reasons) + [w for w in sel.words if w not in sel.reasons]
+        gone = sorted(n for n in sel.reasons if not (target.root / n.split("::")[0]).is_file())
+        for n in gone:   # its file is no more: nothing to run
+            sel.reasons.pop(n)
+        if gone:
+            out(f"note: {len(gone)} selected test(s) whose file is gone are left out "
+                f"(e.g. {gone[0]})")
+        # a test file the change map selects whole runs whole: its ids are not named
+        ids = [n for n in sorted(sel.reasons) if not any(
+            _covers(target, w, n.split("::")[0]) for w in sel.words)]
+        words = ids + [w for w in sel.words if w not in ids]
     out(f"selected by footprints: {len(sel.reasons)} of {len(sel.known)} recorded test(s)")
     for nodeid in sorted(sel.reasons):
         out(f"  {nodeid}: {sel.reasons[nodeid]}")
