@@ -257,6 +257,35 @@ def test_footprint_from_an_older_commit_is_not_used_for_code_changed_since(recor
 
 
 @pytest.mark.slow
+def test_history_rule_counts_only_runs_whose_footprint_is_unchanged(recorded):
+    """The verdict without a baseline reads a test's past runs: after a commit changes
+    helper(), the runs of test_sub_crunch (which executed it) no longer count; those of
+    test_plain (which did not) still do."""
+    from tractor_tasks.footprints import unchanged_since
+    from tractor_tasks.history import History
+    from tractor_tasks.rundirs import State
+    from tractor_tasks.target import load_target
+    target = load_target(recorded)
+    history = History(State(target).history)
+    ids = [f"{FP_TESTS}::test_sub_crunch", f"{FP_TESTS}::test_plain"]
+    import sqlite3
+    with sqlite3.connect(State(target).history) as con:
+        minor, tpt, spawn = con.execute("SELECT minor, tpt, spawn FROM results WHERE "
+                                        "nodeid = ?", (ids[0],)).fetchone()
+    rows = {n: history.past([n], minor=minor, tpt=tpt, spawn=spawn).get(n, []) for n in ids}
+    assert all(rows.values()), rows
+    assert unchanged_since(target, history, ids[0], rows[ids[0]]) == rows[ids[0]]
+    head = _git(recorded, "rev-parse", "HEAD").strip()
+    _edit(recorded, "sample_actors/_work.py", "return n * 2", "return n * 2 + 0")
+    _git(recorded, "commit", "-qam", "helper changed")
+    try:
+        assert unchanged_since(target, history, ids[0], rows[ids[0]]) == []
+        assert unchanged_since(target, history, ids[1], rows[ids[1]]) == rows[ids[1]]
+    finally:
+        _git(recorded, "reset", "-q", "--hard", head)
+
+
+@pytest.mark.slow
 def test_forkserver_child_is_recorded(recorded):
     """With mp_forkserver the subactor is a fork of the fork server (stale environment,
     events already disabled): it re-arms after the fork and its records count for the

@@ -707,3 +707,36 @@ def executed_changes(target, nodeid: str, commit: str | None,
         return out
     except Exception:  # noqa: BLE001 - a cause is a hint: never cost the verdict
         return []
+
+
+def unchanged_since(target, history, nodeid: str, rows: list) -> list:
+    """Of a test's past rows (history.Past: run_id, commit), those whose footprint's code
+    is unchanged since, to the work tree: a run whose test executed code changed since
+    says nothing about the test today. A row without a footprint is kept (today's rules)."""
+    if history is None or not rows:
+        return rows
+    try:
+        prints = history.footprints_of(_stable(nodeid), [r.run_id for r in rows])
+        if not prints:
+            return rows
+        changed: dict[str, list[Unit] | None] = {}
+        kept = []
+        for r in rows:
+            fp = prints.get(r.run_id)
+            if fp is None:
+                kept.append(r)
+                continue
+            if r.commit not in changed:
+                ok = bool(r.commit) and subprocess.run(
+                    ["git", "cat-file", "-e", f"{r.commit}^{{commit}}"], cwd=target.root,
+                    capture_output=True).returncode == 0
+                changed[r.commit] = diff_units(target.root, r.commit, target.package) \
+                    if ok else None
+            units = changed[r.commit]
+            if units is not None and not any(
+                    (fp.executed(u.file, u.qual) if u.qual else u.file in fp.files)
+                    for u in units):
+                kept.append(r)
+        return kept
+    except Exception:  # noqa: BLE001 - never cost the verdict its answer
+        return rows

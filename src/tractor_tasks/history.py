@@ -644,6 +644,21 @@ class History:
                     "AND f.recorded = g.r ORDER BY f.nodeid, f.cell").fetchall()
         return [(n, c, sha, Footprint.from_blob(d)) for n, c, sha, d in self._guard(query)]
 
+    def footprints_of(self, nodeid: str, run_ids: Iterable[str]) -> dict:
+        """{run_id: Footprint} of one test in the given runs (those that recorded one)."""
+        from .footprints import Footprint
+        wanted = list(run_ids)
+
+        def query():
+            with self._conn() as con:
+                if not wanted or not con.execute(
+                        "SELECT 1 FROM sqlite_master WHERE name='footprints'").fetchone():
+                    return []
+                marks = ",".join("?" * len(wanted))
+                return con.execute(f"SELECT run_id, data FROM footprints WHERE nodeid = ? "
+                                   f"AND run_id IN ({marks})", (nodeid, *wanted)).fetchall()
+        return {r: Footprint.from_blob(d) for r, d in self._guard(query)}
+
 
 # -- helpers: rows and queries ---------------------------------------------------------
 

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import gitref
+from . import footprints, gitref
 from .results import Results, TestResult, match_rule, stable_id
 from .shard_plan import module_of
 from .status import TestOutcome as O, Verdict as V
@@ -200,7 +200,9 @@ def judge(runner, results: Results, *, history=None, choice: gitref.Choice | Non
             _by_baseline(t, at_base.get(stable_id(t.nodeid)), base, j.what(t))
     elif todo:
         for t in todo:
-            _by_history_alone(t, past.get(stable_id(t.nodeid), []), ancestry, p, j.what(t))
+            rows = footprints.unchanged_since(target, history, t.nodeid,
+                                              past.get(stable_id(t.nodeid), []))
+            _by_history_alone(t, rows, ancestry, p, j.what(t))
     if base is not None and any(t.verdict in (V.REGRESSION, V.NEW) for t in fails):
         j.changed = gitref.changed_since(target.root, base.commit)
         for t in fails:
