@@ -62,11 +62,14 @@ def recorder_env(target, pass_dir: Path, *, at: Path | None = None,
     if base.get(ENV_OFF, "").strip() == "0":
         return {}
     root = Path(at or target.root)
+    if at is not None and Path(pass_dir) == Path(at):
+        return {}      # a look at the export (import_check), not a pass
     out = Path(pass_dir) / FP_DIR
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return {}
+    if Path(pass_dir).is_dir():     # not for --dry-run's placeholder
+        try:
+            out.mkdir(exist_ok=True)
+        except OSError:
+            return {}
     roots = []
     for d in package_dirs(root, target.package):
         for r, dd in ((root, d), (root.resolve(), d.resolve())):
@@ -634,6 +637,8 @@ def affected_words(target, base: str | None, list_: bool, out=print):
     nothing to run); NO_FOOTPRINTS when the history has none (the change map decides)."""
     from .history import History
     from .rundirs import State
+    if not State(target).history.is_file():
+        return NO_FOOTPRINTS      # nothing recorded yet (and nothing written by asking)
     history = History(State(target).history, warn=out)
     sel = select(target, history, base)
     if sel is None:
