@@ -128,3 +128,22 @@ def test_records_are_attributed_by_test_phase_and_lifetime(tmp_path):
         (9, ["subactor 'reg'"])
     assert [bool(fp.blind) for fp in got.values()] == [False, False, False, True]
     assert "started with -I" in got["tests/test_b.py::t4"].blind[0]
+
+
+def test_the_history_keeps_each_tests_newest_footprints_per_cell(tmp_path):
+    from tractor_tasks.history import FOOTPRINTS_KEPT, History
+    h = History(tmp_path / "h.sqlite")
+    for i in range(FOOTPRINTS_KEPT + 3):
+        fp = Footprint()
+        fp.add("p/a.py", f"f{i}", 1, "pytest")
+        h.record_footprints(f"run{i}", f"c{i}", "3.11/tcp/trio", {"t::a": fp, "t::b": fp})
+    other = Footprint()
+    other.add("p/a.py", "g", 1, "pytest")
+    h.record_footprints("uds", "c0", "3.11/uds/trio", {"t::a": other})
+    latest = h.latest_footprints()
+    assert [(n, c, sha, sorted(q for _, q in fp.funcs)) for n, c, sha, fp in latest] == [
+        ("t::a", "3.11/tcp/trio", f"c{FOOTPRINTS_KEPT + 2}", [f"f{FOOTPRINTS_KEPT + 2}"]),
+        ("t::a", "3.11/uds/trio", "c0", ["g"]),
+        ("t::b", "3.11/tcp/trio", f"c{FOOTPRINTS_KEPT + 2}", [f"f{FOOTPRINTS_KEPT + 2}"])]
+    kept = h.footprints_of("t::a", [f"run{i}" for i in range(FOOTPRINTS_KEPT + 3)])
+    assert sorted(kept) == [f"run{i}" for i in range(3, FOOTPRINTS_KEPT + 3)]

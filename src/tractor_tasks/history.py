@@ -42,6 +42,7 @@ PASS = {o.value for o in TestOutcome if o.flip == "pass"}  # what a flip flips b
 FAIL = {o.value for o in TestOutcome if o.flip == "fail"}
 
 MAX_SECONDS = 1e6     # a test duration past this (11 days) is junk: what a durations file refuses
+FOOTPRINTS_KEPT = 5   # footprints kept per test and cell
 BUSY_SECONDS = 10.0   # sqlite's own wait for a lock, per statement
 LOCK_SECONDS = 60.0   # our retries on top of it, per operation
 
@@ -626,6 +627,12 @@ class History:
                 con.execute(self._FOOTPRINTS)
                 con.execute("DELETE FROM footprints WHERE run_id = ?", (run_id,))
                 con.executemany("INSERT INTO footprints VALUES (?,?,?,?,?,?)", rows)
+                # each test keeps its newest few per cell (selection reads the latest,
+                # the verdict's history rule those of its recent runs)
+                con.execute(
+                    "DELETE FROM footprints WHERE rowid IN (SELECT rowid FROM (SELECT "
+                    "rowid, ROW_NUMBER() OVER (PARTITION BY nodeid, cell ORDER BY recorded "
+                    "DESC) AS n FROM footprints) WHERE n > ?)", (FOOTPRINTS_KEPT,))
         self._guard(write)
 
     def latest_footprints(self) -> list[tuple]:
