@@ -417,3 +417,23 @@ def test_a_test_with_no_footprint_is_left_to_the_change_map(recorded):
     assert local and all(ln.endswith(": no footprint yet; the change map maps "
                                      "sample_actors/discovery/_registry.py to it")
                          for ln in local), out
+
+
+@pytest.mark.slow
+def test_affected_runs_its_selection_with_base_as_the_baseline(recorded):
+    """`invoke affected --base REF` runs what it selected and judges the failures
+    against REF: the broken subactor function's test is a regression there."""
+    head = _git(recorded, "rev-parse", "HEAD").strip()
+    _edit(recorded, "sample_actors/_work.py", "return n * 2", "return n * 3")
+    _git(recorded, "commit", "-qam", "a bug in helper")
+    try:
+        run = invoke("affected", "--base", head, "--no-x", root=recorded, timeout=600)
+    finally:
+        _git(recorded, "reset", "-q", "--hard", head)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "  tests/test_fp.py::test_sub_crunch: executed sample_actors/_work.py:helper" \
+        in run.stdout
+    outcome = json.loads((recorded / ".tractor-tasks" / "last" / "outcome.json").read_text())
+    assert {f["nodeid"]: f["verdict"] for f in outcome["failures"]} == {
+        "tests/test_fp.py::test_sub_crunch": "regression"}
+    assert outcome["verdict"]["baseline"]["commit"] == head
