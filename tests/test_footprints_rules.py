@@ -88,13 +88,16 @@ def _proc(d, name, head, lines):
 
 
 def test_records_are_attributed_by_test_phase_and_lifetime(tmp_path):
-    """pytest: before the first test -> every test; a setup -> that test and the later
-    ones of its module; a call -> that test. A subactor -> every test it lived through;
+    """pytest: before the first test -> every test; a session fixture -> every later
+    test, a module fixture -> the later ones of its module, a function fixture or a
+    call -> that test. A subactor -> every test it lived through;
     a process the supervisor saw without records -> its tests are blind."""
     _proc(tmp_path, "100-1.fp", {"pid": 1, "tick": 100, "start": 10.0, "argv": ["pytest"]}, [
         ("C", 10.5, "p/a.py", 1, "<module>", "-"),
         ("T", 11.0, "tests/test_a.py::t1"),
-        ("C", 11.1, "p/a.py", 3, "fixture_code", "setup"),
+        ("C", 11.1, "p/a.py", 3, "fixture_code", "setup:module"),
+        ("C", 11.15, "p/a.py", 4, "session_code", "setup:session"),
+        ("C", 11.17, "p/a.py", 6, "per_test_code", "setup:function"),
         ("H", 11.2, "call"),
         ("C", 11.3, "p/a.py", 5, "only_t1", "call"),
         ("T", 12.0, "tests/test_a.py::t2"),
@@ -120,10 +123,12 @@ def test_records_are_attributed_by_test_phase_and_lifetime(tmp_path):
     assert list(got) == ["tests/test_a.py::t1", "tests/test_a.py::t2", "tests/test_b.py::t3",
                          "tests/test_b.py::t4"]
     funcs = {n: sorted(q for _, q in fp.funcs) for n, fp in got.items()}
-    assert funcs["tests/test_a.py::t1"] == ["<module>", "fixture_code", "only_t1"]
-    assert funcs["tests/test_a.py::t2"] == ["<module>", "Registrar.find", "fixture_code"]
-    assert funcs["tests/test_b.py::t3"] == ["<module>", "Registrar.find"]
-    assert funcs["tests/test_b.py::t4"] == ["<module>", "spare"]
+    assert funcs["tests/test_a.py::t1"] == ["<module>", "fixture_code", "only_t1",
+                                            "per_test_code", "session_code"]
+    assert funcs["tests/test_a.py::t2"] == ["<module>", "Registrar.find", "fixture_code",
+                                            "session_code"]
+    assert funcs["tests/test_b.py::t3"] == ["<module>", "Registrar.find", "session_code"]
+    assert funcs["tests/test_b.py::t4"] == ["<module>", "session_code", "spare"]
     assert got["tests/test_a.py::t2"].funcs[("p/b.py", "Registrar.find")] == \
         (9, ["subactor 'reg'"])
     assert [bool(fp.blind) for fp in got.values()] == [False, False, False, True]

@@ -10,8 +10,9 @@ commit and cell (store).
 
 Attribution: in pytest, a record belongs to the test that ran then (the probe tells
 the recorder, which re-arms per test); what ran before the first test (collection,
-imports, module bodies) belongs to every test of the pass; what ran in a test's setup
-(wide fixtures) to it and every later test of its module. Any other process belongs
+imports, module bodies) belongs to every test of the pass; what a session- or
+package-scoped fixture ran, to every later test; what a module- or class-scoped one
+(or setup outside any fixture) ran, to the later tests of the module. Any other process belongs
 to every test that ran while it lived (its first record to the later of its last
 record and the supervisor's last sight of it), and to the test in its environment.
 
@@ -299,8 +300,10 @@ def attribute(fp_dir: Path) -> dict[str, Footprint]:
             i = bisect.bisect_right(starts, t) - 1
             if i < 0:
                 owners = tests                        # collection, imports
-            elif phase == "setup":
-                if i not in later:
+            elif phase in ("setup:session", "setup:package"):
+                owners = order[i:]                    # a wide fixture: every later test
+            elif phase.startswith("setup") and phase != "setup:function":
+                if i not in later:                    # module, class, or no fixture's
                     mod = order[i].split("::")[0]
                     later[i] = [n for n in order[i:] if n.split("::")[0] == mod]
                 owners = later[i]

@@ -278,3 +278,17 @@ def pytest_runtest_call(item):
 def pytest_runtest_teardown(item):
     if _fp is not None:
         _fp.set_phase("teardown")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    """What a fixture runs counts for the tests its scope serves (footprints.attribute)."""
+    if _fp is None:
+        yield
+        return
+    before = _fp.phase
+    _fp.set_phase(f"setup:{fixturedef.scope}")
+    try:
+        yield
+    finally:
+        _fp.set_phase(before)
