@@ -50,6 +50,7 @@ PASS = {o.value for o in TestOutcome if o.flip == "pass"}  # what a flip flips b
 FAIL = {o.value for o in TestOutcome if o.flip == "fail"}
 
 MAX_SECONDS = 1e6     # a test duration past this (11 days) is junk: what a durations file refuses
+FOOTPRINTS_KEPT = 5   # footprints kept per test and cell
 BUSY_SECONDS = 10.0   # sqlite's own wait for a lock, per statement
 LOCK_SECONDS = 60.0   # our retries on top of it, per operation
 
@@ -769,6 +770,64 @@ class History:
             raise TaskError(f"error: cannot write durations file {path} "
                             f"({err.strerror or err})", 1) from None
         return len(found)
+
+    # -- footprints (footprints.py): per test, the code it executed, by commit and cell.
+    # Their own table, made on first use (older files simply have none yet).
+
+    _FOOTPRINTS = ("CREATE TABLE IF NOT EXISTS footprints (run_id TEXT NOT NULL, "
+                   "nodeid TEXT NOT NULL, cell TEXT NOT NULL, commit_sha TEXT, "
+                   "recorded REAL NOT NULL, data BLOB NOT NULL, PRIMARY KEY (run_id, nodeid))")
+
+    def record_footprints(self, run_id: str, commit: str | None, cell: str,
+                          prints: dict) -> None:
+        """{nodeid: footprints.Footprint} of one run; recording a run again replaces it."""
+        now = time.time()
+        rows = [(run_id, nodeid, cell, commit, now, fp.to_blob())
+                for nodeid, fp in sorted(prints.items())]
+
+        def write():
+            with self._write() as con:
+                con.execute(self._FOOTPRINTS)
+                con.execute("DELETE FROM footprints WHERE run_id = ?", (run_id,))
+                con.executemany("INSERT INTO footprints VALUES (?,?,?,?,?,?)", rows)
+                # each test keeps its newest few per cell (selection reads the latest,
+                # the verdict's history rule those of its recent runs)
+                con.execute(
+                    "DELETE FROM footprints WHERE rowid IN (SELECT rowid FROM (SELECT "
+                    "rowid, ROW_NUMBER() OVER (PARTITION BY nodeid, cell ORDER BY recorded "
+                    "DESC) AS n FROM footprints) WHERE n > ?)", (FOOTPRINTS_KEPT,))
+        self._guard(write)
+
+    def latest_footprints(self) -> list[tuple]:
+        """[(nodeid, cell, commit, Footprint)]: each test's latest per cell."""
+        from .footprints import Footprint
+
+        def query():
+            with self._conn() as con:
+                if not con.execute("SELECT 1 FROM sqlite_master WHERE name='footprints'"
+                                   ).fetchone():
+                    return []
+                return con.execute(
+                    "SELECT f.nodeid, f.cell, f.commit_sha, f.data FROM footprints f "
+                    "JOIN (SELECT nodeid, cell, MAX(recorded) AS r FROM footprints "
+                    "GROUP BY nodeid, cell) g ON f.nodeid = g.nodeid AND f.cell = g.cell "
+                    "AND f.recorded = g.r ORDER BY f.nodeid, f.cell").fetchall()
+        return [(n, c, sha, Footprint.from_blob(d)) for n, c, sha, d in self._guard(query)]
+
+    def footprints_of(self, nodeid: str, run_ids: Iterable[str]) -> dict:
+        """{run_id: Footprint} of one test in the given runs (those that recorded one)."""
+        from .footprints import Footprint
+        wanted = list(run_ids)
+
+        def query():
+            with self._conn() as con:
+                if not wanted or not con.execute(
+                        "SELECT 1 FROM sqlite_master WHERE name='footprints'").fetchone():
+                    return []
+                marks = ",".join("?" * len(wanted))
+                return con.execute(f"SELECT run_id, data FROM footprints WHERE nodeid = ? "
+                                   f"AND run_id IN ({marks})", (nodeid, *wanted)).fetchall()
+        return {r: Footprint.from_blob(d) for r, d in self._guard(query)}
 
 
 # -- helpers: rows and queries ---------------------------------------------------------

@@ -155,6 +155,16 @@ def _affected(c, values):
     from .selection import affected, resolve_words
     target = _target(c, values.get("root"))
     base, list_ = values.pop("base"), values.pop("list_")
+    if base and not values.get("baseline"):
+        values["baseline"] = base   # the verdict compares failures with the same base
+    if not values.pop("map_", False):
+        from .footprints import NO_FOOTPRINTS, affected_words
+        from .selection import changed_files
+        changed_files(target.root, base)   # a bad --base: one line, exit 2
+        words = affected_words(target, base, list_)
+        if words is not NO_FOOTPRINTS:
+            return words
+        say("no footprints recorded yet: the change map decides")
     aff = affected(target, base)
     for line in aff.lines():
         say(line)
@@ -168,10 +178,11 @@ def _affected(c, values):
     return aff.words
 
 
-affected = _run_task("affected", "Run the tests that the changed files map to (spec section 6).",
-                     extra_params=[("base", None), ("list_", False)],
+affected = _run_task("affected", "Run the tests the change can break (their footprints, else the change map).",
+                     extra_params=[("base", None), ("list_", False), ("map_", False)],
                      extra_help={"base": "also count commits since this ref (e.g. origin/main)",
-                                 "list": "print the mapping and the test paths; run nothing"},
+                                 "list": "print the mapping and the test paths; run nothing",
+                                 "map": "the change map only, not the recorded footprints"},
                      before=_affected)
 
 

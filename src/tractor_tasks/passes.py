@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from . import probelog, rundirs
+from . import footprints, probelog, rundirs
 from .command import ENV_SELECT, pytest_args, run_env, show
 from .errors import TaskError
 from .fsutil import atomic_write, write_json
@@ -103,6 +103,7 @@ def command(p, pass_dir: Path, private: str, *, color: bool = False,
         first = [str(at / "src")] if (at / "src").is_dir() else []
         env["PYTHONPATH"] = os.pathsep.join([*first, str(at), env["PYTHONPATH"]])
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # the export is read-only
+    env.update(footprints.recorder_env(p.target, pass_dir, at=at, base=env))
     return argv, env
 
 

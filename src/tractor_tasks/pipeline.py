@@ -341,14 +341,33 @@ def _record_history(p: Plan, result: RunResult, out) -> None:
                          "known" if t.flaky else "", t.signature,
                          t.verdict.value if t.verdict else "", cpu=t.cpu, rss=t.rss)
                  for key, t in results.tests.items()]
-        kept = History(State(p.target).history, warn=out).record(row, tests)
+        history = History(State(p.target).history, warn=out)
+        kept = history.record(row, tests)
         if kept is not None:
             out(f"note: the results history is locked by another writer; this run's rows "
                 f"are kept in {kept.name} and the next run that gets the lock adds them")
+        _record_footprints(history, row, result.run_dir, out)
     except TaskError as err:
         out(f"note: the results history was not updated: {err}")
     except Exception as err:  # noqa: BLE001 - the history must never cost the run its end
         out(f"note: the results history was not updated ({type(err).__name__}: {err})")
+
+
+def _record_footprints(history, row, run_dir, out) -> None:
+    """Each test's footprint (footprints.py) into the history, by commit and cell."""
+    from . import footprints
+    prints = footprints.of_run(run_dir)
+    if not prints:
+        if os.environ.get(footprints.ENV_OFF, "").strip() != "0":
+            out("footprints: nothing was recorded in this run; `affected` keeps to the "
+                "change map for its tests")
+        return
+    blind = sorted({b for fp in prints.values() for b in fp.blind})
+    if blind:
+        out(f"footprints: {len(blind)} process(es) could not be recorded; their tests are "
+            f"always selected by `affected` (e.g. {blind[0]})")
+    history.record_footprints(row.run_id, row.commit, row.cell or
+                              f"{row.minor}/{row.tpt}/{row.spawn}", prints)
 
 
 # what only the end of a run needs (the verdict, the history, the JUnit file, the

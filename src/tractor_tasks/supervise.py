@@ -32,7 +32,7 @@ from typing import Callable
 
 import psutil
 
-from . import shm, stalls
+from . import footprints, shm, stalls
 from .contain import Containment, Launched, launch
 from .output import Output, Tee
 from .processes import Proc, nested_pid
@@ -378,12 +378,15 @@ def run_pass(argv: list[str], *, number: int, cwd: Path, env: dict[str, str], pa
     seen: dict[tuple[int, float], Proc] = {}
     outcome = PassOutcome(number, pass_dir, Stop.FINISHED, None, 0.0, log=log)
     watch = stalls.RunawayWatch(*runaway, main_pid=run.main_pid)
+    plist = footprints.ProcList(env)   # what footprints need of the processes seen
     try:
         _watch(run, outcome, seen, t0=t0, deadline=deadline, test_bound=test_bound,
                signals=signals, pass_dir=pass_dir, private=private, bindspace=bindspace,
-               grace=grace, on_event=on_event, leftovers=leftovers, runaways=watch)
+               grace=grace, on_event=on_event, leftovers=leftovers, runaways=watch,
+               plist=plist)
         outcome.leaks.runaway += watch.found
     finally:
+        plist.write()
         if run.poll() is None or run.members():
             outcome.teardown += run.end(grace=0.2)
         run.close()
@@ -425,7 +428,7 @@ def proc_samples(members: list[psutil.Process], runaways: bool = False) -> list[
 
 def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, test_bound,
            signals, pass_dir, private, bindspace, grace, on_event, leftovers,
-           runaways: stalls.RunawayWatch | None = None) -> None:
+           runaways: stalls.RunawayWatch | None = None, plist=None) -> None:
     costs = TreeCost()
     # on the host's /dev/shm: which segments the run's processes hold, look by look
     # (without containment only a segment seen held by the run is the run's: shm.py)
@@ -435,13 +438,16 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
 
     def look():
         members = run.members()
-        for p in _procs(members):
+        procs = _procs(members)
+        for p in procs:
             seen.setdefault((p.pid, p.create_time), p)
         if host_shm:
             shm.note_seen(pass_dir, run.shm_seen, [m.pid for m in members])
         watching = runaways is not None and runaways.on
         samples = proc_samples(members, runaways=watching)   # one read per process per tick
         now = time.time()
+        if plist is not None:
+            plist.update(procs, now)
         if watching:
             for r in runaways.update(now, [(s.pid, s.started, s.title, s.cpu)
                                            for s in samples if s.started is not None]):

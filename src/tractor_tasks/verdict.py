@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import gitref
+from . import footprints, gitref
 from .rundirs import State
 from .results import Results, TestResult, match_rule, stable_id
 from .runner import Runner
@@ -208,12 +208,15 @@ def judge(runner: Runner, results: Results, *, history=None,
                          base_bad.get(stable_id(t.nodeid), (0, 0)))
     elif todo:
         for t in todo:
-            _by_history_alone(t, past.get(stable_id(t.nodeid), []), ancestry, p, j, environ)
+            rows = footprints.unchanged_since(target, history, t.nodeid,
+                                              past.get(stable_id(t.nodeid), []))
+            _by_history_alone(t, rows, ancestry, p, j, environ)
     if base is not None and any(t.verdict in (V.REGRESSION, V.NEW) for t in fails):
         j.changed = gitref.changed_since(target.root, base.commit)
         for t in fails:
             if t.verdict in (V.REGRESSION, V.NEW):
-                t.cause = likely_cause(target, t, j.changed, base)
+                t.cause = likely_cause(target, t, j.changed, base,
+                                       run_dir=runner.run_dir.path)
     return j
 
 
@@ -585,8 +588,9 @@ def _prune_exports(parent: Path, keep: set[str], most: int = 3) -> None:
 
 # -- likely cause ----------------------------------------------------------------------------
 
-def likely_cause(target, t: TestResult, changed: list[str], base) -> list[str]:
-    """The changed files ranked by what ties each to the failing test, with the reasons:
+def likely_cause(target, t: TestResult, changed: list[str], base, run_dir=None) -> list[str]:
+    """First the changed functions the failing test executed (its footprint, with the
+    process that ran them); then the changed files ranked by what ties each to it:
     the test file itself, its traceback, its test module's direct imports, the change
     map, the package it imports."""
     if not changed:
@@ -594,6 +598,12 @@ def likely_cause(target, t: TestResult, changed: list[str], base) -> list[str]:
     test_path = test_file(target, t.nodeid)
     direct, packages = _imports(target.root / test_path)
     since = f"changed since {base.label}"
+    from .footprints import executed_changes
+    ran = [f"likely cause: {f}:{q} (the test executed it {' and '.join(f'in {w}' for w in where)}"
+           f"; {since})" for f, q, where in
+           executed_changes(target, t.nodeid, getattr(base, "commit", None), run_dir)][:3]
+    if ran:
+        return ran
     scored = []
     for f in changed:
         reasons, score = [since], 0

@@ -281,3 +281,41 @@ def pytest_collectreport(report):
 def pytest_sessionfinish(session, exitstatus):
     _write("finished.json", {"exitstatus": int(exitstatus)})
     _append({"event": "finished", "exitstatus": int(exitstatus)})
+
+
+# -- footprints: tell the recorder (recorder/sitecustomize.py, when it loaded in this
+# process) which test runs and in which phase; it re-arms per test
+_fp = sys.modules.get("_tractor_tasks_footprint")
+_fp = getattr(_fp, "recorder", None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if _fp is not None:
+        _fp.begin(item.nodeid)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item):
+    if _fp is not None:
+        _fp.set_phase("call")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item):
+    if _fp is not None:
+        _fp.set_phase("teardown")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    """What a fixture runs counts for the tests its scope serves (footprints.attribute)."""
+    if _fp is None:
+        yield
+        return
+    before = _fp.phase
+    _fp.set_phase(f"setup:{fixturedef.scope}")
+    try:
+        yield
+    finally:
+        _fp.set_phase(before)

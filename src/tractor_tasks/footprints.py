@@ -1,0 +1,750 @@
+"""Footprints: per test, the functions of the target's package it executed, in pytest
+and in every process it started; and `affected` from them.
+
+Recording: recorder/sitecustomize.py, put first on pytest's PYTHONPATH (recorder_env),
+writes one append-only file per process into the pass's `footprints/` dir; the
+supervisor adds `procs.json`, every process of the run it saw (ProcList), so that
+Python processes the recorder could not load into (-I, -E, -S, a wiped environment)
+are known. After the run the files are read (attribute) and kept in the history by
+commit and cell (store).
+
+Attribution: in pytest, a record belongs to the test that ran then (the probe tells
+the recorder, which re-arms per test); what ran before the first test (collection,
+imports, module bodies) belongs to every test of the pass; what a session- or
+package-scoped fixture ran, to every later test; what a module- or class-scoped one
+(or setup outside any fixture) ran, to the later tests of the module. Any other process belongs
+to every test that ran while it lived (its first record to the later of its last
+record and the supervisor's last sight of it), and to the test in its environment.
+
+Selection (select): the diff from the base to the work tree, its hunks mapped to the
+functions they touch in the old and the new version (ast). A test is selected when its
+footprint executed one of them; a change outside any function selects the tests whose
+footprint touched the file, else the change map's tests for it, else the whole suite.
+A footprint recorded at another commit is used only while the code it executed is
+unchanged since: a test whose footprint executed code changed since is selected.
+"""
+from __future__ import annotations
+
+import ast
+import bisect
+import json
+import os
+import re
+import subprocess
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FP_DIR = "footprints"
+PROCS = "procs.json"
+ENV_DIR = "TRACTOR_TASKS_FP_DIR"
+ENV_ROOTS = "TRACTOR_TASKS_FP_ROOTS"
+ENV_OFF = "TRACTOR_TASKS_FOOTPRINTS"   # "0": record nothing (the overhead bench)
+RECORDER_DIR = Path(__file__).with_name("recorder")
+_PY = re.compile(r"python[\d.]*$")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _stable(nodeid: str) -> str:
+    return _ADDRESS.sub("", nodeid)
+
+
+# -- recording -------------------------------------------------------------------
+
+def package_dirs(root: Path, package: str) -> list[Path]:
+    rel = package.replace(".", "/")
+    return [d for d in (root / rel, root / "src" / rel) if d.is_dir()]
+
+
+def recorder_env(target, pass_dir: Path, *, at: Path | None = None,
+                 base: dict | None = None) -> dict[str, str]:
+    """What pytest's environment gets so that every process of the pass records."""
+    base = os.environ if base is None else base
+    if base.get(ENV_OFF, "").strip() == "0":
+        return {}
+    root = Path(at or target.root)
+    if at is not None and Path(pass_dir) == Path(at):
+        return {}      # a look at the export (import_check), not a pass
+    out = Path(pass_dir) / FP_DIR
+    if Path(pass_dir).is_dir():     # not for --dry-run's placeholder
+        try:
+            out.mkdir(exist_ok=True)
+        except OSError:
+            return {}
+    roots = []
+    for d in package_dirs(root, target.package):
+        for r, dd in ((root, d), (root.resolve(), d.resolve())):
+            item = f"{r}={dd}"
+            if item not in roots:
+                roots.append(item)
+    if not roots:
+        return {}
+    path = os.pathsep.join(p for p in (str(RECORDER_DIR), base.get("PYTHONPATH", "")) if p)
+    return {ENV_DIR: str(out), ENV_ROOTS: os.pathsep.join(roots), "PYTHONPATH": path}
+
+
+def _tick(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return int(stat[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_HIDING = re.compile(r"^-[A-Za-z]*[IES]")
+
+
+def _hiding_flags(argv: list[str]) -> str:
+    """The interpreter flags that keep sitecustomize (or PYTHONPATH) out: -I, -E, -S."""
+    for a in argv[1:]:
+        if a == "--" or not a.startswith("-") or a in ("-c", "-m") or a.startswith("--"):
+            break
+        if _HIDING.match(a):
+            return a
+        if a.startswith(("-c", "-m")):
+            break
+    return ""
+
+
+class ProcList:
+    """Every process of the pass the supervisor saw, for footprints: its start tick,
+    first and last sight, and whether it is a Python the recorder could not load into."""
+
+    def __init__(self, env: dict):
+        d = env.get(ENV_DIR)
+        self.path = Path(d) / PROCS if d else None
+        self.seen: dict[tuple[int, float], dict] = {}
+
+    def update(self, procs, now: float) -> None:
+        if self.path is None:
+            return
+        for p in procs:
+            key = (p.pid, p.create_time)
+            entry = self.seen.get(key)
+            if entry is not None:
+                entry["last"] = now
+                continue
+            exe = ""
+            try:
+                exe = p.ps.exe() if p.ps is not None else ""
+            except Exception:  # noqa: BLE001 - gone, or not ours to read
+                pass
+            python = bool(_PY.search(os.path.basename(exe)) or
+                          _PY.search(os.path.basename((p.cmdline or "").split(" ")[0])))
+            entry = {"pid": p.pid, "tick": _tick(p.pid), "first": now, "last": now,
+                     "cmd": p.title[:300], "python": python}
+            if python:
+                argv = (p.cmdline or "").split()
+                env = p.environ()
+                entry["flags"] = _hiding_flags(argv)
+                entry["env"] = ENV_DIR in env if env else None   # None: unreadable
+            self.seen[key] = entry
+
+    def write(self) -> None:
+        if self.path is None or not self.path.parent.is_dir():
+            return
+        try:
+            self.path.write_text(json.dumps(list(self.seen.values())))
+        except OSError:
+            pass
+
+
+# -- reading a pass's files --------------------------------------------------------
+
+@dataclass
+class ProcRecord:
+    head: dict
+    how: str = ""
+    why: str = ""
+    codes: list[tuple[float, str, int, str, str]] = field(default_factory=list)
+    tests: list[tuple[float, str]] = field(default_factory=list)
+    exit: float | None = None
+    last: float = 0.0
+
+    title: str = ""    # what the supervisor saw it called (setproctitle)
+
+    @property
+    def label(self) -> str:
+        argv = self.head.get("argv") or []
+        if self.tests:
+            return "pytest"
+        if "--uid" in argv[:-1]:
+            return f"subactor {argv[argv.index('--uid') + 1]!r}"
+        if self.head.get("forked"):
+            return f"a child forked from pid {self.head.get('ppid')}" + (
+                f" (`{self.title[:60]}`)" if self.title else "")
+        shown = " ".join(argv)
+        return f"process `{shown[:60]}`"
+
+
+def read_dir(fp_dir: Path) -> list[ProcRecord]:
+    out = []
+    for f in sorted(Path(fp_dir).glob("*.fp")):
+        try:
+            text = f.read_text(errors="replace")
+        except OSError:
+            continue
+        rec = None
+        for line in text.splitlines():
+            kind, _, rest = line.partition("\t")
+            try:
+                if kind == "P":
+                    rec = ProcRecord(json.loads(rest))
+                    rec.last = float(rec.head.get("start") or 0.0)
+                elif rec is None:
+                    continue
+                elif kind == "N":
+                    note = json.loads(rest)
+                    rec.how, rec.why = note.get("how", ""), note.get("why", "")
+                elif kind == "C":
+                    t, file, line_no, qual, phase = rest.split("\t")
+                    rec.codes.append((float(t), file, int(line_no), qual, phase))
+                    rec.last = max(rec.last, float(t))
+                elif kind == "T":
+                    t, nodeid = rest.split("\t", 1)
+                    rec.tests.append((float(t), _stable(nodeid)))
+                    rec.last = max(rec.last, float(t))
+                elif kind == "H":
+                    rec.last = max(rec.last, float(rest.split("\t")[0]))
+                elif kind == "X":
+                    rec.exit = float(rest)
+                    rec.last = max(rec.last, rec.exit)
+            except (ValueError, TypeError):
+                continue   # a line cut short by a kill
+        if rec is not None:
+            out.append(rec)
+    return out
+
+
+@dataclass
+class Footprint:
+    """One test's: {(file, qualname): (first line, [where])}, the files it touched, and
+    the processes of its time that nothing could record."""
+    funcs: dict[tuple[str, str], tuple[int, list[str]]] = field(default_factory=dict)
+    blind: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> set[str]:
+        return {f for f, _ in self.funcs}
+
+    def add(self, file: str, qual: str, line: int, where: str) -> None:
+        key = (file, qual)
+        got = self.funcs.get(key)
+        if got is None:
+            self.funcs[key] = (line, [where])
+        elif where not in got[1] and len(got[1]) < 3:
+            got[1].append(where)
+
+    def to_blob(self) -> bytes:
+        doc = {"funcs": [[f, q, ln, w] for (f, q), (ln, w) in sorted(self.funcs.items())],
+               "blind": self.blind}
+        return zlib.compress(json.dumps(doc).encode())
+
+    @classmethod
+    def from_blob(cls, blob: bytes) -> Footprint:
+        doc = json.loads(zlib.decompress(blob))
+        fp = cls(blind=list(doc.get("blind", [])))
+        for f, q, ln, w in doc.get("funcs", []):
+            fp.funcs[(f, q)] = (ln, list(w))
+        return fp
+
+    def executed(self, file: str, qual: str) -> tuple[str, list[str]] | None:
+        """The recorded code object that is `qual` or runs inside it (a nested function,
+        a comprehension), with where it ran."""
+        got = self.funcs.get((file, qual))
+        if got is not None:
+            return qual, got[1]
+        by_file = self.__dict__.get("_by_file")
+        if by_file is None or len(self.funcs) != self.__dict__.get("_indexed"):
+            by_file = {}
+            for f, q in sorted(self.funcs):
+                by_file.setdefault(f, []).append(q)
+            self.__dict__["_by_file"], self.__dict__["_indexed"] = by_file, len(self.funcs)
+        for q in by_file.get(file, ()):
+            if q.startswith(qual + "."):
+                return q, self.funcs[(file, q)][1]
+        return None
+
+
+def attribute(fp_dir: Path) -> dict[str, Footprint]:
+    """A pass's records -> {test: Footprint}."""
+    procs = read_dir(fp_dir)
+    try:
+        seen = json.loads((Path(fp_dir) / PROCS).read_text())
+    except (OSError, ValueError):
+        seen = []
+    last_seen: dict[int, float] = {}
+    for e in seen:
+        if e.get("tick") is not None:
+            last_seen[e["tick"]] = max(last_seen.get(e["tick"], 0.0), e.get("last", 0.0))
+    titles = {e.get("tick"): e.get("cmd", "") for e in seen if e.get("python")}
+    for p in procs:
+        p.title = titles.get(p.head.get("tick"), "")
+    windows: list[tuple[str, float, float]] = []
+    mains = [p for p in procs if p.tests]
+    # the last test ran until the pass's last sign of life
+    end = max([p.last for p in procs] + [e.get("last", 0.0) for e in seen] + [0.0])
+    for p in mains:
+        for i, (t, nodeid) in enumerate(p.tests):
+            stop = p.tests[i + 1][0] if i + 1 < len(p.tests) else end
+            windows.append((nodeid, t, stop))
+    tests = list(dict.fromkeys(n for n, _, _ in windows))
+    prints = {n: Footprint() for n in tests}
+    if not tests:
+        return prints
+    for p in mains:
+        order = [n for _, n in p.tests]
+        starts = [t for t, _ in p.tests]
+        later: dict[int, list[str]] = {}    # i -> this test and the later ones of its module
+        for t, file, line, qual, phase in p.codes:
+            i = bisect.bisect_right(starts, t) - 1
+            if i < 0:
+                owners = tests                        # collection, imports
+            elif phase in ("setup:session", "setup:package"):
+                owners = order[i:]                    # a wide fixture: every later test
+            elif phase.startswith("setup") and phase != "setup:function":
+                if i not in later:                    # module, class, or no fixture's
+                    mod = order[i].split("::")[0]
+                    later[i] = [n for n in order[i:] if n.split("::")[0] == mod]
+                owners = later[i]
+            else:
+                owners = [order[i]]
+            for n in owners:
+                prints[n].add(file, qual, line, "pytest")
+        if p.how == "blind":
+            for n in tests:
+                prints[n].blind.append(f"pytest records nothing: {p.why}")
+    for p in procs:
+        if p.tests:
+            continue
+        start = float(p.head.get("start") or 0.0)
+        end = max(p.last, last_seen.get(p.head.get("tick"), 0.0))
+        owners = [n for n, t0, t1 in windows if t0 <= end and t1 >= start]
+        env_test = _stable(str(p.head.get("test", "")).rsplit(" (", 1)[0])
+        if env_test in prints and not p.head.get("forked") and env_test not in owners:
+            owners.append(env_test)
+        if not owners:
+            owners = tests     # lived only before the first test
+        if p.how == "blind":
+            for n in owners:
+                prints[n].blind.append(f"{p.label} (pid {p.head.get('pid')}) records "
+                                       f"nothing: {p.why}")
+            continue
+        for t, file, line, qual, phase in p.codes:
+            for n in owners:
+                prints[n].add(file, qual, line, p.label)
+    ticks = {p.head.get("tick") for p in procs}
+    for e in seen:
+        if not e.get("python"):
+            continue
+        why = (f"started with {e['flags']}" if e.get("flags") else
+               "without the run's environment" if e.get("env") is False else
+               "no record of it" if e.get("tick") not in ticks else "")
+        if not why:
+            continue
+        owners = [n for n, t0, t1 in windows if t0 <= e["last"] and t1 >= e["first"]]
+        for n in owners or tests:
+            prints[n].blind.append(f"pid {e['pid']} `{e['cmd'][:80]}` ({why}) could not "
+                                   "be recorded")
+    return prints
+
+
+def of_run(run_dir: Path) -> dict[str, Footprint]:
+    """Every pass of a run at its own tree (not the verdict's baseline) -> per test."""
+    out: dict[str, Footprint] = {}
+    for d in sorted(Path(run_dir).rglob(FP_DIR)):
+        if not d.is_dir() or "baseline" in d.relative_to(run_dir).parts:
+            continue
+        for nodeid, fp in attribute(d).items():
+            have = out.setdefault(nodeid, Footprint())
+            for (f, q), (ln, where) in fp.funcs.items():
+                for w in where:
+                    have.add(f, q, ln, w)
+            have.blind += [b for b in fp.blind if b not in have.blind]
+    return out
+
+
+# -- the diff, mapped to functions -------------------------------------------------
+
+@dataclass(frozen=True)
+class Unit:
+    """A changed function (qual set), or a change outside any function (qual None)."""
+    file: str
+    qual: str | None
+    why: str = ""
+
+    def key(self) -> tuple[str, str, str]:
+        return (self.file, self.qual or "", self.why)
+
+
+def _git(root: Path, *args: str, check: bool = True) -> str:
+    out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        from .errors import TaskError
+        raise TaskError(f"git {' '.join(args)} failed in {root}: "
+                        f"{(out.stderr.strip().splitlines() or ['?'])[-1]}")
+    return out.stdout if out.returncode == 0 else ""
+
+
+@dataclass
+class _Scope:
+    qual: str
+    start: int       # the first decorator or the def line
+    body: int        # the first line of its body
+    end: int
+    parent: str | None   # the enclosing function's qualname, None: module or class body
+
+
+def scopes(source: str) -> list[_Scope]:
+    """Every function of a module with its qualname as Python spells it."""
+    tree = ast.parse(source)
+    out: list[_Scope] = []
+
+    def walk(node, prefix: str, func: str | None):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                qual = prefix + child.name
+                start = min([child.lineno] + [d.lineno for d in child.decorator_list])
+                out.append(_Scope(qual, start, child.body[0].lineno, child.end_lineno, func))
+                walk(child, qual + ".<locals>.", qual)
+            elif isinstance(child, ast.ClassDef):
+                walk(child, prefix + child.name + ".", func)
+            else:
+                walk(child, prefix, func)
+
+    walk(tree, "", None)
+    return out
+
+
+def _units_of_lines(file: str, lines: set[int], found: list[_Scope], why: str) -> set[Unit]:
+    units = set()
+    for ln in lines:
+        inner = None
+        for s in found:
+            if s.start <= ln <= s.end and (inner is None or s.start >= inner.start):
+                inner = s
+        if inner is None:
+            units.add(Unit(file, None, why or "a change outside any function"))
+            continue
+        units.add(Unit(file, inner.qual))
+        if ln < inner.body:   # a decorator or the signature: run by the enclosing scope
+            units.add(Unit(file, inner.parent) if inner.parent else
+                      Unit(file, None, "a decorator or signature, run at import"))
+    return units
+
+
+_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+def _hunk_lines(diff: str) -> tuple[set[int], set[int]]:
+    old, new = set(), set()
+    for line in diff.splitlines():
+        m = _HUNK.match(line)
+        if not m:
+            continue
+        a, b = int(m[1]), int(m[2]) if m[2] is not None else 1
+        c, d = int(m[3]), int(m[4]) if m[4] is not None else 1
+        old |= set(range(a, a + b))
+        new |= set(range(c, c + d))
+        if b == 0:      # a pure insertion after old line a: what encloses it there
+            old.add(max(a, 1))
+    return old, new
+
+
+def _ignored(root: Path, path: str) -> bool:
+    from .gitref import _is_shim, _ours
+    return _ours(path) or (path in ("noxfile.py", "tasks.py") and _is_shim(root / path))
+
+
+def diff_units(root: Path, rev: str, package: str, to: str | None = None) -> list[Unit]:
+    """What changed from `rev` to the work tree (commits, index, edits, untracked), or
+    to the commit `to` (a replay of history: bench/impact.py)."""
+    pkg = package.replace(".", "/") + "/"
+    status = _git(root, "diff", "--no-renames", "--name-status", "--relative", rev,
+                  *([to] if to else []))
+    changed: dict[str, str] = {}
+    for line in status.splitlines():
+        st, _, path = line.partition("\t")
+        if path:
+            changed[path] = st[:1]
+    for path in ([] if to else
+                 _git(root, "ls-files", "--others", "--exclude-standard").splitlines()):
+        if path.strip():
+            changed.setdefault(path.strip(), "A")
+    units: set[Unit] = set()
+    for path, st in sorted(changed.items()):
+        if _ignored(root, path):
+            continue
+        in_pkg = path.startswith(pkg) or path.startswith("src/" + pkg)
+        if st == "A":
+            units.add(Unit(path, None, "a new file"))
+        elif st == "D":
+            units.add(Unit(path, None, "a deleted file"))
+        elif not path.endswith(".py") or not in_pkg:
+            units.add(Unit(path, None, "a change to a non-Python file"
+                           if not path.endswith(".py") else "a change"))
+        else:
+            units |= _py_units(root, rev, path, to)
+    return sorted(units, key=Unit.key)
+
+
+def _py_units(root: Path, rev: str, path: str, to: str | None = None) -> set[Unit]:
+    old_src = _git(root, "show", f"{rev}:{path}", check=False)
+    try:
+        new_src = _git(root, "show", f"{to}:{path}") if to else (root / path).read_text()
+        old_scopes, new_scopes = scopes(old_src), scopes(new_src)
+    except (OSError, SyntaxError, ValueError):
+        return {Unit(path, None, "a change (the file does not parse)")}
+    old_lines, new_lines = _hunk_lines(_git(root, "diff", "-U0", "--no-renames", rev,
+                                            *([to] if to else []), "--", path))
+    units = _units_of_lines(path, old_lines, old_scopes, "") | \
+        _units_of_lines(path, new_lines, new_scopes, "")
+    gone = {s.qual for s in old_scopes} - {s.qual for s in new_scopes}
+    if gone:
+        units.add(Unit(path, None, f"a deleted function ({', '.join(sorted(gone)[:3])})"))
+    return units
+
+
+# -- selection ---------------------------------------------------------------------
+
+@dataclass
+class Selection:
+    reasons: dict[str, str] = field(default_factory=dict)   # nodeid -> why
+    words: list[str] = field(default_factory=list)          # from the change map
+    whole: str = ""                                          # why the whole suite runs
+    units: list[Unit] = field(default_factory=list)
+    rev: str = ""
+    notes: list[str] = field(default_factory=list)
+    known: list[str] = field(default_factory=list)          # every footprinted test
+
+    def select(self, nodeid: str, why: str) -> None:
+        self.reasons.setdefault(nodeid, why)
+
+
+def _where(where: list[str]) -> str:
+    return " and ".join(f"in {w}" for w in where)
+
+
+def select(target, history, base: str | None, to: str | None = None,
+           prints: list | None = None) -> Selection | None:
+    """The tests the change from `base` (its merge-base with HEAD; else HEAD) to the work
+    tree (or to the commit `to`) can break, from the latest footprints per test and
+    cell. None: no footprints."""
+    from .selection import map_changes
+    prints = history.latest_footprints() if prints is None else prints
+    if not prints:
+        return None
+    root = target.root
+    rev = (_git(root, "merge-base", base, to or "HEAD").strip() if base else
+           _git(root, "rev-parse", "HEAD").strip())
+    sel = Selection(units=diff_units(root, rev, target.package, to), rev=rev)
+    sel.known = sorted({n for n, _, _, _ in prints})
+    if not sel.units:
+        return sel
+    since: dict[str, list[Unit] | None] = {}
+
+    def changed_since(commit: str | None) -> list[Unit] | None:
+        if commit not in since:
+            ok = bool(commit) and subprocess.run(
+                ["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=root,
+                capture_output=True).returncode == 0
+            since[commit] = diff_units(root, commit, target.package, to) if ok else None
+        return since[commit]
+
+    touched: set[str] = set()
+    for nodeid, cell, commit, fp in sorted(prints, key=lambda r: (r[0], r[1])):
+        touched |= fp.files
+        if fp.blind:
+            sel.select(nodeid, f"always: {fp.blind[0]}")
+        for u in sel.units:
+            if u.qual is not None:
+                hit = fp.executed(u.file, u.qual)
+                if hit:
+                    sel.select(nodeid, f"executed {u.file}:{hit[0]} {_where(hit[1])}")
+            elif u.file in fp.files:
+                sel.select(nodeid, f"ran code of {u.file} ({u.why})")
+        if commit == rev:
+            continue
+        stale = changed_since(commit)
+        if stale is None:
+            sel.select(nodeid, f"its footprint is from commit {commit[:10]}, not in this "
+                               "checkout" if commit else "its footprint has no commit")
+            continue
+        test_file = nodeid.split("::")[0]
+        for u in stale:
+            if u.qual is not None and fp.executed(u.file, u.qual):
+                sel.select(nodeid, f"its footprint (at {commit[:10]}) executed "
+                                   f"{u.file}:{u.qual}, changed since")
+            elif u.qual is None and (u.file in fp.files or u.file == test_file or (
+                    Path(u.file).name == "conftest.py" and
+                    test_file.startswith(str(Path(u.file).parent) + "/"))):
+                sel.select(nodeid, f"its footprint (at {commit[:10]}) predates a change "
+                                   f"to {u.file}")
+    for u in sel.units:
+        if u.qual is not None or u.file in touched:
+            continue
+        mapped = map_changes(target, [u.file])
+        if mapped.mapped:
+            sel.words += [w for w in mapped.tests if w not in sel.words]
+            sel.notes.append(f"{u.file} ({u.why}): no footprint touched it; the change map "
+                             f"gives {' '.join(mapped.tests)}")
+        elif not sel.whole:
+            sel.whole = (f"{u.file} ({u.why}): no footprint touched it and the change map "
+                         "has no entry for it")
+    _unrecorded(target, history, sel)
+    if not (sel.reasons or sel.words or sel.whole):
+        sel.notes.append("no recorded test executed the changed code")
+    return sel
+
+
+def _covers(target, word: str, test_file: str) -> bool:
+    from .errors import TaskError
+    from .selection import resolve_word
+    try:
+        paths = resolve_word(target, word)
+    except TaskError:
+        return False
+    return any(test_file == p or (p.endswith("/") and test_file.startswith(p)) for p in paths)
+
+
+def _unrecorded(target, history, sel: Selection) -> None:
+    """Tests the history ran but no footprint covers: the change map decides for them."""
+    from .selection import map_changes
+    bare = sorted(set(history.durations()) - set(sel.known))
+    if not bare or not sel.units:
+        return
+    mapped = map_changes(target, sorted({u.file for u in sel.units}))
+    for nodeid in bare:
+        test_file = nodeid.split("::")[0]
+        if mapped.fell_back:
+            sel.select(nodeid, f"no footprint yet, and the change map has no entry for "
+                               f"{mapped.fell_back[0]}")
+            continue
+        for f, words in mapped.mapped.items():
+            if any(_covers(target, w, test_file) for w in words):
+                sel.select(nodeid, f"no footprint yet; the change map maps {f} to it")
+                break
+
+
+def share(history, selected: list[str], known: list[str]) -> tuple[float, float]:
+    """(selected seconds, all footprinted tests' seconds), from the recorded durations."""
+    d = history.durations(known)
+    return sum(d.get(n, 0.0) for n in selected), sum(d.values())
+
+
+NO_FOOTPRINTS = object()
+
+
+def affected_words(target, base: str | None, list_: bool, out=print):
+    """`invoke affected` from footprints: what it says, then the words to run (None:
+    nothing to run); NO_FOOTPRINTS when the history has none (the change map decides)."""
+    from .history import History
+    from .rundirs import State
+    if not State(target).history.is_file():
+        return NO_FOOTPRINTS      # nothing recorded yet (and nothing written by asking)
+    history = History(State(target).history, warn=out)
+    sel = select(target, history, base)
+    if sel is None:
+        return NO_FOOTPRINTS
+    since = f"{base} (merge-base {sel.rev[:10]})" if base else f"HEAD ({sel.rev[:10]})"
+    if not sel.units:
+        out(f"no changed files since {since}; nothing to run")
+        return None
+    out(f"changed since {since}:")
+    for u in sel.units:
+        out(f"  {u.file}:{u.qual}" if u.qual else f"  {u.file} ({u.why})")
+    for line in sel.notes:
+        out(line)
+    if sel.whole:
+        out(f"the whole suite runs: {sel.whole}")
+        words = ["all"]
+    else:
+        gone = sorted(n for n in sel.reasons if not (target.root / n.split("::")[0]).is_file())
+        for n in gone:   # its file is no more: nothing to run
+            sel.reasons.pop(n)
+        if gone:
+            out(f"note: {len(gone)} selected test(s) whose file is gone are left out "
+                f"(e.g. {gone[0]})")
+        # a test file the change map selects whole runs whole: its ids are not named
+        ids = [n for n in sorted(sel.reasons) if not any(
+            _covers(target, w, n.split("::")[0]) for w in sel.words)]
+        words = ids + [w for w in sel.words if w not in ids]
+    out(f"selected by footprints: {len(sel.reasons)} of {len(sel.known)} recorded test(s)")
+    for nodeid in sorted(sel.reasons):
+        out(f"  {nodeid}: {sel.reasons[nodeid]}")
+    if list_:
+        if not sel.whole:
+            picked, total = share(history, sorted(sel.reasons), sel.known)
+            if total:
+                out(f"share of the suite's recorded time: {100 * picked / total:.1f}% "
+                    f"({picked:.1f} s of {total:.1f} s)" +
+                    (" plus the change map's tests" if sel.words else ""))
+        from .selection import resolve_words
+        for path in resolve_words(target, words) if words else ():
+            out(path)
+        return None
+    if not words:
+        out("nothing to run")
+        return None
+    return words
+
+
+def executed_changes(target, nodeid: str, commit: str | None,
+                     run_dir: Path | None = None) -> list[tuple[str, str, list[str]]]:
+    """The functions changed since `commit` that the test executed, with where:
+    [(file, qualname, [where])], from this run's own footprint (else the history's
+    latest). [] when there is none or git cannot tell."""
+    from .rundirs import State
+    if not commit:
+        return []
+    try:
+        key = _stable(nodeid)
+        fp = of_run(run_dir).get(key) if run_dir is not None else None
+        if fp is None and State(target).history.exists():
+            from .history import History
+            found = [f for n, _, _, f in History(State(target).history).latest_footprints()
+                     if n == key]
+            fp = found[0] if found else None
+        if fp is None:
+            return []
+        out = []
+        for u in diff_units(target.root, commit, target.package):
+            hit = fp.executed(u.file, u.qual) if u.qual else None
+            if hit:
+                out.append((u.file, hit[0], hit[1]))
+        return out
+    except Exception:  # noqa: BLE001 - a cause is a hint: never cost the verdict
+        return []
+
+
+def unchanged_since(target, history, nodeid: str, rows: list) -> list:
+    """Of a test's past rows (history.Past: run_id, commit), those whose footprint's code
+    is unchanged since, to the work tree: a run whose test executed code changed since
+    says nothing about the test today. A row without a footprint is kept (today's rules)."""
+    if history is None or not rows:
+        return rows
+    try:
+        prints = history.footprints_of(_stable(nodeid), [r.run_id for r in rows])
+        if not prints:
+            return rows
+        changed: dict[str, list[Unit] | None] = {}
+        kept = []
+        for r in rows:
+            fp = prints.get(r.run_id)
+            if fp is None:
+                kept.append(r)
+                continue
+            if r.commit not in changed:
+                ok = bool(r.commit) and subprocess.run(
+                    ["git", "cat-file", "-e", f"{r.commit}^{{commit}}"], cwd=target.root,
+                    capture_output=True).returncode == 0
+                changed[r.commit] = diff_units(target.root, r.commit, target.package) \
+                    if ok else None
+            units = changed[r.commit]
+            if units is not None and not any(
+                    (fp.executed(u.file, u.qual) if u.qual else u.file in fp.files)
+                    for u in units):
+                kept.append(r)
+        return kept
+    except Exception:  # noqa: BLE001 - never cost the verdict its answer
+        return rows
