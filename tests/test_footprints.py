@@ -117,6 +117,15 @@ def _selected(out: str) -> dict[str, str]:
     return got
 
 
+@pytest.fixture(scope="module", autouse=True)
+def record_on_py311():
+    """The sample's venv is py311, where recording (settrace) is asked for by name."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRACTOR_TASKS_FOOTPRINTS", "1")
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     """The sample plus the footprint tests, committed, and one recorded run of them."""

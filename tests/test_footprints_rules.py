@@ -152,3 +152,19 @@ def test_the_history_keeps_each_tests_newest_footprints_per_cell(tmp_path):
         ("t::b", "3.11/tcp/trio", f"c{FOOTPRINTS_KEPT + 2}", [f"f{FOOTPRINTS_KEPT + 2}"])]
     kept = h.footprints_of("t::a", [f"run{i}" for i in range(FOOTPRINTS_KEPT + 3)])
     assert sorted(kept) == [f"run{i}" for i in range(3, FOOTPRINTS_KEPT + 3)]
+
+
+def test_below_3_12_recording_is_asked_for_by_name_and_off_by_zero_everywhere(tmp_path):
+    """settrace (the only recorder below 3.12) costs about 45% CPU: not paid unless asked;
+    3.12+ records unless told 0; the env a pass gets follows."""
+    from types import SimpleNamespace
+    from tractor_tasks.footprints import ENV_DIR, off_why, recorder_env
+    assert "TRACTOR_TASKS_FOOTPRINTS=1" in off_why("3.11", {})
+    assert off_why("3.11", {"TRACTOR_TASKS_FOOTPRINTS": "1"}) is None
+    assert off_why("3.13", {}) is None
+    assert off_why("3.13", {"TRACTOR_TASKS_FOOTPRINTS": "0"}) == "TRACTOR_TASKS_FOOTPRINTS=0"
+    (tmp_path / "pkg").mkdir()
+    target = SimpleNamespace(root=tmp_path, package="pkg")
+    (tmp_path / "pass-1").mkdir()
+    assert recorder_env(target, tmp_path / "pass-1", base={}, minor="3.11") == {}
+    assert ENV_DIR in recorder_env(target, tmp_path / "pass-1", base={}, minor="3.13")

@@ -39,7 +39,25 @@ FP_DIR = "footprints"
 PROCS = "procs.json"
 ENV_DIR = "TRACTOR_TASKS_FP_DIR"
 ENV_ROOTS = "TRACTOR_TASKS_FP_ROOTS"
-ENV_OFF = "TRACTOR_TASKS_FOOTPRINTS"   # "0": record nothing (the overhead bench)
+ENV_OFF = "TRACTOR_TASKS_FOOTPRINTS"   # "0": record nothing; "1": record below 3.12 too
+MONITORING = (3, 12)   # sys.monitoring: what records at a few percent; below it, settrace
+
+
+def off_why(minor: str | None, env=None) -> str | None:
+    """Why a run of this minor records no footprints (None: it records). Below 3.12 only
+    settrace can record, at about 1.45x the run's CPU (bench/footprints.py): not paid
+    unless TRACTOR_TASKS_FOOTPRINTS=1 asks for it."""
+    value = (os.environ if env is None else env).get(ENV_OFF, "").strip()
+    if value == "0":
+        return f"{ENV_OFF}=0"
+    try:
+        below = tuple(int(x) for x in str(minor).split(".")[:2]) < MONITORING
+    except ValueError:
+        below = False
+    if below and value != "1":
+        return (f"Python {minor} has no sys.monitoring, and settrace would cost the run "
+                f"about 45% more CPU; set {ENV_OFF}=1 to record anyway")
+    return None
 RECORDER_DIR = Path(__file__).with_name("recorder")
 _PY = re.compile(r"python[\d.]*$")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -57,10 +75,11 @@ def package_dirs(root: Path, package: str) -> list[Path]:
 
 
 def recorder_env(target, pass_dir: Path, *, at: Path | None = None,
-                 base: dict | None = None) -> dict[str, str]:
-    """What pytest's environment gets so that every process of the pass records."""
+                 base: dict | None = None, minor: str | None = None) -> dict[str, str]:
+    """What pytest's environment gets so that every process of the pass records (nothing
+    when off_why says why not)."""
     base = os.environ if base is None else base
-    if base.get(ENV_OFF, "").strip() == "0":
+    if off_why(minor, base):
         return {}
     root = Path(at or target.root)
     if at is not None and Path(pass_dir) == Path(at):

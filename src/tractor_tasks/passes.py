@@ -103,7 +103,7 @@ def command(p, pass_dir: Path, private: str, *, color: bool = False,
         first = [str(at / "src")] if (at / "src").is_dir() else []
         env["PYTHONPATH"] = os.pathsep.join([*first, str(at), env["PYTHONPATH"]])
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # the export is read-only
-    env.update(footprints.recorder_env(p.target, pass_dir, at=at, base=env))
+    env.update(footprints.recorder_env(p.target, pass_dir, at=at, base=env, minor=p.minor))
     return argv, env
 
 

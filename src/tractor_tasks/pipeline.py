@@ -200,6 +200,11 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
     preflight(p.target, p.minor, allow_sweep=p.opts.sweep, out=out)
     if p.containment.mode != "namespaces":
         out(f"note: {p.containment.note}")
+    from .footprints import off_why
+    why = off_why(p.minor)
+    if why and not why.endswith("=0"):   # asked for by name: nothing to say
+        out(f"note: no footprints this run ({why}); `invoke affected` uses the change map "
+            "for what they would have selected")
     t0 = time.monotonic()
     with Signals(p.opts.interactive) as signals:
         ctx = PassRunner(p, None, signals, t0 + p.timeout, out)
