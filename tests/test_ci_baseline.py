@@ -192,9 +192,12 @@ def test_env_diff_names_the_part_that_changed():
 def test_baseline_rows_from_another_environment_are_not_evidence(target, nogit):
     base = gitref.Baseline(A1, "main", "test")
     rows = {ID: [row("failed", A1, 1, environ="python=3.11.9;lock=L0")]}
-    r, j, runner = judged(target, gitref.Choice(base), rows, script=(O.FAILED, O.PASSED))
+    r, j, runner = judged(target, gitref.Choice(base), rows,
+                          script=(O.FAILED, O.PASSED, O.FAILED, O.PASSED))
     # the old lock's failure at main is not taken: the test ran at the baseline and passed
-    assert [phase for phase, _ in runner.lanes] == ["confirm-1", "baseline"]
+    # (and again, after it failed once more in a pytest of its own: the second opinion)
+    assert [phase for phase, _ in runner.lanes] == ["confirm-1", "baseline", "alone-1",
+                                                    "baseline-2"]
     assert r.tests[ID].verdict is V.REGRESSION and j.known_at_baseline == 0
 
 
@@ -213,7 +216,10 @@ def test_the_verdict_passes_say_what_runs_how_many_are_left_and_the_time(target,
     ids = ["tests/test_a.py::t1", "tests/test_a.py::t2", "tests/test_b.py::t1"]
     for i in ids:
         r.tests[i] = TestResult(i, O.FAILED, message="AssertionError: boom")
-    runner = Runner(target, {i: [O.FAILED, O.PASSED] for i in ids})
+    # confirm fails, baseline passes; the second opinion: t1 of test_a passes alone, the
+    # other two fail alone and pass at the baseline again
+    runner = Runner(target, {i: [O.FAILED, O.PASSED, O.FAILED, O.PASSED] for i in ids})
+    runner.script[ids[0]] = [O.FAILED, O.PASSED, O.PASSED]
     verdict.judge(runner, r, history=Hist({}), choice=gitref.Choice(
         gitref.Baseline(A1, "main", "test")))
     lines = [ln for ln in runner.out if ln.startswith("verdict: ")]
@@ -223,6 +229,13 @@ def test_the_verdict_passes_say_what_runs_how_many_are_left_and_the_time(target,
                                "(1 test) · step 2 of 2 · 1 test run(s) left · ")
     assert lines[2].startswith("verdict: at the baseline main (aaaaaaaaaa): 3 test(s) of 2 "
                                "module(s) in one pytest start · ")
+    assert lines[3].startswith("verdict: a second opinion on 3 regression(s): "
+                               "tests/test_a.py::t1 in a pytest of its own · 1 of 3 · ")
+    assert lines[5].startswith("verdict: a second opinion on 3 regression(s): "
+                               "tests/test_b.py::t1 in a pytest of its own · 3 of 3 · ")
+    assert lines[6].startswith("verdict: at the baseline main (aaaaaaaaaa): 2 test(s) of 2 "
+                               "module(s) in one pytest start · ")
+    assert len(lines) == 7
     assert all(ln.rstrip().endswith("s") and ln.split(" · ")[-1][:-1].isdigit() for ln in lines)
 
 

@@ -201,9 +201,10 @@ class FakeRunner:
         self.lanes.append((phase, set(only)))
         r = Results(self.p.target)
         for nodeid in only:
-            outcome = self.script[nodeid].pop(0)
-            r.tests[nodeid] = TestResult(nodeid, outcome, message="AssertionError: boom"
-                                         if outcome.bad else "")
+            outcome = self.script[nodeid].pop(0)   # an outcome, or (outcome, message)
+            outcome, message = outcome if isinstance(outcome, tuple) else (
+                outcome, "AssertionError: boom" if outcome.bad else "")
+            r.tests[nodeid] = TestResult(nodeid, outcome, message=message)
         return RunResult(r)
 
 
@@ -282,13 +283,14 @@ def test_the_baseline_splits_regressions_from_pre_existing(tmp_path):
     r = Results(target)
     for name in ("test_broke", "test_old", "test_other_way", "test_brand_new"):
         failed(r, f"tests/test_core.py::{name}")
-    script = {f"tests/test_core.py::{n}": [O.FAILED] for n in
+    script = {f"tests/test_core.py::{n}": [O.FAILED, O.FAILED] for n in
               ("test_broke", "test_old", "test_other_way", "test_brand_new")}
     runner = FakeRunner(target, script)
-    # at the baseline: passes, fails the same way, fails differently, is not there
+    # at the baseline (twice for a regression: the second opinion): passes, fails the
+    # same way, fails differently, is not there
 
     def lane(*, only, shard, echo, opts=None, phase=None, at=None):
-        if phase != "baseline":
+        if not phase.startswith("baseline"):
             return FakeRunner.lane(runner, only=only, shard=shard, echo=echo, phase=phase)
         runner.lanes.append((phase, set(only)))
         res = Results(target)
@@ -307,7 +309,58 @@ def test_the_baseline_splits_regressions_from_pre_existing(tmp_path):
     assert v["test_other_way"][0] is V.REGRESSION and "differently: KeyError" in \
         v["test_other_way"][1]
     assert v["test_brand_new"][0] is V.NEW and "not in main" in v["test_brand_new"][1]
-    assert [ph for ph, _ in runner.lanes] == ["confirm-1", "baseline"]
+    assert "failed again in a pytest of its own, and at main (" in v["test_broke"][1]
+    assert [ph for ph, _ in runner.lanes] == ["confirm-1", "baseline", "alone-1", "alone-2",
+                                              "baseline-2"]
+
+
+def test_a_regression_is_said_only_when_it_holds_in_a_pytest_of_its_own_and_at_base_twice(
+        tmp_path):
+    """tractor's deadline tests chain: the confirmation re-runs a module's failures in one
+    pytest, where one missed deadline slows the next, and the baseline ran once. Each
+    regression candidate runs again in a pytest of its own at HEAD, then at the baseline:
+    a pass alone is flaky, a baseline that flips is flaky there too; only what holds
+    both times stays a regression."""
+    root = tiny_repo(tmp_path / "r")
+    target = load_target(root)
+    base = gitref.Baseline(git(root, "rev-parse", "HEAD"), "main", "test")
+    r = Results(target)
+    names = ("test_chained", "test_flips_there", "test_real")
+    for name in names:
+        failed(r, f"tests/test_core.py::{name}")
+    # confirm: all fail again (one pytest); alone: the chained one passes
+    script = {"tests/test_core.py::test_chained": [O.FAILED, O.PASSED],
+              "tests/test_core.py::test_flips_there": [O.FAILED, O.FAILED],
+              "tests/test_core.py::test_real": [O.FAILED, O.FAILED]}
+    at_base = {"baseline": {"test_chained": O.PASSED, "test_flips_there": O.PASSED,
+                            "test_real": O.PASSED},
+               "baseline-2": {"test_flips_there": O.FAILED, "test_real": O.PASSED}}
+    runner = FakeRunner(target, script)
+
+    def lane(*, only, shard, echo, opts=None, phase=None, at=None):
+        if not phase.startswith("baseline"):
+            return FakeRunner.lane(runner, only=only, shard=shard, echo=echo, phase=phase)
+        runner.lanes.append((phase, set(only)))
+        res = Results(target)
+        for name, outcome in at_base[phase].items():
+            key = f"tests/test_core.py::{name}"
+            if key in only:
+                res.tests[key] = TestResult(key, outcome, message="AssertionError: boom"
+                                            if outcome.bad else "")
+        return RunResult(res)
+    runner.lane = lane
+    j = verdict.judge(runner, r, choice=gitref.Choice(base))
+    v = {k.split("::")[1]: (t.verdict, t.why) for k, t in r.tests.items()}
+    assert v["test_chained"][0] is V.FLAKY and "passed in a pytest of its own" in \
+        v["test_chained"][1]
+    assert v["test_flips_there"][0] is V.FLAKY and "it flips there too" in \
+        v["test_flips_there"][1]
+    assert v["test_real"][0] is V.REGRESSION and ") as before" in v["test_real"][1]
+    assert [ph for ph, _ in runner.lanes] == ["confirm-1", "baseline", "alone-1", "alone-2",
+                                              "alone-3", "baseline-2"]
+    assert runner.lanes[-1][1] == {"tests/test_core.py::test_flips_there",
+                                   "tests/test_core.py::test_real"}
+    assert j.second == 3 and j.as_dict()["second_opinion"] == 3
 
 
 def test_a_baseline_that_failed_so_in_its_history_is_not_a_regression(tmp_path):
@@ -346,6 +399,11 @@ def test_a_baseline_that_failed_so_in_its_history_is_not_a_regression(tmp_path):
     for nodeid in rows:
         failed(r, nodeid)
     runner = FakeRunner(target, {n: [O.FAILED] for n in rows})
+    # the two regressions' second opinion: each fails again in a pytest of its own, and at
+    # the baseline as the history had it (passes; fails one other way)
+    runner.script["tests/test_core.py::test_broke"] += [O.FAILED, O.PASSED]
+    runner.script["tests/test_core.py::test_stable_else"] += [O.FAILED,
+                                                              (O.FAILED, "KeyError: 'k'")]
     verdict.judge(runner, r, history=History(), choice=gitref.Choice(base))
     v = {k.split("::")[1]: (t.verdict, t.why) for k, t in r.tests.items()}
     assert v["test_mostly"][0] is V.PRE_EXISTING and "in 2 of its last 3" in v["test_mostly"][1]
@@ -359,10 +417,13 @@ def test_a_baseline_that_failed_so_in_its_history_is_not_a_regression(tmp_path):
     assert v["test_unstable"][0] is V.PRE_EXISTING and "vary" in v["test_unstable"][1]
     assert v["test_stable_else"][0] is V.REGRESSION and "differently" in \
         v["test_stable_else"][1]
-    # the pre-existing ones were not re-run; nothing ran at the baseline (the history knew)
-    assert runner.lanes == [("confirm-1", {"tests/test_core.py::test_sometimes",
-                                           "tests/test_core.py::test_broke",
-                                           "tests/test_core.py::test_stable_else"})]
+    # the pre-existing ones were not re-run; the first baseline run was the history's:
+    # only the second opinion ran there
+    regressions = {"tests/test_core.py::test_broke", "tests/test_core.py::test_stable_else"}
+    assert runner.lanes[0] == ("confirm-1", {"tests/test_core.py::test_sometimes",
+                                             *regressions})
+    assert [ph for ph, _ in runner.lanes[1:]] == ["alone-1", "alone-2", "baseline-2"]
+    assert runner.lanes[-1][1] == regressions
 
 
 # -- real runs of the sample -----------------------------------------------------------------------

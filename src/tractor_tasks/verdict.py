@@ -98,6 +98,8 @@ class Judgement:
     at_baseline: int = 0        # failures run at the baseline commit
     baseline_seconds: float = 0.0
     known_at_baseline: int = 0  # failures whose baseline outcome the history had
+    second: int = 0             # regressions given a second opinion (each in its own pytest)
+    second_seconds: float = 0.0
     passes: list = field(default_factory=list)   # the PassOutcomes of its own passes
     changed: list[str] = field(default_factory=list)
     strict: bool = False
@@ -119,7 +121,9 @@ class Judgement:
                 "confirmed": self.confirmed, "confirm_seconds": round(self.confirm_seconds, 2),
                 "at_baseline": self.at_baseline,
                 "baseline_seconds": round(self.baseline_seconds, 2),
-                "known_at_baseline": self.known_at_baseline, "strict": self.strict}
+                "known_at_baseline": self.known_at_baseline,
+                "second_opinion": self.second,
+                "second_seconds": round(self.second_seconds, 2), "strict": self.strict}
 
 
 def _ran(t: TestResult) -> list[TestResult]:
@@ -206,6 +210,11 @@ def judge(runner: Runner, results: Results, *, history=None,
         for t in todo:
             _by_baseline(t, at_base.get(stable_id(t.nodeid)), base, j.what(t),
                          base_bad.get(stable_id(t.nodeid), (0, 0)))
+        candidates = [t for t in todo if t.verdict is V.REGRESSION]
+        if candidates and confirm > 0:
+            t0 = time.monotonic()
+            _second_opinion(runner, candidates, base, j, history, environ)
+            j.second_seconds = time.monotonic() - t0
     elif todo:
         for t in todo:
             rows = footprints.unchanged_since(target, history, t.nodeid,
@@ -419,6 +428,65 @@ def _by_baseline(t: TestResult, there: TestResult | None, base, what: str,
 
 # -- the passes of the verdict ------------------------------------------------------------
 
+def _second_opinion(runner: Runner, tests: list[TestResult], base, j: Judgement, history,
+                    environ: str) -> None:
+    """A regression is said only on evidence that holds apart. The confirmation runs a
+    module's failures in one pytest, where a deadline one of them misses slows the next
+    (tractor's timing tests chain so), and the baseline ran them once: each candidate
+    now runs in a pytest of its own at HEAD, and those that fail there again run once
+    more at the baseline. A pass alone at HEAD, or a failure at the baseline, makes it
+    flaky: it flips there too. Stopped (the verdict's time spent), a candidate keeps
+    its verdict and its reason says the second opinion is missing."""
+    opts = _quiet_opts(runner.p.opts)
+    j.second = len(tests)
+    again_bad: list[TestResult] = []
+    progress = Progress(runner.out, f"a second opinion on {len(tests)} regression(s)")
+    try:
+        for n, t in enumerate(tests, 1):
+            if runner.stopped():
+                j.stopped = True
+                j.notes.append("verdict: stopped before every regression had its second "
+                               "opinion")
+                for rest in tests[n - 1:]:
+                    rest.why += " (no second opinion: the verdict's time ran out)"
+                break
+            key = stable_id(t.nodeid)
+            progress.step(f"{key} in a pytest of its own · {n} of {len(tests)}")
+            lane = runner.lane(only={key}, shard=None, echo=None, opts=opts,
+                               phase=f"alone-{n}")
+            j.passes += lane.passes
+            again = lane.results.tests.get(key)
+            if again is None:
+                t.why += " (its second run alone did not report)"
+                continue
+            t.reruns.append(again)
+            if again.outcome is O.PASSED:
+                _set(t, V.FLAKY, "failed in the run and again beside its module's other "
+                     "failures, but passed in a pytest of its own")
+            elif again.outcome.bad:
+                again_bad.append(t)
+    finally:
+        progress.close()
+    if not again_bad or runner.stopped():
+        return
+    there = _at_baseline(runner, again_bad, base, j, history, environ, phase="baseline-2")
+    for t in again_bad:
+        b, first = there.get(stable_id(t.nodeid)), t.baseline
+        if b is None or first is None:
+            continue
+        if b.outcome.bad != first.outcome.bad:   # it passed once and failed once there
+            t.baseline = b
+            _set(t, V.FLAKY, f"failed again in a pytest of its own, but at {base.name} it "
+                 f"passed once and failed once ({b.signature or b.outcome}"
+                 f"{'' if b.outcome.bad else ' before'}): it flips there too")
+        elif b.outcome.bad and same_failure(t.signature, b.signature):
+            t.baseline = b
+            _set(t, V.PRE_EXISTING, f"fails at {base.name} too, the same way (on a second "
+                 "run there)")
+        else:
+            t.why += f"; failed again in a pytest of its own, and at {base.name} as before"
+
+
 def _quiet_opts(opts):
     """A confirmation or baseline pass: every selected test runs (no -x, no --lf), and
     pytest's cache is left as the run made it."""
@@ -517,7 +585,7 @@ def _confirm(runner: Runner, tests: list[TestResult], times: int, j: Judgement,
 
 
 def _at_baseline(runner: Runner, tests: list[TestResult], base, j: Judgement,
-                 history, environ: str = "") -> dict[str, TestResult]:
+                 history, environ: str = "", phase: str = "baseline") -> dict[str, TestResult]:
     """Run the tests at the baseline commit: its tree exported read-only, the target's
     own venv, the export imported first; record the outcomes for the next run."""
     p = runner.p
@@ -546,21 +614,22 @@ def _at_baseline(runner: Runner, tests: list[TestResult], base, j: Judgement,
     progress.step(f"{len(ids)} test(s) of {len(_by_module(tests))} module(s) in one pytest "
                   "start")
     try:
-        lane = runner.lane(only=ids, shard=None, echo=None, opts=opts, phase="baseline",
+        lane = runner.lane(only=ids, shard=None, echo=None, opts=opts, phase=phase,
                            at=root)
     finally:
         progress.close()
     j.passes += lane.passes
     found = {k: v for k, v in lane.results.tests.items() if k in ids}
     if history is not None and lane.results.tests and not runner.stopped():
-        _record_baseline(history, p, base, runner, lane.results, environ)
+        _record_baseline(history, p, base, runner, lane.results, environ, phase)
     return found
 
 
-def _record_baseline(history, p, base, runner: Runner, results: Results, environ: str = "") -> None:
+def _record_baseline(history, p, base, runner: Runner, results: Results, environ: str = "",
+                     phase: str = "baseline") -> None:
     from .history import RunRow, TestRow
     now = time.time()
-    row = RunRow(run_id=f"{runner.run_dir.path.name}-baseline", started=now, finished=now,
+    row = RunRow(run_id=f"{runner.run_dir.path.name}-{phase}", started=now, finished=now,
                  kind="baseline", cell=p.cell.name if p.cell else "", minor=p.minor,
                  tpt=p.tpt, spawn=p.spawn, commit=base.commit, host=os.uname().nodename,
                  tree=gitref.env_state(p.target.verdict_env), environ=environ,
