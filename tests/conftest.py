@@ -90,6 +90,77 @@ def chaos_dir(tmp_path, monkeypatch):
     return d
 
 
+_STARTERS = ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system", "popen",
+             "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp", "execlpe",
+             "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl", "spawnle", "spawnlp",
+             "spawnlpe")
+
+
+class Refusals(list):
+    """The process starts the guard refused during one test (a refusal that the code
+    under test swallows, `except Exception`, still fails the test at its teardown)."""
+    expected = False
+
+    def check(self) -> None:
+        if self and not self.expected:
+            pytest.fail(f"the fast tier starts no process, and this test tried: "
+                        f"{'; '.join(self)} (swallowed by the code under test)", pytrace=False)
+
+
+def _argv_of(name: str, args: tuple):
+    """The command an os starter was given: system's string, exec/spawn's argv."""
+    if name in ("system", "popen"):
+        return args[0] if args else None
+    if name.startswith(("execl", "spawnl")):
+        return list(args[1 if name.startswith("exec") else 2:])
+    if name.startswith(("execv", "posix_spawn")):
+        return args[1] if len(args) > 1 else None
+    if name.startswith("spawnv"):
+        return args[2] if len(args) > 2 else None
+    return None   # fork, forkpty
+
+
+def refuse_process(refusals: Refusals, what: str, argv=None):
+    """What a fast test meets when it starts a process: an AssertionError naming it."""
+    shown = f" {list(argv) if isinstance(argv, (list, tuple)) else argv!r}" if argv else ""
+    refusals.append(f"{what}{shown}")
+    raise AssertionError(f"the fast tier starts no process: {what}{shown}; fake it at the "
+                         f"process boundary or mark the test @pytest.mark.slow")
+
+
+@pytest.fixture(autouse=True)
+def _no_process_in_the_fast_tier(request, monkeypatch):
+    """A test not marked slow that starts a process (git included) fails loudly: through
+    subprocess (asyncio's and trio's go there too), os.fork/exec*/spawn*/system/popen,
+    or the fork_exec that multiprocessing calls."""
+    refusals = Refusals()
+    if request.node.get_closest_marker("slow"):
+        yield refusals
+        return
+
+    def popen_init(self, args=None, *rest, **kw):
+        refuse_process(refusals, "subprocess.Popen",
+                       args if args is not None else kw.get("args"))
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", popen_init)
+    for name in _STARTERS:
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, lambda *a, _n=name, **k: refuse_process(
+                refusals, f"os.{_n}", _argv_of(_n, a)))
+    import _posixsubprocess
+    monkeypatch.setattr(_posixsubprocess, "fork_exec", lambda *a, **k: refuse_process(
+        refusals, "_posixsubprocess.fork_exec", a[:1]))
+    yield refusals
+    refusals.check()
+
+
+@pytest.fixture
+def process_refusals(_no_process_in_the_fast_tier):
+    """For the guard's own tests: what it refused; its teardown check is theirs."""
+    _no_process_in_the_fast_tier.expected = True
+    return _no_process_in_the_fast_tier
+
+
 @pytest.fixture(autouse=True)
 def _private_runtime_dir(monkeypatch):
     """A fresh, short XDG_RUNTIME_DIR per test, and no chaos unless a test asks."""

@@ -193,6 +193,24 @@ def invoke(*args, root: Path | None = None, **kw):
     return run_tool("invoke", *args, **kw)
 
 
+def invoke_here(*args, root: Path | None = None, capsys):
+    """`invoke ...` run by invoke's own Program in this process (no child): the same
+    exit code, stdout and stderr as `invoke(...)` gives, for the fast tier."""
+    from invoke import Program
+
+    from tractor_tasks.invoke_tasks import collection
+    args = list(args) + (["--root", str(root)] if root is not None else [])
+    capsys.readouterr()
+    try:
+        Program(namespace=collection(str(REPO / "tasks.py")), name="invoke",
+                binary="invoke").run(["invoke", *args])
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["invoke", *args], code, out, err)
+
+
 def nox(*args, root: Path | None = None, env=None, **kw):
     env = dict(env or {})
     if root is not None:

@@ -426,6 +426,34 @@ def test_history_limit_is_rows_per_test_and_a_bare_name_is_a_substring(target, c
 
 # -- a closed stdout --------------------------------------------------------------------
 
+def test_a_closed_fd_1_gets_dev_null_here_before_anything_is_opened(monkeypatch):
+    """The front end's guard in this process, fd 1 closed for the while (the decision; the
+    child with `>&-` is the slow twin below)."""
+    import io
+    import sys
+    from tractor_tasks.output import Output, guard_std_fds
+    monkeypatch.setattr(sys, "stdout", sys.stdout)   # the guard replaces them: put back
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    saved = os.dup(1)
+    try:
+        os.close(1)
+        guard_std_fds()
+        on_1 = os.fstat(1)
+        with open(os.devnull) as f:
+            fd = f.fileno()
+        Output()("hello")
+        print("x")
+        sys.stdout.flush()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    assert os.path.samestat(on_1, os.stat(os.devnull))
+    note = err.getvalue().strip().splitlines()
+    assert len(note) == 1 and note[0].startswith("note: stdout is closed") and fd > 2
+
+
+@pytest.mark.slow
 def test_a_closed_stdout_gets_dev_null_before_anything_is_opened(tmp_path):
     """The front end's guard, in a child whose fd 1 is closed (as `>&-` leaves it)."""
     import subprocess

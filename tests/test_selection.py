@@ -212,6 +212,51 @@ def test_affected_with_nothing_changed(tmp_path):
     assert out.returncode == 0 and "no changed files" in out.stdout
 
 
+def test_head_commit_is_read_from_hand_made_git_files(tmp_path, monkeypatch):
+    """The same cases as the slow twin below, the git dir's files written by hand: a loose
+    ref, packed refs, a detached HEAD, a worktree's `.git` file; below the top, git itself
+    (faked here) is asked."""
+    from tractor_tasks import selection
+    from tractor_tasks.selection import _read_head, head_commit
+    a, b, c = "a" * 40, "b" * 40, "c" * 40
+    root = tmp_path / "s"
+    (root / "tests").mkdir(parents=True)
+    gitdir = root / ".git"
+    (gitdir / "refs" / "heads").mkdir(parents=True)
+    (gitdir / "HEAD").write_text("ref: refs/heads/main\n")
+    (gitdir / "refs" / "heads" / "main").write_text(a + "\n")
+    assert _read_head(root) == a
+    (gitdir / "refs" / "heads" / "main").unlink()   # `git pack-refs --all`
+    (gitdir / "packed-refs").write_text(f"# pack-refs with: peeled fully-peeled sorted\n"
+                                        f"{c} refs/heads/other\n{a} refs/heads/main\n")
+    assert _read_head(root) == a
+    (gitdir / "HEAD").write_text(a + "\n")           # `git checkout --detach`
+    assert _read_head(root) == a
+    wt_dir = gitdir / "worktrees" / "wt"              # `git worktree add ../wt -b other`
+    wt_dir.mkdir(parents=True)
+    (wt_dir / "HEAD").write_text("ref: refs/heads/other\n")
+    (wt_dir / "commondir").write_text("../..\n")
+    (tmp_path / "wt").mkdir()
+    (tmp_path / "wt" / ".git").write_text(f"gitdir: {wt_dir}\n")
+    assert _read_head(tmp_path / "wt") == c
+    (gitdir / "refs" / "heads" / "other").write_text(b + "\n")   # a loose ref wins
+    assert _read_head(tmp_path / "wt") == b
+
+    asked = []
+
+    def fake_run(argv, cwd, **kw):
+        asked.append((argv, cwd))
+        inside = cwd == root / "tests"
+        return subprocess.CompletedProcess(argv, 0 if inside else 128,
+                                           a + "\n" if inside else "", "")
+    monkeypatch.setattr(selection.subprocess, "run", fake_run)
+    assert _read_head(root / "tests") is None  # not the top: git itself is asked
+    assert head_commit(root / "tests") == a
+    assert head_commit(tmp_path) is None
+    assert [argv for argv, _ in asked] == [["git", "rev-parse", "HEAD"]] * 2
+
+
+@pytest.mark.slow
 def test_head_commit_read_from_the_git_files_is_what_git_says(tmp_path):
     """A plain checkout, packed refs, a detached HEAD, a worktree: read without git."""
     from tractor_tasks.selection import _read_head, head_commit

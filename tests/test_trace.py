@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import copy_sample, invoke, last_run
+from helpers import copy_sample, invoke, invoke_here, last_run
 from tractor_tasks import trace
 
 
@@ -249,16 +249,16 @@ def test_a_damaged_or_empty_run_dir_still_gives_a_loadable_trace(tmp_path):
     assert path == tmp_path / "trace.json" and json.loads(path.read_text())["traceEvents"]
 
 
-def test_report_trace_names_the_newest_timeline(tmp_path):
+def test_report_trace_names_the_newest_timeline(tmp_path, capsys):
     root = copy_sample(tmp_path / "s")
-    none = invoke("report", "--trace", root=root)
+    none = invoke_here("report", "--trace", root=root, capsys=capsys)
     assert none.returncode == 1 and none.stderr.startswith("error: no run with a timeline")
     runs = root / ".tractor-tasks" / "runs"
     for i, name in enumerate(["b", "a"]):  # the newest is the one written last
         (runs / name).mkdir(parents=True)
         (runs / name / "trace.json").write_text("{}")
         os.utime(runs / name / "trace.json", (T + i, T + i))
-    out = invoke("report", "--trace", root=root)
+    out = invoke_here("report", "--trace", root=root, capsys=capsys)
     assert out.returncode == 0 and out.stdout.strip() == str(runs / "a" / "trace.json")
 
 

@@ -1,6 +1,7 @@
 """The verdict: regressions apart from pre-existing, flaky and load-sensitive failures,
-with the likely cause. Pure decisions first (fast), then real runs of the sample in
-scratch git copies of it (slow)."""
+with the likely cause. Pure decisions first, git's answers faked (FakeGit, FakeArchive:
+fast); then the same choices against real git in tiny repos, and real runs of the sample
+in scratch git copies of it (slow)."""
 from __future__ import annotations
 
 import json
@@ -29,7 +30,8 @@ def git(root: Path, *args: str) -> str:
                           cwd=root, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def tiny_repo(root: Path) -> Path:
+def tiny_tree(root: Path) -> Path:
+    """The tiny target's files, no git (the fast tests' git is a FakeGit)."""
     root.mkdir(parents=True)
     (root / "pyproject.toml").write_text('[project]\nname = "pkg"\nrequires-python = ">=3.11"\n'
                                          '[tool.tractor-tasks]\npackage = "pkg"\n')
@@ -40,10 +42,93 @@ def tiny_repo(root: Path) -> Path:
     (root / "tests").mkdir()
     (root / "tests" / "test_core.py").write_text("from pkg.core import X\n\ndef test_x():\n"
                                                  "    assert X == 1\n")
+    return root
+
+
+def tiny_repo(root: Path) -> Path:
+    tiny_tree(root)
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "base")
     return root
+
+
+HEAD, FORK, MAIN = "1" * 40, "2" * 40, "3" * 40
+
+
+class FakeAncestry:
+    def __init__(self, root, head, ancestors):
+        self.root, self.head, self.anc = root, head, set(ancestors)
+
+    def __call__(self, commit):
+        return commit in self.anc
+
+
+class FakeGit:
+    """git's answers at the process boundary (gitref.git and gitref.Ancestry): a clean
+    checkout of `main` at HEAD, no remote, until a test says otherwise; a question it
+    was not told about fails the test."""
+
+    def __init__(self):
+        self.repo, self.shallow, self.prefix = True, False, ""
+        self.refs = {"HEAD": HEAD, "main": HEAD}    # what rev-parse --verify knows
+        self.origin_head = None                     # origin/HEAD's target
+        self.bases: dict[str, str] = {}             # ref -> its merge-base with HEAD
+        self.status: list[str] = []                 # `git status --porcelain` entries
+        self.diff: dict[str, list[str]] = {}        # commit -> files changed since it
+        self.untracked: list[str] = []
+        self.ancestors = {HEAD}
+
+    def __call__(self, root, *args, check=True, timeout=30, strip=True):
+        out = self.answer(args)
+        if out is None and check:
+            raise TaskError(f"git {' '.join(args)} failed in {root}: fake")
+        return out.strip() if out is not None and strip else out
+
+    def answer(self, a):
+        if not self.repo:
+            return None
+        match a:
+            case ("rev-parse", "--git-dir"):
+                return ".git"
+            case ("rev-parse", "--verify", "--quiet", ref):
+                ref = ref.removesuffix("^{commit}")
+                return self.refs.get(ref) or (ref if ref in self.refs.values() else None)
+            case ("symbolic-ref", "-q", "--short", "refs/remotes/origin/HEAD"):
+                return self.origin_head
+            case ("rev-parse", "--show-prefix"):
+                return self.prefix + "\n"
+            case ("rev-parse", "--is-shallow-repository"):
+                return "true" if self.shallow else "false"
+            case ("status", "--porcelain", "-z", "--untracked-files=all", "--", "."):
+                return "".join(e + "\0" for e in self.status)
+            case ("merge-base", "HEAD", ref):
+                return self.bases.get(ref)
+            case ("diff", "--name-only", "--relative", commit):
+                return "\n".join(self.diff.get(commit, []))
+            case ("ls-files", "--others", "--exclude-standard"):
+                return "\n".join(self.untracked)
+            case ("diff", "HEAD", "--binary", "--relative"):
+                return ""
+        raise AssertionError(f"FakeGit was not told about: git {' '.join(a)}")
+
+
+@pytest.fixture
+def fake_git(monkeypatch):
+    g = FakeGit()
+    monkeypatch.setattr(gitref, "git", g)
+    monkeypatch.setattr(gitref, "Ancestry",
+                        lambda root: FakeAncestry(root, g.refs.get("HEAD"), g.ancestors))
+    return g
+
+
+@pytest.fixture
+def fake_export(monkeypatch):
+    """The baseline's export without `git archive`: an empty dir (the runner is fake)."""
+    def export(root, commit, dest):
+        dest.mkdir(parents=True, exist_ok=True)
+        return dest
+    monkeypatch.setattr(gitref, "export", export)
 
 
 # -- signatures --------------------------------------------------------------------------
@@ -57,13 +142,152 @@ def test_the_same_failure_masks_addresses_ports_and_temp_paths():
     assert not verdict.same_failure("", "")   # no signature is no evidence
 
 
-# -- the baseline choice (real git, tiny repos) --------------------------------------------
+# -- the baseline choice: git's answers faked (fast), then real git in tiny repos (slow) ----
 
+def test_fake_on_an_unchanged_default_branch_the_history_decides(tmp_path, fake_git):
+    root = tiny_tree(tmp_path / "r")
+    fake_git.bases["main"] = HEAD
+    assert gitref.choose(root, None).baseline is None
+
+
+def test_fake_edits_on_the_default_branch_compare_with_head(tmp_path, fake_git):
+    root = tiny_tree(tmp_path / "r")
+    fake_git.bases["main"] = HEAD
+    fake_git.status = [" M pkg/core.py"]
+    base = gitref.choose(root, None).baseline
+    assert base.commit == HEAD and base.label == "HEAD"
+
+
+def test_fake_a_branch_compares_with_where_it_left_main(tmp_path, fake_git):
+    root = tiny_tree(tmp_path / "r")
+    fake_git.refs.update(main=MAIN, feature=HEAD)
+    fake_git.bases["main"] = FORK
+    fake_git.diff[FORK] = ["pkg/core.py"]
+    base = gitref.choose(root, None).baseline
+    assert (base.commit, base.label) == (FORK, "main")
+    assert gitref.changed_since(root, base.commit) == ["pkg/core.py"]
+
+
+def test_fake_the_init_shims_are_not_edits(tmp_path, fake_git):
+    root = tiny_tree(tmp_path / "r")
+    fake_git.bases["main"] = HEAD
+    (root / "tasks.py").write_text('"""invoke tasks, from tractor-tasks."""\n')
+    fake_git.status = ["?? tasks.py"]
+    assert gitref.edits(root) == [] and gitref.choose(root, None).baseline is None
+    (root / "notes.txt").write_text("mine")
+    fake_git.status = ["?? notes.txt", "?? tasks.py"]
+    assert gitref.edits(root) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("ref, needle", [("no-such-branch", "no such commit"),
+                                         ("", "--baseline is empty")])
+def test_fake_a_baseline_that_does_not_exist_is_bad_usage(tmp_path, fake_git, ref, needle):
+    root = tiny_tree(tmp_path / "r")
+    with pytest.raises(TaskError) as err:
+        gitref.choose(root, ref)
+    assert err.value.code == 2 and needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_fake_outside_git_there_is_no_baseline(tmp_path, fake_git):
+    fake_git.repo = False
+    (tmp_path / "plain").mkdir()
+    choice = gitref.choose(tmp_path / "plain", None)
+    assert choice.baseline is None and "not a git checkout" in choice.note
+    with pytest.raises(TaskError) as err:
+        gitref.choose(tmp_path / "plain", "main")
+    assert err.value.code == 2
+
+
+def test_fake_a_shallow_clone_without_the_base_says_so_once(tmp_path, fake_git):
+    """origin/main fetched one deep: it shares no history with HEAD in this clone."""
+    clone = tiny_tree(tmp_path / "clone")
+    fake_git.refs = {"HEAD": HEAD, "feature": HEAD, "origin/main": MAIN}
+    fake_git.shallow = True
+    choice = gitref.choose(clone, None)
+    assert choice.baseline is None and "shallow" in choice.note
+    with pytest.raises(TaskError) as err:
+        gitref.choose(clone, FORK)
+    assert err.value.code == 2 and "fetch --unshallow" in str(err.value)
+
+
+def test_fake_bytecode_venvs_and_the_state_dir_are_no_edits(tmp_path, fake_git):
+    root = tiny_tree(tmp_path / "r")
+    fake_git.bases["main"] = HEAD
+    ours = ["pkg/__pycache__/core.cpython-311.pyc", "py311/bin/python",
+            ".tractor-tasks/history.sqlite"]
+    fake_git.status = [f"?? {f}" for f in ours]
+    fake_git.untracked = ours
+    assert gitref.edits(root) == [] and gitref.choose(root, None).baseline is None
+    assert gitref.changed_since(root, HEAD) == []
+
+
+def test_fake_a_target_below_its_repositorys_top_sees_its_own_paths(tmp_path, fake_git):
+    """git names paths from the repository's top in its status: the target's own are
+    relative to it; its export is git archive run in it (the subtree)."""
+    root = tiny_tree(tmp_path / "top" / "sub")
+    fake_git.prefix = "sub/"
+    assert gitref.edits(root) == []
+    fake_git.status = [" M sub/pkg/core.py", "?? sub/new.txt"]
+    assert sorted(gitref.edits(root)) == ["new.txt", "pkg/core.py"]
+    archive = FakeArchive({"pkg/core.py": "X = 1\n"})
+    with archive.installed():
+        dest = gitref.export(root, HEAD, tmp_path / "exp" / HEAD)
+    assert archive.ran == [(["git", "archive", "--format=tar", HEAD], root)]
+    assert (dest / "pkg" / "core.py").read_text() == "X = 1\n"
+
+
+class FakeArchive:
+    """`git archive` at the process boundary: a tar stream of `files`, exit 0."""
+
+    def __init__(self, files: dict[str, str]):
+        import io
+        import tarfile
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name, text in files.items():
+                data = text.encode()
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+        self.tar, self.ran = buf.getvalue(), []
+
+    def installed(self):
+        import io
+        from types import SimpleNamespace
+        from unittest import mock
+
+        def popen(argv, cwd, stdout, stderr):
+            self.ran.append((argv, cwd))
+            return SimpleNamespace(stdout=io.BytesIO(self.tar), stderr=io.BytesIO(b""),
+                                   wait=lambda: 0)
+        return mock.patch.object(gitref, "subprocess", SimpleNamespace(
+            Popen=popen, PIPE=subprocess.PIPE))
+
+
+def test_fake_an_export_is_read_only_and_leaves_the_repository_alone(tmp_path, fake_git):
+    root = tiny_tree(tmp_path / "r")
+    (root / "pkg" / "core.py").write_text("X = 3\n")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    archive = FakeArchive({"pkg/__init__.py": "", "pkg/core.py": "X = 1\n"})
+    with archive.installed():
+        dest = gitref.export(root, HEAD, tmp_path / "exp" / "x")
+    assert (dest / "pkg" / "core.py").read_text() == "X = 1\n"
+    # read-only by its modes (root, as here, could write anyway)
+    assert not (dest / "pkg").stat().st_mode & 0o222
+    assert not (dest / "pkg" / "core.py").stat().st_mode & 0o222
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert archive.ran == [(["git", "archive", "--format=tar", HEAD], root)]
+    gitref.remove_export(dest)
+    assert not dest.exists()
+
+
+@pytest.mark.slow
 def test_on_an_unchanged_default_branch_the_history_decides(tmp_path):
     root = tiny_repo(tmp_path / "r")
     assert gitref.choose(root, None).baseline is None
 
 
+@pytest.mark.slow
 def test_edits_on_the_default_branch_compare_with_head(tmp_path):
     root = tiny_repo(tmp_path / "r")
     (root / "pkg" / "core.py").write_text("X = 2\n")
@@ -71,6 +295,7 @@ def test_edits_on_the_default_branch_compare_with_head(tmp_path):
     assert base.commit == git(root, "rev-parse", "HEAD") and base.label == "HEAD"
 
 
+@pytest.mark.slow
 def test_a_branch_compares_with_where_it_left_main(tmp_path):
     root = tiny_repo(tmp_path / "r")
     fork = git(root, "rev-parse", "HEAD")
@@ -86,6 +311,7 @@ def test_a_branch_compares_with_where_it_left_main(tmp_path):
     assert gitref.changed_since(root, base.commit) == ["pkg/core.py"]
 
 
+@pytest.mark.slow
 def test_the_init_shims_are_not_edits(tmp_path):
     root = tiny_repo(tmp_path / "r")
     (root / "tasks.py").write_text('"""invoke tasks, from tractor-tasks."""\n')
@@ -94,6 +320,7 @@ def test_the_init_shims_are_not_edits(tmp_path):
     assert gitref.edits(root) == ["notes.txt"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ref, needle", [("no-such-branch", "no such commit"),
                                          ("", "--baseline is empty")])
 def test_a_baseline_that_does_not_exist_is_bad_usage(tmp_path, ref, needle):
@@ -103,6 +330,7 @@ def test_a_baseline_that_does_not_exist_is_bad_usage(tmp_path, ref, needle):
     assert err.value.code == 2 and needle in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_outside_git_there_is_no_baseline(tmp_path):
     (tmp_path / "plain").mkdir()
     choice = gitref.choose(tmp_path / "plain", None)
@@ -112,6 +340,7 @@ def test_outside_git_there_is_no_baseline(tmp_path):
     assert err.value.code == 2
 
 
+@pytest.mark.slow
 def test_a_shallow_clone_without_the_base_says_so_once(tmp_path):
     origin = tiny_repo(tmp_path / "origin")
     for i in range(3):
@@ -133,6 +362,7 @@ def test_a_shallow_clone_without_the_base_says_so_once(tmp_path):
     assert err.value.code == 2 and "fetch --unshallow" in str(err.value)
 
 
+@pytest.mark.slow
 def test_an_export_is_read_only_and_leaves_the_repository_alone(tmp_path):
     root = tiny_repo(tmp_path / "r")
     (root / "pkg" / "core.py").write_text("X = 2\n")
@@ -152,10 +382,10 @@ def test_an_export_is_read_only_and_leaves_the_repository_alone(tmp_path):
 
 # -- likely cause -----------------------------------------------------------------------------
 
-def test_the_likely_cause_ranks_what_ties_a_changed_file_to_the_test(tmp_path):
-    root = tiny_repo(tmp_path / "r")
+def test_the_likely_cause_ranks_what_ties_a_changed_file_to_the_test(tmp_path, fake_git):
+    root = tiny_tree(tmp_path / "r")
     target = load_target(root)
-    base = gitref.Baseline(git(root, "rev-parse", "HEAD"), "main", "test")
+    base = gitref.Baseline(HEAD, "main", "test")
     t = TestResult("tests/test_core.py::test_x", O.FAILED, message="AssertionError",
                    text="tests/test_core.py:4: in test_x\nE   AssertionError")
     lines = verdict.likely_cause(target, t, ["README.md", "pkg/core.py", "pkg/other.py"], base)
@@ -229,8 +459,9 @@ def failed(results, nodeid, message="AssertionError: boom"):
     results.tests[nodeid] = TestResult(nodeid, O.FAILED, message=message)
 
 
-def test_confirmation_tells_flaky_from_confirmed_and_skips_what_the_config_explains(tmp_path):
-    root = tiny_repo(tmp_path / "r")
+def test_confirmation_tells_flaky_from_confirmed_and_skips_what_the_config_explains(
+        tmp_path, fake_git):
+    root = tiny_tree(tmp_path / "r")
     target = load_target(root)
     object.__setattr__(target, "quarantine", (FlakyRule("test_core.py::test_q", ""),))
     r = Results(target)
@@ -252,8 +483,8 @@ def test_confirmation_tells_flaky_from_confirmed_and_skips_what_the_config_expla
                                      "alone) · 1 known-flaky · 1 quarantined"
 
 
-def test_a_parallel_failure_that_passes_alone_is_load_sensitive(tmp_path):
-    target = load_target(tiny_repo(tmp_path / "r"))
+def test_a_parallel_failure_that_passes_alone_is_load_sensitive(tmp_path, fake_git):
+    target = load_target(tiny_tree(tmp_path / "r"))
     r = Results(target)
     failed(r, "tests/test_core.py::test_deadline", "trio.TooSlowError")
     runner = FakeRunner(target, {"tests/test_core.py::test_deadline": [O.PASSED]})
@@ -262,8 +493,8 @@ def test_a_parallel_failure_that_passes_alone_is_load_sensitive(tmp_path):
     assert t.verdict is V.LOAD_SENSITIVE and "passed when re-run alone" in t.why
 
 
-def test_confirm_n_re_runs_n_times_and_no_confirm_none(tmp_path):
-    target = load_target(tiny_repo(tmp_path / "r"))
+def test_confirm_n_re_runs_n_times_and_no_confirm_none(tmp_path, fake_git):
+    target = load_target(tiny_tree(tmp_path / "r"))
     r = Results(target)
     failed(r, "tests/test_core.py::test_x")
     runner = FakeRunner(target, {"tests/test_core.py::test_x": [O.FAILED, O.FAILED, O.PASSED]})
@@ -276,10 +507,10 @@ def test_confirm_n_re_runs_n_times_and_no_confirm_none(tmp_path):
     assert runner2.lanes == [] and r2.tests["tests/test_core.py::test_x"].verdict is V.NEW
 
 
-def test_the_baseline_splits_regressions_from_pre_existing(tmp_path):
-    root = tiny_repo(tmp_path / "r")
+def test_the_baseline_splits_regressions_from_pre_existing(tmp_path, fake_git, fake_export):
+    root = tiny_tree(tmp_path / "r")
     target = load_target(root)
-    base = gitref.Baseline(git(root, "rev-parse", "HEAD"), "main", "test")
+    base = gitref.Baseline(HEAD, "main", "test")
     r = Results(target)
     for name in ("test_broke", "test_old", "test_other_way", "test_brand_new"):
         failed(r, f"tests/test_core.py::{name}")
@@ -315,15 +546,15 @@ def test_the_baseline_splits_regressions_from_pre_existing(tmp_path):
 
 
 def test_a_regression_is_said_only_when_it_holds_in_a_pytest_of_its_own_and_at_base_twice(
-        tmp_path):
+        tmp_path, fake_git, fake_export):
     """tractor's deadline tests chain: the confirmation re-runs a module's failures in one
     pytest, where one missed deadline slows the next, and the baseline ran once. Each
     regression candidate runs again in a pytest of its own at HEAD, then at the baseline:
     a pass alone is flaky, a baseline that flips is flaky there too; only what holds
     both times stays a regression."""
-    root = tiny_repo(tmp_path / "r")
+    root = tiny_tree(tmp_path / "r")
     target = load_target(root)
-    base = gitref.Baseline(git(root, "rev-parse", "HEAD"), "main", "test")
+    base = gitref.Baseline(HEAD, "main", "test")
     r = Results(target)
     names = ("test_chained", "test_flips_there", "test_real")
     for name in names:
@@ -363,16 +594,17 @@ def test_a_regression_is_said_only_when_it_holds_in_a_pytest_of_its_own_and_at_b
     assert j.second == 3 and j.as_dict()["second_opinion"] == 3
 
 
-def test_a_baseline_that_failed_so_in_its_history_is_not_a_regression(tmp_path):
+def test_a_baseline_that_failed_so_in_its_history_is_not_a_regression(tmp_path, fake_git,
+                                                                       fake_export):
     """The history's runs at the baseline commit, not only its newest: a test that failed
     the same way there in most of them is pre-existing at once (pytest's two spellings
     of an assertion are one failure); one that passed in the newest but failed in an
     earlier one is flaky there too, not a regression (tractor's deadline tests flip
     between runs of one commit)."""
     from tractor_tasks.history import Past
-    root = tiny_repo(tmp_path / "r")
+    root = tiny_tree(tmp_path / "r")
     target = load_target(root)
-    head = git(root, "rev-parse", "HEAD")
+    head = HEAD
     base = gitref.Baseline(head, "HEAD", "test")
     clean = gitref.env_state(target.verdict_env)   # a clean tree in this environment
 
@@ -600,11 +832,11 @@ def test_a_failure_only_under_parallel_load_is_load_sensitive(scratch, tmp_path)
 
 # -- where the class shows: history, quarantine entries, the matrix table -----------------------
 
-def test_invoke_history_shows_each_runs_class(tmp_path, capsys):
+def test_invoke_history_shows_each_runs_class(tmp_path, capsys, fake_git):
     from tractor_tasks.history import History, RunRow, TestRow
     from tractor_tasks.history_view import show_history
     from tractor_tasks.rundirs import State
-    target = load_target(tiny_repo(tmp_path / "r"))
+    target = load_target(tiny_tree(tmp_path / "r"))
     h = History(State(target).history)
     h.record(RunRow("r1", 1.0, 2.0, "run", minor="3.11", tpt="tcp", spawn="trio", commit="a" * 40),
              [TestRow("tests/test_core.py::test_x", "failed", 1.0, signature="boom",
@@ -642,6 +874,7 @@ def test_the_matrix_table_has_the_verdicts_columns(tmp_path):
     assert line.split()[2:8] == ["400", "1", "2", "21", "4", "2"]
 
 
+@pytest.mark.slow
 def test_a_target_below_its_repositorys_top_sees_its_own_paths(tmp_path):
     """The bundled sample sits in examples/ of this repo: edits, changed files and the
     baseline export are the target's own, relative to it."""
@@ -664,17 +897,17 @@ def test_a_target_below_its_repositorys_top_sees_its_own_paths(tmp_path):
     assert (dest / "pkg" / "core.py").read_text() == "X = 1\n" and not (dest / "README").exists()
 
 
-def test_runs_in_another_outcome_changing_environment_are_not_compared(tmp_path, monkeypatch):
+def test_runs_in_another_outcome_changing_environment_are_not_compared(tmp_path, monkeypatch,
+                                                                       fake_git):
     """`verdict_env`: a pass recorded at this commit with another value of such a variable
     is no evidence that this failure is flaky (the sample's chaos switches are such)."""
     from tractor_tasks.history import History, RunRow, TestRow
     from tractor_tasks.rundirs import State
-    root = tiny_repo(tmp_path / "r")
+    root = tiny_tree(tmp_path / "r")
     with open(root / "pyproject.toml", "a") as f:
         f.write('verdict_env = ["VX_MODE"]\n')
-    git(root, "commit", "-qam", "verdict_env")
     target = load_target(root)
-    head = git(root, "rev-parse", "HEAD")
+    head = HEAD
     h = History(State(target).history)
     calm = gitref.state(root, target.verdict_env, env={})
     h.record(RunRow("calm", 1.0, 2.0, "run", minor="3.11", tpt="tcp", spawn="trio", commit=head,
@@ -696,6 +929,7 @@ def test_runs_in_another_outcome_changing_environment_are_not_compared(tmp_path,
     assert judged("") is V.FLAKY          # the same environment: it passed here before
 
 
+@pytest.mark.slow
 def test_bytecode_venvs_and_the_state_dir_are_no_edits(tmp_path):
     root = tiny_repo(tmp_path / "r")
     (root / "pkg" / "__pycache__").mkdir()
