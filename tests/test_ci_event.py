@@ -321,12 +321,15 @@ def test_a_pull_request_that_breaks_a_test_is_red_with_the_break_a_regression(or
     again = checkout(origin, tmp_path / "pr-again", g(clone, "rev-parse", "HEAD"),
                      "refs/remotes/pull/1/merge", 2)
     merged = invoke("history", "--import", str(clone / ".tractor-tasks"), root=again)
-    assert "merged 2 run(s)" in merged.stdout, merged.stdout + merged.stderr
+    # the run, its baseline run and the second opinion's run there
+    assert "merged 3 run(s)" in merged.stdout, merged.stdout + merged.stderr
     res = run_ci(again, env)
     assert res.returncode == 1 and classes(again) == classes(clone)
     known = outcome_of(again)["verdict"]
     assert (known["at_baseline"], known["known_at_baseline"]) == (0, 2)
     assert "verdict: at the baseline" not in res.stdout
+    reg = next(f for f in outcome_of(again)["failures"] if f["verdict"] == "regression")
+    assert "passed at main" in reg["why"] and "in its last 2 runs there" in reg["why"]
 
 
 @pytest.mark.slow

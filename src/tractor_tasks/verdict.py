@@ -213,7 +213,8 @@ def judge(runner: Runner, results: Results, *, history=None,
         candidates = [t for t in todo if t.verdict is V.REGRESSION]
         if candidates and confirm > 0:
             t0 = time.monotonic()
-            _second_opinion(runner, candidates, base, j, history, environ)
+            _second_opinion(runner, candidates, base, j, history, environ,
+                            {k: runs for k, (_, runs) in base_bad.items()})
             j.second_seconds = time.monotonic() - t0
     elif todo:
         for t in todo:
@@ -429,14 +430,17 @@ def _by_baseline(t: TestResult, there: TestResult | None, base, what: str,
 # -- the passes of the verdict ------------------------------------------------------------
 
 def _second_opinion(runner: Runner, tests: list[TestResult], base, j: Judgement, history,
-                    environ: str) -> None:
+                    environ: str, known: dict[str, int] | None = None) -> None:
     """A regression is said only on evidence that holds apart. The confirmation runs a
     module's failures in one pytest, where a deadline one of them misses slows the next
     (tractor's timing tests chain so), and the baseline ran them once: each candidate
     now runs in a pytest of its own at HEAD, and those that fail there again run once
     more at the baseline. A pass alone at HEAD, or a failure at the baseline, makes it
-    flaky: it flips there too. Stopped (the verdict's time spent), a candidate keeps
-    its verdict and its reason says the second opinion is missing."""
+    flaky: it flips there too. A test the history already saw at the baseline in two
+    runs or more (`known`: how many; each passed, or each failed another way, or it
+    would not be a candidate) is not run there again. Stopped (the verdict's time spent), a candidate keeps its
+    verdict and its reason says the second opinion is missing."""
+    known = known or {}
     opts = _quiet_opts(runner.p.opts)
     j.second = len(tests)
     again_bad: list[TestResult] = []
@@ -467,6 +471,12 @@ def _second_opinion(runner: Runner, tests: list[TestResult], base, j: Judgement,
                 again_bad.append(t)
     finally:
         progress.close()
+    for t in [t for t in again_bad if known.get(stable_id(t.nodeid), 0) >= 2]:
+        again_bad.remove(t)
+        how = "passed" if t.baseline is not None and t.baseline.outcome is O.PASSED else \
+            "failed another way"
+        t.why += (f"; failed again in a pytest of its own, and {how} at {base.name} in "
+                  f"its last {known[stable_id(t.nodeid)]} runs there")
     if not again_bad or runner.stopped():
         return
     there = _at_baseline(runner, again_bad, base, j, history, environ, phase="baseline-2")
