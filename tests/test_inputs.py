@@ -543,7 +543,7 @@ def test_output_log_keeps_head_and_tail_past_its_cap_and_says_what_was_cut(tmp_p
     r, w = os.pipe()
     log = tmp_path / "output.log"
     seen = []
-    out = type("Out", (), {"write_bytes": lambda self, b: seen.append(b)})()
+    out = type("Out", (), {"raw": lambda self, b: seen.append(b)})()
     tee = Tee(r, log, out, max_bytes=1000)
     tee.start()
     data = b"".join(b"%06d\n" % i for i in range(20000))  # 140 kB, in many reads

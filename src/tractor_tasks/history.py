@@ -34,6 +34,7 @@ from itertools import groupby, pairwise
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from . import rundirs
 from .errors import TaskError
 from .results import stable_id
 from .status import TestOutcome
@@ -367,11 +368,11 @@ class History:
     def _move_aside(self, why: str) -> None:
         """Rename the unreadable file (and any -wal/-shm of it); never overwrite or delete."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        dest = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        dest = rundirs.history_corrupt(self.path, stamp)
         n = 0
         while any(Path(f"{dest}{s}").exists() for s in ("", "-wal", "-shm", "-journal")):
             n += 1
-            dest = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+            dest = rundirs.history_corrupt(self.path, f"{stamp}-{n}")
         os.rename(self.path, dest)
         for suffix in ("-wal", "-shm", "-journal"):
             side = Path(f"{self.path}{suffix}")
@@ -448,11 +449,11 @@ class History:
 
     def _pending_name(self, run_id: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[:120]
-        return self.path.with_name(f"{self.path.name}.pending-{safe}.json")
+        return rundirs.history_pending(self.path, safe)
 
     def pending(self) -> list[Path]:
         try:
-            return sorted(self.path.parent.glob(f"{self.path.name}.pending-*.json"))
+            return sorted(self.path.parent.glob(rundirs.history_pending(self.path).name))
         except OSError:
             return []
 
@@ -485,9 +486,9 @@ class History:
                 continue   # another process merged it meanwhile
             except (OSError, ValueError, KeyError, TypeError) as err:
                 self.warn(f"warning: pending history rows {path.name} are unreadable "
-                          f"({err}); moved aside to {path.name}.bad")
+                          f"({err}); moved aside to {rundirs.history_bad(path).name}")
                 try:
-                    os.replace(path, f"{path}.bad")
+                    os.replace(path, rundirs.history_bad(path))
                 except OSError:
                     pass
                 continue
@@ -699,7 +700,7 @@ class History:
 
     def _merge_one(self, path: Path) -> tuple[int, int]:
         if not path.is_file():
-            raise TaskError(f"error: {path} is not a history file; give a history.sqlite "
+            raise TaskError(f"error: {path} is not a history file; give a {rundirs.State.HISTORY} "
                             "(or a directory holding them)", 2)
         if path.resolve() == self.path.resolve():
             return 0, 0

@@ -1,4 +1,5 @@
-"""The one place that writes to the user, and the copy of pytest's output.
+"""How a run writes to the user while it goes (its lines, the status block), and the
+copy of pytest's output. (The tasks' one-shot answers, tables and histories, print.)
 
 A lost stdout (a closed pipe, a closed terminal) never stops a run: the first
 failed write switches our stdout to /dev/null and the run goes on, supervised and
@@ -32,8 +33,9 @@ def guard_std_fds() -> None:
     if 1 in closed or sys.stdout is None:
         sys.stdout = open(1, "w", closefd=False)
         if 2 not in closed and sys.stderr is not None:
+            from .rundirs import STATE_DIR, State
             print("note: stdout is closed: the run goes on and writes nothing there; its "
-                  "results are in .tractor-tasks/last (`invoke report`)", file=sys.stderr)
+                  f"results are in {STATE_DIR}/{State.LAST} (`invoke report`)", file=sys.stderr)
     if 2 in closed or sys.stderr is None:
         sys.stderr = open(2, "w", closefd=False)
     if 0 in closed or sys.stdin is None:
@@ -92,7 +94,7 @@ class Output:
 
     def line(self, text: str = "") -> None:
         """One line of ours: what it quotes (test ids, refs, paths, commands) shown with
-        control characters escaped (fsutil.shown); pytest's own output is write_bytes'."""
+        control characters escaped (fsutil.shown); pytest's own output is raw()'s."""
         if self.quiet:
             return
         self.write(shown(text) + "\n")
@@ -131,7 +133,7 @@ class Output:
             except (BrokenPipeError, OSError, ValueError):
                 self._lose()
 
-    def write_bytes(self, data: bytes) -> None:
+    def raw(self, data: bytes) -> None:
         if self.broken or self.quiet:
             return
         with self._lock:
@@ -183,6 +185,7 @@ class Tee(threading.Thread):
         tail: collections.deque[bytes] = collections.deque()
         held = 0
         from .fsutil import open_own
+        from .rundirs import PassDir
         with os.fdopen(open_own(self.log), "ab") as f:   # never through a planted link
             while True:
                 try:
@@ -192,7 +195,7 @@ class Tee(threading.Thread):
                 if not chunk:
                     break
                 if self.out is not None:
-                    self.out.write_bytes(chunk)
+                    self.out.raw(chunk)
                 if head_room is None:
                     f.write(chunk)
                     f.flush()
@@ -213,7 +216,7 @@ class Tee(threading.Thread):
                 tail[0] = tail[0][extra:]
                 self.cut += extra
             if self.cut:
-                f.write(f"\n[tractor-tasks: {self.cut} bytes of output cut here: output.log "
+                f.write(f"\n[tractor-tasks: {self.cut} bytes of output cut here: {PassDir.OUTPUT} "
                         f"keeps its first and last {self.max_bytes // 2} bytes "
                         "(output_log_max_mb)]\n".encode())
             for part in tail:

@@ -95,7 +95,7 @@ def command(p, pass_dir: Path, private: str, *, color: bool = False,
     # the run's runtime and temp dirs are its own; so is its cache (tractor writes
     # hung-test dumps under $XDG_CACHE_HOME/tractor): kept with the pass's files
     extra = {"XDG_RUNTIME_DIR": private, "TMPDIR": private,
-             "XDG_CACHE_HOME": str(pass_dir / "cache")}
+             "XDG_CACHE_HOME": str(PassDir(pass_dir).cache)}
     if select is not None:
         extra[ENV_SELECT] = str(select)
     env = run_env(p.target, venv, pass_dir, extra=extra)

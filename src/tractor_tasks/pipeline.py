@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from . import contain, gitref
 from .command import check_names, show
 from .errors import TaskError, usage
-from .fsutil import write_json
+from .fsutil import atomic_write, write_json
 from .interpreters import check_minor, find_python
 from .options import RunOptions
 from .output import Output
@@ -250,7 +250,7 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
             for line in lines:
                 out(line)
             try:  # what CI keeps of the run beside outcome.json (best effort)
-                (run_dir.path / RunDir.SUMMARY).write_text("\n".join(lines) + "\n")
+                atomic_write(run_dir.summary, "\n".join(lines) + "\n", replace_link=True)
             except OSError:
                 pass
             return result

@@ -1,4 +1,4 @@
-"""The one place a run's result becomes text: teardown notes, counts, the verdict
+"""A run's result as the text printed at its end: teardown notes, counts, the verdict
 first (how many regressions, pre-existing, flaky ... failures), then the failures
 that fail the run with their tracebacks and likely causes, then one line for each
 explained one, hangs with their dumps, leaks, and what to do."""

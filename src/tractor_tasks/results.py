@@ -18,7 +18,7 @@ from .errors import TaskError, usage
 from .fsutil import atomic_write
 from .leaks import Leaks
 from .probelog import ProbeLog, Session, read_json
-from .rundirs import PassDir, pass_dirs
+from .rundirs import PYTEST_CACHE, PassDir, lastfailed_path, pass_dirs
 from .status import TestOutcome as O, Verdict
 from .target import FlakyRule, Target, id_glob, under_tests
 
@@ -275,10 +275,6 @@ def match_rule(rules, target: Target, t: TestResult) -> FlakyRule | None:
 
 # -- lastfailed ---------------------------------------------------------------
 
-def lastfailed_path(cache_dir: Path) -> Path:
-    return cache_dir / "v" / "cache" / "lastfailed"
-
-
 def read_lastfailed(target: Target, path: Path) -> list[str] | None:
     """Node ids from a pytest lastfailed cache, junk entries (system paths) left out;
     None when there is no cache. Reads the JSON directly: no collection, no import."""
@@ -326,11 +322,11 @@ def lastfailed_sources(target: Target, *, session: str | None = None,
         from .cells import Cell
         cell = Cell.parse(session, target)
         if not cell.dir(target).is_dir():
-            known = sorted(p.name for p in (state.path / "cells").glob("*")) or ["none"]
+            known = sorted(p.name for p in state.cells.glob("*")) or ["none"]
             raise usage(f"no runs recorded for cell {cell.name!r}; cells run so far: "
                         + ", ".join(known))
         return [(cell.name, lastfailed_path(cell.cache_dir(target)))]
-    cache = target.root / ".pytest_cache"
+    cache = target.root / PYTEST_CACHE
     last = state.last_link()
     for pass_dir in pass_dirs(last) if last.exists() else []:
         recorded = ProbeLog(pass_dir).finish().session
@@ -340,6 +336,6 @@ def lastfailed_sources(target: Target, *, session: str | None = None,
     label = os.path.relpath(cache, target.root) if cache.is_relative_to(target.root) else str(cache)
     out = [(label, lastfailed_path(cache))]
     if every:
-        for cell_cache in sorted(state.path.glob("cells/*/pytest-cache")):
+        for cell_cache in state.cell_caches():
             out.append((cell_cache.parent.name, lastfailed_path(cell_cache)))
     return out

@@ -35,7 +35,7 @@ from .probelog import ProbeLog
 from .progress import Board
 from .results import Results, stable_id
 from .fsutil import atomic_write
-from .rundirs import RunDir, State
+from .rundirs import PASS_PREFIX, PassDir, RunDir, State
 from .status import Stop, TestOutcome, stop_of
 from .supervise import PassOutcome
 
@@ -53,8 +53,8 @@ class ShardPlan:
     workers: int = 0
 
     def keep(self, run_dir: Path) -> None:
-        shutil.move(str(self.collect_dir), str(run_dir / "collect"))
-        self.collect_dir = run_dir / "collect"
+        shutil.move(str(self.collect_dir), str(run_dir / RunDir.COLLECT))
+        self.collect_dir = run_dir / RunDir.COLLECT
 
 
 def make_plan(ctx: PassRunner) -> ShardPlan:
@@ -311,8 +311,8 @@ def run_shards(ctx: PassRunner, plan: ShardPlan, *, lane_fn=None) -> RunResult:
         seconds = sum((x.ended or x.started) - x.started for x in ran)
         notes.append(f"worker {w}: {len(ran)} unit(s), {sum(len(x.unit.tests) for x in ran)} "
                      f"test(s), busy {seconds:.0f}s")
-    notes.append(f"per-unit output: {ctx.run_dir.path}/shard-<lane>/pass-*/output.log "
-                 "(units.json maps each lane to its unit and worker)")
+    notes.append(f"per-unit output: {ctx.run_dir.shard_dir('<lane>')}/{PASS_PREFIX}*/"
+                 f"{PassDir.OUTPUT} ({RunDir.UNITS} maps each lane to its unit and worker)")
     notes += _too_slow(merged, plan.workers)
     passes = [o for lane in lanes if lane.result for o in lane.result.passes]
     # a pass whose pytest died goes last: the exit code reads the last finished pass's

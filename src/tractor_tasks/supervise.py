@@ -299,7 +299,7 @@ def keep_tmp_writes(private: Path, pass_dir: Path) -> Path | None:
     try:
         if not upper.is_dir() or not any(upper.iterdir()):
             return None
-        dest = pass_dir / "tmp"
+        dest = PassDir(pass_dir).tmp
         shutil.move(str(upper), str(dest))
         return dest
     except OSError:

@@ -166,7 +166,8 @@ class Target:
     @property
     def state_dir(self) -> Path:
         """Where runs keep their JUnit files and per-cell caches (self-gitignored)."""
-        return self.root / ".tractor-tasks"
+        from .rundirs import STATE_DIR
+        return self.root / STATE_DIR
 
     def venv_dir(self, minor: str) -> Path:
         return self.root / ("py" + minor.replace(".", ""))

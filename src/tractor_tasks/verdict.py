@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import gitref
-from .rundirs import State
+from .rundirs import RunDir, State
 from .results import Results, TestResult, match_rule, stable_id
 from .runner import Runner
 from .shard_plan import module_of
@@ -503,7 +503,7 @@ def _confirm(runner: Runner, tests: list[TestResult], times: int, j: Judgement,
                           + (f", round {r + 1} of {times}" if times > 1 else "")
                           + f") · step {n} of {len(steps)} · {left} test run(s) left")
             lane = runner.lane(only={stable_id(t.nodeid) for t in group}, shard=None,
-                               echo=None, opts=opts, phase=f"confirm-{n}")
+                               echo=None, opts=opts, phase=RunDir.confirm_phase(n))
             j.passes += lane.passes
             for t in group:
                 again = lane.results.tests.get(stable_id(t.nodeid))
@@ -543,7 +543,7 @@ def _at_baseline(runner: Runner, tests: list[TestResult], base, j: Judgement,
     progress.step(f"{len(ids)} test(s) of {len(_by_module(tests))} module(s) in one pytest "
                   "start")
     try:
-        lane = runner.lane(only=ids, shard=None, echo=None, opts=opts, phase="baseline",
+        lane = runner.lane(only=ids, shard=None, echo=None, opts=opts, phase=RunDir.BASELINE_PHASE,
                            at=root)
     finally:
         progress.close()
