@@ -14,7 +14,7 @@ import pytest
 
 import junit_rules
 from helpers import copy_sample, git_state, invoke, last_run
-from tractor_tasks import gitref, verdict
+from tractor_tasks import cause, gitref, verdict
 from tractor_tasks.errors import TaskError
 from tractor_tasks.junit import EXTRAS as JUNIT_EXTRAS
 from tractor_tasks.options import RunOptions
@@ -158,12 +158,12 @@ def test_the_likely_cause_ranks_what_ties_a_changed_file_to_the_test(tmp_path):
     base = gitref.Baseline(git(root, "rev-parse", "HEAD"), "main", "test")
     t = TestResult("tests/test_core.py::test_x", O.FAILED, message="AssertionError",
                    text="tests/test_core.py:4: in test_x\nE   AssertionError")
-    lines = verdict.likely_cause(target, t, ["README.md", "pkg/core.py", "pkg/other.py"], base)
+    lines = cause.likely_cause(target, t, ["README.md", "pkg/core.py", "pkg/other.py"], base)
     assert lines[0] == "likely cause: pkg/core.py (changed since main; imported by " \
                        "tests/test_core.py)"
     assert lines[1].startswith("likely cause: pkg/other.py (changed since main; in pkg")
     assert not any("README" in ln for ln in lines)
-    nothing = verdict.likely_cause(target, t, ["README.md"], base)
+    nothing = cause.likely_cause(target, t, ["README.md"], base)
     assert nothing == ["likely cause: nothing ties it to a change; changed since main: "
                        "README.md"]
 

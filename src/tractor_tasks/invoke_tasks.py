@@ -197,7 +197,7 @@ def quick(c, python=None, root=None):
              "all": "the target's cache and every cell's", "root": ROOT_HELP})
 def lastfailed(c, session=None, all_=False, root=None):
     """List the last failures from pytest's cache, without collecting (spec section 7)."""
-    from .results import lastfailed_sources, read_lastfailed
+    from .lastfailed import lastfailed_sources, read_lastfailed
     target = _target(c, root)
     found = lastfailed_sources(target, session=session, every=all_)
     for label, path in found:
@@ -276,7 +276,7 @@ def clean(c, dry_run=False, grace=None, parent=None, shm=False, root=None):
     shm_ok = True
     if shm:
         from . import shm as shm_mod
-        for line in shm_mod.remove(target.state_dir, dry_run=dry_run):
+        for line in shm_mod.remove(State(target).path, dry_run=dry_run):
             print(shown(line))
             shm_ok = shm_ok and not line.startswith(("could not", "kept shared memory /"))
     if not dry_run:

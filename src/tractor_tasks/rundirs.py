@@ -47,13 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from typing import TYPE_CHECKING
-
 from .errors import TaskError
 from .fsutil import atomic_write, open_lock
-
-if TYPE_CHECKING:  # a type only: target.py takes STATE_DIR from here
-    from .target import Target
+from .target import Target
 
 STATE_DIR = ".tractor-tasks"      # <target>/.tractor-tasks: State
 # the tool's own files outside the state dir, named here too
@@ -110,7 +106,7 @@ class State:
 
     def __init__(self, target: Target):
         self.target = target
-        self.path = target.state_dir
+        self.path = target.root / STATE_DIR
 
     def check(self, slug: str | None = None, commit: str | None = None) -> None:
         """The state dir and the dirs in it we write to are real dirs of the target, never

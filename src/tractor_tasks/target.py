@@ -163,12 +163,6 @@ class Target:
     def tests_path(self) -> Path:
         return self.root / self.tests_dir
 
-    @property
-    def state_dir(self) -> Path:
-        """Where runs keep their JUnit files and per-cell caches (self-gitignored)."""
-        from .rundirs import STATE_DIR
-        return self.root / STATE_DIR
-
     def venv_dir(self, minor: str) -> Path:
         return self.root / ("py" + minor.replace(".", ""))
 
