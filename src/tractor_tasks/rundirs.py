@@ -38,18 +38,19 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import stat
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 
 from .errors import TaskError
 from .fsutil import atomic_write, open_lock
-from .target import Target
+
+if TYPE_CHECKING:   # a type only: shutil, tempfile and the target's module load when used
+    from .target import Target
 
 STATE_DIR = ".tractor-tasks"      # <target>/.tractor-tasks: State
 # the tool's own files outside the state dir, named here too
@@ -146,7 +147,9 @@ class State:
             raise NotADirectoryError(20, "a file is in its place")
         if self.path.is_dir():
             return self.path
-        tmp = Path(tempfile.mkdtemp(prefix=".tractor-tasks-", dir=self.path.parent))
+        import shutil
+        import tempfile
+        tmp = Path(tempfile.mkdtemp(prefix=f"{STATE_DIR}-", dir=self.path.parent))
         atomic_write(tmp / self.GITIGNORE, "# created by tractor-tasks: never committed\n*\n")
         atomic_write(tmp / self.CACHEDIR_TAG, "Signature: 8a477f597d28d172789f06886806bc55\n"
                      "# This file is a cache directory tag created by tractor-tasks.\n")
@@ -287,6 +290,7 @@ class State:
         for d in dirs[:-keep] if keep else dirs:
             if d.resolve() in pointed or _locked(d / RunDir.LOCK):
                 continue
+            import shutil
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -450,6 +454,7 @@ def pass_dirs(lane: Path) -> list[Path]:
 def make_private_dir(target: Target) -> Path:
     """A new private runtime/temp dir for one pytest start, marked as ours."""
     import psutil  # here: `invoke lastfailed` starts without it
+    import tempfile
     d = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX))
     me = psutil.Process()
     atomic_write(d / PRIVATE_MARKER, json.dumps(
@@ -478,6 +483,7 @@ def _supervisor_alive(pid, create_time) -> bool:
 def stale_private_dirs(target: Target) -> list[Path]:
     """Private dirs of this target's runs whose supervisor is gone."""
     out = []
+    import tempfile
     base = Path(tempfile.gettempdir())
     try:
         candidates = sorted(base.glob(f"{PRIVATE_PREFIX}*"))
@@ -510,6 +516,7 @@ def remove_private_dir(d: Path) -> bool:
         except OSError:
             pass
     for _ in range(2):
+        import shutil
         shutil.rmtree(d, onerror=retry)
         if not d.exists():
             return True
