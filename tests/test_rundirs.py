@@ -17,7 +17,7 @@ INSIDE_TARGET = ("probe", "recorder")
 # file names that are not ours: pip's record of where a package was installed from
 NOT_OURS = {"direct_url.json"}
 FILEISH = re.compile(r"[\w*-]\.(json|jsonl|xml|sqlite|txt|log)\b")
-PATH_CALLS = {"glob", "rglob", "with_name", "joinpath"}
+PATH_CALLS = {"glob", "rglob", "with_name", "joinpath", "join"}   # and Path(...)
 
 
 def _layout_names() -> set[str]:
@@ -60,8 +60,11 @@ def _in_path_context(node, parents) -> bool:
         up = parents.get(up)
     if isinstance(up, ast.BinOp) and isinstance(up.op, ast.Div):
         return True
-    return isinstance(up, ast.Call) and isinstance(up.func, ast.Attribute) and \
-        up.func.attr in PATH_CALLS
+    if not isinstance(up, ast.Call):
+        return False
+    f = up.func
+    return (isinstance(f, ast.Attribute) and f.attr in PATH_CALLS) or \
+        (isinstance(f, ast.Name) and f.id in ("Path", "PurePath"))
 
 
 def file_name_literals() -> list[str]:
@@ -84,8 +87,9 @@ def file_name_literals() -> list[str]:
                 fileish = [m.group(0) for m in re.finditer(r"[\w*.-]+", text)
                            if FILEISH.search(m.group(0)) and m.group(0) not in NOT_OURS]
                 hit = fileish[0] if fileish else None
+            # (an absolute path is the system's: /tmp, /proc)
             if hit is None and _in_path_context(node, parents) and \
-                    any(part in names for part in text.split("/")):
+                    not text.startswith("/") and any(part in names for part in text.split("/")):
                 hit = text
             if hit is not None:
                 found.append((str(rel), node.lineno, f"{where}: {text!r}"))
@@ -108,13 +112,14 @@ def test_the_name_guard_sees_a_literal_outside_rundirs(tmp_path, monkeypatch):
         '    a = d / "runs"\n'
         '    b = d.glob(f"x/{d}/run.json")\n'
         '    c = "see notes.txt"\n'
-        '    return a, b, c, d.runs, "runs are kept"\n')
+        '    e = Path(d, "cells")\n'
+        '    return a, b, c, e, d.runs, "runs are kept"\n')
     (tmp_path / "probe").mkdir()
     (tmp_path / "probe" / "p.py").write_text('X = "session.json"\n')
     monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path)
     monkeypatch.setattr(sys.modules[__name__], "RUNDIRS", tmp_path / "rundirs.py")
     assert file_name_literals() == ["rogue.py:3: 'runs'", "rogue.py:4: '/run.json'",
-                                    "rogue.py:5: 'see notes.txt'"]
+                                    "rogue.py:5: 'see notes.txt'", "rogue.py:6: 'cells'"]
     assert "rundirs.py" not in str(file_name_literals())
 
 
