@@ -208,19 +208,20 @@ class FakeRunner:
 
 
 def test_the_verdict_drives_its_runner_through_the_declared_interface():
-    """verdict.py uses of its runner only what runner.Runner declares, and both the
-    fake and PassRunner (test_passes) are Runners."""
+    """verdict.py and its passes (reruns.py) use of their runner only what
+    runner.Runner declares, and both the fake and PassRunner (test_passes) are Runners."""
     import ast
     import inspect
 
-    from tractor_tasks import verdict
+    from tractor_tasks import reruns, verdict
     from tractor_tasks.runner import Runner
     declared = {n for n in dir(Runner) if not n.startswith("_")} | \
         set(Runner.__annotations__)
-    used = {node.attr for node in ast.walk(ast.parse(inspect.getsource(verdict)))
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-            and node.value.id == "runner"}
-    assert used and used <= declared, used - declared
+    for module in (verdict, reruns):
+        used = {node.attr for node in ast.walk(ast.parse(inspect.getsource(module)))
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id == "runner"}
+        assert used and used <= declared, (module.__name__, used - declared)
     assert isinstance(FakeRunner(None, {}), Runner)
 
 
