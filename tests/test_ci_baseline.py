@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from tractor_tasks import gitref, verdict
+from tractor_tasks import gitref, reruns, verdict
 from tractor_tasks.errors import TaskError
 from tractor_tasks.history import APPLICATION_ID, History, Past, RunRow, TestRow
 from tractor_tasks.options import RunOptions
@@ -336,7 +336,7 @@ def test_on_a_terminal_the_progress_line_is_redrawn_in_place_and_cleared():
         def __call__(self, line=""):
             self.lines.append(line)
     out = Tty()
-    p = verdict.Progress(out, "re-running failures alone")
+    p = reruns.Progress(out, "re-running failures alone")
     p.step("tests/test_a.py (1 test) · step 1 of 1 · 1 test run(s) left")
     p.close()
     assert out.lines == []      # nothing scrolls: the status block only

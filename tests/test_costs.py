@@ -10,9 +10,9 @@ import uuid
 import pytest
 
 from tractor_tasks.errors import TaskError
+from tractor_tasks.durations import TestCost, load_costs, load_durations
 from tractor_tasks.history import (
-    APPLICATION_ID, SCHEMA_VERSION, History, RunRow, TestCost, TestRow, aggregate, load_costs,
-    load_durations, machine_freq)
+    APPLICATION_ID, SCHEMA_VERSION, History, RunRow, TestRow, aggregate, machine_freq)
 
 # the schema as tractor-tasks 1 wrote it (user_version 1), verbatim
 V1_SCHEMA = (
@@ -178,7 +178,7 @@ def test_tree_cost_counts_cpu_between_samples_of_one_test():
     """The supervisor's samples (ProcSample: what one tick read of each live process)
     put CPU on the test that ran at both ends of an interval; a process alive before the
     first sample brings no earlier CPU; RSS is the tree's summed peak."""
-    from tractor_tasks.supervise import ProcSample, TreeCost
+    from tractor_tasks.sampling import ProcSample, TreeCost
     tc = TreeCost()
     old = ProcSample(10, 50.0, None, 5.0, 100)          # pytest: 5 s of import CPU already
     tc.sample([old], "t::a", stamp=100.0)

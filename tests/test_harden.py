@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tractor_tasks import verdict
+from tractor_tasks import reruns
 from tractor_tasks.errors import TaskError
 from tractor_tasks.history import History, RunRow, TestRow, aggregate
 from tractor_tasks.junit import import_junit
@@ -65,9 +65,9 @@ def test_harden_a_linked_baseline_dir_is_refused_not_written_or_pruned(tmp_path,
             state.new_run()
     # and the verdict's export, reached with the link planted mid-run, is refused too
     runner = SimpleNamespace(p=SimpleNamespace(target=target))
-    j = verdict.Judgement()
     base = SimpleNamespace(commit=commit, name="main", why="test")
-    assert verdict._at_baseline(runner, [], base, j, None) == {}
+    found, j = reruns.at_baseline(runner, [], base, None)
+    assert found == {}
     assert len(j.notes) == 1 and "is a symlink" in j.notes[0] and "\n" not in j.notes[0]
     assert listing(elsewhere) == made      # nothing exported there, nothing pruned there
     assert (baseline if linked == "baseline" else baseline / commit).is_symlink()
@@ -127,7 +127,7 @@ def _planted(run: Path, name: str, outside: Path) -> None:
 
 @pytest.mark.parametrize("name", ["trace.json", "units.json", "contention.json", "shm.json"])
 def test_harden_run_files_never_write_through_a_planted_link(tmp_path, name):
-    from tractor_tasks import sharding, shm, trace
+    from tractor_tasks import shm, trace, workers
     run = tmp_path / "run"
     run.mkdir()
     outside = tmp_path / "outside.txt"
@@ -140,9 +140,9 @@ def test_harden_run_files_never_write_through_a_planted_link(tmp_path, name):
     else:
         ctx = SimpleNamespace(run_dir=SimpleNamespace(path=run))
         if name == "units.json":
-            sharding._write_units(ctx, [])
+            workers._write_units(ctx, [])
         else:
-            sharding._write_contention(ctx, SimpleNamespace(tests={}))
+            workers._write_contention(ctx, SimpleNamespace(tests={}))
     assert outside.read_text() == "precious"
     assert not (run / name).is_symlink() and (run / name).read_text().strip()
     assert (run / f".{name}.tmp").is_symlink()   # the planted name is left alone
@@ -372,7 +372,7 @@ def test_harden_rows_that_meet_a_locked_history_are_kept_and_merged_later(tmp_pa
 
 
 def test_harden_absurd_costs_are_clamped_on_write_and_on_read(tmp_path):
-    from tractor_tasks.history import load_costs
+    from tractor_tasks.durations import load_costs
     path = tmp_path / "history.sqlite"
     h = History(path)
     run = RunRow("w", 1.0, 2.0, "run", minor="3.11", tpt="tcp", spawn="trio")

@@ -16,9 +16,9 @@ import pytest
 
 from helpers import wait_for
 from tractor_tasks.errors import TaskError
+from tractor_tasks.durations import load_durations
 from tractor_tasks.history import (
-    OUTCOMES, SCHEMA_VERSION, FlakyCandidate, History, RunRow, TestRow, flaky_toml,
-    load_durations)
+    OUTCOMES, SCHEMA_VERSION, FlakyCandidate, History, RunRow, TestRow, flaky_toml)
 from tractor_tasks.target import id_glob as glob_to_regex
 from tractor_tasks.target import load_target
 

@@ -367,7 +367,8 @@ def test_shown_and_xml_text_keep_tab_and_newline():
 
 def test_junit_import_skips_nameless_cases_and_absurd_times_and_readers_survive_old_rows(
         target, tmp_path, capsys):
-    from tractor_tasks.history import History, RunRow, TestRow, load_durations
+    from tractor_tasks.durations import load_durations
+    from tractor_tasks.history import History, RunRow, TestRow
     from tractor_tasks.history_view import show_history
     from tractor_tasks.junit import import_junit
     junit = tmp_path / "j.xml"
@@ -571,7 +572,7 @@ def test_output_log_keeps_head_and_tail_past_its_cap_and_says_what_was_cut(tmp_p
     r, w = os.pipe()
     log = tmp_path / "output.log"
     seen = []
-    out = type("Out", (), {"write_bytes": lambda self, b: seen.append(b)})()
+    out = type("Out", (), {"raw": lambda self, b: seen.append(b)})()
     tee = Tee(r, log, out, max_bytes=1000)
     tee.start()
     data = b"".join(b"%06d\n" % i for i in range(20000))  # 140 kB, in many reads
@@ -622,7 +623,7 @@ def test_outcome_fields_of_the_wrong_type_name_the_file_as_malformed(tmp_path):
 
 
 def test_a_durations_file_that_is_a_fifo_is_one_line_not_a_hang(tmp_path):
-    from tractor_tasks.history import load_durations
+    from tractor_tasks.durations import load_durations
     fifo = tmp_path / "d.json"
     os.mkfifo(fifo)
     with pytest.raises(TaskError, match="FIFO"):

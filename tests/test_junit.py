@@ -19,7 +19,8 @@ import pytest
 
 import junit_rules as rules
 from tractor_tasks.errors import TaskError
-from tractor_tasks.history import History, load_costs
+from tractor_tasks.durations import load_costs
+from tractor_tasks.history import History
 from tractor_tasks.junit import (COSTS, EXTRAS, ORDER, import_junit, junit_nodeid, signature,
                                  write_junit)
 from tractor_tasks.results import Leaks, Results, TestResult

@@ -8,7 +8,7 @@ import io
 import time
 from types import SimpleNamespace
 
-from tractor_tasks import sharding
+from tractor_tasks import sharding, workers
 from tractor_tasks.history import TestCost
 from tractor_tasks.output import Output
 from tractor_tasks.passes import RunResult
@@ -76,7 +76,7 @@ class FakeLanes:
 def test_a_worker_that_dies_mid_unit_loses_no_test(tmp_path):
     c = ctx(tmp_path)
     lanes = FakeLanes("tests/test_b.py::t1")
-    res = sharding.run_shards(c, plan(units()), lane_fn=lanes)
+    res = workers.run_shards(c, plan(units()), lane_fn=lanes)
     # every test has an outcome: the one it died in is interrupted, the rest ran elsewhere
     assert set(res.results.tests) == set(IDS) and res.results.not_run() == []
     assert res.results.tests["tests/test_b.py::t1"].outcome is O.INTERRUPTED
@@ -92,7 +92,7 @@ def test_a_lane_whose_last_test_exits_fails_the_parallel_run(tmp_path):
     from tractor_tasks.options import RunOptions
     c = ctx(tmp_path)
     lanes = FakeLanes(exits=["tests/test_c.py::t3"])
-    res = sharding.run_shards(c, plan(units()), lane_fn=lanes)
+    res = workers.run_shards(c, plan(units()), lane_fn=lanes)
     assert res.results.not_run() == [] and res.unaccounted() == [] and res.broken == []
     assert len(lanes.calls) == 3   # its rest: none, so nothing queued again
     assert res.unfinished == ["tests/test_c.py: pass 1: pytest ended (exit status 0) "
@@ -104,7 +104,7 @@ def test_a_lane_whose_last_test_exits_fails_the_parallel_run(tmp_path):
 def test_a_unit_that_dies_twice_reports_its_rest_not_run(tmp_path):
     c = ctx(tmp_path)
     lanes = FakeLanes("tests/test_c.py::t1", "tests/test_c.py::t2")
-    res = sharding.run_shards(c, plan(units()), lane_fn=lanes)
+    res = workers.run_shards(c, plan(units()), lane_fn=lanes)
     # died at t1, its rest queued again died at t2: t3 never ran, and the notes name it
     assert res.results.not_run() == ["tests/test_c.py::t3"]
     lost = [n for n in res.broken if "tests/test_c.py::t3" in n]  # the report's NOT RUN lines
@@ -113,7 +113,7 @@ def test_a_unit_that_dies_twice_reports_its_rest_not_run(tmp_path):
 
 def test_failures_of_a_parallel_run_carry_what_ran_alongside(tmp_path):
     c = ctx(tmp_path)
-    res = sharding.run_shards(c, plan(units(), workers=3), lane_fn=FakeLanes())
+    res = workers.run_shards(c, plan(units(), workers=3), lane_fn=FakeLanes())
     bad = res.results.tests["tests/test_b.py::t1"]
     assert bad.parallel and all(t.parallel for t in res.results.tests.values())
     # the other lanes' tests whose windows overlap its own; never its own lane's
@@ -123,7 +123,7 @@ def test_failures_of_a_parallel_run_carry_what_ran_alongside(tmp_path):
 
 def test_a_serial_run_is_not_marked_parallel(tmp_path):
     c = ctx(tmp_path)
-    res = sharding.run_shards(c, plan(units(), workers=1), lane_fn=FakeLanes())
+    res = workers.run_shards(c, plan(units(), workers=1), lane_fn=FakeLanes())
     assert set(res.results.tests) == set(IDS)   # every test ran, and none is marked
     assert not any(t.parallel for t in res.results.tests.values())
 

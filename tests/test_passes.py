@@ -50,7 +50,8 @@ class FakePytest:
         self.on_hang = on_hang
         self.starts: list[dict] = []   # each start's select.json (None: no selection)
 
-    def __call__(self, argv, *, number, pass_dir, env, **_):
+    def __call__(self, start):
+        number, pass_dir, env = start.number, start.pass_dir, start.env
         select = env.get("TRACTOR_TASKS_SELECT")
         sel = json.loads(open(select).read()) if select else None
         self.starts.append(sel)

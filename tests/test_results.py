@@ -125,7 +125,8 @@ def test_passes_merge_into_one_result_junit_and_lastfailed(target, tmp_path):
     assert hung.find("error").get("type") == "hung" and "Thread 0x1" in hung.find("error").text
     assert hung.get("classname") == "tests.test_a" and hung.get("file") == "tests/test_a.py"
 
-    path = r.write_lastfailed()
+    from tractor_tasks import lastfailed
+    path = lastfailed.write(r)
     # pytest's rules over every pass: passed out, failed and hung in, others kept
     assert json.loads(path.read_text()) == {"tests/old.py::x": True, "tests/test_a.py::t2": True,
                                            "tests/test_a.py::t3": True}

@@ -492,7 +492,7 @@ def test_words_go_anywhere_and_invoke_conventions_hold(sample_repo):
     assert "tests/test_local.py tests/test_rpc.py -x" in many.stdout and "uds" in many.stdout
     # the chained task lists a cache whose content this test decides (the session's
     # sample is shared: what it held is put back)
-    from tractor_tasks.results import lastfailed_sources
+    from tractor_tasks.lastfailed import lastfailed_sources
     cache = lastfailed_sources(load_target(sample_repo))[0][1]
     held = cache.read_bytes() if cache.is_file() else None
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import pytest
 
 import junit_rules
 from helpers import copy_sample, git_state, invoke, last_run
-from tractor_tasks import gitref, verdict
+from tractor_tasks import cause, gitref, verdict
 from tractor_tasks.errors import TaskError
 from tractor_tasks.junit import EXTRAS as JUNIT_EXTRAS
 from tractor_tasks.options import RunOptions
@@ -388,12 +388,12 @@ def test_the_likely_cause_ranks_what_ties_a_changed_file_to_the_test(tmp_path, f
     base = gitref.Baseline(HEAD, "main", "test")
     t = TestResult("tests/test_core.py::test_x", O.FAILED, message="AssertionError",
                    text="tests/test_core.py:4: in test_x\nE   AssertionError")
-    lines = verdict.likely_cause(target, t, ["README.md", "pkg/core.py", "pkg/other.py"], base)
+    lines = cause.likely_cause(target, t, ["README.md", "pkg/core.py", "pkg/other.py"], base)
     assert lines[0] == "likely cause: pkg/core.py (changed since main; imported by " \
                        "tests/test_core.py)"
     assert lines[1].startswith("likely cause: pkg/other.py (changed since main; in pkg")
     assert not any("README" in ln for ln in lines)
-    nothing = verdict.likely_cause(target, t, ["README.md"], base)
+    nothing = cause.likely_cause(target, t, ["README.md"], base)
     assert nothing == ["likely cause: nothing ties it to a change; changed since main: "
                        "README.md"]
 
@@ -439,19 +439,20 @@ class FakeRunner:
 
 
 def test_the_verdict_drives_its_runner_through_the_declared_interface():
-    """verdict.py uses of its runner only what runner.Runner declares, and both the
-    fake and PassRunner (test_passes) are Runners."""
+    """verdict.py and its passes (reruns.py) use of their runner only what
+    runner.Runner declares, and both the fake and PassRunner (test_passes) are Runners."""
     import ast
     import inspect
 
-    from tractor_tasks import verdict
+    from tractor_tasks import reruns, verdict
     from tractor_tasks.runner import Runner
     declared = {n for n in dir(Runner) if not n.startswith("_")} | \
         set(Runner.__annotations__)
-    used = {node.attr for node in ast.walk(ast.parse(inspect.getsource(verdict)))
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-            and node.value.id == "runner"}
-    assert used and used <= declared, used - declared
+    for module in (verdict, reruns):
+        used = {node.attr for node in ast.walk(ast.parse(inspect.getsource(module)))
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id == "runner"}
+        assert used and used <= declared, (module.__name__, used - declared)
     assert isinstance(FakeRunner(None, {}), Runner)
 
 

@@ -56,7 +56,7 @@ class Cell:
 
     def cache_dir(self, target: Target) -> Path:
         """Kept across runs: this cell's pytest cache (its lastfailed)."""
-        return self.dir(target) / "pytest-cache"
+        return State(target).cell_cache(self.slug)
 
     @classmethod
     def parse(cls, name: str, target: Target) -> Cell:
@@ -191,7 +191,7 @@ def read_rows(target: Target, invocation: str | None = None,
     file is one warning line and is left out."""
     rows = []
     state = State(target)
-    for link in sorted(state.path.glob("cells/*/last")):
+    for link in state.cell_links():
         run = state.resolve_last(link)  # only a link of ours, to a run dir of ours
         if run is None:
             if os.path.lexists(link / RunDir.OUTCOME):
@@ -234,8 +234,8 @@ def append_step_summary(rows: list[Row], env=None) -> str | None:
     if not summary:
         return None
     try:
-        with open(summary, "a") as f:
-            f.write("\n### tractor-tasks matrix\n\n" + table_markdown(rows))
+        from .fsutil import append_text
+        append_text(summary, "\n### tractor-tasks matrix\n\n" + table_markdown(rows))
     except OSError as err:
         return f"note: could not append to GITHUB_STEP_SUMMARY ({err.strerror})"
     return None

@@ -14,6 +14,7 @@ from pathlib import Path
 from .cells import Cell
 from .errors import TaskError
 from .fsutil import shown
+from . import rundirs
 from .rundirs import RunDir
 from .status import Ending
 
@@ -70,8 +71,8 @@ def matrix_json(shim_dir: Path, root: str | None = None, smoke: bool = False,
 # -- the report job: every job's outcome.json (and JUnit) -> one verdict and table ---------
 
 NO_OUTCOME = Ending.no_outcome().why   # a job of the matrix that reported nothing
-MATRIX_FILE = "matrix.json"        # the matrix job's output, uploaded as an artifact
-HISTORY_FILE = "history.sqlite"    # each job's history, uploaded beside its cells' dirs
+MATRIX_FILE = rundirs.MATRIX_FILE     # the matrix job's output, uploaded as an artifact
+HISTORY_FILE = rundirs.State.HISTORY  # each job's history, uploaded beside its cells' dirs
 STEP_SUMMARY_LIMIT = 1024 * 1024   # GitHub's limit on one step's summary
 
 
@@ -268,7 +269,7 @@ class CiReport:
         for i, item in enumerate(items):
             used += len(item.encode()) + 1
             if used > budget:
-                kept.append(f"- ... and {len(items) - i} more (each job's summary.txt "
+                kept.append(f"- ... and {len(items) - i} more (each job's {RunDir.SUMMARY} "
                             "artifact lists its own)")
                 break
             kept.append(item)
@@ -328,7 +329,7 @@ def judge_jobs(good: list[tuple[Path, dict]], jobs: list[Job] | None) -> CiRepor
                                       _one_line("; ".join(map(str, cause[:3])), 240)))
         if failing > len(named):
             rep.problems.append(f"{job.label}: {failing - len(named)} failing test(s) its "
-                                "outcome.json does not name; see its summary.txt")
+                                f"{RunDir.OUTCOME} does not name; see its {RunDir.SUMMARY}")
         status = stored(rec["status"])
         not_run = rec.get("not_run") or []
         note = _one_line(rec.get("note") or "", 240)
@@ -345,7 +346,7 @@ def judge_jobs(good: list[tuple[Path, dict]], jobs: list[Job] | None) -> CiRepor
             rep.problems.append(f"{job.label}: {len(not_run)} selected test(s) never ran")
         elif job_fails(rec) and not named and failing == 0:
             rep.problems.append(f"{job.label}: {status.value} (exit {rec.get('code')}) with no "
-                                "regression or new failure; see its summary.txt")
+                                f"regression or new failure; see its {RunDir.SUMMARY}")
     order = {"regression": 0, "new": 1}
     rep.failures.sort(key=lambda f: (order.get(f.verdict, 2), f.job.label, f.nodeid))
     rep.totals = totals
@@ -403,8 +404,9 @@ def report_dir(directory: Path, *, durations_out: Path | None = None, warn=print
     jobs = load_matrix(matrix) if matrix is not None else None
     outcomes = sorted(directory.rglob(RunDir.OUTCOME))
     if not outcomes and jobs is None:
-        raise TaskError(f"no outcome.json under {directory}; upload each job's "
-                        "`.tractor-tasks/cells/*/last/` as an artifact", 1)
+        raise TaskError(f"no {RunDir.OUTCOME} under {directory}; upload each job's "
+                        f"`{rundirs.STATE_DIR}/{rundirs.State.CELLS}/*/{rundirs.State.LAST}/` "
+                        "as an artifact", 1)
     bad: list[str] = []
 
     def warn_bad(line: str) -> None:
@@ -436,9 +438,9 @@ def report_dir(directory: Path, *, durations_out: Path | None = None, warn=print
         from .history import History
         from .junit import import_junit
         with tempfile.TemporaryDirectory() as tmp:
-            h = History(Path(tmp) / "h.sqlite")
+            h = History(Path(tmp) / HISTORY_FILE)
             for outcome, rec in good:
-                junit = outcome.with_name("junit.xml")
+                junit = outcome.with_name(RunDir.JUNIT)
                 if not os.path.lexists(junit):
                     continue
                 try:  # a bad JUnit file costs its durations only, not the report

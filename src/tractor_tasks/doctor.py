@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from . import contain, shm
 from .interpreters import find_python
 from .preflight import ImportProbe, check_scope
+from .rundirs import State
 from .status import Check as S
 from .sweep import sweep
 from .target import Target
@@ -128,7 +129,7 @@ def _shm(target: Target, verbose: bool) -> Check:
     """Shared memory in the host's /dev/shm that no process holds: this checkout's
     orphans (seen held by its recorded runs: `invoke clean --shm` removes them) and
     everyone else's (reported, never removed). A warning: they cost memory, not runs."""
-    census = shm.orphans(target.state_dir)
+    census = shm.orphans(State(target).path)
     ours = [f"{s.describe()}: held by a run of this checkout" for s in census.ours]
     others = [f"{s.describe()}: held by no process, not shown to be this checkout's"
               for s in census.others]
@@ -194,7 +195,7 @@ def fix(target: Target, minor: str, checks: list[Check], out) -> None:
         for line in sweep(target, venv=venv if venv.exists() else None).lines():
             out(f"fix: {line}")
     if "shm" in todo:
-        for line in shm.remove(target.state_dir):
+        for line in shm.remove(State(target).path):
             out(f"fix: {line}")
 
 

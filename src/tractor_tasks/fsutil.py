@@ -6,7 +6,11 @@
   exists and is not a regular file (a symlink, a FIFO, a device, a dir) is refused,
   never replaced; for the run's own files (`replace_link`) a planted link or FIFO is
   replaced by the rename (the link itself, never what it points at). Every file the
-  tool writes goes through it: no fixed-name temp files.
+  tool writes goes through this module (tests/test_rundirs.py fails on a write_text,
+  json.dump or open-for-writing anywhere else in src/), but for the history's SQLite
+  file, which sqlite writes: no fixed-name temp files.
+- open_lock(), append_text(): a lock file (never through a planted link), and the one
+  append to a file of someone else's ($GITHUB_STEP_SUMMARY).
 - read_bounded(): an artifact (outcome.json, junit.xml, a durations file) read without
   blocking (a FIFO) or reading forever (/dev/zero): only a regular file, at most
   MAX_ARTIFACT bytes, its own name never followed when it is a symlink. A refusal is an
@@ -100,6 +104,20 @@ def open_own(path: Path | str, *, append: bool = True) -> int:
         return fd
     except OSError:
         return os.open(os.devnull, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+
+
+def open_lock(path: Path | str):
+    """A lock file (for flock) opened for writing: O_NOFOLLOW, no truncation, so a link
+    planted there is refused (OSError), never written through."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+                             | getattr(os, "O_CLOEXEC", 0), 0o644), "w")
+
+
+def append_text(path: Path | str, text: str) -> None:
+    """Append to a file that is not ours and is appended to by others
+    ($GITHUB_STEP_SUMMARY): one write in append mode, never a replace."""
+    with open(path, "a") as f:
+        f.write(text)
 
 
 class NotRegular(OSError):

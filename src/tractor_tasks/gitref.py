@@ -16,9 +16,11 @@ from pathlib import Path
 
 from .errors import TaskError, usage
 from .interpreters import VENV_NAME
+from .fsutil import atomic_write
+from .rundirs import EXPORT_COMPLETE, STATE_DIR
 
 SHIM_MARK = "tractor-tasks"  # the shims `tractor-tasks init` writes carry it
-STATE = ".tractor-tasks"     # the target's state dir (rundirs.State), never an edit
+STATE = STATE_DIR     # the target's state dir (rundirs.State), never an edit
 
 
 def git(root: Path, *args: str, check: bool = True, timeout: float = 30,
@@ -350,7 +352,7 @@ def resolve_ancestor(root: Path, choice: Choice, recorded: set[str]) -> Choice:
 def export(root: Path, commit: str, dest: Path) -> Path:
     """The commit's tree, read-only, at `dest` (made whole or not at all: a temp dir
     renamed into place; an existing complete export is reused)."""
-    if (dest / ".tt-export-complete").is_file():
+    if (dest / EXPORT_COMPLETE).is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     import tarfile  # here: only a baseline export needs it (start-up)
@@ -365,7 +367,7 @@ def export(root: Path, commit: str, dest: Path) -> Path:
         if proc.wait() != 0:
             raise TaskError(f"git archive {commit[:10]} failed in {root}: "
                             f"{err.splitlines()[-1] if err else 'no output'}")
-        (tmp / ".tt-export-complete").write_text(commit + "\n")
+        atomic_write(tmp / EXPORT_COMPLETE, commit + "\n")
         _read_only(tmp)
         try:
             tmp.rename(dest)

@@ -6,6 +6,7 @@ the way in and on the way out, so a test matches itself in the next run.
 It answers the questions a single run cannot: how long does a test usually take
 (shard balancing), what did it do lately across cells (`recent`), and which tests
 flip between passing and failing in a cell (`flaky`, with ready-to-paste rules).
+The durations file it exports is durations.py's format; JUnit in and out is junit.py.
 
 Several processes (matrix cells) write at once: WAL journal, a busy timeout, write
 transactions taken with BEGIN IMMEDIATE and retried while the file is locked.
@@ -34,6 +35,8 @@ from itertools import groupby, pairwise
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from . import durations as durations_file, rundirs
+from .durations import TestCost, sane_seconds
 from .errors import TaskError
 from .results import stable_id
 from .status import TestOutcome
@@ -49,7 +52,6 @@ TIMED = tuple(o.value for o in TestOutcome if o.timed)   # durations that mean s
 PASS = {o.value for o in TestOutcome if o.flip == "pass"}  # what a flip flips between
 FAIL = {o.value for o in TestOutcome if o.flip == "fail"}
 
-MAX_SECONDS = 1e6     # a test duration past this (11 days) is junk: what a durations file refuses
 FOOTPRINTS_KEPT = 5   # footprints kept per test and cell
 BUSY_SECONDS = 10.0   # sqlite's own wait for a lock, per statement
 LOCK_SECONDS = 60.0   # our retries on top of it, per operation
@@ -175,14 +177,6 @@ class Past:
     host: str
     environ: str = ""
     machine: str = ""
-
-
-@dataclass(frozen=True)
-class TestCost:
-    __test__ = False
-    wall: float
-    cpu: float | None = None     # None: no row measured it
-    rss: int | None = None
 
 
 @dataclass(frozen=True)
@@ -368,11 +362,11 @@ class History:
     def _move_aside(self, why: str) -> None:
         """Rename the unreadable file (and any -wal/-shm of it); never overwrite or delete."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        dest = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        dest = rundirs.history_corrupt(self.path, stamp)
         n = 0
         while any(Path(f"{dest}{s}").exists() for s in ("", "-wal", "-shm", "-journal")):
             n += 1
-            dest = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+            dest = rundirs.history_corrupt(self.path, f"{stamp}-{n}")
         os.rename(self.path, dest)
         for suffix in ("-wal", "-shm", "-journal"):
             side = Path(f"{self.path}{suffix}")
@@ -449,11 +443,11 @@ class History:
 
     def _pending_name(self, run_id: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[:120]
-        return self.path.with_name(f"{self.path.name}.pending-{safe}.json")
+        return rundirs.history_pending(self.path, safe)
 
     def pending(self) -> list[Path]:
         try:
-            return sorted(self.path.parent.glob(f"{self.path.name}.pending-*.json"))
+            return sorted(self.path.parent.glob(rundirs.history_pending(self.path).name))
         except OSError:
             return []
 
@@ -486,9 +480,9 @@ class History:
                 continue   # another process merged it meanwhile
             except (OSError, ValueError, KeyError, TypeError) as err:
                 self.warn(f"warning: pending history rows {path.name} are unreadable "
-                          f"({err}); moved aside to {path.name}.bad")
+                          f"({err}); moved aside to {rundirs.history_bad(path).name}")
                 try:
-                    os.replace(path, f"{path}.bad")
+                    os.replace(path, rundirs.history_bad(path))
                 except OSError:
                     pass
                 continue
@@ -700,7 +694,7 @@ class History:
 
     def _merge_one(self, path: Path) -> tuple[int, int]:
         if not path.is_file():
-            raise TaskError(f"error: {path} is not a history file; give a history.sqlite "
+            raise TaskError(f"error: {path} is not a history file; give a {rundirs.State.HISTORY} "
                             "(or a directory holding them)", 2)
         if path.resolve() == self.path.resolve():
             return 0, 0
@@ -754,21 +748,11 @@ class History:
     # -- export -------------------------------------------------------------
 
     def export_durations(self, path: Path, **cell) -> int:
-        """Write {"version": 2, "durations": {nodeid: seconds}, "costs": {nodeid: {"cpu":
-        seconds, "rss": bytes}}} for CI to commit (costs only for tests whose rows
-        measured them); returns how many tests. `cell` takes durations()'s keywords
-        (minor, tpt, spawn, last). load_durations() reads this and the version-1 shape."""
+        """Write the durations file (durations.py's format) for CI to commit; returns how
+        many tests. `cell` takes durations()'s keywords (minor, tpt, spawn, last)."""
         found = self.durations(**cell)
         costs = self.test_costs(found, **cell)
-        doc = {"version": 2, "durations": {k: round(v, 3) for k, v in sorted(found.items())},
-               "costs": {k: {"cpu": round(c.cpu, 3), "rss": c.rss}
-                         for k, c in sorted(costs.items()) if c.cpu is not None}}
-        path = Path(path)
-        try:  # a reader never sees half a file; a FIFO, device or link is refused
-            atomic_write(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
-        except OSError as err:
-            raise TaskError(f"error: cannot write durations file {path} "
-                            f"({err.strerror or err})", 1) from None
+        durations_file.write(path, found, costs)
         return len(found)
 
     # -- footprints (footprints.py): per test, the code it executed, by commit and cell.
@@ -800,7 +784,7 @@ class History:
 
     def latest_footprints(self) -> list[tuple]:
         """[(nodeid, cell, commit, Footprint)]: each test's latest per cell."""
-        from .footprints import Footprint
+        from .fprint import Footprint
 
         def query():
             with self._conn() as con:
@@ -816,7 +800,7 @@ class History:
 
     def footprints_of(self, nodeid: str, run_ids: Iterable[str]) -> dict:
         """{run_id: Footprint} of one test in the given runs (those that recorded one)."""
-        from .footprints import Footprint
+        from .fprint import Footprint
         wanted = list(run_ids)
 
         def query():
@@ -944,51 +928,7 @@ def _fill(col: str, value):
     return "" if value is None and col in _NOT_NULL else value
 
 
-# -- helpers: durations -------------------------------------------------------------------
-
-def sane_seconds(value) -> bool:
-    """A duration the history keeps and exports (rows stored before imports were checked
-    may hold 1e300)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value) and 0 <= value < MAX_SECONDS
-
-
-# -- the committed durations file and flaky rules --------------------------------------------
-
-def load_durations(path: Path) -> dict[str, float]:
-    """The durations file export_durations() wrote (version 1 or 2); a bad file is one
-    line, code 1."""
-    return {k: c.wall for k, c in load_costs(path).items()}
-
-
-def load_costs(path: Path) -> dict[str, TestCost]:
-    """Per test, the wall (and from a version-2 file the CPU and RSS) of a durations file;
-    a version-1 file gives walls only (cpu None: unmeasured)."""
-    from .fsutil import read_text_bounded
-    path = Path(path)
-    try:
-        doc = json.loads(read_text_bounded(path, follow=True))
-    except OSError as err:
-        raise TaskError(f"cannot read durations file {path} ({err.strerror or err})", 1)
-    except ValueError as err:
-        raise TaskError(f"durations file {path} is not valid JSON ({err}); "
-                        "re-export it", 1)
-    ok = (isinstance(doc, dict) and doc.get("version") in (1, 2)
-          and isinstance(doc.get("durations"), dict)
-          and all(isinstance(k, str) and sane_seconds(v) for k, v in doc["durations"].items()))
-    costs = doc.get("costs", {}) if ok and doc.get("version") == 2 else {}
-    ok = ok and isinstance(costs, dict) and all(
-        isinstance(c, dict) and sane_seconds(c.get("cpu"))
-        and (c.get("rss") is None or (isinstance(c["rss"], int) and c["rss"] >= 0))
-        for c in costs.values())
-    if not ok:
-        raise TaskError(f'error: durations file {path} is not {{"version": 2, "durations": '
-                        '{nodeid: seconds}, "costs": {nodeid: {"cpu", "rss"}}} (or version 1 '
-                        'without costs); re-export it with `invoke durations`', 1)
-    return {stable_id(k): TestCost(float(v), float(costs[k]["cpu"]) if k in costs else None,
-                                   costs[k].get("rss") if k in costs else None)
-            for k, v in doc["durations"].items()}
-
+# -- flaky rules -----------------------------------------------------------------------------
 
 def flaky_toml(candidates: Iterable[FlakyCandidate], tests_dir: str = "tests", *,
                table: str = "flaky") -> str:

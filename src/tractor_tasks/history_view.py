@@ -120,9 +120,10 @@ def merge_histories(target: Target, source: str | None, patterns=None) -> None:
         if not src.is_absolute():
             src = Path.cwd() / src
         if src.is_dir():
-            files = sorted(p for p in src.rglob("*.sqlite") if p.is_file())
+            from .rundirs import HISTORY_GLOB
+            files = sorted(p for p in src.rglob(HISTORY_GLOB) if p.is_file())
             if not files:
-                raise usage(f"--import {source}: no *.sqlite history under it; give the "
+                raise usage(f"--import {source}: no {HISTORY_GLOB} history under it; give the "
                             "directory CI's history artifacts were downloaded to")
         elif src.is_file():
             files = [src]

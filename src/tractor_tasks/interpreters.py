@@ -111,7 +111,8 @@ def _candidates(minor: str):
 
 def _cache_file() -> Path:
     import platformdirs
-    return Path(platformdirs.user_cache_dir("tractor-tasks")) / "interpreters.json"
+    from .rundirs import INTERPRETERS_CACHE
+    return Path(platformdirs.user_cache_dir("tractor-tasks")) / INTERPRETERS_CACHE
 
 
 def _stat_key(path: Path) -> str:

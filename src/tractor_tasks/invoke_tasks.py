@@ -19,6 +19,7 @@ from .errors import INTERRUPTED, TaskError, usage
 from .fsutil import shown
 from .options import RUN_OPTIONS, RunOptions
 from .output import say
+from .rundirs import DURATIONS_DEFAULT, MATRIX_FILE, RunDir, State
 
 ROOT_HELP = "the target checkout (default: see README, target resolution)"
 # what `--help` calls a numeric option's value (invoke's own word is STRING)
@@ -35,7 +36,7 @@ def _guard(fn, needs_stdout=False):
         from .output import guard_std_fds
         if needs_stdout and _closed(1):
             raise Exit(f"error: stdout is closed; `invoke {fn.__name__.replace('_', '-')}` "
-                       "writes its answer there: give it one (e.g. > matrix.json)", code=2)
+                       f"writes its answer there: give it one (e.g. > {MATRIX_FILE})", code=2)
         guard_std_fds()  # `invoke test >&-`: /dev/null in place of a closed stdout
         try:
             return fn(c, *args, **kwargs)
@@ -208,7 +209,7 @@ def quick(c, python=None, root=None):
              "all": "the target's cache and every cell's", "root": ROOT_HELP})
 def lastfailed(c, session=None, all_=False, root=None):
     """List the last failures from pytest's cache, without collecting (spec section 7)."""
-    from .results import lastfailed_sources, read_lastfailed
+    from .lastfailed import lastfailed_sources, read_lastfailed
     target = _target(c, root)
     found = lastfailed_sources(target, session=session, every=all_)
     for label, path in found:
@@ -287,7 +288,7 @@ def clean(c, dry_run=False, grace=None, parent=None, shm=False, root=None):
     shm_ok = True
     if shm:
         from . import shm as shm_mod
-        for line in shm_mod.remove(target.state_dir, dry_run=dry_run):
+        for line in shm_mod.remove(State(target).path, dry_run=dry_run):
             say(line)
             shm_ok = shm_ok and not line.startswith(("could not", "kept shared memory /"))
     if not dry_run:
@@ -296,16 +297,16 @@ def clean(c, dry_run=False, grace=None, parent=None, shm=False, root=None):
         raise Exit(code=1)
 
 
-@_task(help={"trace": "print the path of the newest run's timeline (trace.json) instead",
+@_task(help={"trace": f"print the path of the newest run's timeline ({RunDir.TRACE}) instead",
              "root": ROOT_HELP})
 def report(c, trace=False, root=None):
     """Print the matrix table again, from the cells' outcome files on disk.
 
     --trace: print the path of the newest run's timeline (trace.json) instead."""
     from .cells import read_rows, table_text
+    from .rundirs import State
     target = _target(c, root)
     if trace:
-        from .rundirs import State
         from .trace import newest
         path = newest(State(target).runs)
         if path is None:
@@ -320,7 +321,7 @@ def report(c, trace=False, root=None):
     if rows:
         say(table_text(rows))
     elif not bad:
-        say(f"no cell results under {target.state_dir / 'cells'}; run some nox "
+        say(f"no cell results under {State(target).cells}; run some nox "
             "sessions first")
     if bad:
         raise Exit(code=1)
@@ -342,7 +343,7 @@ def ci_matrix(c, smoke=False, shards=None, root=None):
 
 @_task(help={"patterns": "node id globs (only * and ? are wild), e.g. 'test_rpc.py::*'; "
                          "none = every test", "limit": "rows per test (default 10)",
-             "import": "merge another history into this one, by run (a history.sqlite, or "
+             "import": f"merge another history into this one, by run (a {State.HISTORY}, or "
                        "a directory of them, e.g. CI's artifacts); merging again adds nothing",
              "checkpoint": "fold the history's write-ahead log into its file (before a CI "
                            "cache or artifact saves it)",
@@ -386,8 +387,8 @@ def flaky(c, min_runs=None, junit=None, cell=None, quarantine=False, root=None):
 @_task(help={"directory": "where the jobs' artifacts were downloaded",
              "durations_out": "also write a durations file for the next sharded run",
              "matrix": "the matrix the jobs ran (`invoke ci-matrix` output; default: the "
-                       "one matrix.json under DIRECTORY)",
-             "history": "merge every job's history.sqlite under DIRECTORY into this file "
+                       f"one {MATRIX_FILE} under DIRECTORY)",
+             "history": f"merge every job's {State.HISTORY} under DIRECTORY into this file "
                         "(checkpointed, ready for the cache to save)",
              "root": ROOT_HELP})
 def ci_report(c, directory, durations_out=None, matrix=None, history=None, root=None):
@@ -423,18 +424,18 @@ def ci_report(c, directory, durations_out=None, matrix=None, history=None, root=
     if summary:
         table = table_markdown(rep.rows) + ("".join(f"\n- shards: {shown(w)}" for w in walls))
         try:
-            with open(summary, "a") as f:
-                f.write(rep.markdown(table))
+            from .fsutil import append_text
+            append_text(summary, rep.markdown(table))
         except OSError as err:
             say(f"note: could not append to GITHUB_STEP_SUMMARY ({err.strerror})")
     if rep.red:
         raise Exit(code=1)
 
 
-@_task(help={"out": "the file to write (default .tractor-tasks-durations.json)",
+@_task(help={"out": f"the file to write (default {DURATIONS_DEFAULT})",
              "python": "only this cell's minor", "tpt": "only this transport",
              "spawn": "only this spawn backend", "root": ROOT_HELP})
-def durations(c, out=".tractor-tasks-durations.json", python=None, tpt=None, spawn=None,
+def durations(c, out=DURATIONS_DEFAULT, python=None, tpt=None, spawn=None,
               root=None):
     """Write recorded test durations and costs to a small JSON file (for CI shards).
 

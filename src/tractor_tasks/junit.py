@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING
 
 from .errors import TaskError
 from .fsutil import atomic_write, xml_clean
-from .history import MAX_SECONDS, History, RunRow, TestRow
+from .durations import MAX_SECONDS
+from .history import History, RunRow, TestRow
 from .results import stable_id
 from .status import TestOutcome as O
 

@@ -1,4 +1,5 @@
-"""The one place that writes to the user, and the copy of pytest's output.
+"""How a run writes to the user while it goes (its lines, the status block), and the
+copy of pytest's output. (The tasks' one-shot answers, tables and histories, print.)
 
 Every line of ours goes through here: `Output` for a run (its status block, pytest's
 copy), `say()` for a task's answer and a front end's error line. Both escape control
@@ -35,8 +36,9 @@ def guard_std_fds() -> None:
     if 1 in closed or sys.stdout is None:
         sys.stdout = open(1, "w", closefd=False)
         if 2 not in closed and sys.stderr is not None:
+            from .rundirs import STATE_DIR, State
             say("note: stdout is closed: the run goes on and writes nothing there; its "
-                "results are in .tractor-tasks/last (`invoke report`)", err=True)
+                f"results are in {STATE_DIR}/{State.LAST} (`invoke report`)", err=True)
     if 2 in closed or sys.stderr is None:
         sys.stderr = open(2, "w", closefd=False)
     if 0 in closed or sys.stdin is None:
@@ -103,7 +105,7 @@ class Output:
 
     def line(self, text: str = "") -> None:
         """One line of ours: what it quotes (test ids, refs, paths, commands) shown with
-        control characters escaped (fsutil.shown); pytest's own output is write_bytes'."""
+        control characters escaped (fsutil.shown); pytest's own output is raw()'s."""
         if self.quiet:
             return
         self.write(shown(text) + "\n")
@@ -142,7 +144,7 @@ class Output:
             except (BrokenPipeError, OSError, ValueError):
                 self._lose()
 
-    def write_bytes(self, data: bytes) -> None:
+    def raw(self, data: bytes) -> None:
         if self.broken or self.quiet:
             return
         with self._lock:
@@ -194,6 +196,7 @@ class Tee(threading.Thread):
         tail: collections.deque[bytes] = collections.deque()
         held = 0
         from .fsutil import open_own
+        from .rundirs import PassDir
         with os.fdopen(open_own(self.log), "ab") as f:   # never through a planted link
             while True:
                 try:
@@ -203,7 +206,7 @@ class Tee(threading.Thread):
                 if not chunk:
                     break
                 if self.out is not None:
-                    self.out.write_bytes(chunk)
+                    self.out.raw(chunk)
                 if head_room is None:
                     f.write(chunk)
                     f.flush()
@@ -224,7 +227,7 @@ class Tee(threading.Thread):
                 tail[0] = tail[0][extra:]
                 self.cut += extra
             if self.cut:
-                f.write(f"\n[tractor-tasks: {self.cut} bytes of output cut here: output.log "
+                f.write(f"\n[tractor-tasks: {self.cut} bytes of output cut here: {PassDir.OUTPUT} "
                         f"keeps its first and last {self.max_bytes // 2} bytes "
                         "(output_log_max_mb)]\n".encode())
             for part in tail:

@@ -21,7 +21,7 @@ from .results import Results, read_pass, stable_id
 from .rundirs import PassDir, RunDir, pass_dirs
 from .scope import ENV_RUN, RunMarker, ScopeView
 from .status import Ending, Facts, RunStatus, Stop, TestOutcome, conclude, stop_of
-from .supervise import PassOutcome, Signals, keep_tmp_writes, run_pass
+from .supervise import PassOutcome, PassStart, Signals, keep_tmp_writes, run_pass
 from .sweep import sweep
 from .venv import venv_python
 
@@ -56,6 +56,13 @@ class RunResult:
     def stopped(self) -> Stop | None:
         """How the run was stopped (interrupted, out of time), by a pass or by itself."""
         return stop_of([*(o.stop for o in self.passes), *([self.stop] if self.stop else [])])
+
+    def no_match(self) -> bool:
+        """pytest ended on its own with 5 (no tests ran) and no test ran in the whole run:
+        the selection (-k, ids, a file) matches nothing (status.conclude makes it bad
+        usage; the summary says it in one line)."""
+        finished = [o for o in self.passes if o.stop is Stop.FINISHED]
+        return bool(finished) and finished[-1].returncode == 5 and not self.results.tests
 
     def unaccounted(self) -> list[str]:
         """Selected tests that never ran when nothing (-x, the hang limit, a stop)
@@ -95,7 +102,7 @@ def command(p, pass_dir: Path, private: str, *, color: bool = False,
     # the run's runtime and temp dirs are its own; so is its cache (tractor writes
     # hung-test dumps under $XDG_CACHE_HOME/tractor): kept with the pass's files
     extra = {"XDG_RUNTIME_DIR": private, "TMPDIR": private,
-             "XDG_CACHE_HOME": str(pass_dir / "cache")}
+             "XDG_CACHE_HOME": str(PassDir(pass_dir).cache)}
     if select is not None:
         extra[ENV_SELECT] = str(select)
     env = run_env(p.target, venv, pass_dir, extra=extra)
@@ -167,7 +174,7 @@ class PassRunner:
                 echo(f"$ {show(argv, {})}" if number == 1 else
                      f"$ (pass {number}: the same command, resuming after the hung test)")
             try:
-                outcome = run_pass(
+                outcome = run_pass(PassStart(
                     argv, number=number, cwd=at or p.target.root, env=env, pass_dir=pass_dir,
                     containment=p.containment, deadline=self.deadline,
                     test_bound=self.test_bound, signals=self.signals, echo=echo,
@@ -179,7 +186,7 @@ class PassRunner:
                     leftovers=lambda: [proc for proc, _ in ScopeView(
                         p.target, private_dirs=(str(private),)).leaks(run=marker)],
                     shm_size=p.target.shm_size or None,
-                    runaway=(p.target.runaway_cpu, p.target.runaway_seconds))
+                    runaway=(p.target.runaway_cpu, p.target.runaway_seconds)))
             except TaskError:
                 if not self.signals.count:
                     raise

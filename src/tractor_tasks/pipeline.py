@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from . import contain, gitref
 from .command import check_names, show
 from .errors import TaskError, usage
-from .fsutil import write_json
+from .fsutil import atomic_write, write_json
 from .interpreters import check_minor, find_python, minor_of_venv
 from .options import RunOptions
 from .output import Output
@@ -229,7 +229,8 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
                 "cell": p.cell.name if p.cell else None, "invocation": p.invocation,
                 "started": time.time(), "pid": os.getpid()})
             if shard_plan is not None:
-                from .sharding import run_one_shard, run_shards
+                from .sharding import run_one_shard
+                from .workers import run_shards
                 shard_plan.keep(run_dir.path)
                 result = (run_one_shard if p.opts.shard else run_shards)(ctx, shard_plan)
             else:
@@ -253,7 +254,7 @@ def execute(p: Plan, *, out: Output | None = None, echo: bool = True) -> RunResu
             for line in lines:
                 out(line)
             try:  # what CI keeps of the run beside outcome.json (best effort)
-                (run_dir.path / RunDir.SUMMARY).write_text("\n".join(lines) + "\n")
+                atomic_write(run_dir.summary, "\n".join(lines) + "\n", replace_link=True)
             except OSError:
                 pass
             return result
@@ -303,14 +304,6 @@ def _judge(p: Plan, runner: PassRunner, result: RunResult, *, parallel: bool, ou
 # -- after the run ----------------------------------------------------------------
 
 
-def no_match(result: RunResult) -> bool:
-    """pytest ended on its own with 5 (no tests ran) and no test ran in the whole run:
-    the selection (-k, ids, a file) matches nothing (status.conclude makes it bad usage;
-    the summary says it in one line)."""
-    finished = [o for o in result.passes if o.stop is Stop.FINISHED]
-    return bool(finished) and finished[-1].returncode == 5 and not result.results.tests
-
-
 def finish(p: Plan, result: RunResult, run_dir: RunDir, out) -> None:
     """The run's end (its status and exit code, decided once from its facts), then the
     merged JUnit, lastfailed, outcome.json and history rows."""
@@ -320,7 +313,8 @@ def finish(p: Plan, result: RunResult, run_dir: RunDir, out) -> None:
     write_junit(results, run_dir.junit)
     if any(o.stop is not Stop.FINISHED for o in result.passes) or len(result.passes) > 1 \
             or result.shards or result.unfinished or result.stop:
-        results.write_lastfailed()  # pytest could not write it whole itself
+        from . import lastfailed
+        lastfailed.write(results)  # pytest could not write it whole itself
     from .outcome import of_run
     write_json(run_dir.outcome, of_run(p, result, result.unaccounted()).to_json())
     _record_history(p, result, out)

@@ -13,7 +13,7 @@ from typing import Callable
 
 from .probelog import ProbeLog, read_json
 from .results import stable_id
-from .rundirs import RunDir, pass_dirs
+from .rundirs import RunDir, State, pass_dirs
 
 
 @dataclass
@@ -108,7 +108,7 @@ class Board:
 def cell_lanes(state_dir: Path, invocation: str) -> list[tuple[str, Path, None]]:
     """The runs of one nox invocation that are going: (cell name, run dir)."""
     out = []
-    for run in sorted(state_dir.glob("runs/*/run.json")):
+    for run in sorted(state_dir.glob(f"{State.RUNS}/*/{RunDir.RUN}")):
         data = read_json(run)
         if isinstance(data, dict) and data.get("invocation") == invocation and \
                 not (run.parent / RunDir.OUTCOME).exists():

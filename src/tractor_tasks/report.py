@@ -1,4 +1,4 @@
-"""The one place a run's result becomes text: teardown notes, counts, the verdict
+"""A run's result as the text printed at its end: teardown notes, counts, the verdict
 first (how many regressions, pre-existing, flaky ... failures), then the failures
 that fail the run with their tracebacks and likely causes, then one line for each
 explained one, hangs with their dumps, leaks, and what to do."""
@@ -38,8 +38,7 @@ def render(p, result, *, traceback_lines: int = 12, dump_lines: int = 15) -> lis
         extra.append(f"{passes} passes")
     lines.append(f"results: {results.counts_line()} in {results.seconds:.1f}s"
                  + (f" ({', '.join(extra)})" if extra else ""))
-    from .pipeline import no_match
-    if no_match(result):
+    if result.no_match():
         k = f" (-k {shown(p.opts.k)!r})" if p.opts.k else ""
         lines.append(f"error: the selection{k} matches no test; nothing ran: check the "
                      "expression or the test ids")

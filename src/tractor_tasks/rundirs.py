@@ -1,21 +1,31 @@
 """Where runs keep things: the target's state dir and each run's private dir.
 
-One object owns the on-disk layout (as pytest's cache provider does):
+This module owns every name of the on-disk layout (as pytest's cache provider owns
+`.pytest_cache`): the others use its constants and paths, and a test
+(tests/test_rundirs.py) fails on a file name spelled anywhere else in src/ (the
+probe, which runs in the target's interpreter, keeps its own, checked equal to these).
 
     <target>/.tractor-tasks/          made at once, with .gitignore, CACHEDIR.TAG, README
         runs/<run id>/                one per run, locked while the run is going
-            junit.xml outcome.json    the merged result
+            junit.xml outcome.json    the merged result; run.json summary.txt trace.json
             pass-1/ pass-2/ ...       one per pytest start (a resume after a hang starts
                                       another): command.txt output.log current
                                       results.jsonl (the probe's log: probelog.py
-                                      reads it) session.json stacks*.txt
-            shard-1/pass-1/ ...       when the run is split into shards
+                                      reads it) session.json stacks*.txt tmp/ cache/
+            shard-1/pass-1/ ...       when the run is split into shards (collect/: the
+                                      plan's `--co` pass; units.json shard.json)
+            confirm-1/ baseline/      the verdict's re-runs, each with its pass dirs
         last -> runs/<id>             the latest `invoke` run
         cells/<slug>/last -> ...      the latest run of a nox cell
         cells/<slug>/pytest-cache/    the cell's own pytest cache (its lastfailed)
         baseline/<commit>/            the verdict's read-only export of a baseline commit
         history.sqlite                the results history
+        history.sqlite.pending-*.json rows kept while the history was locked
         venv-3.13.lock                cells of one minor sync their venv one at a time
+
+Elsewhere: the durations file `invoke durations` writes, a venv's sync stamp and
+bind-space cache, the user cache's interpreters.json, a baseline export's marker, the
+CI matrix file, and pytest's own cache dir and lastfailed file (read only).
 
 A private dir (`$TMPDIR/tt-XXXX`, short: UDS paths are length-capped) is each
 run's XDG_RUNTIME_DIR and TMPDIR. A marker file in it names the target and the
@@ -28,9 +38,7 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import stat
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,7 +46,21 @@ from pathlib import Path
 
 
 from .errors import TaskError
-from .target import Target
+from .fsutil import atomic_write, open_lock
+
+# `Target` (target.py) is named in annotations only, never imported: target.py imports
+# what imports this module, and shutil and tempfile load only when used
+
+STATE_DIR = ".tractor-tasks"      # <target>/.tractor-tasks: State
+# the tool's own files outside the state dir, named here too
+DURATIONS_DEFAULT = ".tractor-tasks-durations.json"  # `invoke durations`' file (committed)
+VENV_STAMP = ".tractor-tasks-synced"        # in a venv: the lock it was synced from
+BINDSPACE_CACHE = ".tractor-tasks-bindspace.json"  # in a venv, next to uv's files
+INTERPRETERS_CACHE = "interpreters.json"    # in the user's cache dir: found interpreters
+EXPORT_COMPLETE = ".tt-export-complete"     # in a baseline export: it is whole
+MATRIX_FILE = "matrix.json"                 # the CI matrix job's output (an artifact)
+PYTEST_CACHE = ".pytest_cache"              # pytest's cache dir when nothing moves it
+LASTFAILED = ("v", "cache", "lastfailed")   # pytest's lastfailed file in a cache dir
 
 KEEP_RUNS = 20
 RUN_ID = re.compile(r"\d{8}-\d{6}-\d+-\d+")   # YYYYMMDD-HHMMSS-PID-N, as _new_run names them
@@ -50,20 +72,49 @@ safe to delete (the history goes with it).
 """
 
 
+def lastfailed_path(cache_dir: Path) -> Path:
+    """pytest's lastfailed file in a pytest cache dir."""
+    return Path(cache_dir).joinpath(*LASTFAILED)
+
+
+# -- files beside a history file (the state dir's, or a CI merge's) ------------------
+HISTORY_GLOB = "*.sqlite"   # history files in a dir of CI artifacts
+HISTORY_PENDING, HISTORY_CORRUPT, HISTORY_BAD = ".pending-", ".corrupt-", ".bad"
+
+
+def history_pending(db: Path, key: str | None = None) -> Path:
+    """Rows kept while the history was locked (`key`: a run id made safe); without a
+    key, the glob pattern of them all (a name, for db.parent.glob)."""
+    return db.with_name(f"{db.name}{HISTORY_PENDING}{'*' if key is None else key}.json")
+
+
+def history_corrupt(db: Path, stamp: str) -> Path:
+    """Where an unreadable history file is moved aside."""
+    return db.with_name(f"{db.name}{HISTORY_CORRUPT}{stamp}")
+
+
+def history_bad(path: Path) -> Path:
+    """Where unreadable pending rows are moved aside."""
+    return path.with_name(path.name + HISTORY_BAD)
+
+
 class State:
     """The target's `.tractor-tasks` dir."""
+    RUNS, CELLS, LAST, BASELINE = "runs", "cells", "last", "baseline"
+    HISTORY, CELL_CACHE = "history.sqlite", "pytest-cache"
+    GITIGNORE, CACHEDIR_TAG, README = ".gitignore", "CACHEDIR.TAG", "README.md"
 
     def __init__(self, target: Target):
         self.target = target
-        self.path = target.state_dir
+        self.path = target.root / STATE_DIR
 
     def check(self, slug: str | None = None, commit: str | None = None) -> None:
         """The state dir and the dirs in it we write to are real dirs of the target, never
         links: a run would write through one and its prune delete what is behind it.
         Refused with one line before anything is written."""
-        paths = [self.path, self.runs, self.path / "cells", self.baseline]
+        paths = [self.path, self.runs, self.cells, self.baseline]
         if slug:
-            paths += [self.cell_dir(slug), self.cell_dir(slug) / "pytest-cache"]
+            paths += [self.cell_dir(slug), self.cell_cache(slug)]
         if commit:
             paths.append(self.baseline_dir(commit))
         for path in paths:
@@ -95,12 +146,13 @@ class State:
             raise NotADirectoryError(20, "a file is in its place")
         if self.path.is_dir():
             return self.path
-        tmp = Path(tempfile.mkdtemp(prefix=".tractor-tasks-", dir=self.path.parent))
-        (tmp / ".gitignore").write_text("# created by tractor-tasks: never committed\n*\n")
-        (tmp / "CACHEDIR.TAG").write_text("Signature: 8a477f597d28d172789f06886806bc55\n"
-                                          "# This file is a cache directory tag created by "
-                                          "tractor-tasks.\n")
-        (tmp / "README.md").write_text(_README)
+        import shutil
+        import tempfile
+        tmp = Path(tempfile.mkdtemp(prefix=f"{STATE_DIR}-", dir=self.path.parent))
+        atomic_write(tmp / self.GITIGNORE, "# created by tractor-tasks: never committed\n*\n")
+        atomic_write(tmp / self.CACHEDIR_TAG, "Signature: 8a477f597d28d172789f06886806bc55\n"
+                     "# This file is a cache directory tag created by tractor-tasks.\n")
+        atomic_write(tmp / self.README, _README)
         os.chmod(tmp, 0o755)
         try:
             tmp.rename(self.path)
@@ -110,33 +162,52 @@ class State:
 
     @property
     def runs(self) -> Path:
-        return self.path / "runs"
+        return self.path / self.RUNS
+
+    def run_files(self, name: str, deep: bool = False) -> list[Path]:
+        """A file of every run dir (`runs/*/<name>`; `deep`: at any depth in them)."""
+        return sorted(self.runs.glob(f"**/{name}" if deep else f"*/{name}")) \
+            if self.runs.is_dir() else []
+
+    @property
+    def cells(self) -> Path:
+        return self.path / self.CELLS
+
+    def cell_links(self) -> list[Path]:
+        """Every cell's `last` link."""
+        return sorted(self.cells.glob(f"*/{self.LAST}"))
+
+    def cell_caches(self) -> list[Path]:
+        """Every cell's own pytest cache dir."""
+        return sorted(self.cells.glob(f"*/{self.CELL_CACHE}"))
+
+    def cell_cache(self, slug: str) -> Path:
+        """Kept across runs: a cell's own pytest cache (its lastfailed)."""
+        return self.cell_dir(slug) / self.CELL_CACHE
 
     @property
     def baseline(self) -> Path:
-        return self.path / "baseline"
+        return self.path / self.BASELINE
 
     def baseline_dir(self, commit: str) -> Path:
         return self.baseline / commit
 
     @property
     def history(self) -> Path:
-        return self.path / "history.sqlite"
+        return self.path / self.HISTORY
 
     def cell_dir(self, slug: str) -> Path:
-        return self.path / "cells" / slug
+        return self.cells / slug
 
     def last_link(self, slug: str | None = None) -> Path:
-        return self.cell_dir(slug) / "last" if slug else self.path / "last"
+        return self.cell_dir(slug) / self.LAST if slug else self.path / self.LAST
 
     @contextmanager
     def venv_lock(self, minor: str):
         """Cells of one minor share one venv: sync it one at a time."""
         path = self.ensure() / f"venv-{minor}.lock"
         try:
-            # O_NOFOLLOW, no truncation: a link planted there is refused, never written
-            f = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
-                                  | getattr(os, "O_CLOEXEC", 0), 0o644), "w")
+            f = open_lock(path)  # a link planted there is refused, never written
         except OSError as err:
             raise TaskError(f"cannot write {path} ({err.strerror or err}); make the "
                             "target writable") from None
@@ -151,7 +222,7 @@ class State:
         """Run dirs whose run is going right now (their lock is held)."""
         out = []
         for d in sorted(self.runs.glob("*")) if self.runs.is_dir() else []:
-            if _locked(d / "lock"):
+            if _locked(d / RunDir.LOCK):
                 out.append(d)
         return out
 
@@ -211,13 +282,14 @@ class State:
             return
         if not self.runs.is_dir():
             return
-        pointed = {p.resolve() for p in [self.last_link(), *self.path.glob("cells/*/last")]
+        pointed = {p.resolve() for p in [self.last_link(), *self.cell_links()]
                    if p.is_symlink()}
         dirs = sorted((d for d in self.runs.iterdir() if _is_run_dir(d)),
                       key=lambda d: tuple(int(x) for x in d.name.split("-")))  # -10 after -9
         for d in dirs[:-keep] if keep else dirs:
-            if d.resolve() in pointed or _locked(d / "lock"):
+            if d.resolve() in pointed or _locked(d / RunDir.LOCK):
                 continue
+            import shutil
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -229,7 +301,7 @@ def _is_run_dir(d: Path) -> bool:
         if not stat.S_ISDIR(os.lstat(d).st_mode):
             return False
         return any(stat.S_ISREG(os.lstat(d / name).st_mode)
-                   for name in ("lock", "run.json") if os.path.lexists(d / name))
+                   for name in (RunDir.LOCK, RunDir.RUN) if os.path.lexists(d / name))
     except OSError:
         return False
 
@@ -254,9 +326,7 @@ class RunDir:
     _lock_file: object = None
 
     def lock(self) -> None:
-        self._lock_file = os.fdopen(os.open(self.path / "lock", os.O_WRONLY | os.O_CREAT
-                                            | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
-                                            0o644), "w")
+        self._lock_file = open_lock(self.path / self.LOCK)
         fcntl.flock(self._lock_file, fcntl.LOCK_EX)
         self._lock_file.write(f"{os.getpid()}\n")
         self._lock_file.flush()
@@ -270,13 +340,40 @@ class RunDir:
                  ) -> Path:
         """`pass-N`, under `shard-K/` for a shard and under the verdict's phase dir
         (`confirm-N/`, `baseline/`) for its passes."""
-        base = self.path / f"shard-{shard}" if shard else self.path
+        base = self.shard_dir(shard) if shard else self.path
         if phase:
             base = base / phase
-        d = base / f"pass-{number}"
+        d = base / f"{PASS_PREFIX}{number}"
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    @staticmethod
+    def confirm_phase(round_: int) -> str:
+        """The verdict's confirming re-run dir name (`phase` of pass_dir)."""
+        return f"{RunDir.CONFIRM_PREFIX}{round_}"
+
+    @staticmethod
+    def shard_dirs(run_dir: Path) -> list[Path]:
+        return sorted(Path(run_dir).glob(f"{RunDir.SHARD_PREFIX}*"))
+
+    @staticmethod
+    def phase_dirs(run_dir: Path) -> list[Path]:
+        """The verdict's phase dirs: confirm-N by number, the baseline, then the second
+        opinion's alone-N by number and its baseline-2."""
+        def numbered(prefix: str) -> list[Path]:
+            def number(d: Path) -> int:
+                tail = d.name[len(prefix):]
+                return int(tail) if tail.isdigit() else 0
+            return sorted(Path(run_dir).glob(f"{prefix}*"), key=number)
+        base, again = (Path(run_dir) / RunDir.BASELINE_PHASE,
+                       Path(run_dir) / f"{RunDir.BASELINE_PHASE}-2")
+        return (numbered(RunDir.CONFIRM_PREFIX) + ([base] if base.is_dir() else [])
+                + numbered(f"{RunDir.ALONE_PHASE}-")
+                + ([again] if again.is_dir() else []))
+
+    LOCK, COLLECT = "lock", "collect"   # held while the run goes; the -n/--shard `--co` pass
+    SHARD_PREFIX, CONFIRM_PREFIX, BASELINE_PHASE = "shard-", "confirm-", "baseline"
+    ALONE_PHASE = "alone"   # the second opinion: a regression in a pytest of its own
     JUNIT, OUTCOME, RUN, TRACE = "junit.xml", "outcome.json", "run.json", "trace.json"
     UNITS, CONTENTION, SHARD = "units.json", "contention.json", "shard.json"  # -n, CI jobs
     SUMMARY = "summary.txt"   # the run's printed summary (verdict, failures): a CI artifact
@@ -293,12 +390,20 @@ class RunDir:
     def run_json(self) -> Path:
         return self.path / self.RUN
 
+    @property
+    def collect(self) -> Path:
+        return self.path / self.COLLECT
+
+    @property
+    def summary(self) -> Path:
+        return self.path / self.SUMMARY
+
     def shard_dir(self, k: int) -> Path:
-        return self.path / f"shard-{k}"
+        return self.path / f"{self.SHARD_PREFIX}{k}"
 
 
 class PassDir:
-    """One pytest start's dir and the names of its files: the one place they are spelled.
+    """One pytest start's dir and the names of its files (spelled here only).
     The probe writes the first group with its own literals (a test checks they are
     these), the pass runner and the supervisor the rest."""
     SESSION, COLLECTED, RESULTS = "session.json", "collected.json", "results.jsonl"
@@ -307,10 +412,12 @@ class PassDir:
     COMMAND, OUTPUT, SELECT, DUMP = "command.txt", "output.log", "select.json", "stacks.txt"
     STOP = "stop.json"    # how the pass ended (passes.py): hung, timeout, interrupted
     SHM_BEFORE, SHM_AFTER = "shm-before.json", "shm.json"   # a run on the host's /dev/shm
+    FOOTPRINTS, PROCS = "footprints", "procs.json"   # the recorder's files; every process seen
     SHM_SEEN = "shm-seen.json"                               # ... what the run was seen holding
     # per-test CPU and RSS: the supervisor's samples; costs.jsonl is where an older
     # probe wrote its own (now "costs" events in results.jsonl)
     COSTS, TREE_COSTS = "costs.jsonl", "tree-costs.json"
+    TMP, CACHE = "tmp", "cache"   # what a contained run wrote to /tmp; its XDG_CACHE_HOME
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -331,15 +438,21 @@ class PassDir:
     stop = property(lambda self: self.path / self.STOP)
     costs = property(lambda self: self.path / self.COSTS)
     tree_costs = property(lambda self: self.path / self.TREE_COSTS)
+    tmp = property(lambda self: self.path / self.TMP)
+    cache = property(lambda self: self.path / self.CACHE)
 
     def probe_stacks(self) -> list[Path]:
         return sorted(self.path.glob(self.PROBE_STACKS))
 
 
+PASS_PREFIX = "pass-"
+
+
 def pass_dirs(lane: Path) -> list[Path]:
     """A lane's `pass-N` dirs (a run dir, a shard's, a verdict phase's), by number."""
-    found = [d for d in lane.glob("pass-*") if d.name[5:].isdigit()]
-    return sorted(found, key=lambda d: int(d.name[5:]))
+    n = len(PASS_PREFIX)
+    found = [d for d in lane.glob(f"{PASS_PREFIX}*") if d.name[n:].isdigit()]
+    return sorted(found, key=lambda d: int(d.name[n:]))
 
 
 # -- private dirs ---------------------------------------------------------------
@@ -347,9 +460,10 @@ def pass_dirs(lane: Path) -> list[Path]:
 def make_private_dir(target: Target) -> Path:
     """A new private runtime/temp dir for one pytest start, marked as ours."""
     import psutil  # here: `invoke lastfailed` starts without it
+    import tempfile
     d = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX))
     me = psutil.Process()
-    (d / PRIVATE_MARKER).write_text(json.dumps(
+    atomic_write(d / PRIVATE_MARKER, json.dumps(
         {"root": str(target.root), "pid": me.pid, "create_time": me.create_time()}))
     return d
 
@@ -375,6 +489,7 @@ def _supervisor_alive(pid, create_time) -> bool:
 def stale_private_dirs(target: Target) -> list[Path]:
     """Private dirs of this target's runs whose supervisor is gone."""
     out = []
+    import tempfile
     base = Path(tempfile.gettempdir())
     try:
         candidates = sorted(base.glob(f"{PRIVATE_PREFIX}*"))
@@ -407,6 +522,7 @@ def remove_private_dir(d: Path) -> bool:
         except OSError:
             pass
     for _ in range(2):
+        import shutil
         shutil.rmtree(d, onerror=retry)
         if not d.exists():
             return True

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .fsutil import atomic_write, read_bounded
-from .rundirs import PassDir
+from .rundirs import PassDir, State
 
 HOST = Path("/dev/shm")
 BEFORE, AFTER, SEEN = PassDir.SHM_BEFORE, PassDir.SHM_AFTER, PassDir.SHM_SEEN
@@ -198,7 +198,7 @@ class Window:
 def windows(state_dir: Path) -> list[Window]:
     """Every recorded pass of this target that ran on the host's /dev/shm."""
     out = []
-    for path in sorted(state_dir.glob(f"runs/**/{BEFORE}")):
+    for path in sorted(state_dir.glob(f"{State.RUNS}/**/{BEFORE}")):
         before = _read(path)
         if not isinstance(before, dict):
             continue

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import psutil
 
+from . import rundirs
 from .fsutil import atomic_write
 from .processes import Proc, pid_exists
 from .target import Target
 
 _UNIX_LISTENING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix
-BINDSPACE_CACHE = ".tractor-tasks-bindspace.json"  # kept in the venv, next to uv's files
+BINDSPACE_CACHE = rundirs.BINDSPACE_CACHE  # kept in the venv, next to uv's files
 
 
 # -- tcp ----------------------------------------------------------------------

@@ -3,9 +3,11 @@
 tractor forbids pytest-timeout (both its methods break trio), so both bounds come
 from out here: the whole run's wall clock, and a per-test bound read off the
 probe's log as it grows (probelog.py: which test runs, since when). On a stall:
-dump first (py-spy for every process of the run, SIGUSR1 to those with a handler),
-then end the run's processes; the caller records the test as HUNG and resumes the
-rest.
+dump first (stacks.py: py-spy for every process of the run, SIGUSR1 to those with a
+handler), then end the run's processes; the caller records the test as HUNG and
+resumes the rest. While it runs, each tick samples the run's processes once
+(sampling.py: per-test CPU and RSS). `run_pass` takes one PassStart; the watch loop
+one Watch.
 
 pytest runs contained (contain.py): its own namespaces where the machine allows,
 else under our subreaper. It keeps our process group, so a terminal's Ctrl-C
@@ -23,7 +25,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,15 +36,13 @@ import psutil
 from . import footprints, shm, stalls
 from .contain import Containment, Launched, launch
 from .output import Output, Tee
-from .processes import Proc, nested_pid
-from .fsutil import atomic_write
+from .processes import Proc
 from .leaks import Leaks, runaway_text
-from .probelog import ProbeLog, Report, read_text
+from .probelog import ProbeLog, Report
 from .rundirs import PassDir
+from .sampling import TreeCost, proc_samples
+from .stacks import dump_stacks
 from .status import Stop
-
-SIGUSR1_BIT = 1 << (signal.SIGUSR1 - 1)
-
 
 @dataclass
 class PassOutcome:
@@ -97,176 +96,7 @@ class Signals:
             signal.signal(sig, old)
 
 
-# -- dumps ----------------------------------------------------------------------
-
-def _handles_sigusr1(pid: int) -> bool:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("SigCgt:"):
-                return bool(int(line.split()[1], 16) & SIGUSR1_BIT)
-    except (OSError, ValueError):
-        pass
-    return False
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return "?"
-
-
-def _captured_files(pid: int) -> dict[tuple[int, int], tuple[str, int]]:
-    """Its stdout/stderr when they are regular files (pytest's capture files, which
-    hold what a SIGUSR1 handler prints during a test): file id -> (path, size now)."""
-    out = {}
-    for fd in (1, 2):
-        link = f"/proc/{pid}/fd/{fd}"
-        try:
-            st = os.stat(link)
-        except OSError:
-            continue
-        if (st.st_mode & 0o170000) == 0o100000:
-            out[(st.st_dev, st.st_ino)] = (link, st.st_size)
-    return out
-
-
-def _grown(link: str, since: int) -> str:
-    try:
-        with open(link, "rb") as f:
-            f.seek(since)
-            return f.read(256 * 1024).decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
-
-
-def _files(root: Path | None) -> dict[Path, int]:
-    """Files (not dirs) right under `root`, with their sizes now."""
-    out = {}
-    try:
-        for f in root.iterdir() if root is not None else ():
-            try:
-                if f.is_file():
-                    out[f] = f.stat().st_size
-            except OSError:
-                continue
-    except OSError:
-        pass
-    return out
-
-
-def dump_stacks(procs: list[Proc], pass_dir: Path, tmp: Path | None = None,
-                main_pid: int | None = None) -> tuple[Path, str]:
-    """Python stacks of every process of the run, into `stacks.txt` (and returned).
-
-    py-spy by host pid when installed; else wchan and kernel stacks. Then SIGUSR1 to
-    the processes whose signal mask shows a handler (the probe's faulthandler in
-    pytest; the target's own, e.g. tractor's stackscope task trees): what they print
-    is read back from the probe's file, pytest's capture files, and new files in the
-    run's own /tmp (`tmp`: tractor writes its stackscope dumps to /tmp/tractor-stackscope-
-    <pid>.log).
-
-    The text starts with the stalls read off /proc before anything is signalled (a
-    process blocked writing to a pipe nobody drains: see stalls.py), one `STALL:` line
-    each; `main_pid` is pytest's.
-    """
-    report = PassDir(pass_dir).dump
-    pyspy = shutil.which("py-spy")
-    parts, asked = [], []
-    found = stalls.diagnose([p.pid for p in procs], main_pid)
-    if found:
-        parts.append("\n".join(found))
-    for p in procs:
-        ns = nested_pid(p.pid)
-        head = f"=== pid {p.pid}{f' (pid {ns} in the run)' if ns else ''} ppid {p.ppid}: {p.title}"
-        if pyspy:
-            try:
-                got = subprocess.run([pyspy, "dump", "--pid", str(p.pid)], capture_output=True,
-                                     text=True, timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                got = None
-            if got is not None and got.returncode == 0:
-                parts.append(f"{head} (py-spy)\n{got.stdout.rstrip()}")
-                continue
-        kernel = _read(f"/proc/{p.pid}/stack")
-        parts.append(f"{head}\nwchan: {_read(f'/proc/{p.pid}/wchan')}"
-                     + (f"\nkernel stack:\n{kernel}" if kernel not in ("?", "") else ""))
-    before = _files(tmp)
-    captured: dict[tuple[int, int], tuple[str, int, list[int]]] = {}
-    for p in procs:
-        if _handles_sigusr1(p.pid):
-            files = _captured_files(p.pid)
-            if p.signal(signal.SIGUSR1):
-                asked.append(p)
-                for key, (link, size) in files.items():
-                    captured.setdefault(key, (link, size, []))[2].append(p.pid)
-    if asked:
-        time.sleep(1.0)  # let the handlers write (task-tree dumps take a moment)
-        for link, size, pids in captured.values():
-            text = _grown(link, size)
-            if text:
-                parts.append(f"=== SIGUSR1 output captured by pytest (pids "
-                             f"{', '.join(map(str, pids))})\n{text}")
-        for f, size in sorted(_files(tmp).items()):
-            text = _grown(str(f), before.get(f, 0))
-            if text:
-                parts.append(f"=== SIGUSR1 output in the run's /tmp: {f.name}\n{text}")
-        for dump in PassDir(pass_dir).probe_stacks():
-            text = read_text(dump).strip()   # a test may have put a FIFO or a link there
-            if text:
-                parts.append(f"=== SIGUSR1 dump {dump.name}\n{text}")
-    text = "\n\n".join(parts) + "\n"
-    try:
-        atomic_write(report, text, replace_link=True)
-    except OSError:
-        pass   # the text still goes with the result
-    return report, text
-
-
 # -- one pass -------------------------------------------------------------------
-
-class TreeCost:
-    """What the run's live processes cost, sampled while pytest runs and put on the test
-    running at each sample: CPU seconds (each process's own, by delta since it was last
-    seen: subactors pytest has not reaped yet, which its rusage cannot count) and the peak
-    of the tree's summed RSS. Written to `tree-costs.json` in the pass's dir."""
-
-    def __init__(self):
-        self.last: dict[tuple[int, float], float] = {}
-        self.tests: dict[str, dict] = {}
-        self.prev: tuple[str | None, float] = (None, 0.0)   # (test, time) at the last sample
-
-    def sample(self, samples: list[ProcSample], nodeid: str | None,
-               stamp: float | None = None) -> None:
-        """CPU between two samples counts for a test only when it ran at both (a boundary
-        interval is left to the probe's exact getrusage); a process first seen counts from
-        zero only when it started after the last sample (pytest's own import time does
-        not land on its first test)."""
-        stamp = time.time() if stamp is None else stamp
-        prev_node, prev_time = self.prev
-        cpu, rss, now = 0.0, 0, {}
-        for s in samples:
-            key = (s.pid, s.created)
-            now[key] = s.cpu
-            base = self.last.get(key, 0.0 if s.created >= prev_time else s.cpu)
-            cpu += max(s.cpu - base, 0.0)
-            rss += s.rss
-        self.last = now
-        self.prev = (nodeid, stamp)
-        if nodeid:
-            rec = self.tests.setdefault(nodeid, {"cpu": 0.0, "rss": 0})
-            if nodeid == prev_node:
-                rec["cpu"] += cpu
-            rec["rss"] = max(rec["rss"], rss)
-
-    def write(self, pass_dir: Path) -> None:
-        import json
-        data = {k: {"cpu": round(v["cpu"], 3), "rss": v["rss"]} for k, v in self.tests.items()}
-        try:
-            atomic_write(PassDir(pass_dir).tree_costs, json.dumps(data), replace_link=True)
-        except OSError:
-            pass
-
 
 def _procs(members: list[psutil.Process]) -> list[Proc]:
     return [p for p in map(Proc.of, members) if p is not None]
@@ -287,7 +117,7 @@ def keep_tmp_writes(private: Path, pass_dir: Path) -> Path | None:
     try:
         if not upper.is_dir() or not any(upper.iterdir()):
             return None
-        dest = pass_dir / "tmp"
+        dest = PassDir(pass_dir).tmp
         shutil.move(str(upper), str(dest))
         return dest
     except OSError:
@@ -336,21 +166,55 @@ def shm_left(run: Launched, pass_dir: Path | None, members=None) -> list[tuple[s
     return []
 
 
-def run_pass(argv: list[str], *, number: int, cwd: Path, env: dict[str, str], pass_dir: Path,
-             containment: Containment, deadline: float,
-             test_bound: Callable[[str], float | None], signals: Signals,
-             echo: Output | None, private: Path, bindspace: str, grace: float = 8.0,
-             interactive: bool = False, on_event: Callable[[str], None] = lambda s: None,
-             leftovers: Callable[[], list[Proc]] = list, shm_size: str | None = "25%",
-             runaway: tuple[float, float] = (0.8, 10.0),
-             log_max: int | None = None) -> PassOutcome:
-    """Run pytest once; return how it ended. Never leaves a process of the run alive.
-    pytest's output goes to the pass's output.log, capped at `log_max` bytes (its head
-    and tail kept, the cut said in it).
+@dataclass
+class PassStart:
+    """One supervised pytest start, all it needs (run_pass's one argument).
 
-    `shm_size`: contained, the size of the run's own /dev/shm (None: the host's).
-    `runaway`: (fraction of a core, seconds) past which a process still busy after its
-    test ended is a runaway (seconds 0: not watched)."""
+    `log_max`: pytest's output goes to the pass's output.log, capped at that many bytes
+    (its head and tail kept, the cut said in it). `shm_size`: contained, the size of
+    the run's own /dev/shm (None: the host's). `runaway`: (fraction of a core, seconds)
+    past which a process still busy after its test ended is a runaway (seconds 0: not
+    watched). `leftovers`: the target's leftovers by the scope rules (for the census)."""
+    argv: list[str]
+    number: int
+    cwd: Path
+    env: dict[str, str]
+    pass_dir: Path
+    containment: Containment
+    deadline: float
+    test_bound: Callable[[str], float | None]
+    signals: Signals
+    echo: Output | None
+    private: Path
+    bindspace: str
+    grace: float = 8.0
+    interactive: bool = False
+    on_event: Callable[[str], None] = lambda s: None
+    leftovers: Callable[[], list[Proc]] = list
+    shm_size: str | None = "25%"
+    runaway: tuple[float, float] = (0.8, 10.0)
+    log_max: int | None = None
+
+
+@dataclass
+class Watch:
+    """One pass being watched: the start, the launched run, the outcome being filled in,
+    every process seen in it, and the runaway watch."""
+    start: PassStart
+    run: Launched
+    outcome: PassOutcome
+    t0: float
+    seen: dict = field(default_factory=dict)
+    runaways: stalls.RunawayWatch | None = None
+    plist: footprints.ProcList | None = None   # what footprints need of the processes
+
+
+def run_pass(start: PassStart) -> PassOutcome:
+    """Run pytest once; return how it ended. Never leaves a process of the run alive."""
+    argv, number, cwd, env, pass_dir = start.argv, start.number, start.cwd, start.env, \
+        start.pass_dir
+    containment, echo, private = start.containment, start.echo, start.private
+    interactive, on_event, shm_size = start.interactive, start.on_event, start.shm_size
     t0 = time.monotonic()
     log = ProbeLog(pass_dir, create=True)   # made and kept open before pytest can touch it
     read_fd = write_fd = None
@@ -373,62 +237,31 @@ def run_pass(argv: list[str], *, number: int, cwd: Path, env: dict[str, str], pa
         on_event(f"note: the run uses the host's /dev/shm ({run.shm_note})")
     tee = None
     if read_fd is not None:
-        tee = Tee(read_fd, PassDir(pass_dir).output, echo, max_bytes=log_max)
+        tee = Tee(read_fd, PassDir(pass_dir).output, echo, max_bytes=start.log_max)
         tee.start()
-    seen: dict[tuple[int, float], Proc] = {}
     outcome = PassOutcome(number, pass_dir, Stop.FINISHED, None, 0.0, log=log)
-    watch = stalls.RunawayWatch(*runaway, main_pid=run.main_pid)
-    plist = footprints.ProcList(env)   # what footprints need of the processes seen
+    w = Watch(start, run, outcome, t0,
+              runaways=stalls.RunawayWatch(*start.runaway, main_pid=run.main_pid),
+              plist=footprints.ProcList(start.env))   # what footprints need of the processes
     try:
-        _watch(run, outcome, seen, t0=t0, deadline=deadline, test_bound=test_bound,
-               signals=signals, pass_dir=pass_dir, private=private, bindspace=bindspace,
-               grace=grace, on_event=on_event, leftovers=leftovers, runaways=watch,
-               plist=plist)
-        outcome.leaks.runaway += watch.found
+        _watch(w)
+        outcome.leaks.runaway += w.runaways.found
     finally:
-        plist.write()
+        if w.plist is not None:
+            w.plist.write()
         if run.poll() is None or run.members():
             outcome.teardown += run.end(grace=0.2)
         run.close()
         if tee is not None:
             tee.join(10)
     outcome.seconds = time.monotonic() - t0
-    outcome.seen = list(seen.values())
+    outcome.seen = list(w.seen.values())
     return outcome
 
 
-@dataclass(frozen=True)
-class ProcSample:
-    """One live process of the run at one tick: read once, for the costs and the
-    runaway watch alike."""
-    pid: int
-    created: float          # psutil's create time (the costs' key)
-    started: float | None   # /proc's start time (the runaway watch's key); None: gone
-    cpu: float              # CPU seconds so far, its own
-    rss: int
-    title: str = ""         # its command line (read only for the runaway watch)
-
-
-def proc_samples(members: list[psutil.Process], runaways: bool = False) -> list[ProcSample]:
-    """Every member read once (psutil's oneshot); a process gone meanwhile is left out.
-    `runaways`: also what the runaway watch keys and names them by (start time, title)."""
-    out = []
-    for m in members:
-        try:
-            with m.oneshot():
-                t = m.cpu_times()
-                out.append(ProcSample(
-                    m.pid, m.create_time(), stalls.start_time(m.pid) if runaways else None,
-                    t.user + t.system, m.memory_info().rss,
-                    " ".join((" ".join(m.cmdline()) or m.name()).split()) if runaways else ""))
-        except psutil.Error:
-            continue
-    return out
-
-
-def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, test_bound,
-           signals, pass_dir, private, bindspace, grace, on_event, leftovers,
-           runaways: stalls.RunawayWatch | None = None, plist=None) -> None:
+def _watch(w: Watch) -> None:
+    run, outcome, seen, runaways, plist = w.run, w.outcome, w.seen, w.runaways, w.plist
+    pass_dir, on_event = w.start.pass_dir, w.start.on_event
     costs = TreeCost()
     # on the host's /dev/shm: which segments the run's processes hold, look by look
     # (without containment only a segment seen held by the run is the run's: shm.py)
@@ -455,18 +288,15 @@ def _watch(run: Launched, outcome: PassOutcome, seen: dict, *, t0, deadline, tes
         costs.sample(samples, outcome.log.current[0], now)
 
     try:
-        _watch_loop(run, outcome, look, t0=t0, deadline=deadline, test_bound=test_bound,
-                    signals=signals, pass_dir=pass_dir, private=private, bindspace=bindspace,
-                    grace=grace, on_event=on_event, leftovers=leftovers, seen=seen,
-                    runaways=runaways)
+        _watch_loop(w, look)
     finally:
         costs.write(pass_dir)
 
 
-def _watch_loop(run: Launched, outcome: PassOutcome, look, *, t0, deadline, test_bound,
-                signals, pass_dir, private, bindspace, grace, on_event, leftovers, seen,
-                runaways: stalls.RunawayWatch | None = None) -> None:
-
+def _watch_loop(w: Watch, look: Callable[[], None]) -> None:
+    run, outcome, runaways, start = w.run, w.outcome, w.runaways, w.start
+    pass_dir, signals, grace, on_event = start.pass_dir, start.signals, start.grace, \
+        start.on_event
     next_look = 0.0
     log = outcome.log
     watching = runaways is not None and runaways.on
@@ -487,7 +317,8 @@ def _watch_loop(run: Launched, outcome: PassOutcome, look, *, t0, deadline, test
         if exited:
             look()
             outcome.returncode = run.poll()
-            outcome.leaks = census(run, private, bindspace, seen, leftovers, pass_dir)
+            outcome.leaks = census(run, start.private, start.bindspace, w.seen,
+                                   start.leftovers, pass_dir)
             outcome.teardown += run.end(grace=0.3)
             return
         if now >= next_look:
@@ -496,7 +327,7 @@ def _watch_loop(run: Launched, outcome: PassOutcome, look, *, t0, deadline, test
         nodeid, since = log.current
         if watching:
             runaways.note_test(nodeid, since)
-        bound = test_bound(nodeid) if nodeid else None
+        bound = start.test_bound(nodeid) if nodeid else None
         if bound and since and time.time() - since > bound:
             look()
             outcome.stop, outcome.running, outcome.bound = Stop.HUNG, nodeid, bound
@@ -508,7 +339,7 @@ def _watch_loop(run: Launched, outcome: PassOutcome, look, *, t0, deadline, test
             outcome.teardown += run.end(grace=0.3)
             outcome.returncode = run.poll()
             return
-        if now >= deadline:
+        if now >= start.deadline:
             look()
             outcome.stop, outcome.running = Stop.TIMEOUT, nodeid
             on_event("TIMEOUT" + (f" in {nodeid}" if nodeid else "")

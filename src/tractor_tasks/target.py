@@ -163,11 +163,6 @@ class Target:
     def tests_path(self) -> Path:
         return self.root / self.tests_dir
 
-    @property
-    def state_dir(self) -> Path:
-        """Where runs keep their JUnit files and per-cell caches (self-gitignored)."""
-        return self.root / ".tractor-tasks"
-
     def venv_dir(self, minor: str) -> Path:
         from .interpreters import venv_name
         return self.root / venv_name(minor)

@@ -75,7 +75,7 @@ def _lanes(run_dir: Path) -> list[tuple[int, str, str, int, Path, int]]:
     units = _read_json(run_dir / RunDir.UNITS, []) or []
     on = {u["lane"]: u for u in units if isinstance(u, dict) and type(u.get("lane")) is int} \
         if isinstance(units, list) else {}
-    for shard in run_dir.glob("shard-*"):
+    for shard in RunDir.shard_dirs(run_dir):
         k = number(shard)
         if not k:
             continue
@@ -87,8 +87,7 @@ def _lanes(run_dir: Path) -> list[tuple[int, str, str, int, Path, int]]:
         else:
             out += [(RUN_PID + k, f"shard {k}", f"shard {k}: ", number(d), d, number(d))
                     for d in pass_dirs(shard)]
-    phases = sorted(run_dir.glob("confirm-*"), key=number) + \
-        [d for d in (run_dir / "baseline",) if d.is_dir()]
+    phases = RunDir.phase_dirs(run_dir)
     for k, phase in enumerate(phases, 1):
         out += [(VERDICT_PID, "verdict", f"{phase.name} ", number(d), d, k * 1000 + number(d))
                 for d in pass_dirs(phase)]
@@ -142,7 +141,7 @@ def build(run_dir: Path, results=None) -> dict:
     b.meta("process_sort_index", RUN_PID, 0, sort_index=0)
     b.meta("thread_name", RUN_PID, 0, name="run")
 
-    collect = run_dir / "collect"
+    collect = run_dir / RunDir.COLLECT
     if collect.is_dir():
         start, end, _ = _pass_span(collect, None, [])
         if start is not None:

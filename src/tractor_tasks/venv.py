@@ -18,10 +18,11 @@ from pathlib import Path
 
 from .errors import TaskError
 from .fsutil import atomic_write
+from .rundirs import VENV_STAMP
 from .interpreters import Interpreter, minor_of_venv, require_python, uv_binary
 from .target import Target
 
-STAMP = ".tractor-tasks-synced"
+STAMP = VENV_STAMP
 
 
 def venv_python(target: Target, minor: str) -> Path:

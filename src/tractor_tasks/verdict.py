@@ -26,21 +26,23 @@ In order, each step deciding only what the ones before left open:
 
 Signatures are compared with addresses, long numbers (ports, pids) and temp paths
 masked: "the same failure" means the same exception and message shape.
+
+This module holds the rules; the passes of steps 3 and 4 are reruns.py's (they return
+what they found, through the runner interface), step 5 is cause.py's.
 """
 from __future__ import annotations
 
-import ast
 import os
 import re
 import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
-from . import footprints, gitref
-from .rundirs import State
+from . import footprints, gitref, reruns
+from .cause import likely_cause, test_file
+from .reruns import Phase
+from .rundirs import RunDir
 from .results import Results, TestResult, match_rule, stable_id
 from .runner import Runner
-from .shard_plan import module_of
 from .status import TestOutcome as O, Verdict as V
 
 RECENT = 5   # how many recent runs of a test the history rule looks at
@@ -76,16 +78,6 @@ def normalize(signature: str) -> str:
     return " ".join(signature.split())
 
 
-# -- rules from the config ----------------------------------------------------------------
-
-def test_file(target, nodeid: str) -> str:
-    """The test's file, relative to the target root."""
-    path = nodeid.partition("::")[0]
-    if (target.root / path).is_file() or path.startswith(target.tests_dir.rstrip("/") + "/"):
-        return path
-    return f"{target.tests_dir.rstrip('/')}/{path}"
-
-
 # -- the judgement ---------------------------------------------------------------------------
 
 @dataclass
@@ -114,6 +106,12 @@ class Judgement:
         if self.stopped:
             return "not re-run (the verdict's time ran out or the run was stopped)"
         return "not re-run (--no-confirm)" if not self.confirm else "not re-run"
+
+    def absorb(self, phase: Phase) -> None:
+        """What one of its phases (reruns.py) did."""
+        self.passes += phase.passes
+        self.notes += phase.notes
+        self.stopped = self.stopped or phase.stopped
 
     def as_dict(self) -> dict:
         return {"baseline": ({"commit": self.baseline.commit, "label": self.baseline.label,
@@ -188,7 +186,7 @@ def judge(runner: Runner, results: Results, *, history=None,
     todo = [t for t in fails if t.verdict is None]
     if todo and confirm > 0:
         t0 = time.monotonic()
-        _confirm(runner, todo, confirm, j, t0)
+        j.absorb(reruns.confirm(runner, todo, confirm, t0))
         j.confirm_seconds = time.monotonic() - t0
         j.confirmed = len(todo)
     j.stopped = j.stopped or any(r.outcome.cut for t in todo for r in t.reruns)
@@ -204,7 +202,9 @@ def judge(runner: Runner, results: Results, *, history=None,
         unknown = [t for t in todo if stable_id(t.nodeid) not in at_base]
         if unknown:
             t0 = time.monotonic()
-            at_base.update(_at_baseline(runner, unknown, base, j, history, environ))
+            found, phase = reruns.at_baseline(runner, unknown, base, history, environ)
+            at_base.update(found)
+            j.absorb(phase)
             j.baseline_seconds = time.monotonic() - t0
             j.at_baseline = len(unknown)
         for t in todo:
@@ -427,50 +427,41 @@ def _by_baseline(t: TestResult, there: TestResult | None, base, what: str,
         _set(t, V.NEW, f"{what}; {there.outcome} at {base.name}")
 
 
-# -- the passes of the verdict ------------------------------------------------------------
+# -- the second opinion ------------------------------------------------------------------
 
 def _second_opinion(runner: Runner, tests: list[TestResult], base, j: Judgement, history,
                     environ: str, known: dict[str, int] | None = None) -> None:
     """A regression is said only on evidence that holds apart. The confirmation runs a
     module's failures in one pytest, where a deadline one of them misses slows the next
     (tractor's timing tests chain so), and the baseline ran them once: each candidate
-    now runs in a pytest of its own at HEAD, and those that fail there again run once
-    more at the baseline. A pass alone at HEAD, or a failure at the baseline, makes it
-    flaky: it flips there too. A test the history already saw at the baseline in two
-    runs or more (`known`: how many; each passed, or each failed another way, or it
-    would not be a candidate) is not run there again. Stopped (the verdict's time spent), a candidate keeps its
-    verdict and its reason says the second opinion is missing."""
+    now runs in a pytest of its own at HEAD (reruns.alone), and those that fail there
+    again run once more at the baseline. A pass alone at HEAD, or a failure at the
+    baseline, makes it flaky: it flips there too. A test the history already saw at the
+    baseline in two runs or more (`known`: how many; each passed, or each failed another
+    way, or it would not be a candidate) is not run there again. Stopped (the verdict's
+    time spent), a candidate keeps its verdict and its reason says the second opinion
+    is missing."""
     known = known or {}
-    opts = _quiet_opts(runner.p.opts)
     j.second = len(tests)
+    got, phase = reruns.alone(runner, tests, f"a second opinion on {len(tests)} "
+                              "regression(s)")
+    j.absorb(phase)
     again_bad: list[TestResult] = []
-    progress = Progress(runner.out, f"a second opinion on {len(tests)} regression(s)")
-    try:
-        for n, t in enumerate(tests, 1):
-            if runner.stopped():
-                j.stopped = True
-                j.notes.append("verdict: stopped before every regression had its second "
-                               "opinion")
-                for rest in tests[n - 1:]:
-                    rest.why += " (no second opinion: the verdict's time ran out)"
-                break
-            key = stable_id(t.nodeid)
-            progress.step(f"{key} in a pytest of its own · {n} of {len(tests)}")
-            lane = runner.lane(only={key}, shard=None, echo=None, opts=opts,
-                               phase=f"alone-{n}")
-            j.passes += lane.passes
-            again = lane.results.tests.get(key)
-            if again is None:
-                t.why += " (its second run alone did not report)"
-                continue
-            t.reruns.append(again)
-            if again.outcome is O.PASSED:
-                _set(t, V.FLAKY, "failed in the run and again beside its module's other "
-                     "failures, but passed in a pytest of its own")
-            elif again.outcome.bad:
-                again_bad.append(t)
-    finally:
-        progress.close()
+    for t in tests:
+        key = stable_id(t.nodeid)
+        if key not in got:
+            t.why += " (no second opinion: the verdict's time ran out)"
+            continue
+        again = got[key]
+        if again is None:
+            t.why += " (its second run alone did not report)"
+            continue
+        t.reruns.append(again)
+        if again.outcome is O.PASSED:
+            _set(t, V.FLAKY, "failed in the run and again beside its module's other "
+                 "failures, but passed in a pytest of its own")
+        elif again.outcome.bad:
+            again_bad.append(t)
     for t in [t for t in again_bad if known.get(stable_id(t.nodeid), 0) >= 2]:
         again_bad.remove(t)
         how = "passed" if t.baseline is not None and t.baseline.outcome is O.PASSED else \
@@ -479,7 +470,9 @@ def _second_opinion(runner: Runner, tests: list[TestResult], base, j: Judgement,
                   f"its last {known[stable_id(t.nodeid)]} runs there")
     if not again_bad or runner.stopped():
         return
-    there = _at_baseline(runner, again_bad, base, j, history, environ, phase="baseline-2")
+    there, phase = reruns.at_baseline(runner, again_bad, base, history, environ,
+                                      phase=RunDir.BASELINE_PHASE + "-2")
+    j.absorb(phase)
     for t in again_bad:
         b, first = there.get(stable_id(t.nodeid)), t.baseline
         if b is None or first is None:
@@ -495,278 +488,6 @@ def _second_opinion(runner: Runner, tests: list[TestResult], base, j: Judgement,
                  "run there)")
         else:
             t.why += f"; failed again in a pytest of its own, and at {base.name} as before"
-
-
-def _quiet_opts(opts):
-    """A confirmation or baseline pass: every selected test runs (no -x, no --lf), and
-    pytest's cache is left as the run made it."""
-    extra = [a for a in opts.extra if a not in ("--lf", "--last-failed", "-x", "--exitfirst")]
-    return replace(opts, exitfirst=False, last_failed=False, extra=[*extra, "-p",
-                                                                    "no:cacheprovider"])
-
-
-def _by_module(tests: list[TestResult]) -> dict[str, list[TestResult]]:
-    groups: dict[str, list[TestResult]] = {}
-    for t in tests:
-        groups.setdefault(module_of(stable_id(t.nodeid)), []).append(t)
-    return groups
-
-
-class Progress:
-    """The verdict's passes as they go, one line: the phase, what runs now, how many
-    are left and the time since the phase began. On a terminal it is redrawn in place
-    every second; in a CI log (no terminal) it is a plain line at each step and every
-    `every` seconds while one step runs."""
-
-    def __init__(self, out, phase: str, t0: float | None = None, every: float = 30.0):
-        import threading
-        self.out = out
-        self.phase = phase
-        self.t0 = time.monotonic() if t0 is None else t0
-        self.every = every
-        self.now = ""
-        self._stop = threading.Event()
-        self._thread = None
-        self.tty = bool(getattr(out, "tty", False)) and hasattr(out, "status")
-
-    def line(self) -> str:
-        return f"verdict: {self.phase}: {self.now} · {time.monotonic() - self.t0:.0f}s"
-
-    def _draw(self, plain: bool) -> None:
-        if self.out is None:
-            return
-        if self.tty:
-            self.out.status([self.line()])
-        elif plain:
-            self.out(self.line())
-
-    def step(self, now: str) -> None:
-        """A new step starts: `now` says what runs and how many are left."""
-        import threading
-        self.now = now
-        self._draw(plain=True)
-        if self._thread is None and self.out is not None:
-            self._thread = threading.Thread(target=self._tick, daemon=True,
-                                            name="tt-verdict-progress")
-            self._thread.start()
-
-    def _tick(self) -> None:
-        last = time.monotonic()
-        while not self._stop.wait(1.0):
-            if self.tty:
-                self._draw(plain=False)
-            elif time.monotonic() - last >= self.every:
-                last = time.monotonic()
-                self._draw(plain=True)
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-        if self.tty:
-            self.out.status([])
-
-
-def _confirm(runner: Runner, tests: list[TestResult], times: int, j: Judgement,
-             t0: float | None = None) -> None:
-    opts = _quiet_opts(runner.p.opts)
-    steps = [(r, module, group) for r in range(times)
-             for module, group in _by_module(tests).items()]
-    progress = Progress(runner.out, "re-running failures alone", t0)
-    try:
-        for n, (r, module, group) in enumerate(steps, 1):
-            if runner.stopped():
-                j.notes.append("verdict: stopped before every failure was re-run")
-                j.stopped = True
-                return
-            left = sum(len(g) for _, _, g in steps[n - 1:])
-            progress.step(f"{module} ({len(group)} test{'s' * (len(group) != 1)}"
-                          + (f", round {r + 1} of {times}" if times > 1 else "")
-                          + f") · step {n} of {len(steps)} · {left} test run(s) left")
-            lane = runner.lane(only={stable_id(t.nodeid) for t in group}, shard=None,
-                               echo=None, opts=opts, phase=f"confirm-{n}")
-            j.passes += lane.passes
-            for t in group:
-                again = lane.results.tests.get(stable_id(t.nodeid))
-                t.reruns.append(again or TestResult(t.nodeid, O.INTERRUPTED,
-                                                    message="did not run when re-run alone"))
-    finally:
-        progress.close()
-
-
-def _at_baseline(runner: Runner, tests: list[TestResult], base, j: Judgement,
-                 history, environ: str = "", phase: str = "baseline") -> dict[str, TestResult]:
-    """Run the tests at the baseline commit: its tree exported read-only, the target's
-    own venv, the export imported first; record the outcomes for the next run."""
-    p = runner.p
-    target = p.target
-    state = State(target)
-    dest = state.baseline_dir(base.commit)
-    try:
-        state.check(commit=base.commit)  # a link there is refused, never written through
-        root = gitref.export(target.root, base.commit, dest)
-    except Exception as err:  # noqa: BLE001 - one line, and the verdict goes on without it
-        j.notes.append(f"verdict: could not export {base.name} ({err}); no baseline run")
-        return {}
-    _prune_exports(dest.parent, keep={base.commit})
-    lock = target.root / "uv.lock"
-    if lock.exists() and gitref.git(target.root, "diff", "--quiet", base.commit, "--",
-                                    "uv.lock", check=False) is None:
-        j.notes.append(f"verdict: uv.lock differs between {base.name} and this tree: the "
-                       "baseline ran with this tree's venv")
-    where = runner.import_check(root)
-    if where is not None:
-        j.notes.append(f"verdict: baseline {base.name} ({base.why}) exported to {root}; "
-                       f"`import {target.package}` there resolves to {where}")
-    opts = _quiet_opts(p.opts)
-    ids = {stable_id(t.nodeid) for t in tests}
-    progress = Progress(runner.out, f"at the baseline {base.name}")
-    progress.step(f"{len(ids)} test(s) of {len(_by_module(tests))} module(s) in one pytest "
-                  "start")
-    try:
-        lane = runner.lane(only=ids, shard=None, echo=None, opts=opts, phase=phase,
-                           at=root)
-    finally:
-        progress.close()
-    j.passes += lane.passes
-    found = {k: v for k, v in lane.results.tests.items() if k in ids}
-    if history is not None and lane.results.tests and not runner.stopped():
-        _record_baseline(history, p, base, runner, lane.results, environ, phase)
-    return found
-
-
-def _record_baseline(history, p, base, runner: Runner, results: Results, environ: str = "",
-                     phase: str = "baseline") -> None:
-    from .history import RunRow, TestRow
-    now = time.time()
-    row = RunRow(run_id=f"{runner.run_dir.path.name}-{phase}", started=now, finished=now,
-                 kind="baseline", cell=p.cell.name if p.cell else "", minor=p.minor,
-                 tpt=p.tpt, spawn=p.spawn, commit=base.commit, host=os.uname().nodename,
-                 tree=gitref.env_state(p.target.verdict_env), environ=environ,
-                 machine=machine())
-    tests = [TestRow(k, t.outcome.value, round(t.duration, 3), "", t.signature)
-             for k, t in results.tests.items()]
-    try:
-        history.record(row, tests)
-    except Exception:  # noqa: BLE001 - the history is a cache: the verdict stands
-        pass
-
-
-def _prune_exports(parent: Path, keep: set[str], most: int = 3) -> None:
-    """Keep the newest few exports (each is a whole tree)."""
-    try:
-        dirs = sorted((d for d in parent.iterdir() if d.is_dir() and not d.is_symlink()
-                       and re.fullmatch(r"[0-9a-f]{40}", d.name)),
-                      key=lambda d: d.stat().st_mtime, reverse=True)
-    except OSError:
-        return
-    for d in dirs[most:]:
-        if d.name not in keep:
-            gitref.remove_export(d)
-
-
-# -- likely cause ----------------------------------------------------------------------------
-
-def likely_cause(target, t: TestResult, changed: list[str], base, run_dir=None) -> list[str]:
-    """First the changed functions the failing test executed (its footprint, with the
-    process that ran them); then the changed files ranked by what ties each to it:
-    the test file itself, its traceback, its test module's direct imports, the change
-    map, the package it imports."""
-    if not changed:
-        return [f"likely cause: nothing changed since {base.name} in the files git tracks"]
-    test_path = test_file(target, t.nodeid)
-    direct, packages = _imports(target.root / test_path)
-    since = f"changed since {base.label}"
-    from .footprints import executed_changes
-    ran = [f"likely cause: {f}:{q} (the test executed it {' and '.join(f'in {w}' for w in where)}"
-           f"; {since})" for f, q, where in
-           executed_changes(target, t.nodeid, getattr(base, "commit", None), run_dir)][:3]
-    if ran:
-        return ran
-    scored = []
-    for f in changed:
-        reasons, score = [since], 0
-        if f == test_path:
-            reasons.append("the test's own file")
-            score += 8
-        if _in_traceback(f, t.text):
-            reasons.append("in its traceback")
-            score += 4
-        mod = _module_name(f)
-        if mod and mod in direct:
-            reasons.append(f"imported by {test_path}")
-            score += 3
-        mapped = _mapped(target, f, test_path)
-        if mapped:
-            reasons.append(f"mapped to {mapped}")
-            score += 2
-        if not score and mod and mod.split(".")[0] in packages:
-            reasons.append(f"in {mod.split('.')[0]}, which {test_path} imports")
-            score += 1
-        if score:
-            scored.append((-score, f, reasons))
-    if not scored:
-        shown = ", ".join(changed[:5]) + (f" (+{len(changed) - 5})" if len(changed) > 5 else "")
-        return [f"likely cause: nothing ties it to a change; {since}: {shown}"]
-    return [f"likely cause: {f} ({'; '.join(reasons)})" for _, f, reasons in sorted(scored)[:3]]
-
-
-def _module_name(path: str) -> str | None:
-    if not path.endswith(".py"):
-        return None
-    parts = list(Path(path).with_suffix("").parts)
-    if parts and parts[0] == "src":
-        parts = parts[1:]
-    if parts and parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join(parts) or None
-
-
-def _imports(path: Path) -> tuple[set[str], set[str]]:
-    """(modules the file imports, each with its parents; top-level packages)."""
-    try:
-        tree = ast.parse(path.read_text(errors="replace"))
-    except (OSError, SyntaxError, ValueError):
-        return set(), set()
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names)
-    direct = set()
-    for name in found:
-        parts = name.split(".")
-        direct.update(".".join(parts[:i]) for i in range(2, len(parts) + 1))
-        if len(parts) == 1:
-            direct.add(name)
-    return direct, {n.split(".")[0] for n in found}
-
-
-def _in_traceback(path: str, text: str) -> bool:
-    if not text:
-        return False
-    return (f"/{path}" in text or text.startswith(path) or f"\n{path}" in text
-            or f" {path}" in text)
-
-
-def _mapped(target, changed: str, test_path: str) -> str | None:
-    """The change-map entry that ties the changed file to the test's file."""
-    from .selection import _glob_match
-    pkg = target.package.replace(".", "/") + "/"
-    if not changed.startswith(pkg):
-        return None
-    rel = target.relative_id(test_path)
-    for glob, tests in target.affected.items():
-        if not _glob_match(changed[len(pkg):], glob):
-            continue
-        for word in tests:
-            w = word.rstrip("/")
-            w = target.relative_id(w)
-            if rel == w or rel.startswith(w + "/") or Path(rel).name == w:
-                return glob
-    return None
 
 
 # -- the exit code and the summary's first line ----------------------------------------------
