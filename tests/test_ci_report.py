@@ -107,6 +107,39 @@ def test_regressions_and_new_failures_are_named_with_job_class_reason_and_cause(
     assert "| regressions | new |" in header
 
 
+def test_the_likely_cause_is_said_once_as_the_verdict_writes_it(tmp_path):
+    # verdict.py stores each cause as "likely cause: FILE:FUNC (...)"; the report adds
+    # its own label, so a real outcome read "likely cause: likely cause: ..."
+    fails = [{"nodeid": "tests/test_b.py::test_broke", "outcome": "failed",
+              "verdict": "regression", "why": "fails alone again",
+              "cause": ["likely cause: pkg/b.py:f (the test executed it in pytest; "
+                        "changed since main)"]}]
+    arts = _arts(tmp_path, [_outcome(status="failed", shard="1/1", failures=fails,
+                                     new_failures=1, regressions=1)],
+                 matrix=[_job(TCP, 1, 1)])
+    rep = report_dir(arts, warn=lambda line: None)
+    md = rep.markdown(table_markdown(rep.rows))
+    line = next(ln for ln in md.splitlines() if "test_broke" in ln)
+    assert line.count("likely cause") == 1 and "likely cause: pkg/b.py:f (the test" in line
+    text = next(ln for ln in rep.lines() if "test_broke" in ln)
+    assert text.count("likely cause") == 1 and "likely cause: pkg/b.py:f" in text
+
+
+def test_a_job_reported_twice_counts_once_in_the_table_as_in_the_verdict(tmp_path):
+    # the same shard uploaded twice (a re-run): the later outcome is the job's, for the
+    # headline and for the table alike (the table once summed both)
+    early = _outcome(shard="1/2", pre_existing=7, flaky=11) | {"finished": 100.0}
+    late = _outcome(shard="1/2", passed=12, pre_existing=1, flaky=2) | {"finished": 200.0}
+    other = _outcome(shard="2/2", passed=20, pre_existing=2) | {"finished": 150.0}
+    arts = _arts(tmp_path, [late, early, other], matrix=[_job(TCP, 1, 2), _job(TCP, 2, 2)])
+    rep = report_dir(arts, warn=lambda line: None)
+    assert any("reported twice" in n for n in rep.notes)
+    assert rep.totals["pre_existing"] == 3 and rep.totals["flaky"] == 2
+    (row,) = rep.rows
+    assert (row.passed, row.pre_existing, row.flaky, row.reported) == (32, 3, 2, 2)
+    assert len(rep.kept) == 2
+
+
 @pytest.mark.parametrize("rec, words", [
     (_outcome(status="timeout", code=124), "timed out"),
     (_outcome(status="error", code=2, note="no python3.13 here"), "error: no python3.13 here"),
