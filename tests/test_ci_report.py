@@ -219,6 +219,29 @@ def test_the_report_merges_the_histories_it_finds_in_the_artifacts(tmp_path):
     assert len(_runs(into)) == 2 and "(2 already there)" in lines[-1]
 
 
+def test_the_merged_history_keeps_each_jobs_footprints(tmp_path):
+    # the merged file is what the cache saves for the next run: on tractor it held the
+    # runs and results but no footprints table, so the next run's jobs (and `invoke
+    # affected` on a downloaded history) had none
+    from tractor_tasks.footprints import Footprint
+    arts = _arts(tmp_path, [_outcome(shard="1/2"), _outcome(shard="2/2")],
+                 matrix=[_job(TCP, 1, 2), _job(TCP, 2, 2)])
+    for i, (f, q) in enumerate([("p/reg.py", "Registrar.find"), ("p/rt.py", "Actor.run")]):
+        h = _hist(arts / f"shard-{i}" / "history.sqlite", TCP, 100.0 * (i + 1),
+                  nodeid=f"tests/test_{i}.py::t", run_id=f"run{i}")
+        fp = Footprint()
+        fp.add(f, q, 3, "subactor 'reg'")
+        h.record_footprints(f"run{i}", "abc123", TCP, {f"tests/test_{i}.py::t": fp})
+    into = tmp_path / "cache" / "history.sqlite"
+    report_dir(arts, warn=lambda line: None, history=into)
+    got = {n: (sha, sorted(fp.funcs)) for n, _, sha, fp in History(into).latest_footprints()}
+    assert got == {"tests/test_0.py::t": ("abc123", [("p/reg.py", "Registrar.find")]),
+                   "tests/test_1.py::t": ("abc123", [("p/rt.py", "Actor.run")])}
+    report_dir(arts, warn=lambda line: None, history=into)   # again: nothing doubled
+    with sqlite3.connect(into) as con:
+        assert con.execute("SELECT count(*) FROM footprints").fetchone() == (2,)
+
+
 def test_a_matrix_whose_jobs_all_vanished_is_red_with_each_named(tmp_path):
     rep = report_dir(_arts(tmp_path, [], matrix=[_job(TCP, 1, 2), _job(TCP, 2, 2)]),
                      warn=lambda line: None)
