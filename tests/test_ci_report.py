@@ -107,6 +107,39 @@ def test_regressions_and_new_failures_are_named_with_job_class_reason_and_cause(
     assert "| regressions | new |" in header
 
 
+def test_the_likely_cause_is_said_once_as_the_verdict_writes_it(tmp_path):
+    # verdict.py stores each cause as "likely cause: FILE:FUNC (...)"; the report adds
+    # its own label, so a real outcome read "likely cause: likely cause: ..."
+    fails = [{"nodeid": "tests/test_b.py::test_broke", "outcome": "failed",
+              "verdict": "regression", "why": "fails alone again",
+              "cause": ["likely cause: pkg/b.py:f (the test executed it in pytest; "
+                        "changed since main)"]}]
+    arts = _arts(tmp_path, [_outcome(status="failed", shard="1/1", failures=fails,
+                                     new_failures=1, regressions=1)],
+                 matrix=[_job(TCP, 1, 1)])
+    rep = report_dir(arts, warn=lambda line: None)
+    md = rep.markdown(table_markdown(rep.rows))
+    line = next(ln for ln in md.splitlines() if "test_broke" in ln)
+    assert line.count("likely cause") == 1 and "likely cause: pkg/b.py:f (the test" in line
+    text = next(ln for ln in rep.lines() if "test_broke" in ln)
+    assert text.count("likely cause") == 1 and "likely cause: pkg/b.py:f" in text
+
+
+def test_a_job_reported_twice_counts_once_in_the_table_as_in_the_verdict(tmp_path):
+    # the same shard uploaded twice (a re-run): the later outcome is the job's, for the
+    # headline and for the table alike (the table once summed both)
+    early = _outcome(shard="1/2", pre_existing=7, flaky=11) | {"finished": 100.0}
+    late = _outcome(shard="1/2", passed=12, pre_existing=1, flaky=2) | {"finished": 200.0}
+    other = _outcome(shard="2/2", passed=20, pre_existing=2) | {"finished": 150.0}
+    arts = _arts(tmp_path, [late, early, other], matrix=[_job(TCP, 1, 2), _job(TCP, 2, 2)])
+    rep = report_dir(arts, warn=lambda line: None)
+    assert any("reported twice" in n for n in rep.notes)
+    assert rep.totals["pre_existing"] == 3 and rep.totals["flaky"] == 2
+    (row,) = rep.rows
+    assert (row.passed, row.pre_existing, row.flaky, row.reported) == (32, 3, 2, 2)
+    assert len(rep.kept) == 2
+
+
 @pytest.mark.parametrize("rec, words", [
     (_outcome(status="timeout", code=124), "timed out"),
     (_outcome(status="error", code=2, note="no python3.13 here"), "error: no python3.13 here"),
@@ -184,6 +217,29 @@ def test_the_report_merges_the_histories_it_finds_in_the_artifacts(tmp_path):
     assert any("merged 2 new run(s) from 3 job(s)" in line for line in lines), lines
     report_dir(arts, warn=lines.append, history=into)   # again: nothing doubled
     assert len(_runs(into)) == 2 and "(2 already there)" in lines[-1]
+
+
+def test_the_merged_history_keeps_each_jobs_footprints(tmp_path):
+    # the merged file is what the cache saves for the next run: on tractor it held the
+    # runs and results but no footprints table, so the next run's jobs (and `invoke
+    # affected` on a downloaded history) had none
+    from tractor_tasks.footprints import Footprint
+    arts = _arts(tmp_path, [_outcome(shard="1/2"), _outcome(shard="2/2")],
+                 matrix=[_job(TCP, 1, 2), _job(TCP, 2, 2)])
+    for i, (f, q) in enumerate([("p/reg.py", "Registrar.find"), ("p/rt.py", "Actor.run")]):
+        h = _hist(arts / f"shard-{i}" / "history.sqlite", TCP, 100.0 * (i + 1),
+                  nodeid=f"tests/test_{i}.py::t", run_id=f"run{i}")
+        fp = Footprint()
+        fp.add(f, q, 3, "subactor 'reg'")
+        h.record_footprints(f"run{i}", "abc123", TCP, {f"tests/test_{i}.py::t": fp})
+    into = tmp_path / "cache" / "history.sqlite"
+    report_dir(arts, warn=lambda line: None, history=into)
+    got = {n: (sha, sorted(fp.funcs)) for n, _, sha, fp in History(into).latest_footprints()}
+    assert got == {"tests/test_0.py::t": ("abc123", [("p/reg.py", "Registrar.find")]),
+                   "tests/test_1.py::t": ("abc123", [("p/rt.py", "Actor.run")])}
+    report_dir(arts, warn=lambda line: None, history=into)   # again: nothing doubled
+    with sqlite3.connect(into) as con:
+        assert con.execute("SELECT count(*) FROM footprints").fetchone() == (2,)
 
 
 def test_a_matrix_whose_jobs_all_vanished_is_red_with_each_named(tmp_path):

@@ -208,6 +208,7 @@ class CiReport:
     problems: list[str] = field(default_factory=list)  # run-level: timeout, error, not run
     notes: list[str] = field(default_factory=list)     # skipped cells, no matrix, ...
     bad: list[str] = field(default_factory=list)       # unreadable outcome files
+    kept: list[Path] = field(default_factory=list)     # the outcome files counted (one a job)
     expected: int | None = None                        # jobs in the matrix
     totals: dict[str, int] = field(default_factory=dict)
 
@@ -322,7 +323,8 @@ def judge_jobs(good: list[tuple[Path, dict]], jobs: list[Job] | None) -> CiRepor
         named = [f for f in rec.get("failures") or [] if isinstance(f, dict)
                  and isinstance(f.get("nodeid"), str) and _failure_fails(f)]
         for f in named:
-            cause = f.get("cause") or []
+            # verdict.py writes each as "likely cause: ...": said once, here
+            cause = [str(c).removeprefix("likely cause: ") for c in f.get("cause") or []]
             rep.failures.append(Named(job, _one_line(f["nodeid"], 500), str(f.get("verdict") or ""),
                                       _one_line(f.get("outcome") or "failed", 20),
                                       _one_line(f.get("why") or "", 240),
@@ -418,7 +420,11 @@ def report_dir(directory: Path, *, durations_out: Path | None = None, warn=print
     if jobs is None:
         rep.notes.append(f"no {MATRIX_FILE} under {directory} and no --matrix: a job that "
                          "reported nothing is found only among a sharded cell's shards")
-    rep.rows = merge_outcomes(outcomes, warn, outcomes=good)
+    # the table counts what the verdict counts: a job reported twice, its later outcome
+    counted = {id(rec) for _, rec in rep.reported}
+    kept = [(path, rec) for path, rec in good if id(rec) in counted]
+    rep.kept = [path for path, _ in kept]
+    rep.rows = merge_outcomes(rep.kept, warn, outcomes=kept)
     missing: dict[str, int] = {}
     for job in rep.missing:
         missing[job.cell] = missing.get(job.cell, 0) + 1

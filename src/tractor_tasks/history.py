@@ -730,6 +730,17 @@ class History:
                                     f"({','.join('?' * len(_RES_COLS))})",
                                     [tuple(_fill(c, v) for c, v in zip(_RES_COLS, row))
                                      for row in rows])
+                # the new runs' footprints come along (a CI report's merged history is
+                # what the cache saves: without them the next run has none)
+                if new and src.execute("SELECT 1 FROM sqlite_master WHERE name='footprints'"
+                                       ).fetchone():
+                    con.execute(self._FOOTPRINTS)
+                    for r in new:
+                        con.executemany(
+                            "INSERT OR REPLACE INTO footprints VALUES (?,?,?,?,?,?)",
+                            src.execute("SELECT run_id, nodeid, cell, commit_sha, recorded, "
+                                        "data FROM footprints WHERE run_id = ?", (r[0],)))
+                    self._prune_footprints(con)
             return len(new), len(runs) - len(new)
         except sqlite3.DatabaseError as err:
             raise TaskError(f"error: history {path} is unreadable ({err}); nothing of it "
@@ -774,13 +785,17 @@ class History:
                 con.execute(self._FOOTPRINTS)
                 con.execute("DELETE FROM footprints WHERE run_id = ?", (run_id,))
                 con.executemany("INSERT INTO footprints VALUES (?,?,?,?,?,?)", rows)
-                # each test keeps its newest few per cell (selection reads the latest,
-                # the verdict's history rule those of its recent runs)
-                con.execute(
-                    "DELETE FROM footprints WHERE rowid IN (SELECT rowid FROM (SELECT "
-                    "rowid, ROW_NUMBER() OVER (PARTITION BY nodeid, cell ORDER BY recorded "
-                    "DESC) AS n FROM footprints) WHERE n > ?)", (FOOTPRINTS_KEPT,))
+                self._prune_footprints(con)
         self._guard(write)
+
+    @staticmethod
+    def _prune_footprints(con) -> None:
+        """Each test keeps its newest few per cell (selection reads the latest, the
+        verdict's history rule those of its recent runs)."""
+        con.execute(
+            "DELETE FROM footprints WHERE rowid IN (SELECT rowid FROM (SELECT "
+            "rowid, ROW_NUMBER() OVER (PARTITION BY nodeid, cell ORDER BY recorded "
+            "DESC) AS n FROM footprints) WHERE n > ?)", (FOOTPRINTS_KEPT,))
 
     def latest_footprints(self) -> list[tuple]:
         """[(nodeid, cell, commit, Footprint)]: each test's latest per cell."""

@@ -406,7 +406,6 @@ def ci_report(c, directory, durations_out=None, matrix=None, history=None, root=
     from .cells import table_markdown, table_text
     from .ci import report_dir, shard_walls
     from .fsutil import shown
-    from .rundirs import RunDir
     # warnings name artifact dirs: whatever CI's jobs called them
     rep = report_dir(Path(directory), warn=lambda line: say(line),
                      durations_out=Path(durations_out) if durations_out else None,
@@ -415,7 +414,7 @@ def ci_report(c, directory, durations_out=None, matrix=None, history=None, root=
     for line in rep.lines():
         say(line)
     say(table_text(rep.rows))
-    walls = shard_walls(sorted(Path(directory).rglob(RunDir.OUTCOME)))
+    walls = shard_walls(rep.kept)
     if walls:
         say("shards (wall per job):")
         for line in walls:
