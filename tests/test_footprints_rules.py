@@ -168,3 +168,20 @@ def test_below_3_12_recording_is_asked_for_by_name_and_off_by_zero_everywhere(tm
     (tmp_path / "pass-1").mkdir()
     assert recorder_env(target, tmp_path / "pass-1", base={}, minor="3.11") == {}
     assert ENV_DIR in recorder_env(target, tmp_path / "pass-1", base={}, minor="3.13")
+
+
+def test_a_test_file_none_of_whose_tests_has_a_footprint_is_unknown_and_runs_whole(tmp_path):
+    """Footprints from one CI shard cover that shard's tests only: a file none of whose
+    tests ran in a recorded run executes unknown code, so `affected` runs it whole
+    (on tractor, test_rpc.py's broken test sat in a shard nobody recorded)."""
+    from types import SimpleNamespace
+    from tractor_tasks.footprints import unrecorded_files
+    for rel in ("tests/test_a.py", "tests/sub/test_b.py", "tests/c_test.py",
+                "tests/conftest.py", "tests/helpers.py", "tests/.hidden/test_h.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    target = SimpleNamespace(root=tmp_path, tests_path=tmp_path / "tests")
+    known = ["tests/test_a.py::test_one", "tests/test_a.py::test_two[x]"]
+    assert unrecorded_files(target, known) == ["tests/c_test.py", "tests/sub/test_b.py"]
+    assert unrecorded_files(target, known + ["tests/sub/test_b.py::t",
+                                             "tests/c_test.py::t"]) == []

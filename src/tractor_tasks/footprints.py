@@ -597,6 +597,23 @@ def _unrecorded(target, history, sel: Selection) -> None:
                 break
 
 
+def unrecorded_files(target, known: list[str]) -> list[str]:
+    """Test files under the tests dir none of whose tests has a footprint (never run in
+    a recorded run: another CI shard's, a file added since): what they execute is
+    unknown, so `affected` runs them whole rather than miss what they would catch."""
+    from .interpreters import minor_of_venv
+    have = {n.split("::")[0] for n in known}
+    top = target.tests_path
+    found = set()
+    for pattern in ("test_*.py", "*_test.py"):
+        for path in top.rglob(pattern) if top.is_dir() else ():
+            rel = path.relative_to(target.root).as_posix()
+            if path.is_file() and rel not in have and not any(
+                    part.startswith(".") or minor_of_venv(part) for part in path.parts):
+                found.add(rel)
+    return sorted(found)
+
+
 def share(history, selected: list[str], known: list[str]) -> tuple[float, float]:
     """(selected seconds, all footprinted tests' seconds), from the recorded durations."""
     d = history.durations(known)
@@ -636,10 +653,16 @@ def affected_words(target, base: str | None, list_: bool, out=print):
         if gone:
             out(f"note: {len(gone)} selected test(s) whose file is gone are left out "
                 f"(e.g. {gone[0]})")
+        blind = [f for f in unrecorded_files(target, sel.known)
+                 if not any(_covers(target, w, f) for w in sel.words)]
+        if blind:
+            out(f"{len(blind)} test file(s) with no footprint run whole (none of their tests "
+                f"ran in a recorded run; e.g. {blind[0]}): what they execute is unknown")
         # a test file the change map selects whole runs whole: its ids are not named
         ids = [n for n in sorted(sel.reasons) if not any(
-            _covers(target, w, n.split("::")[0]) for w in sel.words)]
-        words = ids + [w for w in sel.words if w not in ids]
+            _covers(target, w, n.split("::")[0]) for w in sel.words)
+            and n.split("::")[0] not in blind]
+        words = ids + [w for w in [*sel.words, *blind] if w not in ids]
     out(f"selected by footprints: {len(sel.reasons)} of {len(sel.known)} recorded test(s)")
     for nodeid in sorted(sel.reasons):
         out(f"  {nodeid}: {sel.reasons[nodeid]}")
