@@ -541,7 +541,7 @@ def test_the_baseline_splits_regressions_from_pre_existing(tmp_path, fake_git, f
     assert v["test_other_way"][0] is V.REGRESSION and "differently: KeyError" in \
         v["test_other_way"][1]
     assert v["test_brand_new"][0] is V.NEW and "not in main" in v["test_brand_new"][1]
-    assert "failed again in a pytest of its own, and at main (" in v["test_broke"][1]
+    assert "failed again in a pytest of its own, and passed at main (" in v["test_broke"][1]
     assert [ph for ph, _ in runner.lanes] == ["confirm-1", "baseline", "alone-1", "alone-2",
                                               "baseline-2"]
 
@@ -587,7 +587,8 @@ def test_a_regression_is_said_only_when_it_holds_in_a_pytest_of_its_own_and_at_b
         v["test_chained"][1]
     assert v["test_flips_there"][0] is V.FLAKY and "it flips there too" in \
         v["test_flips_there"][1]
-    assert v["test_real"][0] is V.REGRESSION and ") as before" in v["test_real"][1]
+    assert v["test_real"][0] is V.REGRESSION and ") again" in v["test_real"][1] \
+        and "and passed at main (" in v["test_real"][1]
     assert [ph for ph, _ in runner.lanes] == ["confirm-1", "baseline", "alone-1", "alone-2",
                                               "alone-3", "baseline-2"]
     assert runner.lanes[-1][1] == {"tests/test_core.py::test_flips_there",

@@ -178,7 +178,8 @@ def at_baseline(runner: Runner, tests: list[TestResult], base, history,
                                     "uv.lock", check=False) is None:
         j.notes.append(f"verdict: uv.lock differs between {base.name} and this tree: the "
                        "baseline ran with this tree's venv")
-    where = runner.import_check(root)
+    # where the export imports from is looked at and said once, not again per phase
+    where = runner.import_check(root) if phase == RunDir.BASELINE_PHASE else None
     if where is not None:
         j.notes.append(f"verdict: baseline {base.name} ({base.why}) exported to {root}; "
                        f"`import {target.package}` there resolves to {where}")

@@ -487,7 +487,8 @@ def _second_opinion(runner: Runner, tests: list[TestResult], base, j: Judgement,
             _set(t, V.PRE_EXISTING, f"fails at {base.name} too, the same way (on a second "
                  "run there)")
         else:
-            t.why += f"; failed again in a pytest of its own, and at {base.name} as before"
+            how = "passed" if b.outcome is O.PASSED else "failed another way"
+            t.why += f"; failed again in a pytest of its own, and {how} at {base.name} again"
 
 
 # -- the exit code and the summary's first line ----------------------------------------------
