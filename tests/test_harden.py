@@ -283,6 +283,26 @@ def test_harden_k_that_matches_nothing_is_bad_usage(sample_repo):
     assert "Traceback" not in r.stderr
 
 
+# -- MED 6: a catastrophic regex in a flaky rule ---------------------------------------------
+
+@pytest.mark.slow
+def test_harden_a_catastrophic_flaky_regex_is_refused_before_anything_runs(tmp_path):
+    """`(x+x+)+y` against a 40-character failure message spun the supervisor for good (no
+    timeout had an effect): now the config that holds it is refused when it loads, one
+    line naming the rule, exit 2, nothing run or written."""
+    from helpers import copy_sample, invoke
+    root = copy_sample(tmp_path / "sample-actors", git=True)
+    py = root / "pyproject.toml"
+    py.write_text(py.read_text() + '\n[[tool.tractor-tasks.flaky]]\ntest = "test_local.py::*"'
+                  '\nerror = "(x+x+)+y"\n')
+    r = invoke("test", "test_local.py", root=root, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    err = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "flaky[1].error" in err[0] and "(x+x+)+y" in err[0] \
+        and "possessive" in err[0], err
+    assert not (root / ".tractor-tasks").exists() and not list(root.glob("py3*"))
+
+
 # -- MED 10: tracebacks a user meets -------------------------------------------------------
 
 @pytest.mark.parametrize("classname", ["/", "/.", "../x", "a/b"])

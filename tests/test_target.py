@@ -107,6 +107,10 @@ def test_this_repo_points_at_the_bundled_sample():
     ('[tool.tractor-tasks.test_timeouts]\n"test_x.py::*" = "soon"', "test_timeouts"),
     ('[[tool.tractor-tasks.flaky]]\ntest = "x"\nerorr = "y"', "unknown key 'erorr'"),
     ('[[tool.tractor-tasks.flaky]]\ntest = "x"\nerror = "("', "not a valid regex"),
+    # issue 26 MED 6: a catastrophic regex spun the supervisor forever; refused at load
+    ('[[tool.tractor-tasks.flaky]]\ntest = "x"\nerror = "(x+x+)+y"', "repeats a repeat ((x+x+)+y)"),
+    ('[[tool.tractor-tasks.quarantine]]\ntest = "x"\nerror = "(\\\\w+\\\\s?)*$"',
+     "possessive"),
     ('[tool.tractor-tasks.affected]\n"ipc/" = "test_x.py"', "affected"),
 ])
 def test_bad_config_is_one_clear_usage_error(tmp_path, config, needle):
@@ -118,6 +122,22 @@ def test_bad_config_is_one_clear_usage_error(tmp_path, config, needle):
     assert err.value.code == 2
     msg = str(err.value)
     assert needle in msg and "\n" not in msg and str(tmp_path) in msg
+
+
+def test_a_repeat_inside_a_repeat_is_refused_and_what_cannot_backtrack_passes():
+    """Python's re has no time cap, so a flaky rule's regex is checked when the config
+    loads: a repeat inside an unbounded repeat backtracks exponentially on a failure
+    message it does not match; possessive repeats and atomic groups do not."""
+    import re
+    from tractor_tasks.target import nested_repeat
+    for bad in ("(x+x+)+y", "(a*)*", r"(\w+\s?)*$", "((ab)+)+", "(a{1,3})+z",
+                r"x(?=(a+)+)", "(?:(?:a|b)+c?)*d"):
+        assert nested_repeat(bad), bad
+    for ok in ("(?:x+x+)++y", "(?>(x+)+)y", "(foo|bar)+ baz", "AssertionError: .*boom",
+               r"trio\.TooSlowError", r"\d+ of \d+", "(ab){2,5}", "[a-z]+(?:_[a-z])*"):
+        assert nested_repeat(ok) is None, ok
+    # the possessive twin the refusal points to answers (the plain one took minutes)
+    assert re.search("(?:x+x+)++y", "x" * 40) is None
 
 
 def test_per_test_bounds_from_the_config(tmp_path):

@@ -320,8 +320,53 @@ def _parse_flaky(raw, where: str, key: str = "flaky") -> tuple[FlakyRule, ...]:
         except re.error as err:
             raise usage(f"[tool.tractor-tasks] {key}[{i}].error in {where} is not a "
                         f"valid regex ({err})")
+        nested = nested_repeat(error)
+        if nested:
+            raise usage(f"[tool.tractor-tasks] {key}[{i}].error in {where} repeats a repeat "
+                        f"({nested}): Python's re can take exponential time on it; make the "
+                        "inner or outer repeat possessive (++, *+) or atomic ((?>...)), or "
+                        "drop one")
         rules.append(FlakyRule(item["test"], error, str(item.get("note", ""))))
     return tuple(rules)
+
+
+def nested_repeat(pattern: str) -> str | None:
+    """The part of `pattern` that repeats a repeat without bound (`(x+x+)+`, `(a*)*`,
+    `(\\w+\\s?)*`), else None. Python's re backtracks through every way to split the
+    input among such repeats, exponential in its length when nothing matches: a flaky
+    rule's regex is searched in every failure's text, so such a rule is refused when
+    the config loads (no time cap exists for re). Possessive repeats and atomic groups
+    do not backtrack and pass."""
+    from re import _constants as c, _parser as parser   # Python 3.11+
+
+    def repeats(items, inner: bool) -> bool:
+        for op, av in items:
+            if op in (c.MAX_REPEAT, c.MIN_REPEAT):
+                lo, hi, sub = av
+                if inner and hi > 1:
+                    return True
+                if hi == c.MAXREPEAT and repeats(sub, True):
+                    return True
+                if repeats(sub, inner):
+                    return True
+            elif op is c.SUBPATTERN:
+                if repeats(av[-1], inner):
+                    return True
+            elif op is c.BRANCH:
+                if any(repeats(b, inner) for b in av[1]):
+                    return True
+            elif op in (c.ASSERT, c.ASSERT_NOT):
+                if repeats(av[1], inner):
+                    return True
+        return False
+
+    try:
+        tree = parser.parse(pattern)
+    except Exception:  # noqa: BLE001 - re.compile says what is wrong with it
+        return None
+    if not repeats(list(tree), False):
+        return None
+    return pattern if len(pattern) <= 60 else pattern[:57] + "..."
 
 
 def _parse_affected(raw, where: str) -> dict[str, tuple[str, ...]]:
