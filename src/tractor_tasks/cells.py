@@ -133,6 +133,9 @@ class Row:
         return _row(path, rec)
 
 
+MAX_SHARDS = 1000   # far past any CI matrix: a shard count past it is a broken outcome
+
+
 def read_outcome(path: Path) -> dict:
     """One cell's outcome.json, read bounded (a FIFO, a device, a symlink or a huge file
     is refused, never waited on) and checked field by field; a bad file is a TaskError
@@ -157,6 +160,18 @@ def read_outcome(path: Path) -> dict:
     for key in ("minor", "tpt", "spawn", "invocation"):
         if rec.get(key) is not None and not isinstance(rec[key], str):
             raise bad(f"{key} is {rec[key]!r}, not a string")
+    shard = rec.get("shard")
+    if shard not in (None, ""):
+        k, _, n = str(shard).partition("/") if isinstance(shard, str) else ("", "", "")
+        if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n) <= MAX_SHARDS):
+            raise bad(f"shard is {str(shard)[:40]!r}, not K/N with 1 <= K <= N <= {MAX_SHARDS}")
+    finished = rec.get("finished")
+    if finished is not None and (isinstance(finished, bool)
+                                 or not isinstance(finished, (int, float))):
+        raise bad(f"finished is {str(finished)[:40]!r}, not a time")
+    not_run = rec.get("not_run")
+    if not_run is not None and not isinstance(not_run, list):
+        raise bad(f"not_run is {str(not_run)[:40]!r}, not a list")
     return rec
 
 

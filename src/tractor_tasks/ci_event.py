@@ -86,9 +86,10 @@ def read_event(env) -> dict:
     path = env.get("GITHUB_EVENT_PATH")
     if not path:
         return {}
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+    from .fsutil import read_bounded
+    try:   # a FIFO or /dev/zero there never blocks nor fills memory (a regular file, capped)
+        data = json.loads(read_bounded(path, follow=True))
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -109,9 +110,10 @@ def _default_branch(env, event: dict) -> str:
 
 
 def _get(d, *keys):
+    """A nested field of the payload: a string, else None (a payload is not trusted)."""
     for k in keys:
         d = d.get(k) if isinstance(d, dict) else None
-    return d
+    return d if isinstance(d, str) and d else None
 
 
 def _github(env, event: dict, git: Git) -> Decision:

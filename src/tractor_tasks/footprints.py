@@ -38,6 +38,7 @@ from .fprint import Footprint
 from .rundirs import PassDir
 
 FP_DIR, PROCS = PassDir.FOOTPRINTS, PassDir.PROCS
+READ_CAP = 64 * 1024 * 1024   # bytes of one process's records (a real one is far smaller)
 ENV_DIR = "TRACTOR_TASKS_FP_DIR"
 ENV_ROOTS = "TRACTOR_TASKS_FP_ROOTS"
 ENV_OFF = "TRACTOR_TASKS_FOOTPRINTS"   # "0": record nothing; "1": record below 3.12 too
@@ -200,9 +201,10 @@ class ProcRecord:
 
 def read_dir(fp_dir: Path) -> list[ProcRecord]:
     out = []
+    from .fsutil import read_bounded
     for f in sorted(Path(fp_dir).glob("*.fp")):
-        try:
-            text = f.read_text(errors="replace")
+        try:   # a test can reach the dir: a link, a FIFO or /dev/zero there is not read
+            text = read_bounded(f, READ_CAP).decode("utf-8", "replace")
         except OSError:
             continue
         rec = None
@@ -241,7 +243,8 @@ def attribute(fp_dir: Path) -> dict[str, Footprint]:
     """A pass's records -> {test: Footprint}."""
     procs = read_dir(fp_dir)
     try:
-        seen = json.loads((Path(fp_dir) / PROCS).read_text())
+        from .fsutil import read_bounded
+        seen = json.loads(read_bounded(Path(fp_dir) / PROCS, READ_CAP))
     except (OSError, ValueError):
         seen = []
     last_seen: dict[int, float] = {}

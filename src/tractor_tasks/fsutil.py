@@ -116,8 +116,13 @@ def open_lock(path: Path | str):
 def append_text(path: Path | str, text: str) -> None:
     """Append to a file that is not ours and is appended to by others
     ($GITHUB_STEP_SUMMARY): one write in append mode, never a replace."""
-    with open(path, "a") as f:
-        f.write(text)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:   # a FIFO or a device there is refused, never waited on
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegular(path, _kind(os.fstat(fd).st_mode))
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
 
 
 class NotRegular(OSError):

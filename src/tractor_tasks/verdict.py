@@ -462,6 +462,8 @@ def _second_opinion(runner: Runner, tests: list[TestResult], base, j: Judgement,
                  "failures, but passed in a pytest of its own")
         elif again.outcome.bad:
             again_bad.append(t)
+        else:   # interrupted, or the verdict's time ran out while it ran
+            t.why += f" (no second opinion: its run alone was {again.outcome.value})"
     for t in [t for t in again_bad if known.get(stable_id(t.nodeid), 0) >= 2]:
         again_bad.remove(t)
         how = "passed" if t.baseline is not None and t.baseline.outcome is O.PASSED else \
