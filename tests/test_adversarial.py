@@ -101,3 +101,24 @@ def test_a_second_opinion_cut_short_says_so_in_the_reason(tmp_path, monkeypatch)
     verdict._second_opinion(runner, [t], SimpleNamespace(name="main"), j, None, "")
     assert t.verdict is V.REGRESSION
     assert t.why.endswith("(no second opinion: its run alone was interrupted)")
+
+
+@pytest.mark.parametrize("key,value", [("passed", 1e308), ("new_failures", 10**12),
+                                       ("seconds", 1e300)])
+def test_an_absurd_count_in_an_outcome_is_refused_not_added_up(tmp_path, key, value):
+    """issue 26 LOW 13: ci-report took summary.passed=1e308 without a word."""
+    from tractor_tasks.cells import _row
+    rec = {"cell": "c", "status": "passed", "seconds": 1.0, "summary": {"passed": 3}}
+    if key == "seconds":
+        rec["seconds"] = value
+    else:
+        rec["summary"][key] = value
+    path = tmp_path / "outcome.json"
+    path.write_text(json.dumps(rec))
+    with pytest.raises(TaskError) as err:
+        _row(path)
+    assert f"{key} is" in str(err.value) and "past any real run" in str(err.value)
+    rec["summary"][key if key != "seconds" else "passed"] = 3
+    rec["seconds"] = 1.0
+    path.write_text(json.dumps(rec))
+    assert _row(path).passed == 3

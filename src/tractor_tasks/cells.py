@@ -134,6 +134,8 @@ class Row:
 
 
 MAX_SHARDS = 1000   # far past any CI matrix: a shard count past it is a broken outcome
+MAX_COUNT = 10_000_000    # tests in one outcome: far past any suite
+MAX_SECONDS = 1e7         # a run's wall (116 days): past it, a broken outcome
 
 
 def read_outcome(path: Path) -> dict:
@@ -191,6 +193,8 @@ def _row(path: Path, rec: dict | None = None) -> Row:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                 not math.isfinite(value) or value < 0:
             raise bad(f"{key} is {value!r}, not a number")
+        if value > (MAX_SECONDS if key == "seconds" else MAX_COUNT):
+            raise bad(f"{key} is {value!r}, past any real run")
         return int(value) if whole else float(value)
     if not isinstance(rec.get("summary"), dict):
         raise bad("no 'summary'")
