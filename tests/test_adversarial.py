@@ -58,6 +58,8 @@ def test_a_fifo_as_the_step_summary_is_refused_not_waited_on(tmp_path):
     (tmp_path / "real").write_text("a")
     append_text(tmp_path / "real", "b")
     assert (tmp_path / "real").read_text() == "ab"
+    append_text(tmp_path / "new", "c")   # a summary file not made yet is made, as "a" did
+    assert (tmp_path / "new").read_text() == "c"
 
 
 @pytest.mark.parametrize("field,value", [("shard", [1, 2]), ("shard", 3), ("shard", "1/x"),

@@ -116,7 +116,8 @@ def open_lock(path: Path | str):
 def append_text(path: Path | str, text: str) -> None:
     """Append to a file that is not ours and is appended to by others
     ($GITHUB_STEP_SUMMARY): one write in append mode, never a replace."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
+                 | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:   # a FIFO or a device there is refused, never waited on
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotRegular(path, _kind(os.fstat(fd).st_mode))
