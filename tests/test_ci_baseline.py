@@ -80,10 +80,10 @@ class Runner:
     def stopped(self):
         return self.stop_after is not None and len(self.lanes) >= self.stop_after
 
-    def import_check(self, at):
+    def import_check(self, at, venv=None):
         return str(at)
 
-    def lane(self, *, only, shard, echo, opts=None, phase=None, at=None):
+    def lane(self, *, only, shard, echo, opts=None, phase=None, at=None, venv=None):
         self.lanes.append((phase, set(only)))
         r = Results(self.p.target)
         for nodeid in only:

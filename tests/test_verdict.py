@@ -424,11 +424,20 @@ class FakeRunner:
     def stopped(self):
         return False
 
-    def import_check(self, at):
+    def import_check(self, at, venv=None):
         return str(at)
 
-    def lane(self, *, only, shard, echo, opts=None, phase=None, at=None):
+    made: Path | None = None   # what baseline_venv gives (None: uv could not)
+    venvs: list = []           # the venv each lane ran with, by phase
+
+    def baseline_venv(self, tree, lock_hash):
+        self.synced = [*getattr(self, "synced", []), (tree, lock_hash)]
+        return ((self.made, f"created in 0.1s at {self.made}") if self.made is not None
+                else (None, "`uv sync --locked` of its uv.lock failed: no network"))
+
+    def lane(self, *, only, shard, echo, opts=None, phase=None, at=None, venv=None):
         self.lanes.append((phase, set(only)))
+        self.venvs = [*self.venvs, (phase, venv)]
         r = Results(self.p.target)
         for nodeid in only:
             outcome = self.script[nodeid].pop(0)   # an outcome, or (outcome, message)
@@ -508,6 +517,66 @@ def test_confirm_n_re_runs_n_times_and_no_confirm_none(tmp_path, fake_git):
     assert runner2.lanes == [] and r2.tests["tests/test_core.py::test_x"].verdict is V.NEW
 
 
+class RecordingHistory:
+    def __init__(self):
+        self.runs = []
+
+    def past(self, ids, **cell):
+        return {}
+
+    def record(self, run, tests):
+        self.runs.append(run)
+
+
+@pytest.mark.parametrize("case", ["synced", "sync_fails", "same_lock"])
+def test_a_baseline_whose_uv_lock_differs_runs_in_a_venv_synced_from_its_own_lock(
+        tmp_path, fake_git, fake_export, monkeypatch, case):
+    """A dependency bump: the baseline runs with its own lock, not HEAD's venv (said
+    once), and its outcomes are recorded under its own lock; when uv cannot make that
+    venv it runs with this tree's, and says why. The same lock: nothing of it."""
+    from tractor_tasks import reruns
+    root = tiny_tree(tmp_path / "r")
+    (root / "uv.lock").write_bytes(b"version = 1\n# now\n")
+    then = b"version = 1\n# now\n" if case == "same_lock" else b"version = 1\n# then\n"
+    monkeypatch.setattr(gitref, "blob", lambda root_, commit, path, **kw:
+                        then if (commit, path) == (HEAD, "uv.lock") else None)
+    target = load_target(root)
+    base = gitref.Baseline(HEAD, "main", "test")
+    r = Results(target)
+    failed(r, "tests/test_core.py::test_x")
+    runner = FakeRunner(target, {"tests/test_core.py::test_x": [O.FAILED, O.PASSED, O.FAILED,
+                                                                O.PASSED]})
+    runner.made = tmp_path / "base-venv" if case == "synced" else None
+    history = RecordingHistory()
+    j = verdict.judge(runner, r, history=history, choice=gitref.Choice(base))
+    assert r.tests["tests/test_core.py::test_x"].verdict is V.REGRESSION
+    lock_now, lock_then = reruns.lock_hash(b"version = 1\n# now\n"), reruns.lock_hash(then)
+    said = [n for n in j.notes if "uv.lock differs" in n]
+    base_lanes = [v for ph, v in runner.venvs if ph.startswith("baseline")]
+    assert len(base_lanes) == 2 and all(v is None for ph, v in runner.venvs
+                                        if not ph.startswith("baseline"))
+    recorded = {run.environ.rpartition("lock=")[2] for run in history.runs}
+    if case == "same_lock":
+        assert not said and not getattr(runner, "synced", []) and base_lanes == [None, None]
+        assert recorded == {lock_now}
+        return
+    assert {h for _, h in runner.synced} == {lock_then}
+    assert len(said) == 1, j.notes
+    if case == "synced":
+        assert base_lanes == [runner.made, runner.made]
+        assert said[0] == ("verdict: uv.lock differs between main (1111111111) and this tree: "
+                           "the baseline "
+                           f"ran in a venv synced from its own lock (created in 0.1s at "
+                           f"{runner.made})")
+        assert recorded == {lock_then}
+    else:
+        assert base_lanes == [None, None]
+        assert said[0].endswith("the baseline ran with this tree's venv: its own could not "
+                                "be made (`uv sync --locked` of its uv.lock failed: no "
+                                "network)")
+        assert recorded == {lock_now}
+
+
 def test_the_baseline_splits_regressions_from_pre_existing(tmp_path, fake_git, fake_export):
     root = tiny_tree(tmp_path / "r")
     target = load_target(root)
@@ -521,7 +590,7 @@ def test_the_baseline_splits_regressions_from_pre_existing(tmp_path, fake_git, f
     # at the baseline (twice for a regression: the second opinion): passes, fails the
     # same way, fails differently, is not there
 
-    def lane(*, only, shard, echo, opts=None, phase=None, at=None):
+    def lane(*, only, shard, echo, opts=None, phase=None, at=None, venv=None):
         if not phase.startswith("baseline"):
             return FakeRunner.lane(runner, only=only, shard=shard, echo=echo, phase=phase)
         runner.lanes.append((phase, set(only)))
@@ -569,7 +638,7 @@ def test_a_regression_is_said_only_when_it_holds_in_a_pytest_of_its_own_and_at_b
                "baseline-2": {"test_flips_there": O.FAILED, "test_real": O.PASSED}}
     runner = FakeRunner(target, script)
 
-    def lane(*, only, shard, echo, opts=None, phase=None, at=None):
+    def lane(*, only, shard, echo, opts=None, phase=None, at=None, venv=None):
         if not phase.startswith("baseline"):
             return FakeRunner.lane(runner, only=only, shard=shard, echo=echo, phase=phase)
         runner.lanes.append((phase, set(only)))
@@ -943,3 +1012,56 @@ def test_bytecode_venvs_and_the_state_dir_are_no_edits(tmp_path):
     (root / ".tractor-tasks" / "history.sqlite").write_text("")
     assert gitref.edits(root) == [] and gitref.choose(root, None).baseline is None
     assert gitref.changed_since(root, git(root, "rev-parse", "HEAD")) == []
+
+
+DEPS = '''
+import importlib.util
+
+
+def test_colorama_is_not_a_dependency():
+    assert importlib.util.find_spec("colorama") is None, "colorama is installed"
+'''
+
+
+@pytest.mark.slow
+def test_a_dependency_bump_is_judged_against_the_baselines_own_lock(tmp_path):
+    """Real uv, real venvs: the branch adds a dependency (pyproject.toml and a uv.lock
+    made by `uv lock` from the registry), and a test fails with it. Run at the baseline
+    in HEAD's venv it would fail there too (pre-existing, wrongly); run in a venv synced
+    from the baseline's own lock it passes: a regression, with the lock as its cause."""
+    from tractor_tasks.interpreters import uv_binary
+    from tractor_tasks.pipeline import prepare_venv
+    root = copy_sample(tmp_path / "repo", git=True)
+    git(root, "branch", "-M", "main")
+    (root / "tests" / "test_deps.py").write_text(DEPS)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "deps test")
+    git(root, "checkout", "-q", "-b", "bump")
+    py = root / "pyproject.toml"
+    py.write_text(py.read_text().replace('"trio>=0.27",', '"trio>=0.27",\n  "colorama>=0.4",'))
+    lock = subprocess.run([uv_binary(), "lock", "-q"], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert lock.returncode == 0, lock.stderr   # the registry is this machine's one network
+    git(root, "commit", "-qam", "bump: colorama")
+    prepare_venv(load_target(root), "3.11", out=lambda line: None)
+    before = git_state(root)
+    out = invoke("test", "tests/test_deps.py", "--no-x", root=root)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert verdicts(root) == {"test_colorama_is_not_a_dependency": "regression"}
+    text = out.stdout.rpartition("\nresults:")[2]
+    said = [ln for ln in text.splitlines() if "uv.lock differs" in ln]
+    assert len(said) == 1 and "the baseline ran in a venv synced from its own lock (created" \
+        in said[0], text
+    venvs = list((root / ".tractor-tasks" / "baseline" / "venvs").iterdir())
+    assert [v.name[:5] for v in venvs] == ["lock-"] and venvs[0].name.endswith("-py311")
+    has = subprocess.run([venvs[0] / "bin" / "python", "-c",
+                          "import importlib.util as u; print(u.find_spec('colorama'))"],
+                         capture_output=True, text=True)
+    assert has.stdout.strip() == "None"   # the baseline's own dependencies, not HEAD's
+    cause = [ln for ln in text.splitlines() if "likely cause:" in ln]
+    assert any("uv.lock (changed since main; the lock file" in ln for ln in cause), text
+    assert git_state(root) == before
+    # the next run knows the baseline's outcome under its own lock: nothing runs there
+    again = invoke("test", "tests/test_deps.py", "--no-x", root=root)
+    assert again.returncode == 1 and not (last_run(root) / "baseline").exists()
+    assert verdicts(root) == {"test_colorama_is_not_a_dependency": "regression"}

@@ -47,6 +47,9 @@ def likely_cause(target, t: TestResult, changed: list[str], base, run_dir=None) 
         if mod and mod in direct:
             reasons.append(f"imported by {test_path}")
             score += 3
+        if Path(f).name == "uv.lock":
+            reasons.append("the lock file: the dependencies every test runs with")
+            score += 2
         mapped = _mapped(target, f, test_path)
         if mapped:
             reasons.append(f"mapped to {mapped}")

@@ -46,6 +46,18 @@ def is_repo(root: Path) -> bool:
     return git(root, "rev-parse", "--git-dir", check=False) is not None
 
 
+def blob(root: Path, commit: str, path: str, most: int = 64 * 2**20) -> bytes | None:
+    """A file's bytes as `commit` has it (None: not there, or git failed), at most
+    `most` bytes."""
+    try:
+        out = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=root,
+                             capture_output=True, timeout=30,
+                             env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout[:most] if out.returncode == 0 else None
+
+
 def commit_of(root: Path, ref: str) -> str | None:
     return git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
 

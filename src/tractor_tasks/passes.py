@@ -18,12 +18,12 @@ from .errors import TaskError
 from .fsutil import atomic_write, write_json
 from .options import RunOptions
 from .results import Results, read_pass, stable_id
-from .rundirs import PassDir, RunDir, pass_dirs
+from .rundirs import PassDir, RunDir, State, pass_dirs
 from .scope import ENV_RUN, RunMarker, ScopeView
 from .status import Ending, Facts, RunStatus, Stop, TestOutcome, conclude, stop_of
 from .supervise import PassOutcome, PassStart, Signals, keep_tmp_writes, run_pass
 from .sweep import sweep
-from .venv import venv_python
+from .venv import prune_baseline_venvs, tree_venv, venv_python
 
 
 @dataclass
@@ -92,12 +92,14 @@ class RunResult:
 
 
 def command(p, pass_dir: Path, private: str, *, color: bool = False,
-            select: Path | None = None, at: Path | None = None
-            ) -> tuple[list[str], dict[str, str]]:
+            select: Path | None = None, at: Path | None = None,
+            venv: Path | None = None) -> tuple[list[str], dict[str, str]]:
     """The pytest argv and environment of one pass; `at` is another tree of the target
-    (a baseline export) run with the target's own venv, that tree imported first."""
-    venv = p.target.venv_dir(p.minor)
-    argv = [str(venv_python(p.target, p.minor)), "-m", "pytest",
+    (a baseline export) run with the target's own venv, or with `venv` (one synced from
+    that tree's own lock), that tree imported first."""
+    python = venv_python(p.target, p.minor) if venv is None else venv / "bin" / "python"
+    venv = p.target.venv_dir(p.minor) if venv is None else venv
+    argv = [str(python), "-m", "pytest",
             *pytest_args(p.target, p.paths, p.opts, cache_dir=p.cache_dir, color=color)]
     # the run's runtime and temp dirs are its own; so is its cache (tractor writes
     # hung-test dumps under $XDG_CACHE_HOME/tractor): kept with the pass's files
@@ -138,9 +140,9 @@ class PassRunner:
         """A stop was asked for, or the whole-run bound is spent: start no more passes."""
         return self.stop_now() is not None
 
-    def import_check(self, at: Path) -> str | None:
+    def import_check(self, at: Path, venv: Path | None = None) -> str | None:
         """Where `import <package>` resolves for a pass run at `at` (None: it failed)."""
-        argv, env = command(self.p, at, str(at), at=at)
+        argv, env = command(self.p, at, str(at), at=at, venv=venv)
         code = f"import {self.p.target.package} as m; print(m.__file__)"
         try:
             out = subprocess.run([argv[0], "-c", code], cwd=at, env=env, capture_output=True,
@@ -149,10 +151,24 @@ class PassRunner:
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
+    def baseline_venv(self, tree: Path, lock_hash: str) -> tuple[Path | None, str]:
+        """A venv synced from `tree`'s own pyproject.toml and uv.lock (a baseline export
+        whose lock differs from this tree's), kept by the lock's hash and reused; and
+        what was done, in words. None (and why) when it could not be made."""
+        state = State(self.p.target)
+        try:
+            dest = state.baseline_venv(lock_hash, self.p.target.venv_dir(self.p.minor).name)
+            made = tree_venv(tree, dest, self.p.minor,
+                             lock=state.venv_lock(f"base-{lock_hash}-{self.p.minor}"))
+        except TaskError as err:
+            return None, str(err)
+        prune_baseline_venvs(state, keep=made.path)
+        return made.path, f"{made.action} in {made.seconds:.1f}s at {made.path}"
+
     def one_pass(self, number: int, *, shard: int | None, only, skip, echo,
                  opts: RunOptions | None = None, extra_args=(), pass_dir: Path | None = None,
-                 phase: str | None = None, at: Path | None = None
-                 ) -> tuple[PassOutcome, object]:
+                 phase: str | None = None, at: Path | None = None,
+                 venv: Path | None = None) -> tuple[PassOutcome, object]:
         """One contained, bounded pytest start (the shard plan's `--co` is one too);
         `at` runs it in another tree of the target (a baseline export). The caller asks
         `stop_now()` first: a stop between passes is the run's, not a pass."""
@@ -166,7 +182,7 @@ class PassRunner:
         private = rundirs.make_private_dir(p.target)
         try:
             argv, env = command(p, pass_dir, str(private), select=select,
-                                color=bool(echo and echo.tty), at=at)
+                                color=bool(echo and echo.tty), at=at, venv=venv)
             argv += list(extra_args)
             atomic_write(PassDir(pass_dir).command, show(argv, env) + "\n", replace_link=True)
             marker = RunMarker.parse(env[ENV_RUN])
@@ -208,7 +224,8 @@ class PassRunner:
         return outcome, read_pass(pass_dir, outcome.log)
 
     def lane(self, *, only, shard: int | None, echo, opts: RunOptions | None = None,
-             phase: str | None = None, at: Path | None = None) -> RunResult:
+             phase: str | None = None, at: Path | None = None,
+             venv: Path | None = None) -> RunResult:
         """Passes until the selection has run: after a hang, resume with the rest. What
         did not run is accounted for: `RunResult.cut` says why (-x, the hang limit, the
         whole-run bound), else `broken` names the pass that ended early."""
@@ -229,7 +246,7 @@ class PassRunner:
             if stop is not None:   # stopped between passes: start nothing more
                 break
             outcome, log = self.one_pass(number, shard=shard, only=only, skip=skip, echo=echo,
-                                         opts=opts, phase=phase, at=at)
+                                         opts=opts, phase=phase, at=at, venv=venv)
             passes.append(outcome)
             where = f"{_label(shard)}{phase + ' ' if phase else ''}pass {number}"
             stopped = {Stop.HUNG: TestOutcome.HUNG, Stop.TIMEOUT: TestOutcome.TIMEOUT,

@@ -155,12 +155,42 @@ def alone(runner: Runner, tests: list[TestResult], what: str
     return got, j
 
 
+def lock_change(target, base) -> str | None:
+    """The hash (environment-style, 12 hex) of the baseline's own uv.lock when it
+    differs from this tree's; "" when this tree has a lock and the baseline none; None
+    when they are the same (or the target has no lock)."""
+    lock = target.root / "uv.lock"
+    if not lock.is_file():
+        return None
+    there = gitref.blob(target.root, base.commit, "uv.lock")
+    if there is None:
+        return ""
+    mine = lock_hash(lock.read_bytes())
+    theirs = lock_hash(there)
+    return None if theirs == mine else theirs
+
+
+def lock_hash(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def with_lock(environ: str, lock: str | None) -> str:
+    """The environment string with its lock part replaced (a baseline's own lock)."""
+    if not lock:
+        return environ
+    parts = [p for p in (environ or "").split(";") if p and not p.startswith("lock=")]
+    return ";".join([*parts, f"lock={lock}"])
+
+
 def at_baseline(runner: Runner, tests: list[TestResult], base, history,
-                environ: str = "", phase: str = RunDir.BASELINE_PHASE
-                ) -> tuple[dict[str, TestResult], Phase]:
-    """Run the tests at the baseline commit: its tree exported read-only, the target's
-    own venv, the export imported first; record the outcomes for the next run. Their
-    outcomes there by stable id, and what the phase did."""
+                environ: str = "", phase: str = RunDir.BASELINE_PHASE,
+                lock: str | None = None) -> tuple[dict[str, TestResult], Phase]:
+    """Run the tests at the baseline commit: its tree exported read-only, the export
+    imported first, with the target's own venv, or, when the baseline's uv.lock differs
+    (`lock`: its hash, see lock_change), a venv synced from that lock; record the
+    outcomes for the next run. Their outcomes there by stable id, and what the phase
+    did."""
     j = Phase()
     p = runner.p
     target = p.target
@@ -173,13 +203,21 @@ def at_baseline(runner: Runner, tests: list[TestResult], base, history,
         j.notes.append(f"verdict: could not export {base.name} ({err}); no baseline run")
         return {}, j
     _prune_exports(dest.parent, keep={base.commit})
-    lock = target.root / "uv.lock"
-    if lock.exists() and gitref.git(target.root, "diff", "--quiet", base.commit, "--",
-                                    "uv.lock", check=False) is None:
-        j.notes.append(f"verdict: uv.lock differs between {base.name} and this tree: the "
-                       "baseline ran with this tree's venv")
-    # where the export imports from is looked at and said once, not again per phase
-    where = runner.import_check(root) if phase == RunDir.BASELINE_PHASE else None
+    first = phase == RunDir.BASELINE_PHASE  # what is said once, not again per phase
+    venv = None
+    if lock is not None:
+        if lock:
+            venv, did = runner.baseline_venv(root, lock)
+        else:
+            did = f"{base.name} has no uv.lock"
+        if first:
+            j.notes.append(
+                f"verdict: uv.lock differs between {base.name} and this tree: the baseline "
+                + (f"ran in a venv synced from its own lock ({did})" if venv is not None
+                   else f"ran with this tree's venv: its own could not be made ({did})"))
+    if venv is not None:
+        environ = with_lock(environ, lock)
+    where = runner.import_check(root, venv) if first else None
     if where is not None:
         j.notes.append(f"verdict: baseline {base.name} ({base.why}) exported to {root}; "
                        f"`import {target.package}` there resolves to {where}")
@@ -189,7 +227,8 @@ def at_baseline(runner: Runner, tests: list[TestResult], base, history,
     progress.step(f"{len(ids)} test(s) of {len(_by_module(tests))} module(s) in one pytest "
                   "start")
     try:
-        lane = runner.lane(only=ids, shard=None, echo=None, opts=opts, phase=phase, at=root)
+        lane = runner.lane(only=ids, shard=None, echo=None, opts=opts, phase=phase, at=root,
+                           venv=venv)
     finally:
         progress.close()
     j.passes += lane.passes

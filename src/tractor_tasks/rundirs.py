@@ -101,6 +101,7 @@ def history_bad(path: Path) -> Path:
 class State:
     """The target's `.tractor-tasks` dir."""
     RUNS, CELLS, LAST, BASELINE = "runs", "cells", "last", "baseline"
+    BASELINE_VENVS = "venvs"
     HISTORY, CELL_CACHE = "history.sqlite", "pytest-cache"
     GITIGNORE, CACHEDIR_TAG, README = ".gitignore", "CACHEDIR.TAG", "README.md"
 
@@ -112,7 +113,7 @@ class State:
         """The state dir and the dirs in it we write to are real dirs of the target, never
         links: a run would write through one and its prune delete what is behind it.
         Refused with one line before anything is written."""
-        paths = [self.path, self.runs, self.cells, self.baseline]
+        paths = [self.path, self.runs, self.cells, self.baseline, self.baseline_venvs]
         if slug:
             paths += [self.cell_dir(slug), self.cell_cache(slug)]
         if commit:
@@ -191,6 +192,15 @@ class State:
 
     def baseline_dir(self, commit: str) -> Path:
         return self.baseline / commit
+
+    @property
+    def baseline_venvs(self) -> Path:
+        """Venvs synced from a baseline's own uv.lock (when it differs from the tree's)."""
+        return self.baseline / self.BASELINE_VENVS
+
+    def baseline_venv(self, lock_hash: str, venv: str) -> Path:
+        """`venv`: the name of the target's own venv for the minor (py313)."""
+        return self.baseline_venvs / f"lock-{lock_hash}-{venv}"
 
     @property
     def history(self) -> Path:

@@ -32,10 +32,15 @@ class Runner(Protocol):
     def stopped(self) -> bool:
         """A stop was asked for, or the time is spent: start no more passes."""
 
-    def import_check(self, at: Path) -> str | None:
+    def import_check(self, at: Path, venv: Path | None = None) -> str | None:
         """Where `import <package>` resolves for a pass run at `at` (None: it failed)."""
+
+    def baseline_venv(self, tree: Path, lock_hash: str) -> tuple[Path | None, str]:
+        """A venv synced from `tree`'s own uv.lock, and what was done (None, and why,
+        when it could not be made)."""
 
     def lane(self, *, only: set[str] | None, shard: int | None, echo,
              opts: RunOptions | None = None, phase: str | None = None,
-             at: Path | None = None) -> LaneFacts:
-        """Passes until the selection `only` has run (a fresh pass after a hang)."""
+             at: Path | None = None, venv: Path | None = None) -> LaneFacts:
+        """Passes until the selection `only` has run (a fresh pass after a hang); `at`
+        another tree of the target, `venv` the venv to run it with."""

@@ -45,10 +45,14 @@ def shell_command(target: Target, minor: str) -> str:
 
 
 def _fingerprint(target: Target, interp: Interpreter) -> str:
+    return _fingerprint_of(target.root, interp)
+
+
+def _fingerprint_of(root: Path, interp: Interpreter) -> str:
     h = hashlib.sha256()
     for name in ("pyproject.toml", "uv.lock"):
         try:
-            h.update((target.root / name).read_bytes())
+            h.update((root / name).read_bytes())
         except FileNotFoundError:
             h.update(b"-")
     h.update(str(interp.path).encode())
@@ -102,6 +106,63 @@ def ensure_venv(target: Target, minor: str, *, force: bool = False,
                                            "python": str(interp.path)}), replace_link=True)
     return VenvResult(vdir, venv_python(target, minor), "synced" if existed else "created",
                       time.monotonic() - t0, interp)
+
+
+def tree_venv(tree: Path, dest: Path, minor: str, lock=None) -> VenvResult:
+    """A venv at `dest` synced from another tree's own pyproject.toml and uv.lock (a
+    baseline export whose lock differs from the target's): `uv sync --locked
+    --no-install-project`, the export being read-only and imported first by PYTHONPATH.
+    A stamp makes a second call a no-op; `lock` (a context manager) serializes runs
+    that would sync the same one. TaskError, one line, when uv cannot."""
+    interp = require_python(minor)
+    if not (tree / "uv.lock").is_file():
+        raise TaskError(f"{tree.name} has no uv.lock to sync from")
+    t0 = time.monotonic()
+    stamp = dest / STAMP
+    want = _fingerprint_of(tree, interp)
+    from contextlib import nullcontext
+    with lock if lock is not None else nullcontext():
+        try:
+            if (json.loads(stamp.read_text()).get("fingerprint") == want
+                    and (dest / "bin" / "python").exists()):
+                os.utime(dest)  # the newest used is the last pruned
+                return VenvResult(dest, dest / "bin" / "python", "up to date",
+                                  time.monotonic() - t0, interp)
+        except (OSError, ValueError):
+            pass
+        existed = dest.exists()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [uv_binary(), "sync", "--locked", "--no-install-project", "--python",
+               str(interp.path)]
+        env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+        env["UV_PROJECT_ENVIRONMENT"] = str(dest)
+        try:
+            out = subprocess.run(cmd, cwd=tree, env=env, text=True, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, timeout=900)
+        except subprocess.TimeoutExpired:
+            raise TaskError("`uv sync` of its uv.lock did not finish in 900s") from None
+        if out.returncode != 0:
+            tail = [ln for ln in out.stdout.strip().splitlines() if ln.strip()][-1:]
+            raise TaskError(f"`uv sync --locked` of its uv.lock failed: "
+                            f"{tail[0] if tail else 'no output'}")
+        atomic_write(stamp, json.dumps({"fingerprint": want, "python": str(interp.path),
+                                        "from": str(tree)}), replace_link=True)
+    return VenvResult(dest, dest / "bin" / "python", "synced" if existed else "created",
+                      time.monotonic() - t0, interp)
+
+
+def prune_baseline_venvs(state, keep: Path, most: int = 2) -> None:
+    """Keep the newest few baseline venvs (each is a whole venv); `keep` always."""
+    import shutil
+    try:
+        dirs = sorted((d for d in state.baseline_venvs.iterdir()
+                       if d.is_dir() and not d.is_symlink()),
+                      key=lambda d: d.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for d in dirs[most:]:
+        if d != keep:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 # -- active venv and worktree checks (spec section 3) ------------------------

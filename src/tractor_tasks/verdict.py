@@ -98,6 +98,7 @@ class Judgement:
     confirm: int = 1            # re-runs asked for (0: --no-confirm)
     stopped: bool = False       # a stop or the verdict's time cut its passes short
     published: bool = False     # the tree is a published tip: nothing to blame
+    base_lock: str | None = None  # the baseline's own uv.lock hash when it differs
 
     def what(self, t: TestResult) -> str:
         """What confirmation said of a failure, for its reason."""
@@ -161,12 +162,18 @@ def judge(runner: Runner, results: Results, *, history=None,
     base_bad: dict[str, tuple[int, int]] = {}   # failed in how many runs there, of how many
     env = gitref.env_state(target.verdict_env)
     environ = environment(target, p.minor)
+    base_environ = environ
+    if base is not None and open_:
+        # a baseline with a lock of its own runs with it (reruns.at_baseline), and its
+        # rows are compared under that lock
+        j.base_lock = reruns.lock_change(target, base)
+        base_environ = reruns.with_lock(environ, j.base_lock)
     for t in open_:
         rows = past.get(stable_id(t.nodeid), [])
         if base is not None:
-            # rows at the baseline count wherever they were recorded, in this environment
+            # rows at the baseline count wherever they were recorded, in its environment
             there = [r for r in rows if r.commit == base.commit and _comparable(r, env)
-                     and not env_diff(r.environ, environ) and O(r.outcome).flip][:RECENT]
+                     and not env_diff(r.environ, base_environ) and O(r.outcome).flip][:RECENT]
             if there:
                 row = there[0]
                 at_base[stable_id(t.nodeid)] = TestResult(t.nodeid, O(row.outcome),
@@ -202,7 +209,8 @@ def judge(runner: Runner, results: Results, *, history=None,
         unknown = [t for t in todo if stable_id(t.nodeid) not in at_base]
         if unknown:
             t0 = time.monotonic()
-            found, phase = reruns.at_baseline(runner, unknown, base, history, environ)
+            found, phase = reruns.at_baseline(runner, unknown, base, history, environ,
+                                              lock=j.base_lock)
             at_base.update(found)
             j.absorb(phase)
             j.baseline_seconds = time.monotonic() - t0
@@ -473,7 +481,7 @@ def _second_opinion(runner: Runner, tests: list[TestResult], base, j: Judgement,
     if not again_bad or runner.stopped():
         return
     there, phase = reruns.at_baseline(runner, again_bad, base, history, environ,
-                                      phase=RunDir.BASELINE_PHASE + "-2")
+                                      phase=RunDir.BASELINE_PHASE + "-2", lock=j.base_lock)
     j.absorb(phase)
     for t in again_bad:
         b, first = there.get(stable_id(t.nodeid)), t.baseline
