@@ -27,6 +27,7 @@ WORK = textwrap.dedent('''\
 
 
     def helper(n):
+        assert n < LIMIT
         return n * 2
 
 
@@ -201,7 +202,8 @@ def test_subactor_function_selects_only_its_tests(recorded):
 @pytest.mark.slow
 def test_killed_process_and_module_level_change(recorded):
     """spare() ran only in a child killed with SIGKILL: its change still selects that
-    test. A module-level change selects every test that touched the file."""
+    test. A module-level name bound differently selects the tests that executed a
+    function using it; a module-level effect, every test that touched the file."""
     _edit(recorded, "sample_actors/_work.py", "    return n\n", "    return n + 0\n")
     try:
         got = _selected(_affected(recorded))
@@ -209,33 +211,67 @@ def test_killed_process_and_module_level_change(recorded):
         _reset(recorded)
     assert set(got) == {"test_killed_child", "test_isolated"}
     assert "executed sample_actors/_work.py:spare in process" in got["test_killed_child"]
+    # a module-level name bound differently: the tests that executed a function that
+    # uses it (helper, in a subactor and in a fork), not every test that imported it
     _edit(recorded, "sample_actors/_work.py", "LIMIT = 10", "LIMIT = 11")
+    try:
+        got = _selected(_affected(recorded))
+    finally:
+        _reset(recorded)
+    assert set(got) == {"test_sub_crunch", "test_forked", "test_isolated"}
+    assert got["test_sub_crunch"].startswith("executed sample_actors/_work.py:helper in ")
+    assert got["test_sub_crunch"].endswith(", which uses LIMIT (bound differently at import "
+                                           "in sample_actors/_work.py)")
+    # a statement with effects at import: every test that ran code of the file
+    _edit(recorded, "sample_actors/_work.py", "LIMIT = 10\n", "LIMIT = 10\nprint(end='')\n")
     try:
         got = _selected(_affected(recorded))
     finally:
         _reset(recorded)
     assert set(got) == {"test_sub_crunch", "test_killed_child", "test_forked",
                         "test_isolated"}
-    assert got["test_sub_crunch"].startswith("ran code of sample_actors/_work.py")
+    assert got["test_sub_crunch"].startswith("ran code of sample_actors/_work.py (line 3: "
+                                             "a statement with effects at import")
+    # a comment and a docstring: no code runs differently, nothing runs
+    _edit(recorded, "sample_actors/_work.py", "LIMIT = 10", "LIMIT = 10  # a cap")
+    _edit(recorded, "sample_actors/_work.py", '"""Imported only', '"""Only imported')
+    try:
+        out = _affected(recorded)
+    finally:
+        _reset(recorded)
+    assert set(_selected(out)) == set() and out.rstrip().endswith(
+        "): sample_actors/_work.py: only comments, docstrings or layout (no code runs "
+        "differently); nothing to run"), out
 
 
 @pytest.mark.slow
 def test_new_file_and_conftest_fall_back(recorded):
-    """A new file no footprint touched: the change map's tests for it, else the whole
-    suite; a new conftest: the change map (its dir)."""
-    (recorded / "sample_actors" / "discovery" / "_new.py").write_text("X = 1\n")
+    """A new module: what it binds reaches only code that uses those names (nothing
+    imports it yet: what will changes too). A new file of another kind no footprint
+    touched: the change map's tests for it, else the whole suite; a new conftest: the
+    change map (its dir)."""
+    (recorded / "sample_actors" / "discovery" / "_new.py").write_text("NEWTHING = 1\n")
+    try:
+        out = _affected(recorded)
+    finally:
+        _reset(recorded)
+    assert "  sample_actors/discovery/_new.py (names bound differently at import: " \
+           "NEWTHING)" in out.splitlines(), out
+    assert set(_selected(out)) == {"test_isolated"}, out   # the -I one: always
+    assert "the whole suite runs" not in out
+    (recorded / "sample_actors" / "discovery" / "table.json").write_text("{}\n")
     try:
         out = _affected(recorded)
     finally:
         _reset(recorded)
     assert "the change map gives discovery/ test_local.py" in out
     assert "tests/discovery/" in out.splitlines() and "tests/test_local.py" in out.splitlines()
-    (recorded / "sample_actors" / "_brand_new.py").write_text("X = 1\n")
+    (recorded / "sample_actors" / "_brand_new.json").write_text("{}\n")
     try:
         out = _affected(recorded)
     finally:
         _reset(recorded)
-    assert "the whole suite runs: sample_actors/_brand_new.py (a new file)" in out
+    assert "the whole suite runs: sample_actors/_brand_new.json (a new file)" in out
     assert out.splitlines()[-1] == "tests/"
     (recorded / "tests" / "ipc" / "conftest.py").write_text("X = 1\n")
     try:

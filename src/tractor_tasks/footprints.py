@@ -342,10 +342,13 @@ def of_run(run_dir: Path) -> dict[str, Footprint]:
 
 @dataclass(frozen=True)
 class Unit:
-    """A changed function (qual set), or a change outside any function (qual None)."""
+    """A changed function or class (qual set); names bound differently at import
+    (names set: the functions that use them are what can see it); or any other change
+    outside a function (neither: the file's rule)."""
     file: str
     qual: str | None
     why: str = ""
+    names: tuple[str, ...] = ()
 
     def key(self) -> tuple[str, str, str]:
         return (self.file, self.qual or "", self.why)
@@ -450,7 +453,9 @@ def diff_units(root: Path, rev: str, package: str, to: str | None = None) -> lis
         if _ignored(root, path):
             continue
         in_pkg = path.startswith(pkg) or path.startswith("src/" + pkg)
-        if st == "A":
+        if st == "A" and in_pkg and path.endswith(".py"):
+            units |= _py_units(root, rev, path, to)   # a new module: all of it is new
+        elif st == "A":
             units.add(Unit(path, None, "a new file"))
         elif st == "D":
             units.add(Unit(path, None, "a deleted file"))
@@ -463,23 +468,100 @@ def diff_units(root: Path, rev: str, package: str, to: str | None = None) -> lis
 
 
 def _py_units(root: Path, rev: str, path: str, to: str | None = None) -> set[Unit]:
+    """A package module's change, read from its two syntax trees (codechange): the
+    functions whose own code changed, the classes whose body or header did, the names
+    bound differently at import, the module-level statements with effects. A comment,
+    a docstring or a reformat is no unit at all."""
+    from .codechange import module_change
     old_src = _git(root, "show", f"{rev}:{path}", check=False)
     try:
         new_src = _git(root, "show", f"{to}:{path}") if to else (root / path).read_text()
-        old_scopes, new_scopes = scopes(old_src), scopes(new_src)
-    except (OSError, SyntaxError, ValueError):
+        ch = module_change(old_src, new_src)
+    except (OSError, SyntaxError, ValueError, RecursionError):
         return {Unit(path, None, "a change (the file does not parse)")}
-    old_lines, new_lines = _hunk_lines(_git(root, "diff", "-U0", "--no-renames", rev,
-                                            *([to] if to else []), "--", path))
-    units = _units_of_lines(path, old_lines, old_scopes, "") | \
-        _units_of_lines(path, new_lines, new_scopes, "")
-    gone = {s.qual for s in old_scopes} - {s.qual for s in new_scopes}
-    if gone:
-        units.add(Unit(path, None, f"a deleted function ({', '.join(sorted(gone)[:3])})"))
+    units = {Unit(path, q) for q in ch.funcs | ch.classes}
+    if ch.names:
+        shown = ", ".join(sorted(ch.names)[:4]) + (" ..." if len(ch.names) > 4 else "")
+        units.add(Unit(path, None, f"names bound differently at import: {shown}",
+                       tuple(sorted(ch.names))))
+    for effect in ch.effects:
+        units.add(Unit(path, None, effect))
     return units
 
 
+def import_time_changes(target, units: list[Unit]) -> list[str]:
+    """The changed package modules still there (a header's defaults and decorators, a
+    binding, an effect all run at import): importing them is the check that they still
+    import."""
+    pkg = target.package.replace(".", "/") + "/"
+    return sorted({u.file for u in units if u.file.endswith(".py") and (
+        u.file.startswith(pkg) or u.file.startswith("src/" + pkg))
+        and (target.root / u.file).is_file()})
+
+
 # -- selection ---------------------------------------------------------------------
+
+def _sources(target, to: str | None) -> dict[str, str]:
+    """The package's and the tests' Python files, as the work tree has them (or the
+    commit `to`)."""
+    root = target.root
+    tops = [d.relative_to(root).as_posix() for d in package_dirs(root, target.package)]
+    tops.append(target.tests_dir.rstrip("/"))
+    out: dict[str, str] = {}
+    if to is None:
+        for top in tops:
+            base = root / top
+            for path in base.rglob("*.py") if base.is_dir() else ():
+                rel = path.relative_to(root).as_posix()
+                if any(part.startswith(".") or part == "__pycache__" for part in
+                       Path(rel).parts) or rel.startswith(tuple(_venv_prefixes(root))):
+                    continue
+                try:
+                    out[rel] = path.read_text(errors="replace")
+                except OSError:
+                    continue
+        return out
+    listing = _git(root, "ls-tree", "-r", "--name-only", to, "--",
+                   *[t or "." for t in tops], check=False)
+    paths = [p for p in listing.splitlines() if p.endswith(".py")]
+    if not paths:
+        return out
+    batch = subprocess.run(["git", "cat-file", "--batch"], cwd=root, capture_output=True,
+                           input="".join(f"{to}:{p}\n" for p in paths).encode())
+    data, pos = batch.stdout, 0
+    for p in paths:
+        nl = data.index(b"\n", pos)
+        head = data[pos:nl].split()
+        pos = nl + 1
+        if len(head) < 3 or head[1] != b"blob":
+            continue
+        size = int(head[2])
+        out[p] = data[pos:pos + size].decode(errors="replace")
+        pos += size + 1
+    return out
+
+
+def _venv_prefixes(root: Path) -> list[str]:
+    from .interpreters import minor_of_venv
+    try:
+        return [d.name + "/" for d in root.iterdir() if minor_of_venv(d.name)]
+    except OSError:
+        return []
+
+
+def _reach(target, units: list[Unit], sources: dict[str, str]):
+    """Where the names the units bind differently reach (codechange.reach)."""
+    from .codechange import reach, uses
+    names = {n for u in units for n in u.names}
+    if not names:
+        return None
+    files = {}
+    for path, src in sources.items():
+        try:
+            files[path] = uses(src)
+        except (SyntaxError, ValueError, RecursionError):
+            continue
+    return reach(names, files)
 
 @dataclass
 class Selection:
@@ -526,6 +608,44 @@ def select(target, history, base: str | None, to: str | None = None,
         return since[commit]
 
     touched: set[str] = set()
+    cache: dict[str, dict[str, str]] = {}
+
+    def sources() -> dict[str, str]:
+        if "all" not in cache:
+            cache["all"] = _sources(target, to)
+        return cache["all"]
+
+    reached = _reach(target, sel.units, sources()) if any(u.names for u in sel.units) \
+        else None
+    tests_top = target.tests_dir.rstrip("/") + "/"
+    by_name = {}
+    if reached is not None:
+        origin = {n: u.file for u in sel.units for n in u.names}
+        for f, q, name in reached.funcs:
+            by_name.setdefault(f, []).append((q, name, origin.get(name)))
+        for f, name in reached.effects:   # a module body that uses one: the file's rule
+            sel.notes.append(f"{f}: a module-level statement with effects uses {name}, "
+                             "bound differently: every test that ran code of it")
+    effect_files = {f for f, _ in reached.effects} if reached is not None else set()
+
+    def via_names(nodeid: str, fp: Footprint) -> str | None:
+        test_file = nodeid.split("::")[0]
+        for q, name, where in by_name.get(test_file, ()):
+            return (f"its file uses {name} ({test_file}:{q}), bound differently at "
+                    f"import{f' in {where}' if where else ''}")
+        for f, found in by_name.items():
+            if f.startswith(tests_top):
+                continue
+            for q, name, where in found:
+                hit = fp.executed(f, q)
+                if hit:
+                    return (f"executed {f}:{q} {_where(hit[1])}, which uses {name} (bound "
+                            f"differently at import{f' in {where}' if where else ''})")
+        for f in effect_files:
+            if f in fp.files:
+                return f"ran code of {f}, whose module body uses a name bound differently"
+        return None
+
     for nodeid, cell, commit, fp in sorted(prints, key=lambda r: (r[0], r[1])):
         touched |= fp.files
         if fp.blind:
@@ -535,8 +655,12 @@ def select(target, history, base: str | None, to: str | None = None,
                 hit = fp.executed(u.file, u.qual)
                 if hit:
                     sel.select(nodeid, f"executed {u.file}:{hit[0]} {_where(hit[1])}")
-            elif u.file in fp.files:
+            elif not u.names and u.file in fp.files:
                 sel.select(nodeid, f"ran code of {u.file} ({u.why})")
+        if by_name or effect_files:
+            why = via_names(nodeid, fp)
+            if why:
+                sel.select(nodeid, why)
         if commit == rev:
             continue
         stale = changed_since(commit)
@@ -555,13 +679,23 @@ def select(target, history, base: str | None, to: str | None = None,
                 sel.select(nodeid, f"its footprint (at {commit[:10]}) predates a change "
                                    f"to {u.file}")
     for u in sel.units:
-        if u.qual is not None or u.file in touched:
+        if u.qual is not None or u.names or u.file in touched:
+            continue
+        inert = _inert(target, u.file, sources)
+        if inert:
+            sel.notes.append(f"{u.file} ({u.why}): {inert}")
             continue
         mapped = map_changes(target, [u.file])
         if mapped.mapped:
             sel.words += [w for w in mapped.tests if w not in sel.words]
             sel.notes.append(f"{u.file} ({u.why}): no footprint touched it; the change map "
                              f"gives {' '.join(mapped.tests)}")
+            continue
+        named = _mentioned_by(target, u.file, sources)
+        if named:
+            sel.words += [w for w in named if w not in sel.words]
+            sel.notes.append(f"{u.file} ({u.why}): outside the package; the test file(s) "
+                             f"that name it run whole: {' '.join(named)}")
         elif not sel.whole:
             sel.whole = (f"{u.file} ({u.why}): no footprint touched it and the change map "
                          "has no entry for it")
@@ -569,6 +703,61 @@ def select(target, history, base: str | None, to: str | None = None,
     if not (sel.reasons or sel.words or sel.whole):
         sel.notes.append("no recorded test executed the changed code")
     return sel
+
+
+_DOCS = (".md", ".rst", ".txt", ".png", ".svg", ".jpg", ".gif")
+
+
+def _outside(target, path: str) -> bool:
+    pkg = target.package.replace(".", "/") + "/"
+    return not (path.startswith(pkg) or path.startswith("src/" + pkg)
+                or path.startswith(target.tests_dir.rstrip("/") + "/"))
+
+
+def _inert(target, path: str, sources) -> str:
+    """Why a file outside the package and the tests changes no test's outcome
+    (documentation, the CI's own configuration) when no test names it; "" otherwise."""
+    if not _outside(target, path):
+        return ""
+    doc = path.lower().endswith(_DOCS) or Path(path).name.upper().startswith(
+        ("LICENSE", "NEWS", "CHANGELOG", "AUTHORS"))
+    if not (doc or path.startswith(".github/")):
+        return ""
+    if _mentioned_by(target, path, sources):
+        return ""
+    return ("documentation" if doc else "the CI's configuration") + \
+        ", named by no test: selects no test"
+
+
+def _mentioned_by(target, path: str, sources) -> list[str]:
+    """The test files that name `path`: a string with its file name in it, or (outside
+    the tests dir) one whose path parts hold its top directory; a .py file's module
+    imported by name."""
+    from .codechange import strings_and_imports
+    name, stem = Path(path).name, Path(path).stem
+    top = path.split("/")[0] if "/" in path and _outside(target, path) else None
+    tests_top = target.tests_dir.rstrip("/") + "/"
+    found = []
+    for f, src in sorted(sources().items()):
+        if not f.startswith(tests_top) or not Path(f).name.startswith("test_"):
+            continue
+        if name not in src and (top is None or top not in src) and stem not in src:
+            continue
+        try:
+            strings, imported = strings_and_imports(src)
+        except (SyntaxError, ValueError, RecursionError):
+            found.append(f)
+            continue
+        if any(name in s for s in strings) or (top is not None and any(
+                top in s.replace("\\", "/").split("/") for s in strings)) or (
+                path.endswith(".py") and stem in imported):
+            found.append(f)
+    return [under_tests_word(target, f) for f in found]
+
+
+def under_tests_word(target, f: str) -> str:
+    from .target import under_tests
+    return under_tests(f, target.tests_dir) or f
 
 
 def _covers(target, word: str, test_file: str) -> bool:
@@ -626,9 +815,39 @@ def share(history, selected: list[str], known: list[str]) -> tuple[float, float]
 NO_FOOTPRINTS = object()
 
 
-def affected_words(target, base: str | None, list_: bool, out=print):
+def import_check(target, python: Path | None, files: list[str]) -> str | None:
+    """Import the package and the changed modules in the target's venv: None when they
+    import, else the error's last line (an import error fails every test that imports
+    the module, whatever its footprint)."""
+    mods = [target.package]
+    for f in files:
+        parts = list(Path(f).with_suffix("").parts)
+        if parts and parts[0] == "src":
+            parts = parts[1:]
+        if parts and parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts and all(p.isidentifier() for p in parts):
+            mods.append(".".join(parts))
+    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
+    try:
+        out = subprocess.run([str(python), "-c", code, *mods], cwd=target.root,
+                             capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return "the import did not finish in 120s"
+    except OSError as err:
+        return f"could not start {python} ({err.strerror or err})"
+    if out.returncode == 0:
+        return None
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else f"exit status {out.returncode}"
+
+
+def affected_words(target, base: str | None, list_: bool, out=print,
+                   python: Path | None = None):
     """`invoke affected` from footprints: what it says, then the words to run (None:
-    nothing to run); NO_FOOTPRINTS when the history has none (the change map decides)."""
+    nothing to run); NO_FOOTPRINTS when the history has none (the change map decides).
+    `python`: the target venv's interpreter, to check that the modules whose code at
+    import changed still import."""
     from .history import History
     from .rundirs import State
     if not State(target).history.is_file():
@@ -639,13 +858,27 @@ def affected_words(target, base: str | None, list_: bool, out=print):
         return NO_FOOTPRINTS
     since = f"{base} (merge-base {sel.rev[:10]})" if base else f"HEAD ({sel.rev[:10]})"
     if not sel.units:
-        out(f"no changed files since {since}; nothing to run")
+        from .selection import changed_files
+        files = changed_files(target.root, base)
+        out(f"changed since {since}: {', '.join(files[:3])}"
+            f"{f' (+{len(files) - 3})' if len(files) > 3 else ''}: only comments, docstrings "
+            "or layout (no code runs differently); nothing to run" if files else
+            f"no changed files since {since}; nothing to run")
         return None
     out(f"changed since {since}:")
     for u in sel.units:
         out(f"  {u.file}:{u.qual}" if u.qual else f"  {u.file} ({u.why})")
     for line in sel.notes:
         out(line)
+    at_import = import_time_changes(target, sel.units) if not sel.whole else []
+    if at_import and python is not None and python.exists():
+        err = import_check(target, python, at_import)
+        if err:
+            sel.whole = (f"{', '.join(at_import[:3])} changed, and importing it fails "
+                         f"({err}): every test that imports it fails")
+    elif at_import:
+        out(f"note: {at_import[0]} changed; with no venv yet it was not imported here (an "
+            "import error shows in every selected test)")
     if sel.whole:
         out(f"the whole suite runs: {sel.whole}")
         words = ["all"]

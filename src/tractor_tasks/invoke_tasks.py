@@ -162,7 +162,10 @@ def _affected(c, values):
         from .footprints import NO_FOOTPRINTS, affected_words
         from .selection import changed_files
         changed_files(target.root, base)   # a bad --base: one line, exit 2
-        words = affected_words(target, base, list_)
+        from .pipeline import pick_minor
+        from .venv import venv_python
+        python = venv_python(target, pick_minor(target, values.get("python")))
+        words = affected_words(target, base, list_, python=python)
         if words is not NO_FOOTPRINTS:
             return words
         say("no footprints recorded yet: the change map decides")

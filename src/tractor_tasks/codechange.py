@@ -1,0 +1,359 @@
+"""What a change to a Python module does, read from its two versions' syntax trees
+rather than its lines: the functions whose own code changed (a comment, a docstring
+or a reformat is no change), the names a module- or class-level statement binds
+differently, and the module-level statements with effects at import. And, for the
+names, who uses them: the functions and module-level statements of a set of files
+that mention a name (footprints.select maps those to the tests that executed them).
+
+A function's own code is its body without its docstring and with each nested
+function reduced to its header (the nested body is that function's own code; its
+header, decorators and defaults, run when the enclosing code runs). Module and class
+bodies are read as statements: a `def` or `class` header, a binding (an assignment,
+an import, or an `if`/`try`/`with` made only of those), or an effect (anything else:
+a call at import, a `del`, a loop). Annotations inside functions are not uses (they
+are not evaluated); at module and class level they are (msgspec and dataclasses read
+them).
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef)
+_BINDS = (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Import, ast.ImportFrom, ast.Pass,
+          *_DEFS, ast.ClassDef)
+_COMPOUND = (ast.If, ast.Try, ast.With, ast.AsyncWith) + (
+    (ast.TryStar,) if hasattr(ast, "TryStar") else ())
+
+
+@dataclass
+class ModuleChange:
+    """One module's change, old version to new."""
+    funcs: set[str] = field(default_factory=set)     # qualnames whose own code changed
+    gone: set[str] = field(default_factory=set)      # qualnames only the old version has
+    names: set[str] = field(default_factory=set)     # names bound differently at import
+    classes: set[str] = field(default_factory=set)   # classes whose body or header changed
+    effects: list[str] = field(default_factory=list)  # module-level effects that changed
+
+    @property
+    def import_time(self) -> bool:
+        """Code that runs at import changed (a header, a binding, an effect)."""
+        return bool(self.names or self.classes or self.effects)
+
+
+@dataclass
+class _Entry:
+    kind: str            # def | class | bind | effect
+    scope: str           # the enclosing class's qualname, "" at module level
+    qual: str            # def/class: its qualname
+    names: set[str]      # what it binds
+    refs: set[str]       # the identifiers it mentions
+    dump: str
+    line: int
+
+
+def _doc_stripped(body: list) -> list:
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        return body[1:]
+    return body
+
+
+def _dump(node) -> str:
+    return ast.dump(node, annotate_fields=False, include_attributes=False)
+
+
+class _Headers(ast.NodeTransformer):
+    """A copy with every nested function's body reduced to `pass` (its header kept)
+    and docstrings dropped."""
+
+    def __init__(self, keep_top: bool):
+        self.keep_top = keep_top   # the outermost node is the function being read
+
+    def _fn(self, node):
+        if self.keep_top:
+            self.keep_top = False
+            node.body = [self.visit(s) for s in _doc_stripped(node.body)] or [ast.Pass()]
+            node.decorator_list = []   # its header is the enclosing code's
+            return node
+        node.body = [ast.Pass()]
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = _fn
+
+    def visit_ClassDef(self, node):
+        self.keep_top = False
+        node.body = [self.visit(s) for s in _doc_stripped(node.body)] or [ast.Pass()]
+        return node
+
+
+def _copy(node):
+    import copy
+    return copy.deepcopy(node)
+
+
+def own_code(node) -> str:
+    """A function's own code, as a comparable string (see the module's docstring)."""
+    return _dump(_Headers(keep_top=True).visit(_copy(node)))
+
+
+def _header(node) -> str:
+    """A def's or a class's header: name, arguments or bases, decorators."""
+    return _dump(_header_node(node))
+
+
+def idents(node, *, annotations: bool = True) -> set[str]:
+    """The identifiers a node mentions: names, attributes, imported names, and string
+    constants that are identifiers (getattr(x, "name")); nested function bodies
+    excluded (their own code), and annotations unless `annotations`."""
+    out: set[str] = set()
+
+    def walk(n, top: bool):
+        if isinstance(n, _DEFS) and not top:
+            for d in n.decorator_list:
+                walk(d, False)
+            for d in n.args.defaults + [d for d in n.args.kw_defaults if d is not None]:
+                walk(d, False)
+            return
+        if not annotations:
+            if isinstance(n, ast.arg):
+                return
+            if isinstance(n, ast.AnnAssign):
+                walk(n.target, False)
+                if n.value is not None:
+                    walk(n.value, False)
+                return
+        if isinstance(n, ast.Name):
+            out.add(n.id)
+        elif isinstance(n, ast.Attribute):
+            out.add(n.attr)
+        elif isinstance(n, ast.alias):
+            out.add((n.asname or n.name).split(".")[0])
+            out.add(n.name.rsplit(".", 1)[-1])
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str) \
+                and n.value.isidentifier():
+            out.add(n.value)
+        for child in ast.iter_child_nodes(n):
+            if not annotations and isinstance(n, _DEFS) and child is n.returns:
+                continue
+            walk(child, False)
+
+    walk(node, True)
+    return out
+
+
+def _bound(st) -> set[str]:
+    """The names a module- or class-level binding statement binds."""
+    out: set[str] = set()
+    if isinstance(st, (*_DEFS, ast.ClassDef)):
+        return {st.name}
+    if isinstance(st, (ast.Import, ast.ImportFrom)):
+        for a in st.names:
+            out.add(a.asname or a.name.split(".")[0])
+        return out
+    targets = st.targets if isinstance(st, ast.Assign) else [st.target] \
+        if isinstance(st, (ast.AnnAssign, ast.AugAssign)) else []
+    for t in targets:
+        for n in ast.walk(t):
+            if isinstance(n, ast.Name):
+                out.add(n.id)
+            elif isinstance(n, ast.Attribute):
+                out.add(n.attr)
+    for sub in _inner(st):
+        out |= _bound(sub)
+    return out
+
+
+def _inner(st) -> list:
+    """A compound statement's statements (not inside functions)."""
+    if not isinstance(st, _COMPOUND):
+        return []
+    out = []
+    for name in ("body", "orelse", "finalbody"):
+        out += getattr(st, name, []) or []
+    for h in getattr(st, "handlers", []) or []:
+        out += h.body
+    return out
+
+
+def _is_binding(st) -> bool:
+    if isinstance(st, _BINDS):
+        return True
+    if isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant):
+        return True   # a bare string or constant: nothing runs
+    if isinstance(st, _COMPOUND):
+        return all(_is_binding(s) for s in _inner(st))
+    return False
+
+
+def _entries(body: list, scope: str, out: list[_Entry]) -> None:
+    for st in _doc_stripped(body):
+        qual = f"{scope}.{st.name}" if scope and hasattr(st, "name") else getattr(st, "name", "")
+        if isinstance(st, _DEFS):
+            out.append(_Entry("def", scope, qual, {st.name}, idents(_header_node(st)),
+                              _header(st), st.lineno))
+        elif isinstance(st, ast.ClassDef):
+            out.append(_Entry("class", scope, qual, {st.name}, idents(_header_node(st)),
+                              _header(st), st.lineno))
+            _entries(st.body, qual, out)
+        else:
+            # a compound's inner defs are entries too; the statement itself without them
+            kind = "bind" if _is_binding(st) else "effect"
+            clone = _Headers(keep_top=False).visit(_copy(st))
+            out.append(_Entry(kind, scope, "", _bound(st) if kind == "bind" else set(),
+                              idents(st), _dump(clone), st.lineno))
+
+
+def _header_node(st):
+    clone = _copy(st)
+    clone.body = [ast.Pass()]
+    return clone
+
+
+def _scopes(tree) -> dict[str, list[str]]:
+    """Each function's qualname (as Python spells it) -> its own code, per definition."""
+    found: dict[str, list[str]] = {}
+
+    def walk(node, prefix: str):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, _DEFS):
+                qual = prefix + child.name
+                found.setdefault(qual, []).append(own_code(child))
+                walk(child, qual + ".<locals>.")
+            elif isinstance(child, ast.ClassDef):
+                walk(child, prefix + child.name + ".")
+            else:
+                walk(child, prefix)
+
+    walk(tree, "")
+    return found
+
+
+def module_change(old_src: str | None, new_src: str | None) -> ModuleChange:
+    """What changed from `old_src` to `new_src` (None: the module is new, or gone).
+    SyntaxError when either does not parse."""
+    old = ast.parse(old_src) if old_src is not None else ast.Module([], [])
+    new = ast.parse(new_src) if new_src is not None else ast.Module([], [])
+    ch = ModuleChange()
+    a, b = _scopes(old), _scopes(new)
+    for qual in a.keys() | b.keys():
+        if sorted(a.get(qual, [])) != sorted(b.get(qual, [])):
+            ch.funcs.add(qual)
+    ch.gone = set(a) - set(b)
+    olds, news = [], []
+    _entries(old.body, "", olds)
+    _entries(new.body, "", news)
+    left = {}
+    for e in olds:
+        left.setdefault((e.scope, e.kind, e.dump), []).append(e)
+    changed: list[_Entry] = []
+    for e in news:
+        same = left.get((e.scope, e.kind, e.dump))
+        if same:
+            same.pop()
+        else:
+            changed.append(e)
+    changed += [e for es in left.values() for e in es]
+    for e in changed:
+        if e.kind == "def":   # a header: its callers executed the function itself
+            ch.funcs.add(e.qual)
+            if (e.qual in a) != (e.qual in b):   # a new or a deleted one: its name too
+                ch.names.add(e.qual.rsplit(".", 1)[-1])
+        elif e.kind == "class":
+            ch.classes.add(e.qual)
+            ch.names.add(e.qual.rsplit(".", 1)[-1])
+        elif e.kind == "bind":
+            ch.names |= e.names
+        else:
+            ch.effects.append(f"line {e.line}: {_first_line(e)}")
+        if e.scope and e.kind != "def":   # a class's body changed: another class object
+            ch.classes.add(e.scope)
+            ch.names.add(e.scope.rsplit(".", 1)[-1])
+    return ch
+
+
+def _first_line(e: _Entry) -> str:
+    return f"a statement with effects at import (mentions {', '.join(sorted(e.refs)[:3])})"
+
+
+# -- who uses a name -----------------------------------------------------------------------
+
+@dataclass
+class Uses:
+    """Of one file: each function's uses (qualname -> identifiers, annotations left
+    out), and its module- and class-level statements."""
+    funcs: dict[str, set[str]] = field(default_factory=dict)
+    entries: list[_Entry] = field(default_factory=list)
+
+
+def uses(source: str) -> Uses:
+    tree = ast.parse(source)
+    u = Uses()
+
+    def walk(node, prefix: str):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, _DEFS):
+                qual = prefix + child.name
+                body = ast.Module(child.body, [])
+                u.funcs.setdefault(qual, set()).update(idents(body, annotations=False))
+                walk(child, qual + ".<locals>.")
+            elif isinstance(child, ast.ClassDef):
+                walk(child, prefix + child.name + ".")
+            else:
+                walk(child, prefix)
+
+    walk(tree, "")
+    _entries(tree.body, "", u.entries)
+    return u
+
+
+@dataclass
+class Reach:
+    """Where changed names reach: (file, qualname, the name) of each function that
+    uses one, the files whose module-level effects use one, and every name reached
+    (the changed ones and what module-level bindings made from them)."""
+    funcs: list[tuple[str, str, str]] = field(default_factory=list)
+    effects: list[tuple[str, str]] = field(default_factory=list)
+    names: set[str] = field(default_factory=set)
+
+
+def reach(names: set[str], files: dict[str, Uses]) -> Reach:
+    """Follow `names` through module- and class-level bindings of `files` that use them
+    (a constant made from a changed one is changed too), to a fixpoint; then the
+    functions and module-level effects that use any."""
+    r = Reach(names=set(names))
+    grew = True
+    while grew:
+        grew = False
+        for u in files.values():
+            for e in u.entries:
+                if e.kind == "effect" or not (e.refs & r.names):
+                    continue
+                more = set(e.names) | ({e.scope.rsplit(".", 1)[-1]} if e.scope else set())
+                if more - r.names:
+                    r.names |= more
+                    grew = True
+    for path, u in sorted(files.items()):
+        for qual, used in sorted(u.funcs.items()):
+            hit = used & r.names
+            if hit:
+                r.funcs.append((path, qual, sorted(hit)[0]))
+        for e in u.entries:
+            if e.kind == "effect" and e.refs & r.names:
+                r.effects.append((path, sorted(e.refs & r.names)[0]))
+    return r
+
+
+def strings_and_imports(source: str) -> tuple[list[str], set[str]]:
+    """A file's string constants, and the module names it imports (each dotted part)."""
+    strings, imported = [], set()
+    for n in ast.walk(ast.parse(source)):
+        if isinstance(n, ast.Constant) and isinstance(n.value, str):
+            strings.append(n.value)
+        elif isinstance(n, ast.Import):
+            for a in n.names:
+                imported |= set(a.name.split("."))
+        elif isinstance(n, ast.ImportFrom):
+            imported |= set((n.module or "").split("."))
+            imported |= {a.name for a in n.names}
+    return strings, imported

@@ -1,0 +1,107 @@
+"""codechange: what a change to a module does, from its two syntax trees (fast: pure
+functions on source text), and where a name bound differently reaches; and the rules
+for files outside the package (footprints._inert, _mentioned_by)."""
+from __future__ import annotations
+
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+
+from tractor_tasks import footprints
+from tractor_tasks.codechange import module_change, reach, uses
+
+OLD = textwrap.dedent('''\
+    """The module."""
+    import os
+    try:
+        import fastjson as json
+    except ImportError:
+        json = None
+    X = 1
+
+
+    class C:
+        """A class."""
+        a = 1
+        b: int = 2
+
+        def m(self, k=1):
+            # a comment
+            return self.a + X
+
+
+    def f():
+        """Its doc."""
+        def g():
+            return 2
+        return g() + X
+''')
+
+
+@pytest.mark.parametrize("edit, funcs, names, effects", [
+    (("# a comment", "# another comment"), set(), set(), 0),
+    (('"""Its doc."""', '"""Another doc."""'), set(), set(), 0),
+    (("return g() + X", "return (g()\n            + X)"), set(), set(), 0),   # layout
+    (("return 2", "return 3"), {"f.<locals>.g"}, set(), 0),      # the nested one only
+    (("return g() + X", "return g() - X"), {"f"}, set(), 0),
+    (("X = 1", "X = 2"), set(), {"X"}, 0),
+    (("    a = 1", "    a = 5"), {"C"}, {"a", "C"}, 0),      # the class is another
+    (("b: int = 2", "b: str = 2"), {"C"}, {"b", "C"}, 0),    # a field's type (msgspec)
+    (("k=1", "k=2"), {"C.m"}, set(), 0),                    # a header: its callers ran it
+    (("json = None", "json = False"), set(), {"json"}, 0),  # a try/except of bindings
+    (("X = 1", "X = 1\nos.environ.setdefault('A', '1')"), set(), set(), 1),
+    (("import os", "import os, sys"), set(), {"os", "sys"}, 0),
+])
+def test_a_change_is_read_from_the_syntax_trees(edit, funcs, names, effects):
+    new = OLD.replace(*edit)
+    assert new != OLD
+    ch = module_change(OLD, new)
+    assert ch.funcs | ch.classes == funcs
+    assert ch.names == names
+    assert len(ch.effects) == effects
+
+
+def test_a_new_and_a_deleted_function():
+    new = OLD.replace("def f():", "def h():")
+    ch = module_change(OLD, new)
+    assert {"f", "f.<locals>.g", "h", "h.<locals>.g"} <= ch.funcs
+    assert ch.gone == {"f", "f.<locals>.g"}
+    assert module_change(None, "Y = 1\ndef k():\n    return Y\n").names == {"Y", "k"}
+
+
+def test_a_name_reaches_the_functions_that_use_it_through_module_level_bindings():
+    files = {
+        "pkg/a.py": uses("X = 1\n"),
+        "pkg/b.py": uses("from pkg.a import X\nY = X + 1\nclass S:\n    f: 'T' = Y\n"
+                         "REG = {}\nREG.update(k=Y)\n"),
+        "pkg/c.py": uses("from pkg.b import Y, S\n\ndef uses_y():\n    return Y\n\n"
+                         "def uses_s(m: X):\n    return S()\n\n"
+                         "def by_string(o):\n    return getattr(o, 'Y')\n\n"
+                         "def only_annotated(v: X) -> X:\n    z: X = 1\n    return z\n"),
+    }
+    r = reach({"X"}, files)
+    assert {"X", "Y", "S", "f"} <= r.names
+    got = {q for _, q, _ in r.funcs}
+    assert {"uses_y", "uses_s", "by_string"} <= got
+    assert "only_annotated" not in got        # annotations in a function are not run
+    assert r.effects == [("pkg/b.py", "Y")]   # REG.update(k=Y): an effect at import
+
+
+def test_files_outside_the_package():
+    target = SimpleNamespace(package="pkg", tests_dir="tests")
+    srcs = {"tests/test_docs.py": "import os\nD = os.path.join('examples', 'x')\n"
+                                  "def test_readme():\n    open('README.md')\n",
+            "tests/test_other.py": "def test_x():\n    pass\n",
+            "pkg/core.py": "X = 1\n"}
+    def sources():
+        return srcs
+    assert footprints._inert(target, "docs/guide.rst", sources).startswith("documentation")
+    assert footprints._inert(target, ".github/workflows/ci.yml", sources).startswith(
+        "the CI's configuration")
+    assert footprints._inert(target, "README.md", sources) == ""     # a test reads it
+    assert footprints._inert(target, "pyproject.toml", sources) == ""
+    assert footprints._inert(target, "pkg/notes.md", sources) == ""  # in the package
+    assert footprints._mentioned_by(target, "examples/a/b.py", sources) == ["test_docs.py"]
+    assert footprints._mentioned_by(target, "README.md", sources) == ["test_docs.py"]
+    assert footprints._mentioned_by(target, "setup.cfg", sources) == []
