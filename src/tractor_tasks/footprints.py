@@ -16,10 +16,13 @@ package-scoped fixture ran, to every later test; what a module- or class-scoped 
 to every test that ran while it lived (its first record to the later of its last
 record and the supervisor's last sight of it), and to the test in its environment.
 
-Selection (select): the diff from the base to the work tree, its hunks mapped to the
-functions they touch in the old and the new version (ast). A test is selected when its
-footprint executed one of them; a change outside any function selects the tests whose
-footprint touched the file, else the change map's tests for it, else the whole suite.
+Selection (select): the diff from the base to the work tree; a package module's change
+read from its two syntax trees (codechange.py: the functions whose own code changed,
+the names bound differently at import, the effects at import). A test is selected
+when its footprint executed a changed function, or a function that uses a name bound
+differently; an effect at import selects the tests whose footprint touched the file;
+any other file, the change map's tests for it, else the tests that name it, else the
+whole suite (documentation and .github no test names: none).
 A footprint recorded at another commit is used only while the code it executed is
 unchanged since: a test whose footprint executed code changed since is selected.
 """
