@@ -78,12 +78,13 @@ def test_a_name_reaches_the_functions_that_use_it_through_module_level_bindings(
         "pkg/c.py": uses("from pkg.b import Y, S\n\ndef uses_y():\n    return Y\n\n"
                          "def uses_s(m: X):\n    return S()\n\n"
                          "def by_string(o):\n    return getattr(o, 'Y')\n\n"
-                         "def only_annotated(v: X) -> X:\n    z: X = 1\n    return z\n"),
+                         "def only_annotated(v: X) -> X:\n    z: X = 1\n    return z\n"
+                         "def by_default(v=[Y]):\n    return v\n"),
     }
     r = reach({"X"}, files)
     assert {"X", "Y", "S", "f"} <= r.names
     got = {q for _, q, _ in r.funcs}
-    assert {"uses_y", "uses_s", "by_string"} <= got
+    assert {"uses_y", "uses_s", "by_string", "by_default"} <= got
     assert "only_annotated" not in got        # annotations in a function are not run
     assert r.effects == [("pkg/b.py", "Y")]   # REG.update(k=Y): an effect at import
 

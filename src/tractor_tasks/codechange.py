@@ -190,8 +190,10 @@ def _entries(body: list, scope: str, out: list[_Entry]) -> None:
     for st in _doc_stripped(body):
         qual = f"{scope}.{st.name}" if scope and hasattr(st, "name") else getattr(st, "name", "")
         if isinstance(st, _DEFS):
-            out.append(_Entry("def", scope, qual, {st.name}, idents(_header_node(st)),
-                              _header(st), st.lineno))
+            # its defaults and decorators (its annotations change no call)
+            out.append(_Entry("def", scope, qual, {st.name},
+                              idents(_header_node(st), annotations=False), _header(st),
+                              st.lineno))
         elif isinstance(st, ast.ClassDef):
             out.append(_Entry("class", scope, qual, {st.name}, idents(_header_node(st)),
                               _header(st), st.lineno))
@@ -320,15 +322,16 @@ class Reach:
 def reach(names: set[str], files: dict[str, Uses]) -> Reach:
     """Follow `names` through module- and class-level bindings of `files` that use them
     (a constant made from a changed one is changed too), to a fixpoint; then the
-    functions and module-level effects that use any."""
+    functions that use any (in their body, or in a default or decorator of their
+    header) and the module-level effects that do."""
     r = Reach(names=set(names))
     grew = True
     while grew:
         grew = False
         for u in files.values():
             for e in u.entries:
-                if e.kind == "effect" or not (e.refs & r.names):
-                    continue
+                if e.kind in ("effect", "def") or not (e.refs & r.names):
+                    continue   # a def header that uses one: its calls (below)
                 more = set(e.names) | ({e.scope.rsplit(".", 1)[-1]} if e.scope else set())
                 if more - r.names:
                     r.names |= more
@@ -339,8 +342,15 @@ def reach(names: set[str], files: dict[str, Uses]) -> Reach:
             if hit:
                 r.funcs.append((path, qual, sorted(hit)[0]))
         for e in u.entries:
-            if e.kind == "effect" and e.refs & r.names:
-                r.effects.append((path, sorted(e.refs & r.names)[0]))
+            hit = sorted(e.refs & r.names)
+            if not hit:
+                continue
+            if e.kind == "effect":
+                r.effects.append((path, hit[0]))
+            elif e.kind in ("def", "class"):
+                # a default, a decorator, a base evaluated at import: every call of the
+                # function (every method of the class) sees it
+                r.funcs.append((path, e.qual, hit[0]))
     return r
 
 

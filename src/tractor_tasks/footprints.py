@@ -618,36 +618,9 @@ def select(target, history, base: str | None, to: str | None = None,
             cache["all"] = _sources(target, to)
         return cache["all"]
 
-    reached = _reach(target, sel.units, sources()) if any(u.names for u in sel.units) \
-        else None
-    tests_top = target.tests_dir.rstrip("/") + "/"
-    by_name = {}
-    if reached is not None:
-        origin = {n: u.file for u in sel.units for n in u.names}
-        for f, q, name in reached.funcs:
-            by_name.setdefault(f, []).append((q, name, origin.get(name)))
-        for f, name in reached.effects:   # a module body that uses one: the file's rule
-            sel.notes.append(f"{f}: a module-level statement with effects uses {name}, "
-                             "bound differently: every test that ran code of it")
-    effect_files = {f for f, _ in reached.effects} if reached is not None else set()
-
-    def via_names(nodeid: str, fp: Footprint) -> str | None:
-        test_file = nodeid.split("::")[0]
-        for q, name, where in by_name.get(test_file, ()):
-            return (f"its file uses {name} ({test_file}:{q}), bound differently at "
-                    f"import{f' in {where}' if where else ''}")
-        for f, found in by_name.items():
-            if f.startswith(tests_top):
-                continue
-            for q, name, where in found:
-                hit = fp.executed(f, q)
-                if hit:
-                    return (f"executed {f}:{q} {_where(hit[1])}, which uses {name} (bound "
-                            f"differently at import{f' in {where}' if where else ''})")
-        for f in effect_files:
-            if f in fp.files:
-                return f"ran code of {f}, whose module body uses a name bound differently"
-        return None
+    names_now = _Names(target, sel.units, sources)
+    sel.notes += names_now.notes
+    names_then: dict[str, _Names] = {}
 
     for nodeid, cell, commit, fp in sorted(prints, key=lambda r: (r[0], r[1])):
         touched |= fp.files
@@ -660,10 +633,9 @@ def select(target, history, base: str | None, to: str | None = None,
                     sel.select(nodeid, f"executed {u.file}:{hit[0]} {_where(hit[1])}")
             elif not u.names and u.file in fp.files:
                 sel.select(nodeid, f"ran code of {u.file} ({u.why})")
-        if by_name or effect_files:
-            why = via_names(nodeid, fp)
-            if why:
-                sel.select(nodeid, why)
+        why = names_now.why(nodeid, fp)
+        if why:
+            sel.select(nodeid, why)
         if commit == rev:
             continue
         stale = changed_since(commit)
@@ -672,11 +644,16 @@ def select(target, history, base: str | None, to: str | None = None,
                                "checkout" if commit else "its footprint has no commit")
             continue
         test_file = nodeid.split("::")[0]
+        if commit not in names_then:
+            names_then[commit] = _Names(target, stale, sources)
+        why = names_then[commit].why(nodeid, fp)
+        if why:
+            sel.select(nodeid, f"its footprint (at {commit[:10]}) predates a change: {why}")
         for u in stale:
             if u.qual is not None and fp.executed(u.file, u.qual):
                 sel.select(nodeid, f"its footprint (at {commit[:10]}) executed "
                                    f"{u.file}:{u.qual}, changed since")
-            elif u.qual is None and (u.file in fp.files or u.file == test_file or (
+            elif u.qual is None and not u.names and (u.file in fp.files or u.file == test_file or (
                     Path(u.file).name == "conftest.py" and
                     test_file.startswith(str(Path(u.file).parent) + "/"))):
                 sel.select(nodeid, f"its footprint (at {commit[:10]}) predates a change "
@@ -761,6 +738,48 @@ def _mentioned_by(target, path: str, sources) -> list[str]:
 def under_tests_word(target, f: str) -> str:
     from .target import under_tests
     return under_tests(f, target.tests_dir) or f
+
+
+class _Names:
+    """Where the names some units bind differently reach (codechange.reach), and why a
+    footprint sees them: it executed a function that uses one, its test file uses one,
+    or it ran code of a file whose module-level effect uses one."""
+
+    def __init__(self, target, units: list[Unit], sources):
+        self.tests_top = target.tests_dir.rstrip("/") + "/"
+        self.by_file: dict[str, list[tuple[str, str, str | None]]] = {}
+        self.effects: set[str] = set()
+        self.notes: list[str] = []
+        reached = _reach(target, units, sources()) if any(u.names for u in units) else None
+        if reached is None:
+            return
+        origin = {n: u.file for u in units for n in u.names}
+        for f, q, name in reached.funcs:
+            self.by_file.setdefault(f, []).append((q, name, origin.get(name)))
+        for f, name in reached.effects:   # a module body that uses one: the file's rule
+            self.effects.add(f)
+            self.notes.append(f"{f}: a module-level statement with effects uses {name}, "
+                              "bound differently: every test that ran code of it")
+
+    def why(self, nodeid: str, fp: Footprint) -> str | None:
+        if not (self.by_file or self.effects):
+            return None
+        test_file = nodeid.split("::")[0]
+        for q, name, where in self.by_file.get(test_file, ())[:1]:
+            return (f"its file uses {name} ({test_file}:{q}), bound differently at "
+                    f"import{f' in {where}' if where else ''}")
+        for f, found in self.by_file.items():
+            if f.startswith(self.tests_top):
+                continue
+            for q, name, where in found:
+                hit = fp.executed(f, q)
+                if hit:
+                    return (f"executed {f}:{q} {_where(hit[1])}, which uses {name} (bound "
+                            f"differently at import{f' in {where}' if where else ''})")
+        for f in sorted(self.effects):
+            if f in fp.files:
+                return f"ran code of {f}, whose module body uses a name bound differently"
+        return None
 
 
 def _covers(target, word: str, test_file: str) -> bool:
