@@ -291,6 +291,11 @@ def test_invoke_list_and_help_read_whole(tmp_path):
     dry = invoke("test", "test_local.py", "--isolate-net", "--dry-run",
                  root=copy_sample(tmp_path / "s"))
     assert dry.returncode == 0, dry.stderr   # still accepted, as the README says
+    # a task whose first argument is positional: invoke hands it `--help` as the value
+    for task in ("ci-report", "history"):
+        shown = invoke(task, "--help")
+        assert shown.returncode == 0 and shown.stdout.startswith(
+            f"Usage: inv[oke] [--core-opts] {task} "), (task, shown.stdout, shown.stderr)
 
 
 @pytest.mark.slow

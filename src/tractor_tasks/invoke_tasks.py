@@ -38,6 +38,16 @@ def _guard(fn, needs_stdout=False):
             raise Exit(f"error: stdout is closed; `invoke {fn.__name__.replace('_', '-')}` "
                        f"writes its answer there: give it one (e.g. > {MATRIX_FILE})", code=2)
         guard_std_fds()  # `invoke test >&-`: /dev/null in place of a closed stdout
+        if any(a in ("-h", "--help") for a in [*args, *kwargs.values()]
+               if isinstance(a, str)):
+            # invoke gives a task's positional argument the next word, `--help` too
+            import subprocess
+            import sys
+            name = fn.__name__.replace("_", "-")
+            argv = sys.argv[1:]
+            core = argv[:argv.index(name)] if name in argv else []   # -r DIR, -f FILE, ...
+            raise Exit(code=subprocess.run([sys.executable, "-m", "invoke", *core, "--help",
+                                            name]).returncode)
         try:
             return fn(c, *args, **kwargs)
         except TaskError as err:
