@@ -98,3 +98,18 @@ def test_every_option_declares_a_known_kind_and_a_real_field():
     assert RunOptions.parse({}) == RunOptions()
     assert cell_options(["--cell-timeout=30", "--max-hangs", "1", "-k", "y"], env={}) == \
         RunOptions(timeout=30.0, max_hangs=1, exitfirst=False, extra=["-k", "y"])
+
+
+@pytest.mark.parametrize("value, ok", [("0", True), ("100", True), ("101", False),
+                                       ("100000", False)])
+def test_a_run_count_past_a_hundred_is_a_typo(value, ok):
+    """--confirm 100000 would re-run each failure that often (the verdict's time bound
+    only ends it): refused, one line, exit 2."""
+    from tractor_tasks.errors import TaskError
+    if ok:
+        assert RunOptions.parse({"confirm": value}).confirm == int(value)
+        return
+    with pytest.raises(TaskError) as err:
+        RunOptions.parse({"confirm": value})
+    assert err.value.code == 2
+    assert str(err.value) == f"error: --confirm must be a whole number from 0 to 100, got '{value}'"

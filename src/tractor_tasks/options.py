@@ -63,14 +63,25 @@ def seconds(name: str, value, *, allow_zero: bool = False) -> float | None:
     return n
 
 
-def count(name: str, value, least: int = 0) -> int | None:
-    """A whole number, `least` or more: one message for every value refused (0, -1, x)."""
+MAX_COUNT = 100   # re-runs of each failure, hangs to resume after: past it is a typo
+
+
+def count(name: str, value, least: int = 0, most: int | None = None) -> int | None:
+    """A whole number, `least` or more (and `most` or less): one message for every
+    value refused (0, -1, x, 100000)."""
     if value is None:
         return None
     text = str(value)
     if not (text.isascii() and text.isdigit()) or int(text) < least:
         raise usage(f"{name} must be a whole number ({least} or more), got {value!r}")
+    if most is not None and int(text) > most:
+        raise usage(f"{name} must be a whole number from {least} to {most}, got {value!r}")
     return int(text)
+
+
+def run_count(name: str, value) -> int | None:
+    """A run option's count (re-runs of each failure, hangs to resume after)."""
+    return count(name, value, most=MAX_COUNT)
 
 
 MAX_SHARDS = 256  # GitHub's limit of jobs per matrix, and far more than cores
@@ -119,7 +130,7 @@ KINDS = {
     "flag": flag,
     "seconds": seconds,
     "bound": lambda name, value: seconds(name, value, allow_zero=True),
-    "count": count,
+    "count": run_count,
     "shards": shards,
     "shard": shard,
 }
