@@ -188,6 +188,14 @@ def test_a_bad_matrix_is_one_line_exit_2(tmp_path):
         report_dir(arts, warn=lambda line: None)
     assert err.value.code == 2 and "not a CI matrix" in str(err.value)
     assert "\n" not in str(err.value)
+    # a job twice: two artifacts under one name, not what `invoke ci-matrix` prints
+    row = {"session": TCP, "shard": 1, "of": 2}
+    (arts / "matrix.json").write_text(json.dumps({"include": [row, dict(row)]}))
+    with pytest.raises(TaskError) as err:
+        report_dir(arts, warn=lambda line: None)
+    assert err.value.code == 2 and str(err.value).endswith(
+        f"is not a CI matrix ({TCP} shard 1/2 is in it twice); pass the output of "
+        "`invoke ci-matrix` (the matrix job's) with --matrix"), str(err.value)
 
 
 def _hist(path, cell, t, nodeid="tests/test_a.py::t", run_id=None):

@@ -114,6 +114,11 @@ def load_matrix(path: Path) -> list[Job]:
                 or not 1 <= shard <= of:
             raise bad(f"shard {shard!r} of {of!r} in {row['session']}")
         jobs.append(Job(row["session"], f"{shard}/{of}"))
+    seen: set = set()
+    for j in jobs:
+        if j in seen:   # two jobs would upload under one name: not what ci-matrix prints
+            raise bad(f"{j.label} is in it twice")
+        seen.add(j)
     return jobs
 
 
