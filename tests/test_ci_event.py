@@ -426,3 +426,24 @@ def test_a_published_tip_is_green_and_a_local_commit_on_main_without_a_remote_is
     assert res.returncode == 1, res.stdout + res.stderr
     assert classes(origin) == {"test_uses_registry": "regression", "test_old_bug": "pre-existing"}
     assert outcome_of(origin)["verdict"]["baseline"]["label"] == "HEAD~1"
+
+
+@pytest.mark.parametrize("content, why", [(None, "No such file or directory"),
+                                          ("{not json", "not JSON"), ("[1, 2]",
+                                                                      "not a JSON object")])
+def test_an_event_file_that_cannot_be_read_is_named_not_head(tmp_path, content, why):
+    """A missing or garbled $GITHUB_EVENT_PATH: the local rule, and the note names the
+    file and why, never "HEAD is neither the pull request's merge commit nor its head"."""
+    path = tmp_path / "event.json"
+    if content is not None:
+        path.write_text(content)
+    d = ci_event.baseline_of(gh("pull_request", GITHUB_EVENT_PATH=str(path)), None,
+                             FakeGit(GRAPH, "M"))
+    assert d.local and d.commit is None
+    assert d.note == (f"verdict: the event file $GITHUB_EVENT_PATH ({path}) could not be "
+                      f"read ({why}); the local rule chooses the baseline")
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(pr_event()))
+    ok = ci_event.baseline_of(gh("pull_request", GITHUB_EVENT_PATH=str(good)), None,
+                              FakeGit(GRAPH, "M"))
+    assert ok.commit == "m3" and not ok.note

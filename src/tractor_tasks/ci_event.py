@@ -83,22 +83,37 @@ def detect(env) -> str | None:
 
 def read_event(env) -> dict:
     """The GitHub event payload at GITHUB_EVENT_PATH ({} when absent or unreadable)."""
+    return _event_file(env)[0]
+
+
+def _event_file(env) -> tuple[dict, str]:
+    """(the payload, why it could not be read: "" when it was, or none is set)."""
     path = env.get("GITHUB_EVENT_PATH")
     if not path:
-        return {}
+        return {}, ""
     from .fsutil import read_bounded
     try:   # a FIFO or /dev/zero there never blocks nor fills memory (a regular file, capped)
         data = json.loads(read_bounded(path, follow=True))
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    except OSError as err:
+        return {}, err.strerror or str(err)
+    except (ValueError, RecursionError):
+        return {}, "not JSON"
+    return (data, "") if isinstance(data, dict) else ({}, "not a JSON object")
 
 
 def baseline_of(env, event: dict | None, git: Git) -> Decision | None:
     """The CI event's baseline (see the module's docstring); None outside CI."""
     ci = detect(env)
     if ci == "github":
-        return _github(env, event if event is not None else read_event(env), git)
+        if event is None:
+            event, problem = _event_file(env)
+            if problem:   # the file is at fault, never HEAD: say which and why
+                from .fsutil import shown
+                return Decision(ci="GitHub", event=env.get("GITHUB_EVENT_NAME", ""),
+                                local=True, note="verdict: the event file $GITHUB_EVENT_PATH "
+                                f"({shown(env['GITHUB_EVENT_PATH'])}) could not be read "
+                                f"({problem}); the local rule chooses the baseline")
+        return _github(env, event, git)
     if ci == "gitlab":
         return _gitlab(env, git)
     return None
