@@ -299,6 +299,20 @@ def test_footprint_from_an_older_commit_is_not_used_for_code_changed_since(recor
     assert got["test_sub_crunch"] == (f"its footprint (at {head[:10]}) executed "
                                       "sample_actors/_work.py:crunch, changed since")
     assert "test_killed_child" in got and "test_no_crunch" not in got
+    # C2' binds LIMIT differently (module level); now spare changes: the footprints at
+    # C1 count only where LIMIT is not used (spare's test), not for helper's users
+    _edit(recorded, "sample_actors/_work.py", "LIMIT = 10", "LIMIT = 12")
+    _git(recorded, "commit", "-qam", "a new limit")
+    try:
+        _edit(recorded, "sample_actors/_work.py", "    return n\n", "    return n + 0\n")
+        got = _selected(_affected(recorded))
+    finally:
+        _reset(recorded)
+        _git(recorded, "reset", "-q", "--hard", head)
+    assert got["test_sub_crunch"].startswith(f"its footprint (at {head[:10]}) predates a "
+                                             "change: executed sample_actors/_work.py:helper")
+    assert set(got) == {"test_sub_crunch", "test_forked", "test_killed_child",
+                        "test_isolated"}, got
 
 
 @pytest.mark.slow
