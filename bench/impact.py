@@ -14,8 +14,10 @@ selection holds / the failing tests. A selection must hold every one (recall 100
 footprints from one recorded full run (`invoke test --no-x` there, at an earlier
 commit). For each of its last N commits that change the package, the selection
 from the commit's parent to it is computed from git objects alone: the share of the
-suite's recorded time it selects (median and p90), and how many commits fell back
-to the whole suite and why.
+suite's recorded time it selects (the change map's and the naming tests' files
+counted whole; median and p90), and how many commits fell back to the whole suite
+and why. What a replay cannot do: import the commit's modules (`affected` checks
+that a changed module still imports; these commits are history, they did).
 """
 from __future__ import annotations
 
@@ -114,17 +116,24 @@ def replay(args) -> None:
                "--", pkg).split()
     shares, whole = [], []
     known = sorted({n for n, _, _, _ in prints})
+    from tractor_tasks.footprints import _covers
     for sha in shas:
         sel = select(target, history, f"{sha}^", to=sha, prints=prints)
         if sel.whole:
             whole.append(f"{sha[:10]}: {sel.whole}")
             shares.append(1.0)
+            print(f"{sha[:10]}: the whole suite ({sel.whole})", flush=True)
             continue
-        picked, total = share(history, sorted(sel.reasons), known)
-        extra = " (+ change map)" if sel.words else ""
+        # the tests of the files the change map (or a test naming the file) runs whole
+        # count too
+        mapped = {n for n in known if any(_covers(target, w, n.split("::")[0])
+                                          for w in sel.words)}
+        picked, total = share(history, sorted(set(sel.reasons) | mapped), known)
         shares.append(picked / total if total else 0.0)
-        print(f"{sha[:10]}: {len(sel.reasons)} test(s), {100 * shares[-1]:.1f}% of the "
-              f"time{extra}", flush=True)
+        units = ", ".join(sorted({u.file.rsplit("/", 1)[-1] for u in sel.units}))[:60]
+        print(f"{sha[:10]}: {len(set(sel.reasons) | mapped)} test(s), "
+              f"{100 * shares[-1]:.1f}% of the time ({units or 'no code change'})"
+              + (f" (+ {' '.join(sel.words)})" if sel.words else ""), flush=True)
     if not shares:
         print("no commit changes the package")
         return
