@@ -128,30 +128,107 @@ def refuse_process(refusals: Refusals, what: str, argv=None):
                          f"process boundary or mark the test @pytest.mark.slow")
 
 
+# libc functions that start a process, refused when looked up through ctypes
+_LIBC_STARTERS = frozenset(_STARTERS) | {
+    "vfork", "_Fork", "__fork", "clone", "clone3", "fexecve", "execveat", "posix_spawn",
+    "posix_spawnp", "popen", "system"}
+
+
+class _Guard:
+    """The patches that refuse a process start, for one fast test: armed when pytest
+    begins setting the test up (pytest_runtest_setup below), so a module- or
+    session-scoped fixture set up on its behalf meets them too; disarmed when its
+    function-scoped fixtures are torn down (a wider fixture's teardown may belong to a
+    slow test that set it up).
+
+    Seen: subprocess.Popen (asyncio's and trio's too), subprocess's own _fork_exec,
+    _posixsubprocess.fork_exec (multiprocessing), os's and posix's fork/exec*/spawn*/
+    posix_spawn*/system/popen, and ctypes lookups of libc's starters (CDLL(...).fork or
+    ["system"]: refused at the lookup, before any call).
+    Unseen: a function bound before the test began (`from os import fork` at import,
+    a CDLL whose `fork` was looked up and cached on it earlier, a _FuncPtr built by
+    address), cffi, and C extensions that fork in C."""
+
+    def __init__(self):
+        self.refusals = Refusals()
+        self.owned = False   # the guard fixture took over disarming
+        self._patches = pytest.MonkeyPatch()
+
+    def _refuser(self, what: str, argv_of=lambda args: None):
+        return lambda *a, **k: refuse_process(self.refusals, what, argv_of(a))
+
+    def arm(self) -> None:
+        import _posixsubprocess
+        import ctypes
+        import posix
+        refusals, mp = self.refusals, self._patches
+
+        def popen_init(self, args=None, *rest, **kw):
+            refuse_process(refusals, "subprocess.Popen",
+                           args if args is not None else kw.get("args"))
+
+        mp.setattr(subprocess.Popen, "__init__", popen_init)
+        for module in (os, posix):
+            for name in _STARTERS:
+                if hasattr(module, name):
+                    mp.setattr(module, name, self._refuser(
+                        f"{module.__name__}.{name}", lambda a, _n=name: _argv_of(_n, a)))
+        mp.setattr(_posixsubprocess, "fork_exec", self._refuser(
+            "_posixsubprocess.fork_exec", lambda a: a[:1]))
+        if hasattr(subprocess, "_fork_exec"):
+            mp.setattr(subprocess, "_fork_exec", self._refuser(
+                "subprocess._fork_exec", lambda a: a[:1]))
+        lookup = ctypes.CDLL.__getitem__
+
+        def cdll_getitem(lib, name_or_ordinal):
+            if name_or_ordinal in _LIBC_STARTERS:
+                refuse_process(refusals, f"ctypes lookup of {name_or_ordinal}")
+            return lookup(lib, name_or_ordinal)
+
+        mp.setattr(ctypes.CDLL, "__getitem__", cdll_getitem)   # CDLL.__getattr__ calls it
+
+    def disarm(self) -> None:
+        self._patches.undo()   # a second undo does nothing
+
+
+_GUARD = pytest.StashKey[_Guard]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    """Arm the guard for a fast test before pytest sets up any of its fixtures: those of
+    a wider scope come first, before any function-scoped (autouse included) one."""
+    if not item.get_closest_marker("slow"):
+        guard = item.stash[_GUARD] = _Guard()
+        guard.arm()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    guard = item.stash.get(_GUARD, None)
+    if guard is not None and not guard.owned:
+        guard.disarm()   # its setup failed before the guard fixture: nothing to watch
+    try:
+        return (yield)
+    finally:
+        if guard is not None:
+            guard.disarm()
+
+
 @pytest.fixture(autouse=True)
-def _no_process_in_the_fast_tier(request, monkeypatch):
-    """A test not marked slow that starts a process (git included) fails loudly: through
-    subprocess (asyncio's and trio's go there too), os.fork/exec*/spawn*/system/popen,
-    or the fork_exec that multiprocessing calls."""
-    refusals = Refusals()
-    if request.node.get_closest_marker("slow"):
-        yield refusals
+def _no_process_in_the_fast_tier(request):
+    """A test not marked slow that starts a process (git included) fails loudly, and so
+    does one whose fixtures (of any scope, set up for it) start one: the refusals, which
+    the guard (armed in pytest_runtest_setup) keeps, are checked at this teardown."""
+    guard = request.node.stash.get(_GUARD, None)
+    if guard is None:   # a slow test
+        yield Refusals()
         return
-
-    def popen_init(self, args=None, *rest, **kw):
-        refuse_process(refusals, "subprocess.Popen",
-                       args if args is not None else kw.get("args"))
-
-    monkeypatch.setattr(subprocess.Popen, "__init__", popen_init)
-    for name in _STARTERS:
-        if hasattr(os, name):
-            monkeypatch.setattr(os, name, lambda *a, _n=name, **k: refuse_process(
-                refusals, f"os.{_n}", _argv_of(_n, a)))
-    import _posixsubprocess
-    monkeypatch.setattr(_posixsubprocess, "fork_exec", lambda *a, **k: refuse_process(
-        refusals, "_posixsubprocess.fork_exec", a[:1]))
-    yield refusals
-    refusals.check()
+    guard.owned = True
+    yield guard.refusals
+    guard.disarm()
+    guard.refusals.check()
 
 
 @pytest.fixture
