@@ -7,8 +7,9 @@
   never replaced; for the run's own files (`replace_link`) a planted link or FIFO is
   replaced by the rename (the link itself, never what it points at). Every file the
   tool writes goes through this module (tests/test_rundirs.py fails on a write_text,
-  json.dump or open-for-writing anywhere else in src/), but for the history's SQLite
-  file, which sqlite writes: no fixed-name temp files.
+  json.dump, open-for-writing (a Path's too), touch, os.open with a writing flag or
+  shutil copy/move anywhere else in src/, but for its ALLOWED_WRITES, each with why:
+  the history's SQLite file, which sqlite writes, among them): no fixed-name temp files.
 - open_lock(), append_text(): a lock file (never through a planted link), and the one
   append to a file of someone else's ($GITHUB_STEP_SUMMARY).
 - read_bounded(): an artifact (outcome.json, junit.xml, a durations file) read without
