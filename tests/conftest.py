@@ -147,7 +147,9 @@ class _Guard:
     ["system"]: refused at the lookup, before any call).
     Unseen: a function bound before the test began (`from os import fork` at import,
     a CDLL whose `fork` was looked up and cached on it earlier, a _FuncPtr built by
-    address), cffi, and C extensions that fork in C."""
+    address), libc's syscall() given fork's or clone's number, cffi, C extensions that
+    fork in C, and a process a test module starts when imported (at collection: none
+    does today)."""
 
     def __init__(self):
         self.refusals = Refusals()
