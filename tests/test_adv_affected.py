@@ -1,0 +1,201 @@
+"""Adversarial recall checks for `invoke affected`'s change reading (fast: pure
+functions on source text). Each case is a small, realistic edit that makes some code
+behave differently (shown by running both versions here), and asserts that the rules
+(codechange.module_change / reach, footprints._Names) see it: a change that runs
+differently must never be read as "no change", and the names it rebinds must reach
+the code that can observe them."""
+from __future__ import annotations
+
+import sys
+import textwrap
+import types
+from types import SimpleNamespace
+
+import pytest
+
+from tractor_tasks.codechange import module_change, reach, uses
+from tractor_tasks.footprints import Footprint, Unit, _Names
+
+
+def _run(src: str) -> dict:
+    """Run a module's source as a module of its own (not inheriting this file's
+    `from __future__` flags); its namespace."""
+    mod = types.ModuleType("adv_mod")
+    sys.modules["adv_mod"] = mod
+    try:
+        exec(compile(textwrap.dedent(src), "adv_mod.py", "exec", dont_inherit=True),
+             mod.__dict__)
+    finally:
+        sys.modules.pop("adv_mod", None)
+    return mod.__dict__
+
+
+def _seen(ch) -> bool:
+    return bool(ch.funcs or ch.classes or ch.names or ch.effects)
+
+
+# -- the order of statements is code ---------------------------------------------------
+
+FIELDS_OLD = """
+from dataclasses import dataclass
+
+@dataclass
+class Spec:
+    name: str
+    uid: int = 0
+"""
+FIELDS_NEW = FIELDS_OLD.replace("    name: str\n    uid: int = 0\n",
+                                "    uid: int = 0\n    name: str\n")
+
+
+def test_moving_a_field_is_a_change_of_the_class():
+    """Swapping two fields of a dataclass (a msgspec Struct alike) changes the class:
+    here its import fails (a field without a default after one with it); with two
+    plain fields, positional construction and `match` patterns change. The rules read
+    it as "only layout; nothing to run" (and so never run the import check)."""
+    assert _run(FIELDS_OLD)["Spec"]("a").name == "a"
+    with pytest.raises(TypeError):
+        _run(FIELDS_NEW)
+    ch = module_change(textwrap.dedent(FIELDS_OLD), textwrap.dedent(FIELDS_NEW))
+    assert "Spec" in ch.classes and "Spec" in ch.names
+
+
+def test_moving_a_binding_below_its_use_is_a_change():
+    old, new = "LIMIT = 4\nHALF = LIMIT // 2\n", "HALF = LIMIT // 2\nLIMIT = 4\n"
+    assert _run(old)["HALF"] == 2
+    with pytest.raises(NameError):
+        _run(new)
+    ch = module_change(old, new)
+    assert _seen(ch) and ch.import_time
+
+
+def test_moving_a_def_below_a_module_level_call_is_a_change():
+    old = "def _default():\n    return 3\n\nTIMEOUT = _default()\n"
+    new = "TIMEOUT = _default()\n\ndef _default():\n    return 3\n"
+    with pytest.raises(NameError):
+        _run(new)
+    assert _seen(module_change(old, new))
+
+
+def test_swapping_the_bodies_of_a_conditional_definition_is_a_change():
+    old = textwrap.dedent("""
+        import sys
+        if sys.platform != "no-such-os":
+            def backend():
+                return "fork"
+        else:
+            def backend():
+                return "spawn"
+    """)
+    new = old.replace('"fork"', '"TMP"').replace('"spawn"', '"fork"').replace('"TMP"', '"spawn"')
+    assert _run(old)["backend"]() != _run(new)["backend"]()
+    ch = module_change(old, new)
+    assert "backend" in ch.funcs
+
+
+def test_swapping_two_definitions_of_one_method_is_a_change():
+    """The last `def` of a name wins: which one is last is code."""
+    old = textwrap.dedent("""
+        class Chan:
+            def send(self):
+                return "old"
+
+            def send(self):
+                return "new"
+    """)
+    new = old.replace('"old"', '"TMP"').replace('"new"', '"old"').replace('"TMP"', '"new"')
+    assert _run(old)["Chan"]().send() != _run(new)["Chan"]().send()
+    assert "Chan.send" in module_change(old, new).funcs
+
+
+# -- a method added to a class changes what its instances do ---------------------------
+
+def test_a_new_dunder_method_reaches_the_code_that_makes_instances():
+    """A new `__post_init__` (or `__eq__`: instances no longer hashable) runs for every
+    instance, called by no code that names it: the code that creates instances (by the
+    class's name) is what can see it. Today only users of the name `__post_init__`
+    are looked for."""
+    old = textwrap.dedent("""
+        from dataclasses import dataclass
+
+        @dataclass
+        class Addr:
+            port: int
+    """)
+    new = old + "\n    def __post_init__(self):\n        assert self.port > 0\n"
+    assert _run(old)["Addr"](0).port == 0
+    with pytest.raises(AssertionError):
+        _run(new)["Addr"](0)
+    ch = module_change(old, new)
+    files = {"pkg/addr.py": uses(new),
+             "pkg/use.py": uses("from pkg.addr import Addr\n\n"
+                                "def any_port():\n    return Addr(0)\n")}
+    got = {(f, q) for f, q, _ in reach(ch.names, files).funcs}
+    assert ("pkg/use.py", "any_port") in got
+
+
+def test_a_new_eq_makes_instances_unhashable_and_reaches_their_makers():
+    old = "class Aid:\n    def __init__(self, uid):\n        self.uid = uid\n"
+    new = old + "\n    def __eq__(self, other):\n        return self.uid == other.uid\n"
+    assert {_run(old)["Aid"](1)}
+    with pytest.raises(TypeError):
+        {_run(new)["Aid"](1)}
+    ch = module_change(old, new)
+    files = {"pkg/aid.py": uses(new),
+             "pkg/reg.py": uses("from pkg.aid import Aid\n\n"
+                                "def register(peers, uid):\n    peers.add(Aid(uid))\n")}
+    got = {(f, q) for f, q, _ in reach(ch.names, files).funcs}
+    assert ("pkg/reg.py", "register") in got
+
+
+# -- a compiler flag changes every function of the module ------------------------------
+
+def test_a_future_import_is_a_change_to_the_whole_module():
+    """`from __future__ import annotations` turns every annotation of the module into a
+    string (what `typing.get_type_hints`, `inspect.get_annotations(eval_str=True)` in
+    tractor's `@context`, msgspec and dataclasses read). Today it is a binding of the
+    name `annotations`, which no code uses: nothing is selected."""
+    old = "import typing\n\ndef ep(ctx: typing.Any) -> int:\n    return 1\n"
+    new = "from __future__ import annotations\n" + old
+    assert _run(old)["ep"].__annotations__ != _run(new)["ep"].__annotations__
+    ch = module_change(old, new)
+    assert ch.effects or "ep" in ch.funcs
+
+
+# -- tests' own helpers and module-level code ------------------------------------------
+
+def _names_why(files: dict[str, str], units: list[Unit], nodeid: str) -> str | None:
+    target = SimpleNamespace(tests_dir="tests", package="pkg")
+    return _Names(target, units, lambda: files).why(nodeid, Footprint())
+
+
+CHANGED = [Unit("pkg/consts.py", None, "names bound differently at import: REG_PORT",
+                ("REG_PORT",))]
+
+
+def test_a_conftest_fixture_that_uses_a_changed_name_selects_the_tests_under_it():
+    """A fixture in tests/conftest.py reads a package constant (a default port, a
+    path): the tests it serves run that code in pytest, which no footprint records
+    (only the package's files are). Today only the test's own file is looked at."""
+    files = {
+        "pkg/consts.py": "REG_PORT = 1616\n",
+        "tests/conftest.py": "import pytest\nfrom pkg.consts import REG_PORT\n\n"
+                             "@pytest.fixture\ndef reg_addr():\n"
+                             "    return ('127.0.0.1', REG_PORT)\n",
+        "tests/test_discovery.py": "def test_find(reg_addr):\n    assert reg_addr\n",
+    }
+    assert _names_why(files, CHANGED, "tests/test_discovery.py::test_find")
+
+
+def test_a_test_modules_own_module_level_use_of_a_changed_name_selects_its_tests():
+    """`pytestmark = skipif(... pkg.HAS_UDS ...)` or a parametrize list built at the
+    test module's top: the module-level statement of a test file runs at collection,
+    which no footprint records."""
+    files = {
+        "pkg/consts.py": "REG_PORT = 1616\n",
+        "tests/test_ports.py": "import pytest\nfrom pkg import consts\n\n"
+                               "pytestmark = pytest.mark.skipif(consts.REG_PORT < 1024,"
+                               " reason='privileged')\n\n"
+                               "def test_bind():\n    pass\n",
+    }
+    assert _names_why(files, CHANGED, "tests/test_ports.py::test_bind")
