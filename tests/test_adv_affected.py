@@ -199,3 +199,41 @@ def test_a_test_modules_own_module_level_use_of_a_changed_name_selects_its_tests
                                "def test_bind():\n    pass\n",
     }
     assert _names_why(files, CHANGED, "tests/test_ports.py::test_bind")
+
+
+def test_a_test_helper_that_does_not_parse_here_counts_as_using_every_name():
+    """tractor's tests/devx/conftest.py uses a 3.12 `type` statement: below 3.12 it does
+    not parse, and its uses were silently skipped."""
+    files = {
+        "pkg/consts.py": "REG_PORT = 1616\n",
+        "tests/devx/conftest.py": "type Spawner = int\nfrom pkg.consts import REG_PORT\n"
+                                  "def (:\n",
+        "tests/devx/test_debugger.py": "def test_pause():\n    pass\n",
+    }
+    assert _names_why(files, CHANGED, "tests/devx/test_debugger.py::test_pause")
+    assert not _names_why(files, CHANGED, "tests/test_other.py::test_x")
+
+
+# -- and what stays unselected (the fixes above cost no precision here) -----------------
+
+def test_functions_only_moved_are_no_change_unless_import_time_code_uses_them():
+    a = "def helper():\n    return 1\n\n"
+    b = "def api():\n    return helper()\n\n"
+    assert not _seen(module_change(a + b, b + a))    # bodies read globals when called
+    dec = "@helper\ndef api():\n    pass\n\n"         # a decorator runs at import
+    assert "api" in module_change(a + dec, dec + a).funcs
+
+
+def test_one_name_of_a_multi_name_import_reaches_only_its_own_binding():
+    """`from ._trace import (_pause_msg as _pause_msg, pause as pause, ...)` in a package
+    `__init__`: a changed `_pause_msg` is not a changed `pause` (on tractor the whole
+    statement's names were followed, then everything that imports them: ~290 names)."""
+    files = {
+        "pkg/_trace.py": uses("_pause_msg = 'x'\n\ndef pause():\n    return 1\n"),
+        "pkg/__init__.py": uses("from pkg._trace import (\n    _pause_msg as _pause_msg,\n"
+                                "    pause as pause,\n)\n"),
+        "pkg/user.py": uses("from pkg import pause\n\ndef run():\n    return pause()\n"),
+    }
+    r = reach({"_pause_msg"}, files)
+    assert "pause" not in r.names
+    assert not [q for _, q, _ in r.funcs if q == "run"]

@@ -558,13 +558,15 @@ def _reach(target, units: list[Unit], sources: dict[str, str]):
     names = {n for u in units for n in u.names}
     if not names:
         return None
-    files = {}
+    files, unread = {}, []
     for path, src in sources.items():
         try:
             files[path] = uses(src)
         except (SyntaxError, ValueError, RecursionError):
-            continue
-    return reach(names, files)
+            unread.append(path)   # (newer syntax than this Python's): it may use any
+    r = reach(names, files)
+    r.effects += [(path, "any name (it does not parse here)") for path in unread]
+    return r
 
 @dataclass
 class Selection:
@@ -742,21 +744,31 @@ def under_tests_word(target, f: str) -> str:
 
 class _Names:
     """Where the names some units bind differently reach (codechange.reach), and why a
-    footprint sees them: it executed a function that uses one, its test file uses one,
-    or it ran code of a file whose module-level effect uses one."""
+    footprint sees them: it executed a function that uses one, its test file uses one
+    (in a function or at its top), a conftest.py above it or a helper module its file
+    imports uses one (pytest runs them; no footprint records them), or it ran code of
+    a file whose module-level effect uses one. A file that does not parse here (newer
+    syntax than this Python's) counts as using every name."""
 
     def __init__(self, target, units: list[Unit], sources):
         self.tests_top = target.tests_dir.rstrip("/") + "/"
         self.by_file: dict[str, list[tuple[str, str, str | None]]] = {}
         self.effects: set[str] = set()
         self.notes: list[str] = []
+        self.sources = sources
+        self._importers: dict[str, set[str]] = {}
         reached = _reach(target, units, sources()) if any(u.names for u in units) else None
         if reached is None:
             return
         origin = {n: u.file for u in units for n in u.names}
         for f, q, name in reached.funcs:
             self.by_file.setdefault(f, []).append((q, name, origin.get(name)))
+        for f, name in reached.effects + reached.binds:
+            if f.startswith(self.tests_top):   # a test module's or conftest's top: pytest
+                self.by_file.setdefault(f, []).append(("<module>", name, origin.get(name)))
         for f, name in reached.effects:   # a module body that uses one: the file's rule
+            if f.startswith(self.tests_top):
+                continue
             self.effects.add(f)
             self.notes.append(f"{f}: a module-level statement with effects uses {name}, "
                               "bound differently: every test that ran code of it")
@@ -768,6 +780,11 @@ class _Names:
         for q, name, where in self.by_file.get(test_file, ())[:1]:
             return (f"its file uses {name} ({test_file}:{q}), bound differently at "
                     f"import{f' in {where}' if where else ''}")
+        for f, found in sorted(self.by_file.items()):
+            if f.startswith(self.tests_top) and self._serves(f, test_file):
+                q, name, where = found[0]
+                return (f"{f}:{q} (run by pytest, recorded by no footprint) uses {name}, "
+                        f"bound differently at import{f' in {where}' if where else ''}")
         for f, found in self.by_file.items():
             if f.startswith(self.tests_top):
                 continue
@@ -780,6 +797,29 @@ class _Names:
             if f in fp.files:
                 return f"ran code of {f}, whose module body uses a name bound differently"
         return None
+
+    def _serves(self, helper: str, test_file: str) -> bool:
+        """A file of the tests dir that is not a test module runs in a test's pytest:
+        a conftest.py for the tests under its directory, another module for the test
+        files that import it by name."""
+        name = Path(helper).name
+        if name.startswith("test_") or name.endswith("_test.py") or helper == test_file:
+            return False
+        if name == "conftest.py":
+            parent = Path(helper).parent.as_posix()
+            return parent in ("", ".") or test_file.startswith(parent + "/")
+        if helper not in self._importers:
+            from .codechange import strings_and_imports
+            stem, found = Path(helper).stem, set()
+            for f, src in self.sources().items():
+                if f.startswith(self.tests_top) and stem in src:
+                    try:
+                        if stem in strings_and_imports(src)[1]:
+                            found.add(f)
+                    except (SyntaxError, ValueError, RecursionError):
+                        found.add(f)
+            self._importers[helper] = found
+        return test_file in self._importers[helper]
 
 
 def _covers(target, word: str, test_file: str) -> bool:
