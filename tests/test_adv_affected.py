@@ -9,10 +9,12 @@ from __future__ import annotations
 import sys
 import textwrap
 import types
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from tractor_tasks import footprints
 from tractor_tasks.codechange import module_change, reach, uses
 from tractor_tasks.footprints import Footprint, Unit, _Names
 
@@ -237,3 +239,47 @@ def test_one_name_of_a_multi_name_import_reaches_only_its_own_binding():
     r = reach({"_pause_msg"}, files)
     assert "pause" not in r.names
     assert not [q for _, q, _ in r.funcs if q == "run"]
+
+
+# -- a name bound differently can break the import of another module -------------------
+
+RENAMED = {
+    "pkg/__init__.py": "",
+    "pkg/a.py": "def open_new():\n    return 1\n",            # was: def open_old()
+    "pkg/lazy.py": "from pkg.a import open_old\n\n"            # the importer left behind,
+                   "def helper():\n    return 2\n\n"         # not imported by pkg/__init__
+                   "def use():\n    return open_old()\n",
+    "pkg/extra.py": "import not_installed_here\n",            # never imported here anyway
+}
+
+
+def test_a_module_whose_import_uses_a_renamed_name_is_import_checked():
+    """Renaming `open_old` breaks `from pkg.a import open_old` in a module the package's
+    `__init__` does not import (tractor's lazy submodules): a test that imports it and
+    runs only `helper` fails with ImportError, and executed nothing that uses the name.
+    Only the changed modules were imported to check."""
+    units = [Unit("pkg/a.py", None, "names bound differently at import: open_new, open_old",
+                  ("open_new", "open_old"))]
+    target = SimpleNamespace(tests_dir="tests", package="pkg")
+    names = _Names(target, units, lambda: RENAMED)
+    assert "pkg/lazy.py" in names.imports and "pkg/extra.py" not in names.imports
+    out = ("pkg.extra\tModuleNotFoundError: No module named 'not_installed_here'\n"
+           "pkg.lazy\tImportError: cannot import name 'open_old' from 'pkg.a'\n")
+    assert footprints._names_an_import_error(out, {"open_new", "open_old"}) == \
+        "pkg.lazy: ImportError: cannot import name 'open_old' from 'pkg.a'"
+    assert footprints._names_an_import_error(out.splitlines()[0], {"open_old"}) is None
+
+
+@pytest.mark.slow
+def test_the_import_check_imports_the_modules_that_use_a_changed_name(tmp_path):
+    for rel, src in RENAMED.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(src)
+    target = SimpleNamespace(root=tmp_path, package="pkg")
+    assert footprints.import_check(target, Path(sys.executable), ["pkg/a.py"]) is None
+    err = footprints.import_check(target, Path(sys.executable), ["pkg/a.py"],
+                                  ["pkg/lazy.py", "pkg/extra.py"], {"open_old", "open_new"})
+    assert err and err.startswith("pkg.lazy: ImportError") and "open_old" in err
+    # a module that does not import here whatever changed is no verdict
+    assert footprints.import_check(target, Path(sys.executable), ["pkg/a.py"],
+                                   ["pkg/extra.py"], {"open_old"}) is None

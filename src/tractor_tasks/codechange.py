@@ -386,11 +386,12 @@ class Reach:
     """Where changed names reach: (file, qualname, the name) of each function that
     uses one, the files whose module-level effects use one, every name reached
     (the changed ones and what module-level bindings made from them), and the files
-    whose module- or class-level bindings use one."""
+    whose module- or class-level bindings or def/class headers use one (run at
+    import: such a file may no longer import)."""
     funcs: list[tuple[str, str, str]] = field(default_factory=list)
     effects: list[tuple[str, str]] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
-    binds: list[tuple[str, str]] = field(default_factory=list)   # module/class bindings
+    binds: list[tuple[str, str]] = field(default_factory=list)   # bindings, headers
 
 
 def reach(names: set[str], files: dict[str, Uses]) -> Reach:
@@ -429,6 +430,7 @@ def reach(names: set[str], files: dict[str, Uses]) -> Reach:
                 # a default, a decorator, a base evaluated at import: every call of the
                 # function (every method of the class) sees it
                 r.funcs.append((path, e.qual, hit[0]))
+                r.binds.append((path, hit[0]))
     return r
 
 

@@ -577,6 +577,7 @@ class Selection:
     rev: str = ""
     notes: list[str] = field(default_factory=list)
     known: list[str] = field(default_factory=list)          # every footprinted test
+    imports: list[str] = field(default_factory=list)   # unchanged files that use a name
 
     def select(self, nodeid: str, why: str) -> None:
         self.reasons.setdefault(nodeid, why)
@@ -622,6 +623,7 @@ def select(target, history, base: str | None, to: str | None = None,
 
     names_now = _Names(target, sel.units, sources)
     sel.notes += names_now.notes
+    sel.imports = sorted(names_now.imports)
     names_then: dict[str, _Names] = {}
 
     for nodeid, cell, commit, fp in sorted(prints, key=lambda r: (r[0], r[1])):
@@ -757,6 +759,7 @@ class _Names:
         self.notes: list[str] = []
         self.sources = sources
         self._importers: dict[str, set[str]] = {}
+        self.imports: list[str] = []   # package files whose import-time code uses one
         reached = _reach(target, units, sources()) if any(u.names for u in units) else None
         if reached is None:
             return
@@ -766,6 +769,8 @@ class _Names:
         for f, name in reached.effects + reached.binds:
             if f.startswith(self.tests_top):   # a test module's or conftest's top: pytest
                 self.by_file.setdefault(f, []).append(("<module>", name, origin.get(name)))
+            elif f.endswith(".py") and f not in self.imports:
+                self.imports.append(f)   # `from .a import OLD`: does it still import?
         for f, name in reached.effects:   # a module body that uses one: the file's rule
             if f.startswith(self.tests_top):
                 continue
@@ -877,31 +882,57 @@ def share(history, selected: list[str], known: list[str]) -> tuple[float, float]
 NO_FOOTPRINTS = object()
 
 
-def import_check(target, python: Path | None, files: list[str]) -> str | None:
+def _module_of(f: str) -> str | None:
+    parts = list(Path(f).with_suffix("").parts)
+    if parts and parts[0] == "src":
+        parts = parts[1:]
+    if parts and parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts) if parts and all(p.isidentifier() for p in parts) else None
+
+
+_IMPORT = """import importlib, sys
+n = int(sys.argv[1])
+for m in sys.argv[2:n + 2]:
+    importlib.import_module(m)
+for m in sys.argv[n + 2:]:
+    try:
+        importlib.import_module(m)
+    except Exception as err:
+        print(m + "\\t" + (type(err).__name__ + ": " + str(err)).replace("\\n", " "))
+"""
+
+
+def import_check(target, python: Path | None, files: list[str], also: list[str] = (),
+                 names: set[str] = frozenset()) -> str | None:
     """Import the package and the changed modules in the target's venv: None when they
     import, else the error's last line (an import error fails every test that imports
-    the module, whatever its footprint)."""
-    mods = [target.package]
-    for f in files:
-        parts = list(Path(f).with_suffix("").parts)
-        if parts and parts[0] == "src":
-            parts = parts[1:]
-        if parts and parts[-1] == "__init__":
-            parts = parts[:-1]
-        if parts and all(p.isidentifier() for p in parts):
-            mods.append(".".join(parts))
-    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
+    the module, whatever its footprint). `also`: unchanged modules whose import-time
+    code uses one of `names` (bound differently: `from .a import OLD`); one of them
+    counts only when its error names one (another may not import here at all)."""
+    mods = [target.package] + [m for m in map(_module_of, files) if m]
+    more = [m for m in map(_module_of, also) if m and m not in mods]
     try:
-        out = subprocess.run([str(python), "-c", code, *mods], cwd=target.root,
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run([str(python), "-c", _IMPORT, str(len(mods)), *mods, *more],
+                             cwd=target.root, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
         return "the import did not finish in 120s"
     except OSError as err:
         return f"could not start {python} ({err.strerror or err})"
-    if out.returncode == 0:
-        return None
-    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else f"exit status {out.returncode}"
+    if out.returncode != 0:
+        lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+        return lines[-1].strip() if lines else f"exit status {out.returncode}"
+    return _names_an_import_error(out.stdout, names)
+
+
+def _names_an_import_error(stdout: str, names: set[str]) -> str | None:
+    """Of the `also` modules' errors (module TAB error, a line each), the first that
+    names a changed name, as "module: error"."""
+    for line in stdout.splitlines():
+        mod, _, err = line.partition("\t")
+        if err and set(re.findall(r"[A-Za-z_]\w*", err)) & set(names):
+            return f"{mod}: {err}"
+    return None
 
 
 def affected_words(target, base: str | None, list_: bool, out=print,
@@ -934,10 +965,13 @@ def affected_words(target, base: str | None, list_: bool, out=print,
         out(line)
     at_import = import_time_changes(target, sel.units) if not sel.whole else []
     if at_import and python is not None and python.exists():
-        err = import_check(target, python, at_import)
+        # and the modules whose import-time code uses a name bound differently
+        names = {n for u in sel.units for n in u.names}
+        err = import_check(target, python, at_import, sel.imports, names)
         if err:
-            sel.whole = (f"{', '.join(at_import[:3])} changed, and importing it fails "
-                         f"({err}): every test that imports it fails")
+            sel.whole = (f"{', '.join(at_import[:3])} changed, and importing it (or a "
+                         f"module that uses a name it binds) fails ({err}): every test "
+                         "that imports it fails")
     elif at_import:
         out(f"note: {at_import[0]} changed; with no venv yet it was not imported here (an "
             "import error shows in every selected test)")
