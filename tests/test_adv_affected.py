@@ -283,3 +283,38 @@ def test_the_import_check_imports_the_modules_that_use_a_changed_name(tmp_path):
     # a module that does not import here whatever changed is no verdict
     assert footprints.import_check(target, Path(sys.executable), ["pkg/a.py"],
                                    ["pkg/extra.py"], {"open_old"}) is None
+
+
+# -- annotations that code reads -----------------------------------------------------------
+
+ALIAS = [Unit("pkg/_multiaddr.py", None, "names bound differently at import: Multiaddr",
+              ("Multiaddr",))]
+
+
+def test_a_name_used_only_in_annotations_reaches_the_tests_that_introspect_them():
+    """tractor's tests/test_lazy_imports.py asserts `get_type_hints(_multiaddr.mk_maddr)
+    ['return'] is Any`: rebinding the `Multiaddr = Any` alias fails it, yet the test
+    names only `mk_maddr`, and annotations were no use at all."""
+    files = {
+        "pkg/_multiaddr.py": "from typing import Any\nMultiaddr = str\n\n"
+                             "def mk_maddr(addr) -> Multiaddr:\n    return addr\n",
+        "tests/test_lazy.py": "from typing import Any, get_type_hints\n"
+                              "from pkg import _multiaddr\n\n"
+                              "def test_hints():\n    assert get_type_hints("
+                              "_multiaddr.mk_maddr)['return'] is Any\n",
+        "tests/test_other.py": "def test_x():\n    pass\n",
+    }
+    assert _names_why(files, ALIAS, "tests/test_lazy.py::test_hints")
+    assert not _names_why(files, ALIAS, "tests/test_other.py::test_x")
+
+
+def test_a_test_modules_context_endpoint_annotated_with_a_changed_name_selects_it():
+    """`@tractor.context` evaluates its endpoint's annotations (inspect.get_annotations(
+    eval_str=True)) at the test module's import, to find the `Context` parameter."""
+    files = {
+        "pkg/_multiaddr.py": "Multiaddr = str\n",
+        "tests/test_ep.py": "import pkg\nfrom pkg import _multiaddr\n\n"
+                            "@pkg.context\nasync def ep(ctx, addr: _multiaddr.Multiaddr):\n"
+                            "    pass\n\ndef test_ep():\n    pass\n",
+    }
+    assert _names_why(files, ALIAS, "tests/test_ep.py::test_ep")

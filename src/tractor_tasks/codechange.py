@@ -18,7 +18,8 @@ deleted special method (`__eq__`, `__post_init__`) changes its class's name too:
 runs where no code names it. A name is followed through a binding part by part (each
 name of `from m import a, b` on its own). Annotations inside functions are not uses (they
 are not evaluated); at module and class level they are (msgspec and dataclasses read
-them).
+them); a def's own (parameters, return) are reported apart (Reach.annotated): code
+that introspects the def reads them, its calls do not.
 """
 from __future__ import annotations
 
@@ -387,11 +388,13 @@ class Reach:
     uses one, the files whose module-level effects use one, every name reached
     (the changed ones and what module-level bindings made from them), and the files
     whose module- or class-level bindings or def/class headers use one (run at
-    import: such a file may no longer import)."""
+    import: such a file may no longer import), and the module- and class-level defs
+    whose annotations (only) use one."""
     funcs: list[tuple[str, str, str]] = field(default_factory=list)
     effects: list[tuple[str, str]] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
     binds: list[tuple[str, str]] = field(default_factory=list)   # bindings, headers
+    annotated: list[tuple[str, str, str]] = field(default_factory=list)   # only there
 
 
 def reach(names: set[str], files: dict[str, Uses]) -> Reach:
@@ -420,6 +423,10 @@ def reach(names: set[str], files: dict[str, Uses]) -> Reach:
                 r.funcs.append((path, qual, sorted(hit)[0]))
         for e in u.entries:
             hit = sorted(e.refs & r.names)
+            if not hit and e.kind == "def" and e.header & r.names:
+                # only in its annotations: read where it is introspected (get_type_hints,
+                # tractor's @context), not by its calls
+                r.annotated.append((path, e.qual, sorted(e.header & r.names)[0]))
             if not hit:
                 continue
             if e.kind == "effect":

@@ -566,6 +566,15 @@ def _reach(target, units: list[Unit], sources: dict[str, str]):
             unread.append(path)   # (newer syntax than this Python's): it may use any
     r = reach(names, files)
     r.effects += [(path, "any name (it does not parse here)") for path in unread]
+    # a def whose annotations use one: a test that introspects it (get_type_hints, an
+    # @context endpoint of a test module) names the def, and runs in pytest
+    top = target.tests_dir.rstrip("/") + "/"
+    named = {q.rsplit(".", 1)[-1]: n for p, q, n in r.annotated if not p.startswith(top)}
+    r.funcs += [(p, q, n) for p, q, n in r.annotated if p.startswith(top)]
+    for path, u in files.items() if named else ():
+        if path.startswith(top):
+            r.funcs += [(path, q, named[min(used & named.keys())])
+                        for q, used in u.funcs.items() if used & named.keys()]
     return r
 
 @dataclass
