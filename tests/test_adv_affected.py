@@ -318,3 +318,16 @@ def test_a_test_modules_context_endpoint_annotated_with_a_changed_name_selects_i
                             "    pass\n\ndef test_ep():\n    pass\n",
     }
     assert _names_why(files, ALIAS, "tests/test_ep.py::test_ep")
+
+
+# -- files outside the package ---------------------------------------------------------
+
+def test_a_requirements_file_is_not_documentation():
+    """A `.txt` is read as documentation (selects no test unless a test names it); a
+    requirements or constraints file pins what the tests run against."""
+    target = SimpleNamespace(package="pkg", tests_dir="tests")
+    for path in ("requirements.txt", "requirements-test.txt", "constraints.txt",
+                 "requirements/dev.txt"):
+        assert footprints._inert(target, path, lambda: {}) == "", path
+    assert footprints._inert(target, "docs/requirements.txt", lambda: {})   # the docs'
+    assert footprints._inert(target, "NOTES.txt", lambda: {})

@@ -714,6 +714,10 @@ def _inert(target, path: str, sources) -> str:
         return ""
     doc = path.lower().endswith(_DOCS) or Path(path).name.upper().startswith(
         ("LICENSE", "NEWS", "CHANGELOG", "AUTHORS"))
+    parts = [p.lower() for p in Path(path).parts]
+    if parts[0] != "docs" and any(p.startswith(("requirements", "constraints"))
+                                  for p in parts):
+        doc = False   # requirements-test.txt: the pins a venv is made from, not prose
     if not (doc or path.startswith(".github/")):
         return ""
     if _mentioned_by(target, path, sources):
