@@ -331,3 +331,12 @@ def test_a_requirements_file_is_not_documentation():
         assert footprints._inert(target, path, lambda: {}) == "", path
     assert footprints._inert(target, "docs/requirements.txt", lambda: {})   # the docs'
     assert footprints._inert(target, "NOTES.txt", lambda: {})
+
+
+def test_a_decorator_changed_on_a_def_inside_a_try_is_a_change_of_that_function():
+    """A module-level `def` has its header compared (its callers executed it); one in
+    an `if`/`try` fallback had only its name followed."""
+    old = ("try:\n    from fastpath import encode\nexcept ImportError:\n"
+           "    def encode(obj):\n        return repr(obj)\n")
+    new = old.replace("    def encode", "    @staticmethod\n    def encode")
+    assert "encode" in module_change(old, new).funcs

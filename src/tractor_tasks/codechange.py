@@ -257,7 +257,9 @@ def _scopes(tree) -> dict[str, list[str]]:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, _DEFS):
                 qual = prefix + child.name
-                found.setdefault(qual, []).append(own_code(child))
+                # with its decorators: a def inside an `if`/`try` has no header entry
+                found.setdefault(qual, []).append(
+                    own_code(child) + "".join(map(_dump, child.decorator_list)))
                 walk(child, qual + ".<locals>.")
             elif isinstance(child, ast.ClassDef):
                 walk(child, prefix + child.name + ".")
