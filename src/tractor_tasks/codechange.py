@@ -8,11 +8,18 @@ that mention a name (footprints.select maps those to the tests that executed the
 A function's own code is its body without its docstring and with each nested
 function reduced to its header (the nested body is that function's own code; its
 header, decorators and defaults, run when the enclosing code runs). Module and class
-bodies are read as statements: a `def` or `class` header, a binding (an assignment,
-an import, or an `if`/`try`/`with` made only of those), or an effect (anything else:
-a call at import, a `del`, a loop). Annotations inside functions are not uses (they
+bodies are read as statements, in order (a statement moved is changed: a field's
+order, a name used above its binding; a `def` only moved is not, unless a statement
+of its scope uses or rebinds its name or binds what its header uses): a `def` or
+`class` header, a binding (an assignment, an import, or an `if`/`try`/`with` made
+only of those), or an effect (anything else: a call at import, a `del`, a loop, a
+`from __future__` import, which compiles the whole module differently). A new or
+deleted special method (`__eq__`, `__post_init__`) changes its class's name too: it
+runs where no code names it. A name is followed through a binding part by part (each
+name of `from m import a, b` on its own). Annotations inside functions are not uses (they
 are not evaluated); at module and class level they are (msgspec and dataclasses read
-them).
+them); a def's own (parameters, return) are reported apart (Reach.annotated): code
+that introspects the def reads them, its calls do not.
 """
 from __future__ import annotations
 
@@ -50,6 +57,8 @@ class _Entry:
     refs: set[str]       # the identifiers it mentions
     dump: str
     line: int
+    header: set[str] = field(default_factory=set)   # a def's: annotations too (evaluated)
+    links: list = field(default_factory=list)   # a binding's (uses, binds) by part
 
 
 def _doc_stripped(body: list) -> list:
@@ -177,6 +186,8 @@ def _inner(st) -> list:
 
 
 def _is_binding(st) -> bool:
+    if isinstance(st, ast.ImportFrom) and st.module == "__future__":
+        return False   # a compiler flag: every function of the module reads differently
     if isinstance(st, _BINDS):
         return True
     if isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant):
@@ -193,7 +204,7 @@ def _entries(body: list, scope: str, out: list[_Entry]) -> None:
             # its defaults and decorators (its annotations change no call)
             out.append(_Entry("def", scope, qual, {st.name},
                               idents(_header_node(st), annotations=False), _header(st),
-                              st.lineno))
+                              st.lineno, idents(_header_node(st))))
         elif isinstance(st, ast.ClassDef):
             out.append(_Entry("class", scope, qual, {st.name}, idents(_header_node(st)),
                               _header(st), st.lineno))
@@ -203,7 +214,33 @@ def _entries(body: list, scope: str, out: list[_Entry]) -> None:
             kind = "bind" if _is_binding(st) else "effect"
             clone = _Headers(keep_top=False).visit(_copy(st))
             out.append(_Entry(kind, scope, "", _bound(st) if kind == "bind" else set(),
-                              idents(st), _dump(clone), st.lineno))
+                              idents(st), _dump(clone), st.lineno,
+                              links=_links(st) if kind == "bind" else []))
+
+
+def _links(st) -> list[tuple[set[str], set[str]]]:
+    """A binding statement by its independent parts: (what a part uses, what it binds).
+    Each name of `from m import a, b` is its own part; a compound's condition (or
+    handler) binds all its names; a nested def or class binds its name from its header."""
+    if isinstance(st, (ast.Import, ast.ImportFrom)):
+        return [(idents(a), _bound(ast.Import([a]))) for a in st.names]
+    if isinstance(st, (*_DEFS, ast.ClassDef)):
+        return [(idents(_header_node(st)), {st.name})]
+    if not isinstance(st, _COMPOUND):
+        return [(idents(st), _bound(st))]
+    head: set[str] = set()
+    for name in ("test", "items"):
+        part = getattr(st, name, None)
+        for n in (part if isinstance(part, list) else [part] if part else []):
+            head |= idents(n)
+    for h in getattr(st, "handlers", []) or []:
+        head |= idents(h.type) if h.type is not None else set()
+        if h.name:
+            head.add(h.name)
+    out = [(head, _bound(st))] if head else []
+    for sub in _inner(st):
+        out += _links(sub)
+    return out
 
 
 def _header_node(st):
@@ -220,7 +257,9 @@ def _scopes(tree) -> dict[str, list[str]]:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, _DEFS):
                 qual = prefix + child.name
-                found.setdefault(qual, []).append(own_code(child))
+                # with its decorators: a def inside an `if`/`try` has no header entry
+                found.setdefault(qual, []).append(
+                    own_code(child) + "".join(map(_dump, child.decorator_list)))
                 walk(child, qual + ".<locals>.")
             elif isinstance(child, ast.ClassDef):
                 walk(child, prefix + child.name + ".")
@@ -239,28 +278,23 @@ def module_change(old_src: str | None, new_src: str | None) -> ModuleChange:
     ch = ModuleChange()
     a, b = _scopes(old), _scopes(new)
     for qual in a.keys() | b.keys():
-        if sorted(a.get(qual, [])) != sorted(b.get(qual, [])):
+        if a.get(qual, []) != b.get(qual, []):   # in order: the last `def` of a name wins
             ch.funcs.add(qual)
     ch.gone = set(a) - set(b)
     olds, news = [], []
     _entries(old.body, "", olds)
     _entries(new.body, "", news)
-    left = {}
-    for e in olds:
-        left.setdefault((e.scope, e.kind, e.dump), []).append(e)
-    changed: list[_Entry] = []
-    for e in news:
-        same = left.get((e.scope, e.kind, e.dump))
-        if same:
-            same.pop()
-        else:
-            changed.append(e)
-    changed += [e for es in left.values() for e in es]
+    changed = _changed_in_order(olds, news)
     for e in changed:
         if e.kind == "def":   # a header: its callers executed the function itself
             ch.funcs.add(e.qual)
             if (e.qual in a) != (e.qual in b):   # a new or a deleted one: its name too
-                ch.names.add(e.qual.rsplit(".", 1)[-1])
+                name = e.qual.rsplit(".", 1)[-1]
+                ch.names.add(name)
+                if e.scope and name.startswith("__") and name.endswith("__"):
+                    # a special method (__eq__, __post_init__) runs where no code names
+                    # it: where the class's instances are made and used
+                    ch.names.add(e.scope.rsplit(".", 1)[-1])
         elif e.kind == "class":
             ch.classes.add(e.qual)
             ch.names.add(e.qual.rsplit(".", 1)[-1])
@@ -274,7 +308,48 @@ def module_change(old_src: str | None, new_src: str | None) -> ModuleChange:
     return ch
 
 
+def _changed_in_order(olds: list[_Entry], news: list[_Entry]) -> list[_Entry]:
+    """The statements of each scope (module, class) not in the longest common sequence
+    of its old and new statements: a statement moved is a change (a field's order, a
+    name used above its binding), except a `def` only moved that no other statement of
+    its scope uses or rebinds, and whose header uses nothing they bind (a function's
+    body reads globals when called)."""
+    from difflib import SequenceMatcher
+    by_scope: dict[str, tuple[list, list]] = {}
+    for side, entries in ((0, olds), (1, news)):
+        for e in entries:
+            by_scope.setdefault(e.scope, ([], []))[side].append(e)
+    changed: list[_Entry] = []
+    for scope in sorted(by_scope):
+        x, y = by_scope[scope]
+        sm = SequenceMatcher(None, [(e.kind, e.dump) for e in x],
+                             [(e.kind, e.dump) for e in y], autojunk=False)
+        gone, came = [], []
+        for tag, i1, i2, j1, j2 in sm.get_opcodes():
+            if tag != "equal":
+                gone += x[i1:i2]
+                came += y[j1:j2]
+        left: dict[tuple, list[_Entry]] = {}
+        for e in gone:
+            left.setdefault((e.kind, e.dump), []).append(e)
+        for e in came:
+            twin = left.get((e.kind, e.dump))
+            if not (twin and e.kind == "def"):
+                changed.append(e)
+                continue
+            rest = [o for o in x + y if (o.kind, o.dump) != (e.kind, e.dump)]
+            bound = set().union(*[o.names for o in rest])
+            used = set().union(*[o.refs for o in rest]) | bound
+            old = twin.pop()
+            if e.qual.rsplit(".", 1)[-1] in used or e.header & bound:
+                changed += [old, e]   # it, or what its decorators and defaults use, moved
+        changed += [e for es in left.values() for e in es]
+    return changed
+
+
 def _first_line(e: _Entry) -> str:
+    if e.dump.startswith("ImportFrom('__future__'"):
+        return "a `from __future__` import (every function of the module compiles differently)"
     return f"a statement with effects at import (mentions {', '.join(sorted(e.refs)[:3])})"
 
 
@@ -312,11 +387,16 @@ def uses(source: str) -> Uses:
 @dataclass
 class Reach:
     """Where changed names reach: (file, qualname, the name) of each function that
-    uses one, the files whose module-level effects use one, and every name reached
-    (the changed ones and what module-level bindings made from them)."""
+    uses one, the files whose module-level effects use one, every name reached
+    (the changed ones and what module-level bindings made from them), and the files
+    whose module- or class-level bindings or def/class headers use one (run at
+    import: such a file may no longer import), and the module- and class-level defs
+    whose annotations (only) use one."""
     funcs: list[tuple[str, str, str]] = field(default_factory=list)
     effects: list[tuple[str, str]] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
+    binds: list[tuple[str, str]] = field(default_factory=list)   # bindings, headers
+    annotated: list[tuple[str, str, str]] = field(default_factory=list)   # only there
 
 
 def reach(names: set[str], files: dict[str, Uses]) -> Reach:
@@ -332,7 +412,9 @@ def reach(names: set[str], files: dict[str, Uses]) -> Reach:
             for e in u.entries:
                 if e.kind in ("effect", "def") or not (e.refs & r.names):
                     continue   # a def header that uses one: its calls (below)
-                more = set(e.names) | ({e.scope.rsplit(".", 1)[-1]} if e.scope else set())
+                more = set().union(*[b for u, b in e.links if u & r.names]) \
+                    if e.links else set(e.names)
+                more |= {e.scope.rsplit(".", 1)[-1]} if e.scope else set()
                 if more - r.names:
                     r.names |= more
                     grew = True
@@ -343,14 +425,21 @@ def reach(names: set[str], files: dict[str, Uses]) -> Reach:
                 r.funcs.append((path, qual, sorted(hit)[0]))
         for e in u.entries:
             hit = sorted(e.refs & r.names)
+            if not hit and e.kind == "def" and e.header & r.names:
+                # only in its annotations: read where it is introspected (get_type_hints,
+                # tractor's @context), not by its calls
+                r.annotated.append((path, e.qual, sorted(e.header & r.names)[0]))
             if not hit:
                 continue
             if e.kind == "effect":
                 r.effects.append((path, hit[0]))
+            elif e.kind == "bind":
+                r.binds.append((path, hit[0]))
             elif e.kind in ("def", "class"):
                 # a default, a decorator, a base evaluated at import: every call of the
                 # function (every method of the class) sees it
                 r.funcs.append((path, e.qual, hit[0]))
+                r.binds.append((path, hit[0]))
     return r
 
 

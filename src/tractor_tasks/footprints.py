@@ -558,13 +558,24 @@ def _reach(target, units: list[Unit], sources: dict[str, str]):
     names = {n for u in units for n in u.names}
     if not names:
         return None
-    files = {}
+    files, unread = {}, []
     for path, src in sources.items():
         try:
             files[path] = uses(src)
         except (SyntaxError, ValueError, RecursionError):
-            continue
-    return reach(names, files)
+            unread.append(path)   # (newer syntax than this Python's): it may use any
+    r = reach(names, files)
+    r.effects += [(path, "any name (it does not parse here)") for path in unread]
+    # a def whose annotations use one: a test that introspects it (get_type_hints, an
+    # @context endpoint of a test module) names the def, and runs in pytest
+    top = target.tests_dir.rstrip("/") + "/"
+    named = {q.rsplit(".", 1)[-1]: n for p, q, n in r.annotated if not p.startswith(top)}
+    r.funcs += [(p, q, n) for p, q, n in r.annotated if p.startswith(top)]
+    for path, u in files.items() if named else ():
+        if path.startswith(top):
+            r.funcs += [(path, q, named[min(used & named.keys())])
+                        for q, used in u.funcs.items() if used & named.keys()]
+    return r
 
 @dataclass
 class Selection:
@@ -575,6 +586,7 @@ class Selection:
     rev: str = ""
     notes: list[str] = field(default_factory=list)
     known: list[str] = field(default_factory=list)          # every footprinted test
+    imports: list[str] = field(default_factory=list)   # unchanged files that use a name
 
     def select(self, nodeid: str, why: str) -> None:
         self.reasons.setdefault(nodeid, why)
@@ -620,6 +632,7 @@ def select(target, history, base: str | None, to: str | None = None,
 
     names_now = _Names(target, sel.units, sources)
     sel.notes += names_now.notes
+    sel.imports = sorted(names_now.imports)
     names_then: dict[str, _Names] = {}
 
     for nodeid, cell, commit, fp in sorted(prints, key=lambda r: (r[0], r[1])):
@@ -701,6 +714,10 @@ def _inert(target, path: str, sources) -> str:
         return ""
     doc = path.lower().endswith(_DOCS) or Path(path).name.upper().startswith(
         ("LICENSE", "NEWS", "CHANGELOG", "AUTHORS"))
+    parts = [p.lower() for p in Path(path).parts]
+    if parts[0] != "docs" and any(p.startswith(("requirements", "constraints"))
+                                  for p in parts):
+        doc = False   # requirements-test.txt: the pins a venv is made from, not prose
     if not (doc or path.startswith(".github/")):
         return ""
     if _mentioned_by(target, path, sources):
@@ -742,21 +759,34 @@ def under_tests_word(target, f: str) -> str:
 
 class _Names:
     """Where the names some units bind differently reach (codechange.reach), and why a
-    footprint sees them: it executed a function that uses one, its test file uses one,
-    or it ran code of a file whose module-level effect uses one."""
+    footprint sees them: it executed a function that uses one, its test file uses one
+    (in a function or at its top), a conftest.py above it or a helper module its file
+    imports uses one (pytest runs them; no footprint records them), or it ran code of
+    a file whose module-level effect uses one. A file that does not parse here (newer
+    syntax than this Python's) counts as using every name."""
 
     def __init__(self, target, units: list[Unit], sources):
         self.tests_top = target.tests_dir.rstrip("/") + "/"
         self.by_file: dict[str, list[tuple[str, str, str | None]]] = {}
         self.effects: set[str] = set()
         self.notes: list[str] = []
+        self.sources = sources
+        self._importers: dict[str, set[str]] = {}
+        self.imports: list[str] = []   # package files whose import-time code uses one
         reached = _reach(target, units, sources()) if any(u.names for u in units) else None
         if reached is None:
             return
         origin = {n: u.file for u in units for n in u.names}
         for f, q, name in reached.funcs:
             self.by_file.setdefault(f, []).append((q, name, origin.get(name)))
+        for f, name in reached.effects + reached.binds:
+            if f.startswith(self.tests_top):   # a test module's or conftest's top: pytest
+                self.by_file.setdefault(f, []).append(("<module>", name, origin.get(name)))
+            elif f.endswith(".py") and f not in self.imports:
+                self.imports.append(f)   # `from .a import OLD`: does it still import?
         for f, name in reached.effects:   # a module body that uses one: the file's rule
+            if f.startswith(self.tests_top):
+                continue
             self.effects.add(f)
             self.notes.append(f"{f}: a module-level statement with effects uses {name}, "
                               "bound differently: every test that ran code of it")
@@ -768,6 +798,11 @@ class _Names:
         for q, name, where in self.by_file.get(test_file, ())[:1]:
             return (f"its file uses {name} ({test_file}:{q}), bound differently at "
                     f"import{f' in {where}' if where else ''}")
+        for f, found in sorted(self.by_file.items()):
+            if f.startswith(self.tests_top) and self._serves(f, test_file):
+                q, name, where = found[0]
+                return (f"{f}:{q} (run by pytest, recorded by no footprint) uses {name}, "
+                        f"bound differently at import{f' in {where}' if where else ''}")
         for f, found in self.by_file.items():
             if f.startswith(self.tests_top):
                 continue
@@ -780,6 +815,29 @@ class _Names:
             if f in fp.files:
                 return f"ran code of {f}, whose module body uses a name bound differently"
         return None
+
+    def _serves(self, helper: str, test_file: str) -> bool:
+        """A file of the tests dir that is not a test module runs in a test's pytest:
+        a conftest.py for the tests under its directory, another module for the test
+        files that import it by name."""
+        name = Path(helper).name
+        if name.startswith("test_") or name.endswith("_test.py") or helper == test_file:
+            return False
+        if name == "conftest.py":
+            parent = Path(helper).parent.as_posix()
+            return parent in ("", ".") or test_file.startswith(parent + "/")
+        if helper not in self._importers:
+            from .codechange import strings_and_imports
+            stem, found = Path(helper).stem, set()
+            for f, src in self.sources().items():
+                if f.startswith(self.tests_top) and stem in src:
+                    try:
+                        if stem in strings_and_imports(src)[1]:
+                            found.add(f)
+                    except (SyntaxError, ValueError, RecursionError):
+                        found.add(f)
+            self._importers[helper] = found
+        return test_file in self._importers[helper]
 
 
 def _covers(target, word: str, test_file: str) -> bool:
@@ -837,31 +895,57 @@ def share(history, selected: list[str], known: list[str]) -> tuple[float, float]
 NO_FOOTPRINTS = object()
 
 
-def import_check(target, python: Path | None, files: list[str]) -> str | None:
+def _module_of(f: str) -> str | None:
+    parts = list(Path(f).with_suffix("").parts)
+    if parts and parts[0] == "src":
+        parts = parts[1:]
+    if parts and parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts) if parts and all(p.isidentifier() for p in parts) else None
+
+
+_IMPORT = """import importlib, sys
+n = int(sys.argv[1])
+for m in sys.argv[2:n + 2]:
+    importlib.import_module(m)
+for m in sys.argv[n + 2:]:
+    try:
+        importlib.import_module(m)
+    except Exception as err:
+        print(m + "\\t" + (type(err).__name__ + ": " + str(err)).replace("\\n", " "))
+"""
+
+
+def import_check(target, python: Path | None, files: list[str], also: list[str] = (),
+                 names: set[str] = frozenset()) -> str | None:
     """Import the package and the changed modules in the target's venv: None when they
     import, else the error's last line (an import error fails every test that imports
-    the module, whatever its footprint)."""
-    mods = [target.package]
-    for f in files:
-        parts = list(Path(f).with_suffix("").parts)
-        if parts and parts[0] == "src":
-            parts = parts[1:]
-        if parts and parts[-1] == "__init__":
-            parts = parts[:-1]
-        if parts and all(p.isidentifier() for p in parts):
-            mods.append(".".join(parts))
-    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
+    the module, whatever its footprint). `also`: unchanged modules whose import-time
+    code uses one of `names` (bound differently: `from .a import OLD`); one of them
+    counts only when its error names one (another may not import here at all)."""
+    mods = [target.package] + [m for m in map(_module_of, files) if m]
+    more = [m for m in map(_module_of, also) if m and m not in mods]
     try:
-        out = subprocess.run([str(python), "-c", code, *mods], cwd=target.root,
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run([str(python), "-c", _IMPORT, str(len(mods)), *mods, *more],
+                             cwd=target.root, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
         return "the import did not finish in 120s"
     except OSError as err:
         return f"could not start {python} ({err.strerror or err})"
-    if out.returncode == 0:
-        return None
-    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else f"exit status {out.returncode}"
+    if out.returncode != 0:
+        lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+        return lines[-1].strip() if lines else f"exit status {out.returncode}"
+    return _names_an_import_error(out.stdout, names)
+
+
+def _names_an_import_error(stdout: str, names: set[str]) -> str | None:
+    """Of the `also` modules' errors (module TAB error, a line each), the first that
+    names a changed name, as "module: error"."""
+    for line in stdout.splitlines():
+        mod, _, err = line.partition("\t")
+        if err and set(re.findall(r"[A-Za-z_]\w*", err)) & set(names):
+            return f"{mod}: {err}"
+    return None
 
 
 def affected_words(target, base: str | None, list_: bool, out=print,
@@ -894,10 +978,13 @@ def affected_words(target, base: str | None, list_: bool, out=print,
         out(line)
     at_import = import_time_changes(target, sel.units) if not sel.whole else []
     if at_import and python is not None and python.exists():
-        err = import_check(target, python, at_import)
+        # and the modules whose import-time code uses a name bound differently
+        names = {n for u in sel.units for n in u.names}
+        err = import_check(target, python, at_import, sel.imports, names)
         if err:
-            sel.whole = (f"{', '.join(at_import[:3])} changed, and importing it fails "
-                         f"({err}): every test that imports it fails")
+            sel.whole = (f"{', '.join(at_import[:3])} changed, and importing it (or a "
+                         f"module that uses a name it binds) fails ({err}): every test "
+                         "that imports it fails")
     elif at_import:
         out(f"note: {at_import[0]} changed; with no venv yet it was not imported here (an "
             "import error shows in every selected test)")
