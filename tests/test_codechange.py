@@ -106,3 +106,29 @@ def test_files_outside_the_package():
     assert footprints._mentioned_by(target, "examples/a/b.py", sources) == ["test_docs.py"]
     assert footprints._mentioned_by(target, "README.md", sources) == ["test_docs.py"]
     assert footprints._mentioned_by(target, "setup.cfg", sources) == []
+
+
+def test_a_file_outside_the_package_named_by_a_package_function():
+    """tractor's tests reach examples/ through the package: `_testing.examples_dir()`
+    holds the string 'examples'. The tests that executed it are what an example's change
+    can break; a function that does not name it is not one."""
+    target = SimpleNamespace(package="pkg", tests_dir="tests")
+    srcs = {"pkg/_testing.py": "def examples_dir():\n    return root() / 'examples'\n\n"
+                               "def other():\n    return 'exampl'\n",
+            "pkg/conf.py": "def cfg():\n    return open('settings.toml')\n"}
+    got = footprints._named_in_package(target, "examples/debugging/x.py", lambda: srcs)
+    assert got == [("pkg/_testing.py", "examples_dir", "examples")]
+    assert footprints._named_in_package(target, "settings.toml", lambda: srcs) == [
+        ("pkg/conf.py", "cfg", "settings.toml")]
+    assert footprints._named_in_package(target, "pkg/x.py", lambda: srcs) == []
+
+
+@pytest.mark.parametrize("nodeid, run", [
+    ("tests/test_rpc.py::test_rpc_errors[this_mod]", "tests/test_rpc.py::test_rpc_errors"),
+    ("tests/a.py::TestX::test_y[start_method=trio-x[1]]", "tests/a.py::TestX::test_y"),
+    ("tests/a.py::test_plain", "tests/a.py::test_plain"),
+])
+def test_affected_runs_a_selected_test_with_every_parameter_id(nodeid, run):
+    """The package may make the ids (tractor's start_method=...): a new one has no
+    footprint yet, so the selected function runs whole."""
+    assert footprints._unparametrized(nodeid) == run

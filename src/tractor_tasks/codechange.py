@@ -456,3 +456,25 @@ def strings_and_imports(source: str) -> tuple[list[str], set[str]]:
             imported |= set((n.module or "").split("."))
             imported |= {a.name for a in n.names}
     return strings, imported
+
+
+def strings_by_function(source: str) -> dict[str, list[str]]:
+    """Each function's own string constants (nested functions' are theirs), by
+    qualname."""
+    out: dict[str, list[str]] = {}
+
+    def walk(node, prefix: str, qual: str | None):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, _DEFS):
+                q = prefix + child.name
+                walk(child, q + ".<locals>.", q)
+            elif isinstance(child, ast.ClassDef):
+                walk(child, prefix + child.name + ".", qual)
+            else:
+                if qual is not None and isinstance(child, ast.Constant) \
+                        and isinstance(child.value, str):
+                    out.setdefault(qual, []).append(child.value)
+                walk(child, prefix, qual)
+
+    walk(ast.parse(source), "", None)
+    return out

@@ -685,11 +685,23 @@ def select(target, history, base: str | None, to: str | None = None,
                              f"gives {' '.join(mapped.tests)}")
             continue
         named = _mentioned_by(target, u.file, sources)
+        namers = _named_in_package(target, u.file, sources)
+        for nodeid, _, _, fp in prints:
+            for f, q, word in namers:
+                hit = fp.executed(f, q)
+                if hit:
+                    sel.select(nodeid, f"executed {f}:{q} {_where(hit[1])}, which names "
+                                       f"{word!r} ({u.file} changed)")
+                    break
         if named:
             sel.words += [w for w in named if w not in sel.words]
             sel.notes.append(f"{u.file} ({u.why}): outside the package; the test file(s) "
                              f"that name it run whole: {' '.join(named)}")
-        elif not sel.whole:
+        if namers:
+            shown_ = ", ".join(f"{f}:{q}" for f, q, _ in namers[:3])
+            sel.notes.append(f"{u.file} ({u.why}): outside the package; named by "
+                             f"{shown_}: the tests that executed it")
+        if not (named or namers) and not sel.whole:
             sel.whole = (f"{u.file} ({u.why}): no footprint touched it and the change map "
                          "has no entry for it")
     _unrecorded(target, history, sel)
@@ -750,6 +762,42 @@ def _mentioned_by(target, path: str, sources) -> list[str]:
                 path.endswith(".py") and stem in imported):
             found.append(f)
     return [under_tests_word(target, f) for f in found]
+
+
+def _named_in_package(target, path: str, sources) -> list[tuple[str, str, str]]:
+    """The package's functions whose own code holds a string naming `path` (a file
+    outside the package and the tests): its file name, or its top directory as a path
+    part (tractor's `_testing.examples_dir()` returns `repodir() / 'examples'`): (file,
+    qualname, the string's word)."""
+    from .codechange import strings_by_function
+    if not _outside(target, path):
+        return []
+    name = Path(path).name
+    top = path.split("/")[0] if "/" in path else None
+    pkg = target.package.replace(".", "/") + "/"
+    found = []
+    for f, src in sorted(sources().items()):
+        if not (f.startswith(pkg) or f.startswith("src/" + pkg)):
+            continue
+        if name not in src and (top is None or top not in src):
+            continue
+        try:
+            by_func = strings_by_function(src)
+        except (SyntaxError, ValueError, RecursionError):
+            continue
+        for qual, strings in sorted(by_func.items()):
+            for text in strings:
+                parts = text.replace("\\", "/").split("/")
+                if name in text or (top is not None and top in parts):
+                    found.append((f, qual, name if name in text else top))
+                    break
+    return found
+
+
+def _unparametrized(nodeid: str) -> str:
+    """A node id without its parameter ids: `f.py::test_x[a-b]` -> `f.py::test_x`."""
+    head, sep, last = nodeid.rpartition("::")
+    return f"{head}{sep}{last.split('[', 1)[0]}" if sep else nodeid
 
 
 def under_tests_word(target, f: str) -> str:
@@ -1004,9 +1052,11 @@ def affected_words(target, base: str | None, list_: bool, out=print,
             out(f"{len(blind)} test file(s) with no footprint run whole (none of their tests "
                 f"ran in a recorded run; e.g. {blind[0]}): what they execute is unknown")
         # a test file the change map selects whole runs whole: its ids are not named
-        ids = [n for n in sorted(sel.reasons) if not any(
+        # a test function, not its recorded parameter ids: the package may make the ids
+        # (tractor's start_method=...), and a new one has no footprint yet
+        ids = list(dict.fromkeys(_unparametrized(n) for n in sorted(sel.reasons) if not any(
             _covers(target, w, n.split("::")[0]) for w in sel.words)
-            and n.split("::")[0] not in blind]
+            and n.split("::")[0] not in blind))
         words = ids + [w for w in [*sel.words, *blind] if w not in ids]
     out(f"selected by footprints: {len(sel.reasons)} of {len(sel.known)} recorded test(s)")
     for nodeid in sorted(sel.reasons):
