@@ -115,7 +115,8 @@ def judged(target, choice, rows=None, script=(O.FAILED,), **kw):
     r.tests[ID] = TestResult(ID, O.FAILED, message="AssertionError: boom")
     runner = Runner(target, {ID: list(script)}, **{k: v for k, v in kw.items()
                                                   if k in ("stop_after", "strict")})
-    j = verdict.judge(runner, r, history=Hist(rows or {}), choice=choice)
+    j = verdict.judge(runner, r, history=Hist(rows or {}), choice=choice,
+                      confirm=kw.get("confirm", 1))
     return r, j, runner
 
 
@@ -134,6 +135,19 @@ def test_a_published_tip_failure_the_verdict_had_no_time_to_confirm_is_pre_exist
     r, j, runner = judged(target, gitref.Choice(None, published=True), stop_after=0)
     assert runner.lanes == [] and j.stopped
     assert r.tests[ID].verdict is V.PRE_EXISTING
+
+
+def test_a_published_tip_with_no_confirm_calls_its_failures_pre_existing(target, nogit):
+    """--no-confirm on a published tip (a recording run): nothing changed to blame, and
+    nothing is re-run; the failures are pre-existing, not new, and the run passes."""
+    r, j, runner = judged(target, gitref.Choice(None, published=True), confirm=0)
+    t = r.tests[ID]
+    assert runner.lanes == [] and t.verdict is V.PRE_EXISTING
+    assert t.why.endswith("nothing changed to compare with (a published tip of the default "
+                          "branch; not re-run: --no-confirm)")
+    assert verdict.failing(r) == []
+    r2, _, _ = judged(target, gitref.Choice(None), confirm=0)   # not a published tip
+    assert r2.tests[ID].verdict is V.NEW
 
 
 def test_without_a_published_tip_no_baseline_is_no_excuse(target, nogit):

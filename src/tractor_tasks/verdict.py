@@ -407,9 +407,10 @@ def _by_history_alone(t: TestResult, rows, ancestry, p, j: Judgement, environ: s
         _set(t, V.FLAKY, f"{what}; flips in the history ({flips} flips in its last "
              f"{len(recent)} runs)")
         return
-    if j.published and (_ran(t) or j.stopped):
+    if j.published and (_ran(t) or j.stopped or j.confirm == 0):
         _set(t, V.PRE_EXISTING, f"{what}; nothing changed to compare with (a published "
-             "tip of the default branch)")
+             "tip of the default branch" + ("; not re-run: --no-confirm)"
+                                            if j.confirm == 0 else ")"))
         return
     _set(t, V.NEW, f"{what}; no baseline to compare with")
 
