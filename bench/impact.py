@@ -16,7 +16,8 @@ commit). For each of its last N commits that change the package, the selection
 from the commit's parent to it is computed from git objects alone: the share of the
 suite's recorded time it selects (the change map's and the naming tests' files
 counted whole; median and p90), and how many commits fell back to the whole suite
-and why. What a replay cannot do: import the commit's modules (`affected` checks
+and why; and the same with the footprints taken as each commit's parent's own (its
+change alone, without the drift since the recording). What a replay cannot do: import the commit's modules (`affected` checks
 that a changed module still imports; these commits are history, they did).
 """
 from __future__ import annotations
@@ -117,7 +118,18 @@ def replay(args) -> None:
     shares, whole = [], []
     known = sorted({n for n, _, _, _ in prints})
     from tractor_tasks.footprints import _covers
+    own: list[float] = []   # the same, with the footprints taken as the parent's own
     for sha in shas:
+        parent = git(args.root, "rev-parse", f"{sha}^").strip()
+        fresh = select(target, history, f"{sha}^", to=sha,
+                       prints=[(n, c, parent, fp) for n, c, _, fp in prints])
+        if fresh.whole:
+            own.append(1.0)
+        else:
+            mapped = {n for n in known if any(_covers(target, w, n.split("::")[0])
+                                              for w in fresh.words)}
+            got, total = share(history, sorted(set(fresh.reasons) | mapped), known)
+            own.append(got / total if total else 0.0)
         sel = select(target, history, f"{sha}^", to=sha, prints=prints)
         if sel.whole:
             whole.append(f"{sha[:10]}: {sel.whole}")
@@ -132,7 +144,8 @@ def replay(args) -> None:
         shares.append(picked / total if total else 0.0)
         units = ", ".join(sorted({u.file.rsplit("/", 1)[-1] for u in sel.units}))[:60]
         print(f"{sha[:10]}: {len(set(sel.reasons) | mapped)} test(s), "
-              f"{100 * shares[-1]:.1f}% of the time ({units or 'no code change'})"
+              f"{100 * shares[-1]:.1f}% of the time (its own change alone: "
+              f"{100 * own[-1]:.1f}%) ({units or 'no code change'})"
               + (f" (+ {' '.join(sel.words)})" if sel.words else ""), flush=True)
     if not shares:
         print("no commit changes the package")
@@ -140,6 +153,10 @@ def replay(args) -> None:
     p90 = statistics.quantiles(shares, n=10)[-1] if len(shares) > 1 else shares[0]
     print(f"share of the suite's time selected over {len(shares)} commits: median "
           f"{100 * statistics.median(shares):.1f}%, p90 {100 * p90:.1f}%")
+    p90own = statistics.quantiles(own, n=10)[-1] if len(own) > 1 else own[0]
+    print(f"with the footprints taken as each commit's parent's own (each commit's change "
+          f"alone, no drift since the recording): median {100 * statistics.median(own):.1f}%, "
+          f"p90 {100 * p90own:.1f}%")
     print(f"fell back to the whole suite: {len(whole)}")
     for line in whole:
         print(f"  {line}")
