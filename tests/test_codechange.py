@@ -132,3 +132,25 @@ def test_affected_runs_a_selected_test_with_every_parameter_id(nodeid, run):
     """The package may make the ids (tractor's start_method=...): a new one has no
     footprint yet, so the selected function runs whole."""
     assert footprints._unparametrized(nodeid) == run
+
+
+def test_a_change_to_all_binds_the_names_it_lists():
+    """`from pkg.mod import *` binds what __all__ lists: a name added or dropped there
+    is bound differently in every star importer."""
+    ch = module_change("__all__ = ['a']\n", "__all__ = ['a', 'b']\n")
+    assert {"__all__", "a", "b"} <= ch.names
+
+
+@pytest.mark.slow
+def test_a_module_that_is_not_utf8_is_a_change_of_the_file_not_a_traceback(tmp_path):
+    import subprocess
+    root = tmp_path / "r"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "m.py").write_bytes(b"# -*- coding: latin-1 -*-\nX = '\xe9'\n")
+    for cmd in (["init", "-q"], ["add", "-A"],
+                ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "m"]):
+        subprocess.run(["git", *cmd], cwd=root, check=True, capture_output=True)
+    (root / "pkg" / "m.py").write_bytes(b"# -*- coding: latin-1 -*-\nX = '\xe8'\n")
+    units = footprints.diff_units(root, "HEAD", "pkg")
+    assert [(u.file, u.qual, u.why) for u in units] == [
+        ("pkg/m.py", None, "a change (the file does not parse)")]

@@ -168,6 +168,10 @@ def _bound(st) -> set[str]:
                 out.add(n.id)
             elif isinstance(n, ast.Attribute):
                 out.add(n.attr)
+    if "__all__" in out and getattr(st, "value", None) is not None:
+        # what a star import binds: the names listed are bound differently there
+        out |= {n.value for n in ast.walk(st.value)
+                if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     for sub in _inner(st):
         out |= _bound(sub)
     return out

@@ -476,8 +476,8 @@ def _py_units(root: Path, rev: str, path: str, to: str | None = None) -> set[Uni
     bound differently at import, the module-level statements with effects. A comment,
     a docstring or a reformat is no unit at all."""
     from .codechange import module_change
-    old_src = _git(root, "show", f"{rev}:{path}", check=False)
     try:
+        old_src = _git(root, "show", f"{rev}:{path}", check=False)   # not UTF-8: below
         new_src = _git(root, "show", f"{to}:{path}") if to else (root / path).read_text()
         ch = module_change(old_src, new_src)
     except (OSError, SyntaxError, ValueError, RecursionError):
