@@ -496,3 +496,26 @@ def test_affected_runs_its_selection_with_base_as_the_baseline(recorded):
     assert {f["nodeid"]: f["verdict"] for f in outcome["failures"]} == {
         "tests/test_fp.py::test_sub_crunch": "regression"}
     assert outcome["verdict"]["baseline"]["commit"] == head
+
+
+@pytest.mark.slow
+def test_footprints_of_another_branch_do_not_stand_in_for_the_base(recorded):
+    """A run on branch `other` (helper changed there) recorded newer footprints; on a
+    branch off the base, a change to spare() is judged with the base's own footprints:
+    test_sub_crunch (which never ran spare) is not selected for other's helper change."""
+    head = _git(recorded, "rev-parse", "HEAD").strip()
+    branch = _git(recorded, "rev-parse", "--abbrev-ref", "HEAD").strip()
+    _git(recorded, "checkout", "-q", "-b", "other")
+    try:
+        _edit(recorded, "sample_actors/_work.py", "return n * 2", "return n * 2 + 0")
+        _git(recorded, "commit", "-qam", "helper, elsewhere")
+        run = invoke("test", FP_TESTS, "--no-x", root=recorded, timeout=300)
+        assert run.returncode == 0, run.stdout + run.stderr
+        _git(recorded, "checkout", "-q", "-b", "mine", head)
+        _edit(recorded, "sample_actors/_work.py", "    return n\n", "    return n + 0\n")
+        got = _selected(_affected(recorded, "--base", head))
+    finally:
+        _reset(recorded)
+        _git(recorded, "checkout", "-q", branch)
+        _git(recorded, "branch", "-q", "-D", "other", "mine")
+    assert set(got) == {"test_killed_child", "test_isolated"}, got

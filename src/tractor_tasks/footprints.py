@@ -602,10 +602,20 @@ def select(target, history, base: str | None, to: str | None = None,
     tree (or to the commit `to`) can break, from the latest footprints per test and
     cell. None: no footprints."""
     from .selection import map_changes
-    prints = history.latest_footprints() if prints is None else prints
+    root = target.root
+    if prints is None:
+        if not history.footprint_commits():
+            return None
+        rev = (_git(root, "merge-base", base, "HEAD").strip() if base else
+               _git(root, "rev-parse", "HEAD").strip())
+        # per test, the newest footprint at an ancestor of the base (or the base):
+        # one a run on another branch recorded says less about this branch's code
+        ancestors = {c for c in history.footprint_commits() if c == rev or subprocess.run(
+            ["git", "merge-base", "--is-ancestor", c, rev], cwd=root,
+            capture_output=True).returncode == 0}
+        prints = history.latest_footprints(prefer=ancestors)
     if not prints:
         return None
-    root = target.root
     rev = (_git(root, "merge-base", base, to or "HEAD").strip() if base else
            _git(root, "rev-parse", "HEAD").strip())
     sel = Selection(units=diff_units(root, rev, target.package, to), rev=rev)

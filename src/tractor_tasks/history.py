@@ -797,8 +797,11 @@ class History:
             "rowid, ROW_NUMBER() OVER (PARTITION BY nodeid, cell ORDER BY recorded "
             "DESC) AS n FROM footprints) WHERE n > ?)", (FOOTPRINTS_KEPT,))
 
-    def latest_footprints(self) -> list[tuple]:
-        """[(nodeid, cell, commit, Footprint)]: each test's latest per cell."""
+    def latest_footprints(self, prefer: set[str] | None = None) -> list[tuple]:
+        """[(nodeid, cell, commit, Footprint)]: each test's latest per cell; with
+        `prefer` (commits, e.g. the ancestors of the base), the latest recorded at one
+        of them when there is one (a run on another branch does not stand in for the
+        code this branch left from)."""
         from .fprint import Footprint
 
         def query():
@@ -807,11 +810,24 @@ class History:
                                    ).fetchone():
                     return []
                 return con.execute(
-                    "SELECT f.nodeid, f.cell, f.commit_sha, f.data FROM footprints f "
-                    "JOIN (SELECT nodeid, cell, MAX(recorded) AS r FROM footprints "
-                    "GROUP BY nodeid, cell) g ON f.nodeid = g.nodeid AND f.cell = g.cell "
-                    "AND f.recorded = g.r ORDER BY f.nodeid, f.cell").fetchall()
-        return [(n, c, sha, Footprint.from_blob(d)) for n, c, sha, d in self._guard(query)]
+                    "SELECT nodeid, cell, commit_sha, data FROM footprints "
+                    "ORDER BY nodeid, cell, recorded DESC").fetchall()
+        best: dict[tuple[str, str], tuple] = {}
+        for n, c, sha, d in self._guard(query):
+            key = (n, c)
+            if key not in best or (prefer and sha in prefer and best[key][0] not in prefer):
+                best[key] = (sha, d)
+        return [(n, c, sha, Footprint.from_blob(d)) for (n, c), (sha, d) in sorted(best.items())]
+
+    def footprint_commits(self) -> set[str]:
+        """The commits the kept footprints were recorded at."""
+        def query():
+            with self._conn() as con:
+                if not con.execute("SELECT 1 FROM sqlite_master WHERE name='footprints'"
+                                   ).fetchone():
+                    return []
+                return con.execute("SELECT DISTINCT commit_sha FROM footprints").fetchall()
+        return {c for (c,) in self._guard(query) if c}
 
     def footprints_of(self, nodeid: str, run_ids: Iterable[str]) -> dict:
         """{run_id: Footprint} of one test in the given runs (those that recorded one)."""
