@@ -112,6 +112,10 @@ def replay(args) -> None:
     if not prints:
         raise BenchError(f"no footprints in {State(target).history}: record one full run "
                          "first (`invoke test --no-x` there)")
+    # the target's own interpreter reads what this one cannot parse (newer syntax)
+    venvs = sorted(args.root.glob("py3*/bin/python")) if hasattr(args.root, "glob") else \
+        sorted(Path(args.root).glob("py3*/bin/python"))
+    python = venvs[-1] if venvs else None
     pkg = target.package.replace(".", "/")
     shas = git(args.root, "log", f"-{int(args.commits)}", "--format=%H", "--no-merges",
                "--", pkg).split()
@@ -122,7 +126,7 @@ def replay(args) -> None:
     for sha in shas:
         parent = git(args.root, "rev-parse", f"{sha}^").strip()
         fresh = select(target, history, f"{sha}^", to=sha,
-                       prints=[(n, c, parent, fp) for n, c, _, fp in prints])
+                       prints=[(n, c, parent, fp) for n, c, _, fp in prints], python=python)
         if fresh.whole:
             own.append(1.0)
         else:
@@ -130,7 +134,7 @@ def replay(args) -> None:
                                               for w in fresh.words)}
             got, total = share(history, sorted(set(fresh.reasons) | mapped), known)
             own.append(got / total if total else 0.0)
-        sel = select(target, history, f"{sha}^", to=sha, prints=prints)
+        sel = select(target, history, f"{sha}^", to=sha, prints=prints, python=python)
         if sel.whole:
             whole.append(f"{sha[:10]}: {sel.whole}")
             shares.append(1.0)

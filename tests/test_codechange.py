@@ -154,3 +154,30 @@ def test_a_module_that_is_not_utf8_is_a_change_of_the_file_not_a_traceback(tmp_p
     units = footprints.diff_units(root, "HEAD", "pkg")
     assert [(u.file, u.qual, u.why) for u in units] == [
         ("pkg/m.py", None, "a change (the file does not parse)")]
+
+
+@pytest.mark.slow
+def test_a_file_this_python_cannot_parse_is_read_by_the_targets_interpreter():
+    """tractor's tests/devx/conftest.py has a 3.12 `type` statement; this tool may run
+    on 3.11. Read by the target's own interpreter it uses what it uses, not every name
+    (which selected every devx test for any module-level change)."""
+    import sys
+    from tractor_tasks.footprints import Unit, _reach
+    from tractor_tasks.interpreters import find_python
+    newer = find_python("3.13") or find_python("3.12")
+    assert newer is not None, "this machine has pyenv's 3.12 and 3.13"
+    target = SimpleNamespace(package="pkg", tests_dir="tests")
+    srcs = {"pkg/a.py": "LIMIT = 1\nOTHER = 2\n",
+            "tests/devx/conftest.py": "type Pair = tuple[int, int]\n\n"
+                                      "def fixture_a():\n    from pkg.a import OTHER\n"
+                                      "    return OTHER\n"}
+    units = [Unit("pkg/a.py", None, "names", ("LIMIT",))]
+    here = _reach(target, units, srcs)
+    if sys.version_info < (3, 12):      # this Python cannot parse it: every name
+        assert ("tests/devx/conftest.py", "any name (it does not parse here)") in here.effects
+    there = _reach(target, units, srcs, python=newer.path)
+    assert there.effects == [] and not any(f == "tests/devx/conftest.py"
+                                           for f, _, _ in there.funcs), there
+    used = _reach(target, [Unit("pkg/a.py", None, "names", ("OTHER",))], srcs,
+                  python=newer.path)
+    assert ("tests/devx/conftest.py", "fixture_a", "OTHER") in used.funcs

@@ -27,8 +27,9 @@ import ast
 from dataclasses import dataclass, field
 
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef)
+_TYPE_ALIAS = (ast.TypeAlias,) if hasattr(ast, "TypeAlias") else ()   # `type X = ...`, 3.12+
 _BINDS = (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Import, ast.ImportFrom, ast.Pass,
-          *_DEFS, ast.ClassDef)
+          *_DEFS, ast.ClassDef, *_TYPE_ALIAS)
 _COMPOUND = (ast.If, ast.Try, ast.With, ast.AsyncWith) + (
     (ast.TryStar,) if hasattr(ast, "TryStar") else ())
 
@@ -160,6 +161,8 @@ def _bound(st) -> set[str]:
         for a in st.names:
             out.add(a.asname or a.name.split(".")[0])
         return out
+    if _TYPE_ALIAS and isinstance(st, _TYPE_ALIAS):
+        return {st.name.id}
     targets = st.targets if isinstance(st, ast.Assign) else [st.target] \
         if isinstance(st, (ast.AnnAssign, ast.AugAssign)) else []
     for t in targets:
@@ -482,3 +485,40 @@ def strings_by_function(source: str) -> dict[str, list[str]]:
 
     walk(ast.parse(source), "", None)
     return out
+
+
+# -- a file this Python cannot parse (newer syntax), read by the target's own -------------
+
+def uses_json(u: Uses) -> dict:
+    """A Uses as JSON (sets as sorted lists), to cross from another interpreter."""
+    return {"funcs": {q: sorted(v) for q, v in u.funcs.items()},
+            "entries": [{"kind": e.kind, "scope": e.scope, "qual": e.qual,
+                         "names": sorted(e.names), "refs": sorted(e.refs), "dump": e.dump,
+                         "line": e.line, "header": sorted(e.header),
+                         "links": [[sorted(a), sorted(b)] for a, b in e.links]}
+                        for e in u.entries]}
+
+
+def uses_from_json(doc: dict) -> Uses:
+    return Uses({q: set(v) for q, v in doc["funcs"].items()},
+                [_Entry(d["kind"], d["scope"], d["qual"], set(d["names"]), set(d["refs"]),
+                        d["dump"], d["line"], set(d["header"]),
+                        [(set(a), set(b)) for a, b in d["links"]]) for d in doc["entries"]])
+
+
+def _main() -> None:
+    """`python codechange.py` in the target's interpreter: {path: source} on stdin,
+    {path: uses_json or null} on stdout (a file that interpreter cannot parse: null)."""
+    import json
+    import sys
+    out = {}
+    for path, src in json.load(sys.stdin).items():
+        try:
+            out[path] = uses_json(uses(src))
+        except (SyntaxError, ValueError, RecursionError):
+            out[path] = None
+    sys.stdout.write(json.dumps(out))   # to the caller (footprints._uses_in), not a user
+
+
+if __name__ == "__main__":
+    _main()

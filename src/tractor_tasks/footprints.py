@@ -552,8 +552,28 @@ def _venv_prefixes(root: Path) -> list[str]:
         return []
 
 
-def _reach(target, units: list[Unit], sources: dict[str, str]):
-    """Where the names the units bind differently reach (codechange.reach)."""
+def _uses_in(python: Path, sources: dict[str, str]) -> dict:
+    """codechange.uses of files this Python cannot parse, run in the target's own
+    interpreter (a newer one: tractor's tests/devx/conftest.py has a 3.12 `type`
+    statement); {} when it cannot (the files then count as using every name)."""
+    import json
+    from . import codechange
+    from .codechange import uses_from_json
+    if not Path(python).exists():
+        return {}
+    try:
+        out = subprocess.run([str(python), "-I", codechange.__file__],
+                             input=json.dumps(sources), capture_output=True, text=True,
+                             timeout=120)
+        doc = json.loads(out.stdout) if out.returncode == 0 else {}
+        return {p: uses_from_json(d) for p, d in doc.items() if d is not None}
+    except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _reach(target, units: list[Unit], sources: dict[str, str], python: Path | None = None):
+    """Where the names the units bind differently reach (codechange.reach); `python`,
+    the target's interpreter, reads what this one cannot parse."""
     from .codechange import reach, uses
     names = {n for u in units for n in u.names}
     if not names:
@@ -564,6 +584,10 @@ def _reach(target, units: list[Unit], sources: dict[str, str]):
             files[path] = uses(src)
         except (SyntaxError, ValueError, RecursionError):
             unread.append(path)   # (newer syntax than this Python's): it may use any
+    if unread and python is not None:
+        read = _uses_in(python, {p: sources[p] for p in unread})
+        files.update(read)
+        unread = [p for p in unread if p not in read]
     r = reach(names, files)
     r.effects += [(path, "any name (it does not parse here)") for path in unread]
     # a def whose annotations use one: a test that introspects it (get_type_hints, an
@@ -597,7 +621,7 @@ def _where(where: list[str]) -> str:
 
 
 def select(target, history, base: str | None, to: str | None = None,
-           prints: list | None = None) -> Selection | None:
+           prints: list | None = None, python: Path | None = None) -> Selection | None:
     """The tests the change from `base` (its merge-base with HEAD; else HEAD) to the work
     tree (or to the commit `to`) can break, from the latest footprints per test and
     cell. None: no footprints."""
@@ -640,7 +664,7 @@ def select(target, history, base: str | None, to: str | None = None,
             cache["all"] = _sources(target, to)
         return cache["all"]
 
-    names_now = _Names(target, sel.units, sources)
+    names_now = _Names(target, sel.units, sources, python)
     sel.notes += names_now.notes
     sel.imports = sorted(names_now.imports)
     names_then: dict[str, _Names] = {}
@@ -668,7 +692,7 @@ def select(target, history, base: str | None, to: str | None = None,
             continue
         test_file = nodeid.split("::")[0]
         if commit not in names_then:
-            names_then[commit] = _Names(target, stale, sources)
+            names_then[commit] = _Names(target, stale, sources, python)
         why = names_then[commit].why(nodeid, fp)
         if why:
             sel.select(nodeid, f"its footprint (at {commit[:10]}) predates a change: {why}")
@@ -823,7 +847,7 @@ class _Names:
     a file whose module-level effect uses one. A file that does not parse here (newer
     syntax than this Python's) counts as using every name."""
 
-    def __init__(self, target, units: list[Unit], sources):
+    def __init__(self, target, units: list[Unit], sources, python: Path | None = None):
         self.tests_top = target.tests_dir.rstrip("/") + "/"
         self.by_file: dict[str, list[tuple[str, str, str | None]]] = {}
         self.effects: set[str] = set()
@@ -831,7 +855,8 @@ class _Names:
         self.sources = sources
         self._importers: dict[str, set[str]] = {}
         self.imports: list[str] = []   # package files whose import-time code uses one
-        reached = _reach(target, units, sources()) if any(u.names for u in units) else None
+        reached = _reach(target, units, sources(), python) if any(u.names for u in units) \
+            else None
         if reached is None:
             return
         origin = {n: u.file for u in units for n in u.names}
@@ -1017,7 +1042,7 @@ def affected_words(target, base: str | None, list_: bool, out=print,
     if not State(target).history.is_file():
         return NO_FOOTPRINTS      # nothing recorded yet (and nothing written by asking)
     history = History(State(target).history, warn=out)
-    sel = select(target, history, base)
+    sel = select(target, history, base, python=python)
     if sel is None:
         return NO_FOOTPRINTS
     since = f"{base} (merge-base {sel.rev[:10]})" if base else f"HEAD ({sel.rev[:10]})"
