@@ -834,6 +834,14 @@ def _unparametrized(nodeid: str) -> str:
     return f"{head}{sep}{last.split('[', 1)[0]}" if sep else nodeid
 
 
+def _runnable(nodeid: str) -> str:
+    """What runs a recorded test: its id, or (a parameter that is an object's repr, whose
+    address the history masked: `[f=<function g>]`) its test function."""
+    head, sep, last = nodeid.rpartition("::")
+    params = last.partition("[")[2]
+    return _unparametrized(nodeid) if "<" in params and ">" in params else nodeid
+
+
 def under_tests_word(target, f: str) -> str:
     from .target import under_tests
     return under_tests(f, target.tests_dir) or f
@@ -1087,9 +1095,10 @@ def affected_words(target, base: str | None, list_: bool, out=print,
             out(f"{len(blind)} test file(s) with no footprint run whole (none of their tests "
                 f"ran in a recorded run; e.g. {blind[0]}): what they execute is unknown")
         # a test file the change map selects whole runs whole: its ids are not named
-        # a test function, not its recorded parameter ids: the package may make the ids
-        # (tractor's start_method=...), and a new one has no footprint yet
-        ids = list(dict.fromkeys(_unparametrized(n) for n in sorted(sel.reasons) if not any(
+        # a recorded id as it is, but one whose parameter is an object's repr (its
+        # memory address masked in the history: pytest knows it with the address) as
+        # its test function, every parameter id
+        ids = list(dict.fromkeys(_runnable(n) for n in sorted(sel.reasons) if not any(
             _covers(target, w, n.split("::")[0]) for w in sel.words)
             and n.split("::")[0] not in blind))
         words = ids + [w for w in [*sel.words, *blind] if w not in ids]
