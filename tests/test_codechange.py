@@ -74,7 +74,7 @@ def test_a_name_reaches_the_functions_that_use_it_through_module_level_bindings(
     files = {
         "pkg/a.py": uses("X = 1\n"),
         "pkg/b.py": uses("from pkg.a import X\nY = X + 1\nclass S:\n    f: 'T' = Y\n"
-                         "REG = {}\nREG.update(k=Y)\n"),
+                         "REG = {}\nREG.update(k=Y)\nprint(Y)\n"),
         "pkg/c.py": uses("from pkg.b import Y, S\n\ndef uses_y():\n    return Y\n\n"
                          "def uses_s(m: X):\n    return S()\n\n"
                          "def by_string(o):\n    return getattr(o, 'Y')\n\n"
@@ -86,7 +86,8 @@ def test_a_name_reaches_the_functions_that_use_it_through_module_level_bindings(
     got = {q for _, q, _ in r.funcs}
     assert {"uses_y", "uses_s", "by_string", "by_default"} <= got
     assert "only_annotated" not in got        # annotations in a function are not run
-    assert r.effects == [("pkg/b.py", "Y")]   # REG.update(k=Y): an effect at import
+    assert "REG" in r.names                   # REG.update(k=Y): REG holds another
+    assert r.effects == [("pkg/b.py", "Y")]   # print(Y): an effect at import
 
 
 def test_files_outside_the_package():
@@ -184,3 +185,32 @@ def test_a_file_this_python_cannot_parse_is_read_by_the_targets_interpreter():
     used = _reach(target, [Unit("pkg/a.py", None, "names", ("OTHER",))], srcs,
                   python=newer.path)
     assert ("tests/devx/conftest.py", "fixture_a", "OTHER") in used.funcs
+
+
+def test_a_local_name_is_not_the_modules_name():
+    """Python's rule: a name bound in a function is local throughout it. tractor's
+    tractor/__init__.py binds `_` at module level; `for _ in range(3)` in a test is not
+    a use of it (it selected 215 tests through one conftest function)."""
+    u = uses("def f(a, b=X):\n    x = 2\n    for _ in range(3):\n        pass\n"
+             "    return a + x + X + obj.x\n"
+             "def g():\n    global X\n    X = 5\n    return X\n"
+             "def h():\n    _ = X\n    def inner():\n        return _ + Y\n    return inner\n")
+    assert u.funcs["f"] == {"X", "obj", "range", "x"}   # `.x`, an attribute, still counts
+    assert u.funcs["g"] == {"X"}                         # global: the module's X
+    assert u.funcs["h"] == {"X"} and u.funcs["h.<locals>.inner"] == {"Y"}   # a closure
+    r = reach({"_"}, {"pkg/a.py": u})
+    assert r.funcs == []
+
+
+def test_a_container_changed_in_place_at_import_is_that_names_change():
+    """`if HAS_UDS: _address_protos.append(UDSAddress)` (tractor/discovery/_addr.py):
+    what the list holds changed, and the dict built from it; not every test that
+    imported the module."""
+    old = "HAS = True\nP = [1]\nif HAS:\n    P.append(2)\nT = {p: p for p in P}\n"
+    ch = module_change(old, old.replace("P.append(2)", "P.append(3)"))
+    assert ch.names == {"P"} and ch.effects == []
+    files = {"pkg/a.py": uses(old), "pkg/b.py": uses("from pkg.a import T\n\n"
+                                                    "def get(k):\n    return T[k]\n")}
+    assert ("pkg/b.py", "get", "T") in reach({"P"}, files).funcs
+    call = module_change(old, old.replace("P.append(2)", "print(2)"))
+    assert len(call.effects) == 1   # any other call at import stays an effect

@@ -112,10 +112,11 @@ def _header(node) -> str:
     return _dump(_header_node(node))
 
 
-def idents(node, *, annotations: bool = True) -> set[str]:
-    """The identifiers a node mentions: names, attributes, imported names, and string
-    constants that are identifiers (getattr(x, "name")); nested function bodies
-    excluded (their own code), and annotations unless `annotations`."""
+def idents(node, *, annotations: bool = True, names: bool = True) -> set[str]:
+    """The identifiers a node mentions: names (unless not `names`), attributes,
+    imported names, and string constants that are identifiers (getattr(x, "name"));
+    nested function bodies excluded (their own code), and annotations unless
+    `annotations`."""
     out: set[str] = set()
 
     def walk(n, top: bool):
@@ -134,7 +135,8 @@ def idents(node, *, annotations: bool = True) -> set[str]:
                     walk(n.value, False)
                 return
         if isinstance(n, ast.Name):
-            out.add(n.id)
+            if names:
+                out.add(n.id)
         elif isinstance(n, ast.Attribute):
             out.add(n.attr)
         elif isinstance(n, ast.alias):
@@ -163,6 +165,8 @@ def _bound(st) -> set[str]:
         return out
     if _TYPE_ALIAS and isinstance(st, _TYPE_ALIAS):
         return {st.name.id}
+    if _mutated(st) is not None:
+        return {_mutated(st)}
     targets = st.targets if isinstance(st, ast.Assign) else [st.target] \
         if isinstance(st, (ast.AnnAssign, ast.AugAssign)) else []
     for t in targets:
@@ -192,10 +196,26 @@ def _inner(st) -> list:
     return out
 
 
+# a list's, dict's or set's own methods: called on a module-level name, they change
+# what that name holds and nothing else (`if HAS_UDS: _address_protos.append(...)`)
+_MUTATORS = frozenset({"append", "extend", "insert", "update", "add", "setdefault",
+                       "remove", "discard", "clear", "pop", "sort", "reverse"})
+
+
+def _mutated(st) -> str | None:
+    """The name a `NAME.append(...)`-like statement changes, else None."""
+    if isinstance(st, ast.Expr) and isinstance(st.value, ast.Call):
+        f = st.value.func
+        if isinstance(f, ast.Attribute) and f.attr in _MUTATORS \
+                and isinstance(f.value, ast.Name):
+            return f.value.id
+    return None
+
+
 def _is_binding(st) -> bool:
     if isinstance(st, ast.ImportFrom) and st.module == "__future__":
         return False   # a compiler flag: every function of the module reads differently
-    if isinstance(st, _BINDS):
+    if isinstance(st, _BINDS) or _mutated(st) is not None:
         return True
     if isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant):
         return True   # a bare string or constant: nothing runs
@@ -370,23 +390,62 @@ class Uses:
     entries: list[_Entry] = field(default_factory=list)
 
 
+def _locals(fn) -> tuple[set[str], set[str]]:
+    """(the names a function binds in its own scope: its parameters, assignment, loop,
+    `with`, `except` and import targets, nested def and class names; the names it
+    declares `global` or `nonlocal`). A name bound in a function is local throughout it
+    (Python's rule): a read of it there is never the module's name."""
+    a = fn.args
+    bound = {x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]}
+    bound |= {x.arg for x in (a.vararg, a.kwarg) if x is not None}
+    declared: set[str] = set()
+    stack = list(fn.body)
+    while stack:
+        n = stack.pop()
+        if isinstance(n, (ast.Global, ast.Nonlocal)):
+            declared |= set(n.names)
+            continue
+        if isinstance(n, (*_DEFS, ast.ClassDef)):
+            bound.add(n.name)
+            continue   # its body is its own scope
+        if isinstance(n, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
+                          ast.GeneratorExp)):
+            continue   # their targets are theirs
+        if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+            bound.add(n.id)
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            bound.add(n.name)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            bound |= {al.asname or al.name.split(".")[0] for al in n.names}
+        stack.extend(ast.iter_child_nodes(n))
+    return bound - declared, declared
+
+
 def uses(source: str) -> Uses:
     tree = ast.parse(source)
     u = Uses()
 
-    def walk(node, prefix: str):
+    def walk(node, prefix: str, outer: set[str]):
+        """`outer`: the enclosing functions' locals (a nested function reads them as
+        closures, not as the module's names)."""
         for child in ast.iter_child_nodes(node):
             if isinstance(child, _DEFS):
                 qual = prefix + child.name
                 body = ast.Module(child.body, [])
-                u.funcs.setdefault(qual, set()).update(idents(body, annotations=False))
-                walk(child, qual + ".<locals>.")
+                mine, declared = _locals(child)
+                every = idents(body, annotations=False)
+                # a local name (or a closure's) read here is not the module's name,
+                # unless the same word is also an attribute, an import or a string
+                shadow = ((mine | outer) - declared) - idents(body, annotations=False,
+                                                               names=False)
+                u.funcs.setdefault(qual, set()).update(every - shadow)
+                walk(child, qual + ".<locals>.", (outer | mine) - declared)
             elif isinstance(child, ast.ClassDef):
-                walk(child, prefix + child.name + ".")
+                walk(child, prefix + child.name + ".", outer)
             else:
-                walk(child, prefix)
+                walk(child, prefix, outer)
 
-    walk(tree, "")
+    walk(tree, "", set())
     _entries(tree.body, "", u.entries)
     return u
 
