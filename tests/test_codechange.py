@@ -214,3 +214,14 @@ def test_a_container_changed_in_place_at_import_is_that_names_change():
     assert ("pkg/b.py", "get", "T") in reach({"P"}, files).funcs
     call = module_change(old, old.replace("P.append(2)", "print(2)"))
     assert len(call.effects) == 1   # any other call at import stays an effect
+
+
+def test_comprehension_targets_and_all_strings():
+    """tractor/__init__.py: `__all__ = tuple(name for name in globals() if not
+    name.startswith('_')) + ('to_asyncio',)` lists 'to_asyncio', not '_'; and
+    `[f() for _ in range(n)]` reads no module-level `_`."""
+    old = "__all__ = tuple(n for n in globals() if not n.startswith('_')) + ('a',)\n"
+    ch = module_change(old, old.replace("('a',)", "('a', 'b')"))
+    assert ch.names == {"__all__", "a", "b"}
+    u = uses("def f(n):\n    return [g() for _ in range(n)]\n")
+    assert u.funcs["f"] == {"g", "range"}

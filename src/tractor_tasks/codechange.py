@@ -177,8 +177,9 @@ def _bound(st) -> set[str]:
                 out.add(n.attr)
     if "__all__" in out and getattr(st, "value", None) is not None:
         # what a star import binds: the names listed are bound differently there
-        out |= {n.value for n in ast.walk(st.value)
-                if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        out |= {e.value for n in ast.walk(st.value) if isinstance(n, (ast.List, ast.Tuple,
+                                                                       ast.Set))
+                for e in n.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
     for sub in _inner(st):
         out |= _bound(sub)
     return out
@@ -408,9 +409,13 @@ def _locals(fn) -> tuple[set[str], set[str]]:
         if isinstance(n, (*_DEFS, ast.ClassDef)):
             bound.add(n.name)
             continue   # its body is its own scope
-        if isinstance(n, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
-                          ast.GeneratorExp)):
-            continue   # their targets are theirs
+        if isinstance(n, ast.Lambda):
+            continue   # its parameters are its own
+        if isinstance(n, ast.comprehension):
+            # its own scope's; counted as the function's (`for _ in range(n)` in a
+            # comprehension is no use of a module's `_`; the same word read as a global
+            # elsewhere in the function is the one case this misses)
+            bound |= {t.id for t in ast.walk(n.target) if isinstance(t, ast.Name)}
         if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
             bound.add(n.id)
         elif isinstance(n, ast.ExceptHandler) and n.name:
